@@ -1,0 +1,108 @@
+//! The vessel-map job: for each (input, output) pair, decode the frame, run the vesselness
+//! filter, post-process to a {0, 255} map and write it as PNG, atomically. Files run in
+//! parallel on a rayon pool of the requested size; a bad file fails alone with its reason.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use frangi::{vessel_map, vesselness, Filter, MapParams, VesselnessParams};
+use rayon::prelude::*;
+
+use crate::io::{read_grey, write_npy, write_png_grey8};
+
+/// Working precision of the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+/// Everything that defines a map besides the image.
+#[derive(Debug, Clone)]
+pub struct MapJob {
+    pub filter: VesselnessParams,
+    pub map: MapParams,
+    pub precision: Precision,
+}
+
+impl MapJob {
+    /// Frangi responses lie in [0, 1): scale them to grey levels before the uint8 cast.
+    fn map_params(&self) -> MapParams {
+        let scale = match self.filter.filter {
+            Filter::Sato => 1.0,
+            Filter::Frangi(_) => 255.0,
+        };
+        MapParams { scale: self.map.scale * scale, ..self.map.clone() }
+    }
+}
+
+/// Result of one file.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// `None` when written; otherwise the reason, one line.
+    pub error: Option<String>,
+    pub width: usize,
+    pub height: usize,
+    /// Pixels in the map.
+    pub vessel_pixels: usize,
+    pub millis: f64,
+}
+
+/// Raw response in the chosen precision, widened to f64 for callers that need one type.
+pub enum Response {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+pub fn response_of(pixels: &[f32], h: usize, w: usize, p: &VesselnessParams, prec: Precision) -> Result<Response, String> {
+    match prec {
+        Precision::F32 => vesselness(pixels, h, w, p).map(Response::F32),
+        Precision::F64 => {
+            let x: Vec<f64> = pixels.iter().map(|&v| v as f64).collect();
+            vesselness(&x, h, w, p).map(Response::F64)
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// {0, 255} map of a grey image (values in 8-bit units).
+pub fn map_of(pixels: &[f32], h: usize, w: usize, job: &MapJob) -> Result<Vec<u8>, String> {
+    let m = job.map_params();
+    match response_of(pixels, h, w, &job.filter, job.precision)? {
+        Response::F32(r) => vessel_map(&r, h, w, &m),
+        Response::F64(r) => vessel_map(&r, h, w, &m),
+    }
+    .map_err(|e| e.to_string())
+}
+
+fn one(input: PathBuf, output: PathBuf, job: &MapJob) -> Outcome {
+    let t = Instant::now();
+    let mut o = Outcome { input, output, error: None, width: 0, height: 0, vessel_pixels: 0, millis: 0.0 };
+    let r = read_grey(&o.input).and_then(|img| {
+        o.width = img.width;
+        o.height = img.height;
+        let map = map_of(&img.pixels, img.height, img.width, job)?;
+        o.vessel_pixels = map.iter().filter(|&&v| v > 0).count();
+        write_png_grey8(&o.output, img.width, img.height, &map)
+    });
+    o.error = r.err();
+    o.millis = t.elapsed().as_secs_f64() * 1e3;
+    o
+}
+
+/// Run the job on every pair with `threads` workers (0: all cores). Outcomes in input order.
+pub fn vessel_maps(pairs: Vec<(PathBuf, PathBuf)>, job: &MapJob, threads: usize) -> Result<Vec<Outcome>, String> {
+    job.filter.validate().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    Ok(pool.install(|| pairs.into_par_iter().map(|(i, o)| one(i, o, job)).collect()))
+}
+
+/// Write a raw response as `.npy` in its own precision.
+pub fn write_response_npy(path: &std::path::Path, h: usize, w: usize, r: &Response) -> Result<(), String> {
+    match r {
+        Response::F32(v) => write_npy(path, &[h, w], v),
+        Response::F64(v) => write_npy(path, &[h, w], v),
+    }
+}

@@ -1,0 +1,75 @@
+//! The float types the filters run in: `f64` for parity with scikit-image, `f32` for speed.
+
+use std::ops::{Add, AddAssign, Div, Mul, Neg, Sub};
+
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + Default
+    + std::fmt::Debug
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+{
+    const ZERO: Self;
+    /// Kernel taps whose weight, relative to the kernel's largest, is below this cannot change
+    /// a result at this precision (error < eps * 255 * taps); they are skipped.
+    const TAP_EPS: f64;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn sqrt(self) -> Self;
+    fn exp(self) -> Self;
+    fn abs(self) -> Self;
+    /// `self * a + b`; only called where the CPU has FMA (otherwise it would be a libm call).
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    #[inline(always)]
+    fn max(self, o: Self) -> Self {
+        if o > self {
+            o
+        } else {
+            self
+        }
+    }
+}
+
+macro_rules! impl_real {
+    ($t:ty, $eps:expr) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const TAP_EPS: f64 = $eps;
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, a: Self, b: Self) -> Self {
+                <$t>::mul_add(self, a, b)
+            }
+        }
+    };
+}
+
+impl_real!(f64, 1e-18);
+impl_real!(f32, 1e-10);

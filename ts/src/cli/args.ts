@@ -1,0 +1,104 @@
+// A small declarative layer over node:util parseArgs: each command lists its options once, and
+// that list drives parsing, `--help` and the mapping onto the command's zod schema.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+export interface OptionSpec {
+  /** Flag name without dashes (kebab-case). */
+  name: string;
+  short?: string;
+  type: 'string' | 'boolean';
+  /** Placeholder shown in help, e.g. `<n>`. */
+  arg?: string;
+  help: string;
+  /** Default shown in help (the schema owns the real default). */
+  default?: string;
+}
+
+export interface CommandSpec {
+  name: string;
+  summary: string;
+  usage: string;
+  description?: string;
+  options: OptionSpec[];
+  examples?: string[];
+}
+
+/** Thrown for bad command lines; the CLI prints it with the command's usage and exits 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+const HELP: OptionSpec = { name: 'help', short: 'h', type: 'boolean', help: 'show this help' };
+
+export function parseCommand(spec: CommandSpec, argv: string[]) {
+  const options = Object.fromEntries(
+    [...spec.options, HELP].map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+  );
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    return { values: values as Record<string, string | boolean | undefined>, positionals };
+  } catch (e) {
+    throw new UsageError((e as Error).message.replace(/^TypeError \[\w+\]: /, ''));
+  }
+}
+
+export function helpText(spec: CommandSpec): string {
+  const rows = spec.options.map((o) => {
+    const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.arg ? ` ${o.arg}` : ''}`;
+    return [flag, o.help + (o.default !== undefined ? ` (default: ${o.default})` : '')] as const;
+  });
+  const width = Math.min(34, Math.max(...rows.map((r) => r[0].length)) + 2);
+  const lines = [`usage: ${spec.usage}`, '', spec.summary];
+  if (spec.description) lines.push('', spec.description);
+  lines.push('', 'options:');
+  for (const [flag, help] of rows) {
+    const pad = flag.length >= width ? `\n${' '.repeat(width + 2)}` : ' '.repeat(width - flag.length);
+    lines.push(`  ${flag}${pad}${help}`);
+  }
+  lines.push(`  -h, --help${' '.repeat(Math.max(1, width - 10))}show this help`);
+  if (spec.examples?.length) lines.push('', 'examples:', ...spec.examples.map((e) => `  ${e}`));
+  return lines.join('\n') + '\n';
+}
+
+/** A number flag, or a UsageError naming it. */
+export function num(values: Record<string, unknown>, name: string): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
+  return n;
+}
+
+/** A comma-separated list of numbers, e.g. `--sigmas 1,2,3,4`. */
+export function numList(values: Record<string, unknown>, name: string): number[] | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const parts = String(v).split(',').map((s) => s.trim());
+  const out = parts.map(Number);
+  if (parts.some((p) => p === '') || out.some((n) => !Number.isFinite(n)))
+    throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a comma-separated list of numbers`);
+  return out;
+}
+
+/** Read a JSON config file; errors name the file. */
+export function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new UsageError(`--config ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+  }
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('expected a JSON object');
+    return v as Record<string, unknown>;
+  } catch (e) {
+    throw new UsageError(`--config ${path}: not valid JSON config (${(e as Error).message})`);
+  }
+}
+
+/** Drop undefined entries so they do not override config-file values. */
+export function defined<T extends Record<string, unknown>>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

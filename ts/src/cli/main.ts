@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+// The `vasomim` command: one binary, one subcommand per job. Exit codes: 0 success, 1 the job
+// ran but failed (partly), 2 bad command line or input, 130 interrupted.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+import { ConfigError } from '../config/vessels.js';
+import { UsageError } from './args.js';
+
+interface Command {
+  summary: string;
+  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: { usage: string } }>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  vessels: { summary: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)', load: () => import('./commands/vessels.js') },
+  vesselness: { summary: 'raw Sato/Frangi response of one image (.npy or .png)', load: () => import('./commands/vesselness.js') },
+};
+
+function usage(): string {
+  const names = Object.keys(COMMANDS);
+  const w = Math.max(...names.map((n) => n.length)) + 2;
+  return [
+    'usage: vasomim <command> [options]',
+    '',
+    'VasoMIM for X-ray coronary angiograms: vessel maps, pre-training, fine-tuning, evaluation.',
+    '',
+    'commands:',
+    ...names.map((n) => `  ${n.padEnd(w)}${COMMANDS[n]!.summary}`),
+    '',
+    'Run `vasomim <command> --help` for its options. `vasomim --version` prints the version.',
+    '',
+  ].join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(usage());
+    return name === undefined ? 2 : 0;
+  }
+  if (name === '--version' || name === '-V') {
+    const { packageRoot } = await import('../native.js');
+    process.stdout.write(JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')).version + '\n');
+    return 0;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`vasomim: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
+    return 2;
+  }
+  const mod = await cmd.load();
+  try {
+    return await mod.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError || e instanceof ConfigError) {
+      process.stderr.write(`vasomim ${name}: ${e.message}\nusage: ${mod.spec.usage} (see --help)\n`);
+      return 2;
+    }
+    process.stderr.write(`vasomim ${name}: ${(e as Error).message}\n`);
+    return (e as { code?: string }).code === 'InvalidArg' ? 2 : 1;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`vasomim: ${(e as Error).stack ?? String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,28 @@
+// The vasomim Node API. Every option object is parsed by the zod schemas in ./config.
+export {
+  prepareVesselMaps,
+  readImage,
+  vesselMap,
+  vesselness,
+  vesselnessToFile,
+  type FileOutcome,
+  type GreyImage,
+  type PrepareProgress,
+  type PrepareSummary,
+  type VesselMap,
+  type VesselnessResponse,
+} from './vessels/api.js';
+export {
+  ConfigError,
+  DEFAULT_SIGMAS,
+  FilterSchema,
+  MapSchema,
+  VesselsJobSchema,
+  type FilterConfig,
+  type FilterInput,
+  type MapConfig,
+  type MapInput,
+  type VesselsJobConfig,
+  type VesselsJobInput,
+} from './config/vessels.js';
+export { discover, IMAGE_EXTENSIONS } from './vessels/discover.js';

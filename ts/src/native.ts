@@ -1,0 +1,33 @@
+// Loads the Rust addon (bindings/, built by `npm run build:native`). Set VASOMIM_NATIVE to the
+// path of another build of it (e.g. a CUDA build) to use that one instead.
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import type * as Native from '../../bindings/index.js';
+
+/** The package root: the nearest folder above this file whose package.json is vasomim's. */
+export function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pj = join(dir, 'package.json');
+    if (existsSync(pj) && (JSON.parse(readFileSync(pj, 'utf8')) as { name?: string }).name === 'vasomim') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('vasomim: cannot find the package root (package.json named "vasomim")');
+    dir = up;
+  }
+}
+
+function load(): typeof Native {
+  const require = createRequire(import.meta.url);
+  if (process.env.VASOMIM_NATIVE) process.env.NAPI_RS_NATIVE_LIBRARY_PATH = process.env.VASOMIM_NATIVE;
+  const entry = join(packageRoot(), 'bindings', 'index.js');
+  if (!existsSync(entry)) {
+    throw new Error('vasomim: the native addon is not built; run `npm run build` (needs cargo) in the package folder');
+  }
+  return require(entry) as typeof Native;
+}
+
+export const native: typeof Native = load();
+export type { DecodedImage, FilterOptions, MapOptions, MapOutcome, VesselnessResult } from '../../bindings/index.js';
