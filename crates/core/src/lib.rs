@@ -8,6 +8,7 @@
 //! Knows nothing of Node; `bindings/` adapts it.
 
 pub mod io;
+pub mod nn;
 pub mod vessels;
 
 pub use io::{read_grey, GreyImage};

@@ -1,0 +1,363 @@
+//! Differentiable LayerNorm, last-dim softmax and exact GELU.
+//!
+//! candle 0.11's fused `layer_norm` / `softmax_last_dim` have no backward (training silently
+//! stops upstream of them) and its composite versions are slow on the CPU. These are `CustomOp`s
+//! with fused CPU forward *and* backward kernels. On other devices, or for non-f32 / strided
+//! input, the same maths is composed from differentiable candle primitives, so every function
+//! works on any `Device`.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
+use rayon::prelude::*;
+
+/// Rows below this many elements in total are processed on one thread: spawning costs more.
+const PAR_MIN: usize = 1 << 14;
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let s = match storage {
+        CpuStorage::F32(s) => s,
+        _ => candle_core::bail!("{what}: expected f32 storage"),
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of CPU tensors (copies only when strided).
+fn with_f32<R>(ts: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(ts.len());
+    for (g, l) in guards.iter() {
+        match &**g {
+            Storage::Cpu(s) => slices.push(f32_slice(s, l, "with_f32")?),
+            _ => candle_core::bail!("with_f32: CPU tensors only"),
+        }
+    }
+    f(&slices)
+}
+
+fn use_cpu_kernel(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32)
+}
+
+fn par_rows<F>(dst: &mut [f32], width: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        dst.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+/// LayerNorm over the last dimension: (x − μ)/sqrt(σ²_biased + eps)·w + b, as `torch.nn.LayerNorm`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if use_cpu_kernel(&[x, w, b]) {
+        let x = x.contiguous()?;
+        x.apply_op3(w, b, LayerNormOp { eps: eps as f32 })
+    } else {
+        layer_norm_composite(x, w, b, eps)
+    }
+}
+
+/// The reference (and non-CPU) LayerNorm, from differentiable primitives.
+pub fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mu = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mu)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.broadcast_mul(w)?.broadcast_add(b)
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "vasomim-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "layer_norm x")?;
+        let w = f32_slice(s2, l2, "layer_norm weight")?;
+        let b = f32_slice(s3, l3, "layer_norm bias")?;
+        let n = *l1.dims().last().unwrap_or(&1);
+        if w.len() != n || b.len() != n {
+            candle_core::bail!(
+                "layer_norm: last dim {n} but weight {} / bias {}",
+                w.len(),
+                b.len()
+            );
+        }
+        let eps = self.eps;
+        let mut dst = vec![0f32; x.len()];
+        par_rows(&mut dst, n, |i, out| {
+            let row = &x[i * n..(i + 1) * n];
+            let (mu, rstd) = moments(row, eps);
+            for j in 0..n {
+                out[j] = (row[j] - mu) * rstd * w[j] + b[j];
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(D::Minus1)?;
+        let eps = self.eps;
+        let (dx, dw, db) = with_f32(&[x, w, grad], |s| {
+            let (x, w, g) = (s[0], s[1], s[2]);
+            let rows = x.len() / n;
+            let mut dx = vec![0f32; x.len()];
+            // dx rows are independent; dw/db are reduced over rows in per-thread partials.
+            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+                .par_chunks_mut(chunk_rows * n)
+                .enumerate()
+                .map(|(c, dxc)| {
+                    let mut dw = vec![0f32; n];
+                    let mut db = vec![0f32; n];
+                    for (r, dxr) in dxc.chunks_mut(n).enumerate() {
+                        let i = c * chunk_rows + r;
+                        let xr = &x[i * n..(i + 1) * n];
+                        let gr = &g[i * n..(i + 1) * n];
+                        let (mu, rstd) = moments(xr, eps);
+                        let (mut s_gw, mut s_gwx) = (0f32, 0f32);
+                        for j in 0..n {
+                            let xh = (xr[j] - mu) * rstd;
+                            let gw = gr[j] * w[j];
+                            s_gw += gw;
+                            s_gwx += gw * xh;
+                            dw[j] += gr[j] * xh;
+                            db[j] += gr[j];
+                        }
+                        let (m_gw, m_gwx) = (s_gw / n as f32, s_gwx / n as f32);
+                        for j in 0..n {
+                            let xh = (xr[j] - mu) * rstd;
+                            dxr[j] = rstd * (gr[j] * w[j] - m_gw - xh * m_gwx);
+                        }
+                    }
+                    (dw, db)
+                })
+                .collect();
+            let mut dw = vec![0f32; n];
+            let mut db = vec![0f32; n];
+            for (pw, pb) in partials {
+                for j in 0..n {
+                    dw[j] += pw[j];
+                    db[j] += pb[j];
+                }
+            }
+            Ok((dx, dw, db))
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, w.shape(), dev)?),
+        ))
+    }
+}
+
+/// Mean and 1/sqrt(biased variance + eps) of a row, accumulated in f64 so long rows of large
+/// values keep f32 accuracy.
+#[inline]
+fn moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mut s = 0f64;
+    for &v in row {
+        s += v as f64;
+    }
+    let mu = s / n;
+    let mut ss = 0f64;
+    for &v in row {
+        let d = v as f64 - mu;
+        ss += d * d;
+    }
+    (mu as f32, (1.0 / (ss / n + eps as f64).sqrt()) as f32)
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// Softmax over the last dimension.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[x]) {
+        x.contiguous()?.apply_op1(SoftmaxOp)
+    } else {
+        candle_nn::ops::softmax(x, D::Minus1)
+    }
+}
+
+struct SoftmaxOp;
+
+impl CustomOp1 for SoftmaxOp {
+    fn name(&self) -> &'static str {
+        "vasomim-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "softmax")?;
+        let n = *l.dims().last().unwrap_or(&1);
+        let mut dst = vec![0f32; x.len()];
+        par_rows(&mut dst, n, |i, out| {
+            let row = &x[i * n..(i + 1) * n];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for j in 0..n {
+                let e = (row[j] - max).exp();
+                out[j] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let n = y.dim(D::Minus1)?;
+        let dx = with_f32(&[y, grad], |s| {
+            let (y, g) = (s[0], s[1]);
+            let mut dx = vec![0f32; y.len()];
+            // dx = y ⊙ (g − Σ g⊙y)
+            par_rows(&mut dx, n, |i, out| {
+                let yr = &y[i * n..(i + 1) * n];
+                let gr = &g[i * n..(i + 1) * n];
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for j in 0..n {
+                    out[j] = yr[j] * (gr[j] - dot);
+                }
+            });
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+// ---------------------------------------------------------------- GELU (erf)
+
+/// Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)), as `torch.nn.functional.gelu` (approximate="none").
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[x]) {
+        x.contiguous()?.apply_op1(GeluOp)
+    } else {
+        x.gelu_erf()
+    }
+}
+
+struct GeluOp;
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+/// 1/sqrt(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+impl CustomOp1 for GeluOp {
+    fn name(&self) -> &'static str {
+        "vasomim-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s, l, "gelu")?;
+        let mut dst = vec![0f32; x.len()];
+        map_par(x, &mut dst, |v| 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let dx = with_f32(&[x, grad], |s| {
+            let (x, g) = (s[0], s[1]);
+            let mut dx = vec![0f32; x.len()];
+            // d/dx xΦ(x) = Φ(x) + xφ(x)
+            let f = |(o, (v, gv)): (&mut f32, (&f32, &f32))| {
+                let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                let pdf = INV_SQRT_2PI * (-0.5 * v * v).exp();
+                *o = gv * (cdf + v * pdf);
+            };
+            if x.len() >= PAR_MIN {
+                dx.par_iter_mut()
+                    .zip(x.par_iter().zip(g.par_iter()))
+                    .for_each(f);
+            } else {
+                dx.iter_mut().zip(x.iter().zip(g.iter())).for_each(f);
+            }
+            Ok(dx)
+        })?;
+        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+fn map_par(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
+    if src.len() >= PAR_MIN {
+        dst.par_chunks_mut(4096)
+            .zip(src.par_chunks(4096))
+            .for_each(|(d, s)| {
+                d.iter_mut().zip(s).for_each(|(o, &v)| *o = f(v));
+            });
+    } else {
+        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
+    }
+}
+
+/// erf for f32 arguments, accurate to ~1e-7 absolute: Maclaurin series near 0 (where a
+/// complementary form would lose relative accuracy), Numerical Recipes' `erfcc` Chebyshev fit
+/// (fractional error < 1.2e-7) elsewhere, both in f64.
+#[inline]
+pub fn erf(x: f32) -> f32 {
+    let xd = x as f64;
+    let ax = xd.abs();
+    let r = if ax < 0.5 {
+        // Maclaurin series: 2/√π Σ (−1)^n x^(2n+1) / (n!(2n+1)), 8 terms reach 1e-12 for |x| < 0.5.
+        let x2 = xd * xd;
+        let mut term = xd;
+        let mut sum = xd;
+        let mut n = 0.0;
+        for _ in 0..8 {
+            n += 1.0;
+            term *= -x2 / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else if ax > 6.0 {
+        xd.signum()
+    } else {
+        xd.signum() * (1.0 - erfc_pos(ax))
+    };
+    r as f32
+}
+
+/// erfc(z) for z ≥ 0 (Numerical Recipes, 2nd ed., §6.2 `erfcc`).
+#[inline]
+fn erfc_pos(z: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.5 * z);
+    t * (-z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+        .exp()
+}
