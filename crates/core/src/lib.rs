@@ -9,6 +9,8 @@
 
 pub mod io;
 pub mod nn;
+pub mod optim;
+pub mod train;
 pub mod vessels;
 
 pub use io::{read_grey, GreyImage};
