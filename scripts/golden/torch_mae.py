@@ -6,7 +6,7 @@ docs/MODEL.md), not copied from facebookresearch/mae or timm. Weights and images
 function of the parameter name and index (`synthetic`), which crates/core/tests/golden_torch.rs
 reproduces bit for bit, so the fixtures need not store the weights.
 
-Writes crates/core/tests/golden/{mae_micro.npz, mae_tiny.npz, manifest.json}:
+Writes crates/core/tests/golden/{mae_micro.npz, mae_micro_state.pth, mae_tiny.npz, manifest.json}:
   micro (img 32, patch 8, 3 channels, embed 32/2 blocks/2 heads, decoder 32/1/2, batch 2, mask 0.75):
       loss, every parameter gradient, every parameter after 5 AdamW training steps, and after 5
       AdamW steps on closed-form gradients (`synthetic_grad`);
@@ -191,6 +191,9 @@ def sample_indices(k, n):
 
 def run(name):
     m, imgs, ids_keep, ids_restore, mask = build(name)
+    if name == "micro":
+        # An MAE-style checkpoint ({"model": state_dict, "epoch": ...}) for the .pth loader.
+        torch.save({"model": m.state_dict(), "epoch": 3}, os.path.join(OUT, "mae_micro_state.pth"))
     loss = m(imgs, ids_keep, ids_restore, mask)
     loss.backward()
     arrays = {"ids_keep": ids_keep.numpy().astype(np.int64), "ids_restore": ids_restore.numpy().astype(np.int64),

@@ -7,6 +7,7 @@
 //!
 //! Knows nothing of Node; `bindings/` adapts it.
 
+pub mod checkpoint;
 pub mod io;
 pub mod nn;
 pub mod optim;
