@@ -8,6 +8,7 @@
 //! Knows nothing of Node; `bindings/` adapts it.
 
 pub mod checkpoint;
+pub mod embed;
 pub mod io;
 pub mod nn;
 pub mod optim;
