@@ -469,3 +469,11 @@ impl Task for EmbedTask {
         Ok(Features { data: Float32Array::new(data), shape: vec![n as u32, 2, d as u32] })
     }
 }
+
+/// The configuration of a named preset (micro, tiny, small, base, large, huge) at 224², 3 channels.
+#[napi]
+pub fn preset_config(name: String) -> Result<ModelConfig> {
+    MaeConfig::preset(&name)
+        .map(|c| ModelConfig::from(&c))
+        .ok_or_else(|| invalid(format!("unknown preset {name:?} (one of {})", MaeConfig::preset_names().join(", "))))
+}

@@ -26,3 +26,26 @@ export {
   type VesselsJobInput,
 } from './config/vessels.js';
 export { discover, IMAGE_EXTENSIONS } from './vessels/discover.js';
+export {
+  createModel,
+  loadModel,
+  randomMasking,
+  trainStep,
+  type Features,
+  type LoadInfo,
+  type LoadModelOptions,
+  type MaskBatch,
+  type Model,
+  type Reconstruction,
+  type StepResult,
+} from './model/index.js';
+export {
+  ModelConfigSchema,
+  PRESET_NAMES,
+  StepOptionsSchema,
+  parseModelConfig,
+  type ModelConfig,
+  type ModelConfigInput,
+  type PresetName,
+  type StepOptionsInput,
+} from './config/model.js';
