@@ -21,6 +21,9 @@ pub trait Real:
     /// Kernel taps whose weight, relative to the kernel's largest, is below this cannot change
     /// a result at this precision (error < eps * 255 * taps); they are skipped.
     const TAP_EPS: f64;
+    /// Below this `exp(x)` is under the smallest normal float (or 0): treated as 0, which skips
+    /// libm's slow underflow path and changes a response by less than 1e-38.
+    const EXP_ZERO_BELOW: f64;
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn sqrt(self) -> Self;
@@ -39,10 +42,11 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $eps:expr) => {
+    ($t:ty, $eps:expr, $exp0:expr) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const TAP_EPS: f64 = $eps;
+            const EXP_ZERO_BELOW: f64 = $exp0;
             #[inline(always)]
             fn from_f64(v: f64) -> Self {
                 v as $t
@@ -71,5 +75,5 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f64, 1e-18);
-impl_real!(f32, 1e-10);
+impl_real!(f64, 1e-18, -708.0);
+impl_real!(f32, 1e-10, -87.0);
