@@ -23,6 +23,7 @@ pub(crate) struct Workspace<T> {
     lines: [Vec<T>; 3],
     rows: [Vec<T>; 3],
     starts: Vec<usize>,
+    line_starts: Vec<usize>,
 }
 
 impl<T: Real> Workspace<T> {
@@ -33,6 +34,7 @@ impl<T: Real> Workspace<T> {
             lines: Default::default(),
             rows: Default::default(),
             starts: Vec::new(),
+            line_starts: Vec::new(),
         }
     }
 }
@@ -108,7 +110,10 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
         lines,
         rows,
         starts,
+        line_starts,
     } = ws;
+    line_starts.clear();
+    line_starts.extend(0..2 * r + 1);
     for l in lines.iter_mut() {
         l.resize(w + 2 * r, T::ZERO);
     }
@@ -130,8 +135,8 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
         pad(la, r, w);
         pad(lb, r, w);
         // la = [phi | .](img), lb = [phi1 | .](img)
-        axis1::<T, FMA, false>(lb, &k.phi, &mut gr[i * w..(i + 1) * w]);
-        axis1::<T, FMA, true>(la, &k.phi1, &mut gc[i * w..(i + 1) * w]);
+        paired::<T, FMA, false>(lb, line_starts, &k.phi, &mut gr[i * w..(i + 1) * w]);
+        paired::<T, FMA, true>(la, line_starts, &k.phi1, &mut gc[i * w..(i + 1) * w]);
     }
     for i in 0..h {
         row_starts(starts, i, h, w, r);
@@ -143,13 +148,13 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
             &mut lb[r..r + w],
             &mut la[r..r + w],
         );
-        axis0_one::<T, FMA>(gc, starts, &k.phi, &mut lc[r..r + w]);
+        paired::<T, FMA, false>(gc, starts, &k.phi, &mut lc[r..r + w]);
         pad(la, r, w);
         pad(lb, r, w);
         pad(lc, r, w);
-        axis1::<T, FMA, false>(la, &k.phi, rr);
-        axis1::<T, FMA, true>(lb, &k.phi1, rc);
-        axis1::<T, FMA, true>(lc, &k.phi1, cc);
+        paired::<T, FMA, false>(la, line_starts, &k.phi, rr);
+        paired::<T, FMA, true>(lb, line_starts, &k.phi1, rc);
+        paired::<T, FMA, true>(lc, line_starts, &k.phi1, cc);
         f(i, rr, rc, cc);
     }
 }
@@ -230,46 +235,16 @@ fn axis0_pair<T: Real, const FMA: bool>(
     }
 }
 
-/// Axis 0, one even kernel.
+/// `out[j] = c[r] x_0 + sum_{t<r} c[t] (x_t +- x_{2r-t})` with `x_t = src[starts[t] + j]`:
+/// an axis-0 pass when `starts` are row offsets, an axis-1 pass on a reflect-padded line when
+/// they are `0..=2r` (`line.len() == out.len() + 2r`).
 #[inline(always)]
-fn axis0_one<T: Real, const FMA: bool>(src: &[T], starts: &[usize], phi: &[T], out: &mut [T]) {
-    let r = phi.len() / 2;
-    let n = out.len();
-    let mut j0 = 0;
-    while j0 + LANES <= n {
-        let mut acc = [T::ZERO; LANES];
-        let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES]
-            .try_into()
-            .unwrap();
-        for q in 0..LANES {
-            acc[q] = x0[q] * phi[r];
-        }
-        for t in 0..r {
-            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES]
-                .try_into()
-                .unwrap();
-            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES]
-                .try_into()
-                .unwrap();
-            for q in 0..LANES {
-                acc[q] = fma::<T, FMA>(a[q] + b[q], phi[t], acc[q]);
-            }
-        }
-        out[j0..j0 + LANES].copy_from_slice(&acc);
-        j0 += LANES;
-    }
-    for j in j0..n {
-        let mut acc = src[starts[r] + j] * phi[r];
-        for t in 0..r {
-            acc = fma::<T, FMA>(src[starts[t] + j] + src[starts[2 * r - t] + j], phi[t], acc);
-        }
-        out[j] = acc;
-    }
-}
-
-/// Axis 1 on a reflect-padded line (`line.len() == out.len() + 2r`).
-#[inline(always)]
-fn axis1<T: Real, const FMA: bool, const ODD: bool>(line: &[T], c: &[T], out: &mut [T]) {
+fn paired<T: Real, const FMA: bool, const ODD: bool>(
+    src: &[T],
+    starts: &[usize],
+    c: &[T],
+    out: &mut [T],
+) {
     let r = c.len() / 2;
     let n = out.len();
     let pair = |a: T, b: T| if ODD { a - b } else { a + b };
@@ -277,14 +252,18 @@ fn axis1<T: Real, const FMA: bool, const ODD: bool>(line: &[T], c: &[T], out: &m
     while j0 + LANES <= n {
         let mut acc = [T::ZERO; LANES];
         if !ODD {
-            let x0: &[T; LANES] = line[j0 + r..j0 + r + LANES].try_into().unwrap();
+            let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES]
+                .try_into()
+                .unwrap();
             for q in 0..LANES {
                 acc[q] = x0[q] * c[r];
             }
         }
         for t in 0..r {
-            let a: &[T; LANES] = line[j0 + t..j0 + t + LANES].try_into().unwrap();
-            let b: &[T; LANES] = line[j0 + 2 * r - t..j0 + 2 * r - t + LANES]
+            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES]
+                .try_into()
+                .unwrap();
+            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES]
                 .try_into()
                 .unwrap();
             for q in 0..LANES {
@@ -295,9 +274,17 @@ fn axis1<T: Real, const FMA: bool, const ODD: bool>(line: &[T], c: &[T], out: &m
         j0 += LANES;
     }
     for j in j0..n {
-        let mut acc = if ODD { T::ZERO } else { line[j + r] * c[r] };
+        let mut acc = if ODD {
+            T::ZERO
+        } else {
+            src[starts[r] + j] * c[r]
+        };
         for t in 0..r {
-            acc = fma::<T, FMA>(pair(line[j + t], line[j + 2 * r - t]), c[t], acc);
+            acc = fma::<T, FMA>(
+                pair(src[starts[t] + j], src[starts[2 * r - t] + j]),
+                c[t],
+                acc,
+            );
         }
         out[j] = acc;
     }
