@@ -5,12 +5,14 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use vasomim_core::io::{read_grey, write_png_grey8};
-use vasomim_core::vessels::{map_of, response_of, vessel_maps, write_response_npy, MapJob, Precision, Response};
 use frangi_params::{filter_params, map_params, precision};
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
+use vasomim_core::io::{read_grey, write_png_grey8};
+use vasomim_core::vessels::{
+    map_of, response_of, vessel_maps, write_response_npy, MapJob, Precision, Response,
+};
 
 mod frangi_params;
 mod model;
@@ -31,7 +33,10 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        Err(Error::new(Status::GenericFailure, format!("internal error in {what}: {msg}")))
+        Err(Error::new(
+            Status::GenericFailure,
+            format!("internal error in {what}: {msg}"),
+        ))
     })
 }
 
@@ -131,7 +136,9 @@ impl Task for ReadImageTask {
     type Output = vasomim_core::GreyImage;
     type JsValue = DecodedImage;
     fn compute(&mut self) -> Result<Self::Output> {
-        guarded("readImage", || read_grey(&self.path).map_err(|e| failed(format!("{}: {e}", self.path.display()))))
+        guarded("readImage", || {
+            read_grey(&self.path).map_err(|e| failed(format!("{}: {e}", self.path.display())))
+        })
     }
     fn resolve(&mut self, _env: Env, img: Self::Output) -> Result<Self::JsValue> {
         Ok(DecodedImage {
@@ -165,7 +172,14 @@ impl Task for VesselnessTask {
     type JsValue = VesselnessResult;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("vesselness", || {
-            response_of(&self.pixels, self.height, self.width, &self.params, self.precision).map_err(invalid)
+            response_of(
+                &self.pixels,
+                self.height,
+                self.width,
+                &self.params,
+                self.precision,
+            )
+            .map_err(invalid)
         })
     }
     fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
@@ -174,13 +188,24 @@ impl Task for VesselnessTask {
             Response::F32(v) => ("float32", Either::A(Float32Array::new(v))),
             Response::F64(v) => ("float64", Either::B(Float64Array::new(v))),
         };
-        Ok(VesselnessResult { width: self.width as u32, height: self.height as u32, dtype: dtype.into(), data, max })
+        Ok(VesselnessResult {
+            width: self.width as u32,
+            height: self.height as u32,
+            dtype: dtype.into(),
+            data,
+            max,
+        })
     }
 }
 
 /// Raw vesselness response of a grey image given as pixels (row-major, 8-bit units).
 #[napi(catch_unwind, ts_return_type = "Promise<VesselnessResult>")]
-pub fn vesselness(pixels: Float32Array, width: u32, height: u32, options: FilterOptions) -> Result<AsyncTask<VesselnessTask>> {
+pub fn vesselness(
+    pixels: Float32Array,
+    width: u32,
+    height: u32,
+    options: FilterOptions,
+) -> Result<AsyncTask<VesselnessTask>> {
     check_pixels(pixels.len(), width, height)?;
     Ok(AsyncTask::new(VesselnessTask {
         pixels: pixels.to_vec(),
@@ -205,12 +230,18 @@ impl Task for VesselnessFileTask {
     type JsValue = FileResult;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("vesselnessFile", || {
-            let img = read_grey(&self.input).map_err(|e| failed(format!("{}: {e}", self.input.display())))?;
+            let img = read_grey(&self.input)
+                .map_err(|e| failed(format!("{}: {e}", self.input.display())))?;
             let (h, w) = (img.height, img.width);
-            let r = response_of(&img.pixels, h, w, &self.params, self.precision).map_err(invalid)?;
+            let r =
+                response_of(&img.pixels, h, w, &self.params, self.precision).map_err(invalid)?;
             let max = response_max(&r);
             write_response(&self.output, h, w, &r, max).map_err(failed)?;
-            Ok(FileResult { width: w as u32, height: h as u32, max })
+            Ok(FileResult {
+                width: w as u32,
+                height: h as u32,
+                max,
+            })
         })
     }
     fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
@@ -219,24 +250,48 @@ impl Task for VesselnessFileTask {
 }
 
 /// `.npy`: the raw response in its precision. `.png`: a display image, response / max * 255.
-fn write_response(path: &Path, h: usize, w: usize, r: &Response, max: f64) -> std::result::Result<(), String> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+fn write_response(
+    path: &Path,
+    h: usize,
+    w: usize,
+    r: &Response,
+    max: f64,
+) -> std::result::Result<(), String> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+        .as_deref()
+    {
         Some("npy") => write_response_npy(path, h, w, r),
         Some("png") => {
             let k = if max > 0.0 { 255.0 / max } else { 0.0 };
             let px: Vec<u8> = match r {
-                Response::F32(v) => v.iter().map(|&x| (x as f64 * k).round().clamp(0.0, 255.0) as u8).collect(),
-                Response::F64(v) => v.iter().map(|&x| (x * k).round().clamp(0.0, 255.0) as u8).collect(),
+                Response::F32(v) => v
+                    .iter()
+                    .map(|&x| (x as f64 * k).round().clamp(0.0, 255.0) as u8)
+                    .collect(),
+                Response::F64(v) => v
+                    .iter()
+                    .map(|&x| (x * k).round().clamp(0.0, 255.0) as u8)
+                    .collect(),
             };
             write_png_grey8(path, w, h, &px)
         }
-        _ => Err(format!("{}: output must end in .npy (raw response) or .png (display image)", path.display())),
+        _ => Err(format!(
+            "{}: output must end in .npy (raw response) or .png (display image)",
+            path.display()
+        )),
     }
 }
 
 /// Read `input`, filter it, write the response to `output` (.npy raw or .png display).
 #[napi(catch_unwind, ts_return_type = "Promise<FileResult>")]
-pub fn vesselness_file(input: String, output: String, options: FilterOptions) -> Result<AsyncTask<VesselnessFileTask>> {
+pub fn vesselness_file(
+    input: String,
+    output: String,
+    options: FilterOptions,
+) -> Result<AsyncTask<VesselnessFileTask>> {
     Ok(AsyncTask::new(VesselnessFileTask {
         input: input.into(),
         output: output.into(),
@@ -258,7 +313,9 @@ impl Task for VesselMapTask {
     type Output = Vec<u8>;
     type JsValue = Uint8Array;
     fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselMap", || map_of(&self.pixels, self.height, self.width, &self.job).map_err(invalid))
+        guarded("vesselMap", || {
+            map_of(&self.pixels, self.height, self.width, &self.job).map_err(invalid)
+        })
     }
     fn resolve(&mut self, _env: Env, m: Self::Output) -> Result<Self::JsValue> {
         Ok(Uint8Array::new(m))
@@ -266,7 +323,11 @@ impl Task for VesselMapTask {
 }
 
 fn map_job(f: &FilterOptions, m: &MapOptions) -> Result<MapJob> {
-    Ok(MapJob { filter: filter_params(f)?, map: map_params(m)?, precision: precision(&f.precision)? })
+    Ok(MapJob {
+        filter: filter_params(f)?,
+        map: map_params(m)?,
+        precision: precision(&f.precision)?,
+    })
 }
 
 /// The {0, 255} VasoMIM vessel map of a grey image given as pixels.
@@ -297,7 +358,9 @@ impl Task for VesselMapFilesTask {
     type Output = Vec<vasomim_core::vessels::Outcome>;
     type JsValue = Vec<MapOutcome>;
     fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselMapFiles", || vessel_maps(std::mem::take(&mut self.pairs), &self.job, self.threads).map_err(invalid))
+        guarded("vesselMapFiles", || {
+            vessel_maps(std::mem::take(&mut self.pairs), &self.job, self.threads).map_err(invalid)
+        })
     }
     fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
         Ok(out
@@ -326,7 +389,10 @@ pub fn vessel_map_files(
     threads: u32,
 ) -> Result<AsyncTask<VesselMapFilesTask>> {
     Ok(AsyncTask::new(VesselMapFilesTask {
-        pairs: pairs.into_iter().map(|p| (p.input.into(), p.output.into())).collect(),
+        pairs: pairs
+            .into_iter()
+            .map(|p| (p.input.into(), p.output.into()))
+            .collect(),
         job: map_job(&filter, &map)?,
         threads: threads as usize,
     }))

@@ -27,9 +27,23 @@ export {
 } from './config/vessels.js';
 export { discover, IMAGE_EXTENSIONS } from './vessels/discover.js';
 export {
+  batchMasks,
+  guidedAlpha,
+  guidedMasking,
+  guidedTarget,
+  maskCounts,
+  randomMasking,
+  type BatchMasks,
+  type Mask,
+  type MaskingPolicy,
+} from './train/masking.js';
+export { Rng, type RngState } from './train/rng.js';
+export { absoluteLr, accumulation, fractionalEpoch, lrAt, type LrSchedule } from './train/schedule.js';
+export {
   createModel,
   loadModel,
-  randomMasking,
+  randomMaskBatch,
+  toMaskBatch,
   trainStep,
   type Features,
   type LoadInfo,

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { createModel, loadModel, parseModelConfig, randomMasking, trainStep } from '../src/index.js';
+import { createModel, loadModel, parseModelConfig, randomMaskBatch, trainStep } from '../src/index.js';
 
 const MICRO = { preset: 'micro', imgSize: 32, patchSize: 8, inChans: 1, embedDim: 32, decoderEmbedDim: 32 } as const;
 
@@ -46,7 +46,7 @@ describe('Model', () => {
     const model = createModel(MICRO, 0);
     expect(model.numParams).toBeGreaterThan(10_000);
     const x = batch(4, 32, 1);
-    const m = randomMasking(4, 16, 0.75, lcg(2));
+    const m = randomMaskBatch(4, 16, 0.75, lcg(2));
     const first = await trainStep(model, x, m, { lr: 1e-3 });
     let last = first;
     for (let i = 0; i < 15; i++) last = await trainStep(model, x, m, { lr: 1e-3 });
@@ -59,7 +59,7 @@ describe('Model', () => {
     const dir = tmp();
     const model = createModel(MICRO, 3);
     const x = batch(2, 32, 1, 5);
-    const m = randomMasking(2, 16, 0.75, lcg(6));
+    const m = randomMaskBatch(2, 16, 0.75, lcg(6));
     await trainStep(model, x, m, { lr: 1e-3 });
     const path = join(dir, 'ckpt.safetensors');
     await model.save(path);
@@ -78,7 +78,7 @@ describe('Model', () => {
 
   it('rejects mis-sized buffers and missing files with clear errors', async () => {
     const model = createModel(MICRO);
-    const m = randomMasking(2, 16, 0.75);
+    const m = randomMaskBatch(2, 16, 0.75);
     await expect(async () => model.trainStep(new Float32Array(10), m.idsKeep, m.idsRestore, m.mask, { lr: 1e-3, weightDecay: 0 })).rejects.toThrow(
       /images has 10 values, not a multiple of C\*S\*S = 1024/,
     );

@@ -29,21 +29,29 @@ pub struct GreyImage {
 impl GreyImage {
     /// Pixels rounded to 8-bit (exact for 8-bit sources).
     pub fn to_u8(&self) -> Vec<u8> {
-        self.pixels.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8).collect()
+        self.pixels
+            .iter()
+            .map(|&v| v.round().clamp(0.0, 255.0) as u8)
+            .collect()
     }
 }
 
-/// Decode `path` (format from its content, not its extension) to grey.
+/// Decode `path`; the format comes from the file's signature, never its extension.
 pub fn read_grey(path: &Path) -> Result<GreyImage, String> {
-    let reader = ImageReader::open(path)
-        .map_err(|e| format!("cannot open: {e}"))?
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if reader.format().is_none() {
-        return Err("not an image (unknown format; expected PNG, JPEG, BMP or TIFF)".into());
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
     }
-    let img = reader.decode().map_err(|e| format!("cannot decode: {e}"))?;
+    let format = image::guess_format(&bytes)
+        .map_err(|_| "not an image (no PNG, JPEG, BMP or TIFF signature)".to_string())?;
+    let img = ImageReader::with_format(std::io::Cursor::new(&bytes), format)
+        .decode()
+        .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))?;
     Ok(to_grey(img))
+}
+
+fn format_name(f: image::ImageFormat) -> &'static str {
+    f.extensions_str().first().copied().unwrap_or("image")
 }
 
 fn luma(r: f32, g: f32, b: f32) -> f32 {
@@ -58,18 +66,37 @@ fn to_grey(img: DynamicImage) -> GreyImage {
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| v as f32).collect(),
         DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).map(|p| p[0] as f32).collect(),
         DynamicImage::ImageLuma16(b) => b.as_raw().iter().map(|&v| v as f32 / 257.0).collect(),
-        DynamicImage::ImageLumaA16(b) => b.as_raw().chunks_exact(2).map(|p| p[0] as f32 / 257.0).collect(),
-        DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(|p| rgb8(p)).collect(),
-        DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(|p| rgb8(p)).collect(),
-        DynamicImage::ImageRgb16(b) => {
-            b.as_raw().chunks_exact(3).map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0).collect()
-        }
-        DynamicImage::ImageRgba16(b) => {
-            b.as_raw().chunks_exact(4).map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0).collect()
-        }
-        other => other.to_rgb32f().as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0) * 255.0).collect(),
+        DynamicImage::ImageLumaA16(b) => b
+            .as_raw()
+            .chunks_exact(2)
+            .map(|p| p[0] as f32 / 257.0)
+            .collect(),
+        DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(rgb8).collect(),
+        DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(rgb8).collect(),
+        DynamicImage::ImageRgb16(b) => b
+            .as_raw()
+            .chunks_exact(3)
+            .map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0)
+            .collect(),
+        DynamicImage::ImageRgba16(b) => b
+            .as_raw()
+            .chunks_exact(4)
+            .map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0)
+            .collect(),
+        other => other
+            .to_rgb32f()
+            .as_raw()
+            .chunks_exact(3)
+            .map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0) * 255.0)
+            .collect(),
     };
-    GreyImage { width, height, pixels, bit_depth, channels }
+    GreyImage {
+        width,
+        height,
+        pixels,
+        bit_depth,
+        channels,
+    }
 }
 
 /// 8-bit RGB -> grey with integer BT.601 weights and rounding (identical channels stay exact).
@@ -80,7 +107,10 @@ fn rgb8(p: &[u8]) -> f32 {
 /// Write `path` atomically: the bytes go to a hidden temporary file in the same folder, are
 /// flushed to disk, then renamed over `path`. A crash or error never leaves a partial file
 /// under the final name; on error the temporary file is removed.
-pub fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<(), String> {
+pub fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
+) -> Result<(), String> {
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = BufWriter::new(File::create(&tmp)?);
@@ -99,7 +129,10 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std
 fn temp_path(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = N.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.vasomim-tmp-{}-{n}", std::process::id()))
 }
@@ -108,7 +141,12 @@ fn temp_path(path: &Path) -> PathBuf {
 pub const TEMP_MARKER: &str = ".vasomim-tmp-";
 
 /// 8-bit grey PNG.
-pub fn write_png_grey8(path: &Path, width: usize, height: usize, data: &[u8]) -> Result<(), String> {
+pub fn write_png_grey8(
+    path: &Path,
+    width: usize,
+    height: usize,
+    data: &[u8],
+) -> Result<(), String> {
     assert_eq!(data.len(), width * height);
     write_atomic(path, |w| {
         let mut enc = png::Encoder::new(w, width as u32, height as u32);
@@ -149,8 +187,15 @@ impl NpyElem for u8 {
 pub fn npy_bytes<T: NpyElem>(shape: &[usize], data: &[T]) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len());
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_txt}, }}", T::DESCR);
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_txt}, }}",
+        T::DESCR
+    );
     // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));

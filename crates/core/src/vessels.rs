@@ -32,7 +32,10 @@ impl MapJob {
             Filter::Sato => 1.0,
             Filter::Frangi(_) => 255.0,
         };
-        MapParams { scale: self.map.scale * scale, ..self.map.clone() }
+        MapParams {
+            scale: self.map.scale * scale,
+            ..self.map.clone()
+        }
     }
 }
 
@@ -56,7 +59,13 @@ pub enum Response {
     F64(Vec<f64>),
 }
 
-pub fn response_of(pixels: &[f32], h: usize, w: usize, p: &VesselnessParams, prec: Precision) -> Result<Response, String> {
+pub fn response_of(
+    pixels: &[f32],
+    h: usize,
+    w: usize,
+    p: &VesselnessParams,
+    prec: Precision,
+) -> Result<Response, String> {
     match prec {
         Precision::F32 => vesselness(pixels, h, w, p).map(Response::F32),
         Precision::F64 => {
@@ -79,7 +88,15 @@ pub fn map_of(pixels: &[f32], h: usize, w: usize, job: &MapJob) -> Result<Vec<u8
 
 fn one(input: PathBuf, output: PathBuf, job: &MapJob) -> Outcome {
     let t = Instant::now();
-    let mut o = Outcome { input, output, error: None, width: 0, height: 0, vessel_pixels: 0, millis: 0.0 };
+    let mut o = Outcome {
+        input,
+        output,
+        error: None,
+        width: 0,
+        height: 0,
+        vessel_pixels: 0,
+        millis: 0.0,
+    };
     let r = read_grey(&o.input).and_then(|img| {
         o.width = img.width;
         o.height = img.height;
@@ -93,14 +110,26 @@ fn one(input: PathBuf, output: PathBuf, job: &MapJob) -> Outcome {
 }
 
 /// Run the job on every pair with `threads` workers (0: all cores). Outcomes in input order.
-pub fn vessel_maps(pairs: Vec<(PathBuf, PathBuf)>, job: &MapJob, threads: usize) -> Result<Vec<Outcome>, String> {
+pub fn vessel_maps(
+    pairs: Vec<(PathBuf, PathBuf)>,
+    job: &MapJob,
+    threads: usize,
+) -> Result<Vec<Outcome>, String> {
     job.filter.validate().map_err(|e| e.to_string())?;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
     Ok(pool.install(|| pairs.into_par_iter().map(|(i, o)| one(i, o, job)).collect()))
 }
 
 /// Write a raw response as `.npy` in its own precision.
-pub fn write_response_npy(path: &std::path::Path, h: usize, w: usize, r: &Response) -> Result<(), String> {
+pub fn write_response_npy(
+    path: &std::path::Path,
+    h: usize,
+    w: usize,
+    r: &Response,
+) -> Result<(), String> {
     match r {
         Response::F32(v) => write_npy(path, &[h, w], v),
         Response::F64(v) => write_npy(path, &[h, w], v),

@@ -23,9 +23,17 @@ pub use vesselmap::{vessel_map, Cast, MapParams};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// `data.len()` is not `height * width`, or a side is zero.
-    Shape { len: usize, height: usize, width: usize },
+    Shape {
+        len: usize,
+        height: usize,
+        width: usize,
+    },
     /// A parameter is out of its domain (name, value, what is allowed).
-    Param { name: &'static str, value: String, expected: &'static str },
+    Param {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 impl std::fmt::Display for Error {

@@ -26,7 +26,12 @@ pub struct MapParams {
 
 impl Default for MapParams {
     fn default() -> Self {
-        MapParams { border: 20, percentile: 92.0, cast: Cast::Clamp, scale: 1.0 }
+        MapParams {
+            border: 20,
+            percentile: 92.0,
+            cast: Cast::Clamp,
+            scale: 1.0,
+        }
     }
 }
 
@@ -135,10 +140,18 @@ pub fn region_grow(kept: &[u8], h: usize, w: usize) -> Vec<u8> {
 pub fn vessel_map<T: Real>(resp: &[T], h: usize, w: usize, p: &MapParams) -> Result<Vec<u8>> {
     check_shape(resp.len(), h, w)?;
     if !(p.percentile.is_finite() && (0.0..=100.0).contains(&p.percentile)) {
-        return Err(Error::Param { name: "percentile", value: p.percentile.to_string(), expected: "a number in [0, 100]" });
+        return Err(Error::Param {
+            name: "percentile",
+            value: p.percentile.to_string(),
+            expected: "a number in [0, 100]",
+        });
     }
     if !(p.scale.is_finite() && p.scale > 0.0) {
-        return Err(Error::Param { name: "scale", value: p.scale.to_string(), expected: "a finite number > 0" });
+        return Err(Error::Param {
+            name: "scale",
+            value: p.scale.to_string(),
+            expected: "a finite number > 0",
+        });
     }
     let mut v = to_u8(resp, p.cast, p.scale);
     zero_border(&mut v, h, w, p.border);
@@ -149,4 +162,108 @@ pub fn vessel_map<T: Real>(resp: &[T], h: usize, w: usize, p: &MapParams) -> Res
         }
     });
     Ok(region_grow(&v, h, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cast_clamps_or_wraps_like_numpy() {
+        let v = [-3.7f64, 0.0, 12.9, 255.0, 255.5, 300.2, 513.0, f64::NAN];
+        assert_eq!(
+            to_u8(&v, Cast::Clamp, 1.0),
+            vec![0, 0, 12, 255, 255, 255, 255, 0]
+        );
+        // numpy: astype(int64) truncates toward zero (-3.7 -> -3 -> 253), then keeps the low byte.
+        assert_eq!(
+            to_u8(&v, Cast::Wrap, 1.0),
+            vec![253, 0, 12, 255, 255, 44, 1, 0]
+        );
+        assert_eq!(to_u8(&[0.5f32], Cast::Clamp, 255.0), vec![127]);
+    }
+
+    #[test]
+    fn percentile_matches_numpy_linear() {
+        // Values checked with numpy.percentile (method='linear').
+        let v: Vec<u8> = vec![0, 0, 1, 5, 5, 9, 200, 3, 3, 3];
+        assert_eq!(percentile_u8(&v, 92.0), 62.48000000000022);
+        assert_eq!(percentile_u8(&v, 97.0), 148.43000000000006);
+        assert_eq!(percentile_u8(&v, 50.0), 3.0);
+        assert_eq!(percentile_u8(&v, 0.0), 0.0);
+        assert_eq!(percentile_u8(&v, 100.0), 200.0);
+        assert_eq!(percentile_u8(&[7], 92.0), 7.0);
+    }
+
+    #[test]
+    fn border_is_zeroed_even_when_wider_than_the_image() {
+        let mut v = vec![9u8; 6 * 5];
+        zero_border(&mut v, 6, 5, 2);
+        let inner: Vec<usize> = (0..30).filter(|&i| v[i] != 0).collect();
+        assert_eq!(inner, vec![2 * 5 + 2, 3 * 5 + 2]);
+        let mut v = vec![9u8; 9];
+        zero_border(&mut v, 3, 3, 20);
+        assert!(v.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn region_grow_is_4_connected_from_the_first_argmax() {
+        #[rustfmt::skip]
+        let kept = [
+            0, 9, 0, 0,
+            0, 5, 0, 9,
+            3, 0, 0, 4,
+            0, 0, 2, 0,
+        ];
+        let out = region_grow(&kept, 4, 4);
+        // The first 9 (row-major) seeds; the 3 touches only diagonally: not included.
+        let on: Vec<usize> = (0..16).filter(|&i| out[i] == 255).collect();
+        assert_eq!(on, vec![1, 5]);
+        assert!(region_grow(&[0u8; 4], 2, 2).iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn degenerate_threshold_keeps_every_nonzero_pixel() {
+        // >= 92 % zeros: t = 0, everything passes, the component of the max wins.
+        let mut r = vec![0.0f64; 100];
+        r[0] = 50.0;
+        r[1] = 10.0;
+        r[99] = 60.0;
+        let m = vessel_map(
+            &r,
+            10,
+            10,
+            &MapParams {
+                border: 0,
+                ..MapParams::default()
+            },
+        )
+        .unwrap();
+        let on: Vec<usize> = (0..100).filter(|&i| m[i] == 255).collect();
+        assert_eq!(on, vec![99]);
+    }
+
+    #[test]
+    fn bad_parameters_name_the_field() {
+        let e = vessel_map(
+            &[0.0f64; 4],
+            2,
+            2,
+            &MapParams {
+                percentile: 101.0,
+                ..MapParams::default()
+            },
+        );
+        assert!(e.unwrap_err().to_string().contains("percentile"));
+        let e = vessel_map(
+            &[0.0f64; 4],
+            2,
+            2,
+            &MapParams {
+                scale: f64::NAN,
+                ..MapParams::default()
+            },
+        );
+        assert!(e.unwrap_err().to_string().contains("scale"));
+    }
 }

@@ -19,8 +19,11 @@ export const FilterSchema = z
     beta: positive('beta').default(0.5),
     /** Frangi structure sensitivity; default: half the largest Hessian norm (scikit-image rule). */
     gamma: positive('gamma').optional(),
-    /** f64 reproduces scikit-image to 1e-6; f32 is about twice as fast (1e-4). */
-    precision: z.enum(['f32', 'f64']).default('f64'),
+    /**
+     * Working precision. Raw responses default to f64 (scikit-image to ~1e-15); maps default to
+     * f32 (about twice as fast; on all 92 bundled frames its maps equal the f64 ones pixel for pixel).
+     */
+    precision: z.enum(['f32', 'f64']).optional(),
   })
   .strict()
   .transform((o) => ({ ...o, sigmas: o.sigmas ?? [...DEFAULT_SIGMAS[o.filter]] }));

@@ -32,9 +32,21 @@ export interface MaskBatch {
   mask: Float32Array;
 }
 
-/** One pre-training step; `images` is (B, C, S, S) normalised. */
-export function trainStep(model: Model, images: Float32Array, m: MaskBatch, options: StepOptionsInput): Promise<StepResult> {
+/** Masks as the native side takes them; accepts `batchMasks` output (Int32Array / Uint8Array) too. */
+export function toMaskBatch(m: {
+  idsKeep: Uint32Array | Int32Array;
+  idsRestore: Uint32Array | Int32Array;
+  mask: Float32Array | Uint8Array;
+}): MaskBatch {
+  // Int32 ids are non-negative, so a Uint32 view of the same bytes is the same values (no copy).
+  const u32 = (a: Uint32Array | Int32Array) => (a instanceof Uint32Array ? a : new Uint32Array(a.buffer, a.byteOffset, a.length));
+  return { idsKeep: u32(m.idsKeep), idsRestore: u32(m.idsRestore), mask: m.mask instanceof Float32Array ? m.mask : Float32Array.from(m.mask) };
+}
+
+/** One pre-training step; `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`. */
+export function trainStep(model: Model, images: Float32Array, masks: Parameters<typeof toMaskBatch>[0], options: StepOptionsInput): Promise<StepResult> {
   const o = parseOptions(StepOptionsSchema, options, 'step options');
+  const m = toMaskBatch(masks);
   return model.trainStep(images, m.idsKeep, m.idsRestore, m.mask, o);
 }
 
@@ -42,7 +54,7 @@ export function trainStep(model: Model, images: Float32Array, m: MaskBatch, opti
  * MAE random masking for `batch` images of `numPatches` patches: kept ids ascending (the order
  * VasoMIM feeds them), restore order, mask. `random` defaults to Math.random.
  */
-export function randomMasking(batch: number, numPatches: number, maskRatio: number, random: () => number = Math.random): MaskBatch {
+export function randomMaskBatch(batch: number, numPatches: number, maskRatio: number, random: () => number = Math.random): MaskBatch {
   const keep = Math.floor(numPatches * (1 - maskRatio));
   const idsKeep = new Uint32Array(batch * keep);
   const idsRestore = new Uint32Array(batch * numPatches);

@@ -38,7 +38,8 @@ export interface VesselMap {
   data: Uint8Array;
 }
 
-function nativeFilter(f: FilterConfig) {
+/** Raw responses default to f64 (parity), maps to f32 (speed; identical maps on the samples). */
+function nativeFilter(f: FilterConfig, defaultPrecision: 'f32' | 'f64') {
   return {
     filter: f.filter,
     sigmas: f.sigmas,
@@ -46,7 +47,7 @@ function nativeFilter(f: FilterConfig) {
     alpha: f.alpha,
     beta: f.beta,
     gamma: f.gamma,
-    precision: f.precision,
+    precision: f.precision ?? defaultPrecision,
   };
 }
 
@@ -66,14 +67,14 @@ export async function readImage(path: string): Promise<GreyImage & { pixels: Flo
 export async function vesselness(image: string | GreyImage, options: FilterInput = {}): Promise<VesselnessResponse> {
   const f = parseOptions(FilterSchema, options, 'vesselness options');
   const { width, height, pixels } = await pixelsOf(image);
-  const r = await native.vesselness(pixels, width, height, nativeFilter(f));
+  const r = await native.vesselness(pixels, width, height, nativeFilter(f, 'f64'));
   return { width: r.width, height: r.height, dtype: r.dtype as 'float32' | 'float64', data: r.data, max: r.max };
 }
 
 /** Raw response of an image file written to `.npy` (raw) or `.png` (display, scaled to max). */
 export async function vesselnessToFile(input: string, output: string, options: FilterInput = {}) {
   const f = parseOptions(FilterSchema, options, 'vesselness options');
-  return native.vesselnessFile(input, output, nativeFilter(f));
+  return native.vesselnessFile(input, output, nativeFilter(f, 'f64'));
 }
 
 /** The VasoMIM binary vessel map ({0, 255}) of an image. */
@@ -84,7 +85,7 @@ export async function vesselMap(
   const f = parseOptions(FilterSchema, options.filter ?? {}, 'filter options');
   const m = parseOptions(MapSchema, options.map ?? {}, 'map options');
   const { width, height, pixels } = await pixelsOf(image);
-  const data = await native.vesselMap(pixels, width, height, nativeFilter(f), m);
+  const data = await native.vesselMap(pixels, width, height, nativeFilter(f, 'f32'), m);
   return { width, height, data };
 }
 
@@ -198,7 +199,7 @@ export async function prepareVesselMaps(
 
   const threads = cfg.jobs;
   const chunk = Math.max(8, 4 * (threads || (await import('node:os')).availableParallelism()));
-  const filter = nativeFilter(cfg.filter);
+  const filter = nativeFilter(cfg.filter, 'f32');
   for (let i = 0; i < todo.length; i += chunk) {
     if (control.shouldStop?.()) {
       summary.interrupted = true;
