@@ -15,7 +15,7 @@ use vasomim_core::vessels::{
 };
 
 mod frangi_params;
-mod model;
+pub mod model;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())

@@ -134,7 +134,8 @@ struct State {
 type Shared = Arc<Mutex<State>>;
 
 fn lock(s: &Shared) -> Result<std::sync::MutexGuard<'_, State>> {
-    s.lock().map_err(|_| failed("model state is poisoned by an earlier panic"))
+    s.lock()
+        .map_err(|_| failed("model state is poisoned by an earlier panic"))
 }
 
 fn err(e: candle_core::Error) -> Error {
@@ -157,18 +158,31 @@ impl Model {
         let cfg = MaeConfig::from(&config);
         cfg.validate().map_err(invalid)?;
         guarded("Model.create", || {
-            let trainer = Trainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64).map_err(err)?;
-            Ok(Model { state: Arc::new(Mutex::new(State { trainer, step: 0 })), cfg, load_info: None })
+            let trainer =
+                Trainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64).map_err(err)?;
+            Ok(Model {
+                state: Arc::new(Mutex::new(State { trainer, step: 0 })),
+                cfg,
+                load_info: None,
+            })
         })
     }
 
     /// Load a checkpoint (ours, timm safetensors, MAE `.pth`); see `loadInfo`.
     #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
     pub fn load(path: String, options: Option<LoadModelOptions>) -> AsyncTask<LoadTask> {
-        let o = options.unwrap_or(LoadModelOptions { preset: None, img_size: None, in_chans: None });
+        let o = options.unwrap_or(LoadModelOptions {
+            preset: None,
+            img_size: None,
+            in_chans: None,
+        });
         AsyncTask::new(LoadTask {
             path: path.into(),
-            opts: LoadOptions { preset: o.preset, img_size: o.img_size.map(|v| v as usize), in_chans: o.in_chans.map(|v| v as usize) },
+            opts: LoadOptions {
+                preset: o.preset,
+                img_size: o.img_size.map(|v| v as usize),
+                in_chans: o.in_chans.map(|v| v as usize),
+            },
         })
     }
 
@@ -197,13 +211,21 @@ impl Model {
     /// Save parameters, position buffers, optimizer state, config and step (safetensors).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String) -> AsyncTask<SaveTask> {
-        AsyncTask::new(SaveTask { state: self.state.clone(), path: path.into(), timm: false })
+        AsyncTask::new(SaveTask {
+            state: self.state.clone(),
+            path: path.into(),
+            timm: false,
+        })
     }
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn export_timm(&self, path: String) -> AsyncTask<SaveTask> {
-        AsyncTask::new(SaveTask { state: self.state.clone(), path: path.into(), timm: true })
+        AsyncTask::new(SaveTask {
+            state: self.state.clone(),
+            path: path.into(),
+            timm: true,
+        })
     }
 
     /// One pre-training step on `images` (B, C, S, S normalised) with the caller's masking:
@@ -218,8 +240,12 @@ impl Model {
         options: StepOptions,
     ) -> Result<AsyncTask<TrainStepTask>> {
         let batch = self.check_batch(&images, &ids_keep, &ids_restore, &mask)?;
-        if !(options.lr >= 0.0 && options.lr.is_finite()) || !(options.weight_decay >= 0.0) {
-            return Err(invalid(format!("lr ({}) and weightDecay ({}) must be finite and >= 0", options.lr, options.weight_decay)));
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(options.lr) || !ok(options.weight_decay) {
+            return Err(invalid(format!(
+                "lr ({}) and weightDecay ({}) must be finite and >= 0",
+                options.lr, options.weight_decay
+            )));
         }
         let d = AdamWParams::default();
         let params = StepParams {
@@ -235,7 +261,13 @@ impl Model {
         };
         Ok(AsyncTask::new(TrainStepTask {
             state: self.state.clone(),
-            batch: Batch { images: images.to_vec(), ids_keep: ids_keep.to_vec(), ids_restore: ids_restore.to_vec(), mask: mask.to_vec(), batch },
+            batch: Batch {
+                images: images.to_vec(),
+                ids_keep: ids_keep.to_vec(),
+                ids_restore: ids_restore.to_vec(),
+                mask: mask.to_vec(),
+                batch,
+            },
             params,
             cfg: self.cfg.clone(),
         }))
@@ -243,11 +275,23 @@ impl Model {
 
     /// Reconstruction (B, C, S, S) and loss for a masked batch, without training.
     #[napi(catch_unwind, ts_return_type = "Promise<Reconstruction>")]
-    pub fn reconstruct(&self, images: Float32Array, ids_keep: Uint32Array, ids_restore: Uint32Array, mask: Float32Array) -> Result<AsyncTask<ReconstructTask>> {
+    pub fn reconstruct(
+        &self,
+        images: Float32Array,
+        ids_keep: Uint32Array,
+        ids_restore: Uint32Array,
+        mask: Float32Array,
+    ) -> Result<AsyncTask<ReconstructTask>> {
         let batch = self.check_batch(&images, &ids_keep, &ids_restore, &mask)?;
         Ok(AsyncTask::new(ReconstructTask {
             state: self.state.clone(),
-            batch: Batch { images: images.to_vec(), ids_keep: ids_keep.to_vec(), ids_restore: ids_restore.to_vec(), mask: mask.to_vec(), batch },
+            batch: Batch {
+                images: images.to_vec(),
+                ids_keep: ids_keep.to_vec(),
+                ids_restore: ids_restore.to_vec(),
+                mask: mask.to_vec(),
+                batch,
+            },
             cfg: self.cfg.clone(),
         }))
     }
@@ -256,16 +300,28 @@ impl Model {
     #[napi(catch_unwind, ts_return_type = "Promise<Features>")]
     pub fn embed(&self, images: Float32Array) -> Result<AsyncTask<EmbedTask>> {
         let per = self.cfg.in_chans * self.cfg.img_size * self.cfg.img_size;
-        if images.is_empty() || images.len() % per != 0 {
-            return Err(invalid(format!("images has {} values, not a multiple of C*S*S = {per}", images.len())));
+        if images.is_empty() || !images.len().is_multiple_of(per) {
+            return Err(invalid(format!(
+                "images has {} values, not a multiple of C*S*S = {per}",
+                images.len()
+            )));
         }
-        Ok(AsyncTask::new(EmbedTask { state: self.state.clone(), input: EmbedInput::Pixels(images.to_vec()), out: None, cfg: self.cfg.clone() }))
+        Ok(AsyncTask::new(EmbedTask {
+            state: self.state.clone(),
+            input: EmbedInput::Pixels(images.to_vec()),
+            out: None,
+            cfg: self.cfg.clone(),
+        }))
     }
 
     /// Features (N, 2, D) of image files (preprocessed as in pre-training); also written as a
     /// `.npy` when `out` is given.
     #[napi(catch_unwind, ts_return_type = "Promise<Features>")]
-    pub fn embed_files(&self, paths: Vec<String>, out: Option<String>) -> Result<AsyncTask<EmbedTask>> {
+    pub fn embed_files(
+        &self,
+        paths: Vec<String>,
+        out: Option<String>,
+    ) -> Result<AsyncTask<EmbedTask>> {
         if paths.is_empty() {
             return Err(invalid("no images given"));
         }
@@ -277,21 +333,41 @@ impl Model {
         }))
     }
 
-    fn check_batch(&self, images: &[f32], ids_keep: &[u32], ids_restore: &[u32], mask: &[f32]) -> Result<usize> {
+    fn check_batch(
+        &self,
+        images: &[f32],
+        ids_keep: &[u32],
+        ids_restore: &[u32],
+        mask: &[f32],
+    ) -> Result<usize> {
         let c = &self.cfg;
         let per = c.in_chans * c.img_size * c.img_size;
         let l = c.num_patches();
-        if images.is_empty() || images.len() % per != 0 {
-            return Err(invalid(format!("images has {} values, not a multiple of C*S*S = {per}", images.len())));
+        if images.is_empty() || !images.len().is_multiple_of(per) {
+            return Err(invalid(format!(
+                "images has {} values, not a multiple of C*S*S = {per}",
+                images.len()
+            )));
         }
         let b = images.len() / per;
         if ids_restore.len() != b * l || mask.len() != b * l {
-            return Err(invalid(format!("idsRestore ({}) and mask ({}) must have B*L = {b}*{l} values", ids_restore.len(), mask.len())));
+            return Err(invalid(format!(
+                "idsRestore ({}) and mask ({}) must have B*L = {b}*{l} values",
+                ids_restore.len(),
+                mask.len()
+            )));
         }
-        if ids_keep.is_empty() || ids_keep.len() % b != 0 || ids_keep.len() / b > l {
-            return Err(invalid(format!("idsKeep has {} values: expected B*K with B = {b}, 1 <= K <= {l}", ids_keep.len())));
+        if ids_keep.is_empty() || !ids_keep.len().is_multiple_of(b) || ids_keep.len() / b > l {
+            return Err(invalid(format!(
+                "idsKeep has {} values: expected B*K with B = {b}, 1 <= K <= {l}",
+                ids_keep.len()
+            )));
         }
-        if let Some(bad) = ids_keep.iter().chain(ids_restore).find(|&&i| i as usize >= l) {
+        if let Some(bad) = ids_keep
+            .iter()
+            .chain(ids_restore)
+            .find(|&&i| i as usize >= l)
+        {
             return Err(invalid(format!("patch index {bad} out of range 0..{l}")));
         }
         Ok(b)
@@ -328,7 +404,13 @@ pub struct LoadTask {
 }
 
 fn info(r: &LoadReport, step: u64) -> LoadInfo {
-    LoadInfo { missing: r.missing.clone(), unexpected: r.unexpected.clone(), adapted: r.adapted.clone(), config_source: r.config_source.clone(), step: step as i64 }
+    LoadInfo {
+        missing: r.missing.clone(),
+        unexpected: r.unexpected.clone(),
+        adapted: r.adapted.clone(),
+        config_source: r.config_source.clone(),
+        step: step as i64,
+    }
 }
 
 impl Task for LoadTask {
@@ -343,7 +425,14 @@ impl Task for LoadTask {
                 trainer.opt.load_state(state, *s).map_err(err)?;
             }
             let load_info = Some(info(&l.report, l.step));
-            Ok(Model { state: Arc::new(Mutex::new(State { trainer, step: l.step })), cfg, load_info })
+            Ok(Model {
+                state: Arc::new(Mutex::new(State {
+                    trainer,
+                    step: l.step,
+                })),
+                cfg,
+                load_info,
+            })
         })
     }
     fn resolve(&mut self, _env: Env, model: Model) -> Result<Model> {
@@ -388,12 +477,26 @@ impl Task for TrainStepTask {
     type JsValue = StepResult;
     fn compute(&mut self) -> Result<StepResult> {
         guarded("Model.trainStep", || {
-            let batch = std::mem::replace(&mut self.batch, Batch { images: vec![], ids_keep: vec![], ids_restore: vec![], mask: vec![], batch: 0 });
+            let batch = std::mem::replace(
+                &mut self.batch,
+                Batch {
+                    images: vec![],
+                    ids_keep: vec![],
+                    ids_restore: vec![],
+                    mask: vec![],
+                    batch: 0,
+                },
+            );
             let (x, m) = batch.tensors(&self.cfg).map_err(err)?;
             let mut s = lock(&self.state)?;
             let st = s.trainer.train_step(&x, &m, &self.params).map_err(err)?;
             s.step += 1;
-            Ok(StepResult { loss_rec: st.loss_rec, loss: st.loss_rec, grad_norm: st.grad_norm, step: s.step as i64 })
+            Ok(StepResult {
+                loss_rec: st.loss_rec,
+                loss: st.loss_rec,
+                grad_norm: st.grad_norm,
+                step: s.step as i64,
+            })
         })
     }
     fn resolve(&mut self, _env: Env, r: StepResult) -> Result<StepResult> {
@@ -412,17 +515,32 @@ impl Task for ReconstructTask {
     type JsValue = Reconstruction;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("Model.reconstruct", || {
-            let batch = std::mem::replace(&mut self.batch, Batch { images: vec![], ids_keep: vec![], ids_restore: vec![], mask: vec![], batch: 0 });
+            let batch = std::mem::replace(
+                &mut self.batch,
+                Batch {
+                    images: vec![],
+                    ids_keep: vec![],
+                    ids_restore: vec![],
+                    mask: vec![],
+                    batch: 0,
+                },
+            );
             let (x, m) = batch.tensors(&self.cfg).map_err(err)?;
             let s = lock(&self.state)?;
             let model = &s.trainer.model;
             let out = model.forward(&x, &m).map_err(err)?;
-            let rec = model.reconstruct(&x, &out.pred).and_then(|r| r.flatten_all()?.to_vec1::<f32>()).map_err(err)?;
+            let rec = model
+                .reconstruct(&x, &out.pred)
+                .and_then(|r| r.flatten_all()?.to_vec1::<f32>())
+                .map_err(err)?;
             Ok((rec, out.loss.to_scalar::<f32>().map_err(err)? as f64))
         })
     }
     fn resolve(&mut self, _env: Env, (v, loss): Self::Output) -> Result<Reconstruction> {
-        Ok(Reconstruction { images: Float32Array::new(v), loss })
+        Ok(Reconstruction {
+            images: Float32Array::new(v),
+            loss,
+        })
     }
 }
 
@@ -450,7 +568,10 @@ impl Task for EmbedTask {
                     let (c, sz) = (self.cfg.in_chans, self.cfg.img_size);
                     let n = px.len() / (c * sz * sz);
                     let t = Tensor::from_vec(px, (n, c, sz, sz), &Device::Cpu).map_err(err)?;
-                    (vasomim_core::embed::embed_batch(model, &t).map_err(err)?, self.cfg.embed_dim)
+                    (
+                        vasomim_core::embed::embed_batch(model, &t).map_err(err)?,
+                        self.cfg.embed_dim,
+                    )
                 }
                 EmbedInput::Files(paths) => {
                     let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
@@ -459,14 +580,18 @@ impl Task for EmbedTask {
             };
             if let Some(out) = &self.out {
                 let n = data.len() / (2 * d);
-                vasomim_core::io::write_npy(out, &[n, 2, d], &data).map_err(|e| failed(format!("{}: {e}", out.display())))?;
+                vasomim_core::io::write_npy(out, &[n, 2, d], &data)
+                    .map_err(|e| failed(format!("{}: {e}", out.display())))?;
             }
             Ok((data, d))
         })
     }
     fn resolve(&mut self, _env: Env, (data, d): Self::Output) -> Result<Features> {
         let n = data.len() / (2 * d);
-        Ok(Features { data: Float32Array::new(data), shape: vec![n as u32, 2, d as u32] })
+        Ok(Features {
+            data: Float32Array::new(data),
+            shape: vec![n as u32, 2, d as u32],
+        })
     }
 }
 
@@ -475,5 +600,10 @@ impl Task for EmbedTask {
 pub fn preset_config(name: String) -> Result<ModelConfig> {
     MaeConfig::preset(&name)
         .map(|c| ModelConfig::from(&c))
-        .ok_or_else(|| invalid(format!("unknown preset {name:?} (one of {})", MaeConfig::preset_names().join(", "))))
+        .ok_or_else(|| {
+            invalid(format!(
+                "unknown preset {name:?} (one of {})",
+                MaeConfig::preset_names().join(", ")
+            ))
+        })
 }

@@ -57,16 +57,29 @@ fn err(msg: impl std::fmt::Display) -> candle_core::Error {
 
 /// Every tensor of the model (parameters and position buffers) under its state-dict name.
 pub fn state_dict(model: &MaskedAutoencoder) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = model.params.entries.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+    let mut out: Vec<(String, Tensor)> = model
+        .params
+        .entries
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
     out.push(("pos_embed".into(), model.encoder.pos_embed.clone()));
     out.push(("decoder_pos_embed".into(), model.decoder_pos_embed.clone()));
     out
 }
 
-fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, meta: HashMap<String, String>) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> =
-        tensors.into_iter().map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?))).collect::<Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).map_err(err)?;
+fn write_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let bytes =
+        safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+            .map_err(err)?;
     crate::io::write_atomic(path, |w| std::io::Write::write_all(w, &bytes)).map_err(err)
 }
 
@@ -81,7 +94,10 @@ pub fn save(path: &Path, model: &MaskedAutoencoder, opt: Option<&AdamW>, step: u
     }
     let mut meta = HashMap::new();
     meta.insert("format".into(), FORMAT.into());
-    meta.insert("config".into(), serde_json::to_string(&model.cfg).map_err(err)?);
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(&model.cfg).map_err(err)?,
+    );
     meta.insert("step".into(), step.to_string());
     if let Some(o) = opt {
         meta.insert("optimizer_step".into(), o.step.to_string());
@@ -93,13 +109,26 @@ pub fn save(path: &Path, model: &MaskedAutoencoder, opt: Option<&AdamW>, step: u
 /// `timm.create_model("vit_<size>_patch16_224", num_classes=0)` with no missing key.
 pub fn export_timm(path: &Path, model: &MaskedAutoencoder) -> Result<()> {
     let enc = |n: &str| {
-        n == "cls_token" || n == "pos_embed" || n.starts_with("patch_embed.") || n.starts_with("blocks.") || n.starts_with("norm.")
+        n == "cls_token"
+            || n == "pos_embed"
+            || n.starts_with("patch_embed.")
+            || n.starts_with("blocks.")
+            || n.starts_with("norm.")
     };
-    let tensors: Vec<(String, Tensor)> = state_dict(model).into_iter().filter(|(n, _)| enc(n)).collect();
+    let tensors: Vec<(String, Tensor)> = state_dict(model)
+        .into_iter()
+        .filter(|(n, _)| enc(n))
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("format".into(), "pt".into());
-    meta.insert("source".into(), "vasomim export --format timm (encoder only)".into());
-    meta.insert("config".into(), serde_json::to_string(&model.cfg).map_err(err)?);
+    meta.insert(
+        "source".into(),
+        "vasomim export --format timm (encoder only)".into(),
+    );
+    meta.insert(
+        "config".into(),
+        serde_json::to_string(&model.cfg).map_err(err)?,
+    );
     write_safetensors(path, tensors, meta)
 }
 
@@ -109,7 +138,8 @@ pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<Str
     let mut head = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut f =
+            std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let _ = f.read(&mut head);
     }
     // .pth files are zip archives ("PK\x03\x04"); anything else is tried as safetensors.
@@ -123,25 +153,46 @@ pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<Str
                 }
             }
         }
-        let v = found.ok_or_else(|| err(format!("{}: no tensors found in the PyTorch file", path.display())))?;
+        let v = found.ok_or_else(|| {
+            err(format!(
+                "{}: no tensors found in the PyTorch file",
+                path.display()
+            ))
+        })?;
         (v.into_iter().collect::<HashMap<_, _>>(), HashMap::new())
     } else {
         let data = std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let (_, md) = safetensors::SafeTensors::read_metadata(&data)
-            .map_err(|e| err(format!("{}: not a safetensors or PyTorch file ({e})", path.display())))?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| {
+            err(format!(
+                "{}: not a safetensors or PyTorch file ({e})",
+                path.display()
+            ))
+        })?;
         let meta = md.metadata().clone().unwrap_or_default();
-        (candle_core::safetensors::load_buffer(&data, &Device::Cpu)?, meta)
+        (
+            candle_core::safetensors::load_buffer(&data, &Device::Cpu)?,
+            meta,
+        )
     };
     // DataParallel / DDP prefixes.
     if tensors.keys().all(|k| k.starts_with("module.")) {
-        tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
+        tensors = tensors
+            .into_iter()
+            .map(|(k, v)| (k["module.".len()..].to_string(), v))
+            .collect();
     }
     Ok((tensors, meta))
 }
 
 fn count_blocks(t: &HashMap<String, Tensor>, prefix: &str) -> usize {
     t.keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)
@@ -149,22 +200,44 @@ fn count_blocks(t: &HashMap<String, Tensor>, prefix: &str) -> usize {
 
 /// The configuration of a file without our metadata, from its shapes (and `preset` for the
 /// head counts, which shapes do not tell).
-pub fn infer_config(t: &HashMap<String, Tensor>, preset: Option<&str>) -> Result<(MaeConfig, String)> {
-    let w = t.get("patch_embed.proj.weight").ok_or_else(|| err("not a ViT checkpoint: no patch_embed.proj.weight"))?;
-    let (d, c, p, _) = w.dims4().map_err(|_| err(format!("patch_embed.proj.weight has shape {:?}, expected (D, C, p, p)", w.dims())))?;
+pub fn infer_config(
+    t: &HashMap<String, Tensor>,
+    preset: Option<&str>,
+) -> Result<(MaeConfig, String)> {
+    let w = t
+        .get("patch_embed.proj.weight")
+        .ok_or_else(|| err("not a ViT checkpoint: no patch_embed.proj.weight"))?;
+    let (d, c, p, _) = w.dims4().map_err(|_| {
+        err(format!(
+            "patch_embed.proj.weight has shape {:?}, expected (D, C, p, p)",
+            w.dims()
+        ))
+    })?;
     let depth = count_blocks(t, "blocks.");
     let (mut cfg, source) = match preset {
         Some(name) => {
-            let cfg = MaeConfig::preset(name).ok_or_else(|| err(format!("unknown preset {name:?} (one of {:?})", MaeConfig::preset_names())))?;
+            let cfg = MaeConfig::preset(name).ok_or_else(|| {
+                err(format!(
+                    "unknown preset {name:?} (one of {:?})",
+                    MaeConfig::preset_names()
+                ))
+            })?;
             if cfg.embed_dim != d || cfg.depth != depth {
-                candle_core::bail!("preset {name} has embed {} and depth {}, the file has {d} and {depth}", cfg.embed_dim, cfg.depth);
+                candle_core::bail!(
+                    "preset {name} has embed {} and depth {}, the file has {d} and {depth}",
+                    cfg.embed_dim,
+                    cfg.depth
+                );
             }
             (cfg, format!("preset {name} (named)"))
         }
         None => {
             let name = MaeConfig::preset_name_for(d, depth)
                 .ok_or_else(|| err(format!("no preset has embed {d} and depth {depth}; name one with --preset or use a file with a config")))?;
-            (MaeConfig::preset(name).unwrap(), format!("preset {name} (by shapes)"))
+            (
+                MaeConfig::preset(name).unwrap(),
+                format!("preset {name} (by shapes)"),
+            )
         }
     };
     cfg.patch_size = p;
@@ -180,7 +253,11 @@ pub fn infer_config(t: &HashMap<String, Tensor>, preset: Option<&str>) -> Result
         cfg.decoder_embed_dim = de.dim(0)?;
         cfg.decoder_depth = count_blocks(t, "decoder_blocks.");
         // MAE decoders use 64-wide heads except the lightest ones (see presets).
-        cfg.decoder_num_heads = PRESETS.iter().find(|p| p.4 == cfg.decoder_embed_dim).map(|p| p.6).unwrap_or((cfg.decoder_embed_dim / 32).max(1));
+        cfg.decoder_num_heads = PRESETS
+            .iter()
+            .find(|p| p.4 == cfg.decoder_embed_dim)
+            .map(|p| p.6)
+            .unwrap_or((cfg.decoder_embed_dim / 32).max(1));
     }
     Ok((cfg, source))
 }
@@ -220,9 +297,11 @@ fn adapt_pred_rows(t: &Tensor, from: usize, to: usize) -> Result<Tensor> {
 pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> {
     let (tensors, meta) = read_tensors(path)?;
     let (mut cfg, config_source) = match meta.get("config") {
-        Some(js) if opts.preset.is_none() => {
-            (serde_json::from_str::<MaeConfig>(js).map_err(|e| err(format!("{}: bad config metadata: {e}", path.display())))?, "metadata".to_string())
-        }
+        Some(js) if opts.preset.is_none() => (
+            serde_json::from_str::<MaeConfig>(js)
+                .map_err(|e| err(format!("{}: bad config metadata: {e}", path.display())))?,
+            "metadata".to_string(),
+        ),
         _ => infer_config(&tensors, opts.preset.as_deref())?,
     };
     let file_cfg = cfg.clone();
@@ -234,10 +313,17 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
     }
     cfg.validate().map_err(err)?;
     let model = MaskedAutoencoder::new(&cfg, device, 0)?;
-    let mut report = LoadReport { config_source, ..Default::default() };
+    let mut report = LoadReport {
+        config_source,
+        ..Default::default()
+    };
     let mut used: BTreeMap<&str, ()> = BTreeMap::new();
 
-    let fetch = |name: &str| -> Option<Result<Tensor>> { tensors.get(name).map(|t| t.to_dtype(DType::F32).and_then(|t| t.to_device(device))) };
+    let fetch = |name: &str| -> Option<Result<Tensor>> {
+        tensors
+            .get(name)
+            .map(|t| t.to_dtype(DType::F32).and_then(|t| t.to_device(device)))
+    };
 
     for (name, var) in &model.params.entries {
         let Some(t) = fetch(name) else {
@@ -247,21 +333,39 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
         used.insert(tensors.get_key_value(name.as_str()).unwrap().0.as_str(), ());
         let mut t = t?;
         if name == "patch_embed.proj.weight" && t.dims().len() == 4 && t.dim(1)? != cfg.in_chans {
-            report.adapted.push(format!("{name}: {} -> {} channels", t.dim(1)?, cfg.in_chans));
+            report.adapted.push(format!(
+                "{name}: {} -> {} channels",
+                t.dim(1)?,
+                cfg.in_chans
+            ));
             t = adapt_channels(&t, cfg.in_chans)?;
         }
-        if (name == "decoder_pred.weight" || name == "decoder_pred.bias") && file_cfg.in_chans != cfg.in_chans && t.dim(0)? == file_cfg.patch_dim() {
-            report.adapted.push(format!("{name}: {} -> {} channels", file_cfg.in_chans, cfg.in_chans));
+        if (name == "decoder_pred.weight" || name == "decoder_pred.bias")
+            && file_cfg.in_chans != cfg.in_chans
+            && t.dim(0)? == file_cfg.patch_dim()
+        {
+            report.adapted.push(format!(
+                "{name}: {} -> {} channels",
+                file_cfg.in_chans, cfg.in_chans
+            ));
             t = adapt_pred_rows(&t, file_cfg.in_chans, cfg.in_chans)?;
         }
         if t.dims() != var.dims() {
-            candle_core::bail!("{}: {name} has shape {:?} in the file but the model needs {:?}", path.display(), t.dims(), var.dims());
+            candle_core::bail!(
+                "{}: {name} has shape {:?} in the file but the model needs {:?}",
+                path.display(),
+                t.dims(),
+                var.dims()
+            );
         }
         var.set(&t)?;
     }
 
     let mut model = model;
-    for (name, grid_from) in [("pos_embed", &mut model.encoder.pos_embed), ("decoder_pos_embed", &mut model.decoder_pos_embed)] {
+    for (name, grid_from) in [
+        ("pos_embed", &mut model.encoder.pos_embed),
+        ("decoder_pos_embed", &mut model.decoder_pos_embed),
+    ] {
         let Some(t) = fetch(name) else {
             report.missing.push(name.to_string());
             continue;
@@ -278,20 +382,41 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
             t
         };
         if t.dims() != want.as_slice() {
-            candle_core::bail!("{}: {name} has shape {:?} in the file but the model needs {:?}", path.display(), t.dims(), want);
+            candle_core::bail!(
+                "{}: {name} has shape {:?} in the file but the model needs {:?}",
+                path.display(),
+                t.dims(),
+                want
+            );
         }
         *grid_from = t;
     }
 
     let mut optimizer = None;
-    let opt_tensors: HashMap<String, Tensor> = tensors.iter().filter(|(k, _)| k.starts_with("optimizer.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let opt_tensors: HashMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("optimizer."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if !opt_tensors.is_empty() {
-        let s = meta.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let s = meta
+            .get("optimizer_step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         optimizer = Some((opt_tensors, s));
     }
-    let mut unexpected: Vec<String> = tensors.keys().filter(|k| !used.contains_key(k.as_str()) && !k.starts_with("optimizer.")).cloned().collect();
+    let mut unexpected: Vec<String> = tensors
+        .keys()
+        .filter(|k| !used.contains_key(k.as_str()) && !k.starts_with("optimizer."))
+        .cloned()
+        .collect();
     unexpected.sort();
     report.unexpected = unexpected;
     let step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(Loaded { model, report, optimizer, step })
+    Ok(Loaded {
+        model,
+        report,
+        optimizer,
+        step,
+    })
 }

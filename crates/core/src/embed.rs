@@ -22,10 +22,18 @@ pub const GREY_STD: f32 = 0.226;
 /// (C, S, S) input for a model with `chans` channels and size `size`.
 pub fn preprocess(img: &GreyImage, size: usize, chans: usize) -> Vec<f32> {
     let unit: Vec<f32> = img.pixels.iter().map(|v| v / 255.0).collect();
-    let plane = if img.width == size && img.height == size { unit } else { resize_bicubic(&unit, 1, img.height, img.width, size, size) };
+    let plane = if img.width == size && img.height == size {
+        unit
+    } else {
+        resize_bicubic(&unit, 1, img.height, img.width, size, size)
+    };
     let mut out = Vec::with_capacity(chans * size * size);
     for c in 0..chans {
-        let (m, s) = if chans == 3 { (IMAGENET_MEAN[c], IMAGENET_STD[c]) } else { (GREY_MEAN, GREY_STD) };
+        let (m, s) = if chans == 3 {
+            (IMAGENET_MEAN[c], IMAGENET_STD[c])
+        } else {
+            (GREY_MEAN, GREY_STD)
+        };
         out.extend(plane.iter().map(|v| (v - m) / s));
     }
     out
@@ -37,13 +45,19 @@ pub fn embed_batch(model: &MaskedAutoencoder, imgs: &Tensor) -> Result<Vec<f32>>
 }
 
 /// Features of image files, `batch` at a time: (N, 2, D) flat, and D.
-pub fn embed_files(model: &MaskedAutoencoder, paths: &[&Path], batch: usize, device: &Device) -> Result<(Vec<f32>, usize)> {
+pub fn embed_files(
+    model: &MaskedAutoencoder,
+    paths: &[&Path],
+    batch: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, usize)> {
     let (s, c) = (model.cfg.img_size, model.cfg.in_chans);
     let mut out = Vec::new();
     for chunk in paths.chunks(batch.max(1)) {
         let mut data = Vec::with_capacity(chunk.len() * c * s * s);
         for p in chunk {
-            let img = read_grey(p).map_err(|e| candle_core::Error::msg(format!("{}: {e}", p.display())))?;
+            let img = read_grey(p)
+                .map_err(|e| candle_core::Error::msg(format!("{}: {e}", p.display())))?;
             data.extend(preprocess(&img, s, c));
         }
         let t = Tensor::from_vec(data, (chunk.len(), c, s, s), device)?;

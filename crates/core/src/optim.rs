@@ -30,7 +30,13 @@ pub struct AdamWParams {
 impl Default for AdamWParams {
     /// VASOMIM.md §8: β = (0.9, 0.95), ε = 1e-8, weight decay 0.05.
     fn default() -> Self {
-        AdamWParams { lr: 1.5e-4, weight_decay: 0.05, beta1: 0.9, beta2: 0.95, eps: 1e-8 }
+        AdamWParams {
+            lr: 1.5e-4,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+        }
     }
 }
 
@@ -54,10 +60,20 @@ impl AdamW {
         let slots = params
             .entries
             .iter()
-            .filter(|(n, _)| !frozen.iter().any(|f| n == f || n.starts_with(&format!("{f}."))))
+            .filter(|(n, _)| {
+                !frozen
+                    .iter()
+                    .any(|f| n == f || n.starts_with(&format!("{f}.")))
+            })
             .map(|(n, v)| {
                 let z = Tensor::zeros(v.shape(), DType::F32, v.device())?;
-                Ok(Slot { name: n.clone(), var: v.clone(), decay: decays(n, v.rank()), exp_avg: z.clone(), exp_avg_sq: z })
+                Ok(Slot {
+                    name: n.clone(),
+                    var: v.clone(),
+                    decay: decays(n, v.rank()),
+                    exp_avg: z.clone(),
+                    exp_avg_sq: z,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW { slots, step: 0 })
@@ -65,11 +81,17 @@ impl AdamW {
 
     /// Names of the optimized tensors and whether each decays.
     pub fn groups(&self) -> Vec<(String, bool)> {
-        self.slots.iter().map(|s| (s.name.clone(), s.decay)).collect()
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.decay))
+            .collect()
     }
 
     pub fn vars(&self) -> Vec<(&str, &Var)> {
-        self.slots.iter().map(|s| (s.name.as_str(), &s.var)).collect()
+        self.slots
+            .iter()
+            .map(|s| (s.name.as_str(), &s.var))
+            .collect()
     }
 
     /// The gradients of the optimized tensors, in slot order; a tensor absent from `grads`
@@ -87,7 +109,11 @@ impl AdamW {
     /// One update with `grads` in slot order (see [`Self::collect`]).
     pub fn step(&mut self, grads: &[Tensor], p: &AdamWParams) -> Result<()> {
         if grads.len() != self.slots.len() {
-            candle_core::bail!("{} gradients for {} parameters", grads.len(), self.slots.len());
+            candle_core::bail!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            );
         }
         self.step += 1;
         let t = self.step as i32;
@@ -113,7 +139,13 @@ impl AdamW {
         self.slots
             .iter()
             .flat_map(|s| {
-                [(format!("optimizer.exp_avg.{}", s.name), s.exp_avg.clone()), (format!("optimizer.exp_avg_sq.{}", s.name), s.exp_avg_sq.clone())]
+                [
+                    (format!("optimizer.exp_avg.{}", s.name), s.exp_avg.clone()),
+                    (
+                        format!("optimizer.exp_avg_sq.{}", s.name),
+                        s.exp_avg_sq.clone(),
+                    ),
+                ]
             })
             .collect()
     }
@@ -126,9 +158,15 @@ impl AdamW {
             let mut pair = Vec::with_capacity(2);
             for kind in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("optimizer.{kind}.{}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| candle_core::Error::msg(format!("optimizer state: missing {key}")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    candle_core::Error::msg(format!("optimizer state: missing {key}"))
+                })?;
                 if t.dims() != s.var.dims() {
-                    candle_core::bail!("optimizer state: {key} has shape {:?}, parameter has {:?}", t.dims(), s.var.dims());
+                    candle_core::bail!(
+                        "optimizer state: {key} has shape {:?}, parameter has {:?}",
+                        t.dims(),
+                        s.var.dims()
+                    );
                 }
                 pair.push(t.to_dtype(DType::F32)?.to_device(s.var.device())?);
             }
@@ -147,7 +185,11 @@ impl AdamW {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut s = 0f64;
     for g in grads {
-        s += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        s += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
     }
     Ok(s.sqrt())
 }

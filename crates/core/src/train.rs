@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::nn::mae::{Masking, MaskedAutoencoder};
+use crate::nn::mae::{MaskedAutoencoder, Masking};
 use crate::nn::presets::MaeConfig;
 use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWParams};
 
@@ -19,7 +19,11 @@ pub struct StepParams {
 
 impl Default for StepParams {
     fn default() -> Self {
-        StepParams { adamw: AdamWParams::default(), clip_grad: None, micro_batches: 1 }
+        StepParams {
+            adamw: AdamWParams::default(),
+            clip_grad: None,
+            micro_batches: 1,
+        }
     }
 }
 
@@ -49,7 +53,12 @@ impl Trainer {
     /// Loss and summed gradients (slot order) without updating, over `micro_batches` chunks.
     /// Each chunk's loss is weighted by its share of the masked patches, so the sum equals the
     /// full-batch loss Σ mask·ℓ / Σ mask exactly.
-    pub fn loss_and_grads(&self, imgs: &Tensor, m: &Masking, micro_batches: usize) -> Result<(f64, Vec<Tensor>)> {
+    pub fn loss_and_grads(
+        &self,
+        imgs: &Tensor,
+        m: &Masking,
+        micro_batches: usize,
+    ) -> Result<(f64, Vec<Tensor>)> {
         let b = imgs.dim(0)?;
         let chunks = micro_batches.clamp(1, b.max(1));
         let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
@@ -62,7 +71,11 @@ impl Trainer {
         let mut start = 0;
         while start < b {
             let n = per.min(b - start);
-            let sub = Masking { ids_keep: m.ids_keep.narrow(0, start, n)?, ids_restore: m.ids_restore.narrow(0, start, n)?, mask: m.mask.narrow(0, start, n)? };
+            let sub = Masking {
+                ids_keep: m.ids_keep.narrow(0, start, n)?,
+                ids_restore: m.ids_restore.narrow(0, start, n)?,
+                mask: m.mask.narrow(0, start, n)?,
+            };
             let masked = sub.mask.sum_all()?.to_scalar::<f32>()? as f64;
             start += n;
             if masked == 0.0 {
@@ -74,7 +87,11 @@ impl Trainer {
             let grads = self.opt.collect(&scaled.backward()?)?;
             acc = Some(match acc {
                 None => grads,
-                Some(a) => a.iter().zip(&grads).map(|(x, y)| x + y).collect::<Result<_>>()?,
+                Some(a) => a
+                    .iter()
+                    .zip(&grads)
+                    .map(|(x, y)| x + y)
+                    .collect::<Result<_>>()?,
             });
         }
         Ok((loss, acc.expect("at least one chunk has masked patches")))
@@ -87,9 +104,14 @@ impl Trainer {
             None => global_norm(&grads)?,
         };
         if !loss_rec.is_finite() || !grad_norm.is_finite() {
-            candle_core::bail!("non-finite loss {loss_rec} or gradient norm {grad_norm}: step skipped");
+            candle_core::bail!(
+                "non-finite loss {loss_rec} or gradient norm {grad_norm}: step skipped"
+            );
         }
         self.opt.step(&grads, &p.adamw)?;
-        Ok(StepStats { loss_rec, grad_norm })
+        Ok(StepStats {
+            loss_rec,
+            grad_norm,
+        })
     }
 }

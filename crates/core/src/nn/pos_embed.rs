@@ -18,7 +18,7 @@ fn emb_1d(d: usize, x: f64, out: &mut Vec<f32>) {
 /// [emb_1d(dim/2, c), emb_1d(dim/2, r)] (the column first, as MAE's meshgrid order gives).
 pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "sin-cos position embedding needs a width divisible by 4, got {dim}"
     );
     let mut v = vec![0f32; dim];
@@ -33,7 +33,7 @@ pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f32> {
 
 /// [`sincos_2d`] as a (1, 1 + g², dim) tensor.
 pub fn sincos_2d_tensor(dim: usize, grid: usize, device: &Device) -> Result<Tensor> {
-    if dim % 4 != 0 {
+    if !dim.is_multiple_of(4) {
         candle_core::bail!("sin-cos position embedding needs a width divisible by 4, got {dim}");
     }
     Tensor::from_vec(sincos_2d(dim, grid), (1, 1 + grid * grid, dim), device)

@@ -25,7 +25,18 @@ pub struct MaeConfig {
 }
 
 /// (name, embed, depth, heads, decoder embed, decoder depth, decoder heads, patch)
-pub const PRESETS: &[(&str, usize, usize, usize, usize, usize, usize, usize)] = &[
+pub type Preset = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+pub const PRESETS: &[Preset] = &[
     ("micro", 64, 2, 2, 64, 1, 2, 16),
     ("tiny", 192, 12, 3, 128, 4, 4, 16),
     ("small", 384, 12, 6, 256, 4, 8, 16),
@@ -107,7 +118,7 @@ impl MaeConfig {
         pos(self.num_heads, "numHeads")?;
         pos(self.decoder_embed_dim, "decoderEmbedDim")?;
         pos(self.decoder_num_heads, "decoderNumHeads")?;
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return Err(format!(
                 "imgSize {} is not divisible by patchSize {}",
                 self.img_size, self.patch_size
@@ -124,16 +135,16 @@ impl MaeConfig {
                 "decoderEmbedDim",
             ),
         ] {
-            if d % h != 0 {
+            if !d.is_multiple_of(h) {
                 return Err(format!("{n} {d} is not divisible by its {h} heads"));
             }
-            if d % 4 != 0 {
+            if !d.is_multiple_of(4) {
                 return Err(format!(
                     "{n} {d} must be divisible by 4 (2-D sin-cos position embedding)"
                 ));
             }
         }
-        if !(self.mlp_ratio > 0.0) {
+        if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
             return Err("mlpRatio must be > 0".into());
         }
         Ok(())
