@@ -44,11 +44,16 @@ def main():
     a.add_argument("--steps", type=int, default=10)
     a.add_argument("--warmup", type=int, default=2)
     a.add_argument("--python")
+    # GNU OpenMP spin-waits at barriers by default; on a shared 2-core machine (another build
+    # running) that made the peer up to 20x slower. PASSIVE is the fair setting there; pass
+    # --omp-wait-policy ACTIVE on an idle machine.
+    a.add_argument("--omp-wait-policy", default="PASSIVE")
     o = a.parse_args()
     py = pick_python(o.python)
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "vasomim-core", "--example", "bench_step"], cwd=ROOT, check=True)
     exe = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples", "bench_step")
-    env = dict(os.environ, RAYON_NUM_THREADS=str(o.threads), OMP_NUM_THREADS=str(o.threads), MKL_NUM_THREADS=str(o.threads))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(o.threads), OMP_NUM_THREADS=str(o.threads), MKL_NUM_THREADS=str(o.threads),
+               OPENBLAS_NUM_THREADS=str(o.threads), OMP_WAIT_POLICY=o.omp_wait_policy)
     common = ["--batch", str(o.batch), "--img", str(o.img), "--mask", str(o.mask), "--steps", str(o.steps), "--warmup", str(o.warmup)]
     result = None
     for preset in o.presets.split(","):
@@ -57,7 +62,8 @@ def main():
         result = {"preset": preset, "batch": o.batch, "img": o.img, "mask": o.mask, "threads": o.threads,
                   "ours_ms": ours["ms_per_step"], "peer_ms": peer["ms_per_step"],
                   "ratio": round(ours["ms_per_step"] / peer["ms_per_step"], 3),
-                  "peak_mem_mb": round(ours_mem, 1), "peer_peak_mem_mb": round(peer_mem, 1), "torch": peer.get("torch")}
+                  "peak_mem_mb": round(ours_mem, 1), "peer_peak_mem_mb": round(peer_mem, 1), "torch": peer.get("torch"),
+                  "omp_wait_policy": o.omp_wait_policy}
         print(f"{preset:>6}: ours {ours['ms_per_step']:.1f} ms/step ({ours_mem:.0f} MiB), "
               f"torch {peer['ms_per_step']:.1f} ms/step ({peer_mem:.0f} MiB), ratio {result['ratio']}", file=sys.stderr)
     print(json.dumps(result))

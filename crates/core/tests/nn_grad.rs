@@ -86,6 +86,21 @@ fn layer_norm_matches_composite() {
 }
 
 #[test]
+fn bias_add_matches_broadcast_add() {
+    let mut rng = InitRng::new(5);
+    for rows in [3, 2000] {
+        let y = randn(&mut rng, &[rows, 24], 1.0);
+        let b = randn(&mut rng, &[24], 1.0);
+        check_op(
+            "bias_add",
+            vec![y, b],
+            |t| ops::bias_add(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_add(&t[1]).unwrap(),
+        );
+    }
+}
+
+#[test]
 fn softmax_matches_composite() {
     let mut rng = InitRng::new(2);
     for dims in [vec![2, 3, 7, 7], vec![4, 3, 50, 50]] {

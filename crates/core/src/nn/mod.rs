@@ -166,7 +166,7 @@ impl Linear {
         let in_dim = *dims.last().unwrap_or(&1);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = ops::bias_add(&x2.matmul(&self.weight.t()?)?, &self.bias)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out)

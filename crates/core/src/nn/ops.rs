@@ -6,7 +6,9 @@
 //! input, the same maths is composed from differentiable candle primitives, so every function
 //! works on any `Device`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D,
+};
 use rayon::prelude::*;
 
 /// Rows below this many elements in total are processed on one thread: spawning costs more.
@@ -197,6 +199,89 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
         ss += d * d;
     }
     (mu as f32, (1.0 / (ss / n + eps as f64).sqrt()) as f32)
+}
+
+// ---------------------------------------------------------------- bias add
+
+/// `y + b` with `b` broadcast over the rows of the last dimension (a Linear's bias). candle's
+/// broadcast add is single-threaded and its backward reduces over the leading dims with a slow
+/// strided reduction (~10 % of a training step); this kernel sums the bias gradient by rows in
+/// per-thread partials.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[y, b]) {
+        y.contiguous()?.apply_op2(b, BiasAddOp)
+    } else {
+        y.broadcast_add(b)
+    }
+}
+
+struct BiasAddOp;
+
+impl CustomOp2 for BiasAddOp {
+    fn name(&self) -> &'static str {
+        "vasomim-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "bias_add y")?;
+        let b = f32_slice(s2, l2, "bias_add bias")?;
+        let n = *l1.dims().last().unwrap_or(&1);
+        if b.len() != n {
+            candle_core::bail!("bias_add: last dim {n} but bias has {}", b.len());
+        }
+        let mut dst = vec![0f32; y.len()];
+        par_rows(&mut dst, n, |i, out| {
+            let row = &y[i * n..(i + 1) * n];
+            for j in 0..n {
+                out[j] = row[j] + b[j];
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = b.elem_count();
+        let db = with_f32(&[grad], |s| {
+            let g = s[0];
+            let rows = g.len() / n;
+            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let partials: Vec<Vec<f32>> = g
+                .par_chunks(chunk_rows * n)
+                .map(|c| {
+                    let mut acc = vec![0f32; n];
+                    for r in c.chunks(n) {
+                        for j in 0..n {
+                            acc[j] += r[j];
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut db = vec![0f32; n];
+            for p in partials {
+                for j in 0..n {
+                    db[j] += p[j];
+                }
+            }
+            Ok(db)
+        })?;
+        Ok((
+            Some(grad.clone()),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
 }
 
 // ---------------------------------------------------------------- softmax

@@ -72,10 +72,8 @@ impl VisionTransformer {
             .reshape((b, gh * gw, c * p * p))?;
         let d = self.patch_embed_weight.dim(0)?;
         let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
-        x.reshape((b * gh * gw, c * p * p))?
-            .matmul(&wmat.t()?)?
-            .broadcast_add(&self.patch_embed_bias)?
-            .reshape((b, gh * gw, d))
+        let y = x.reshape((b * gh * gw, c * p * p))?.matmul(&wmat.t()?)?;
+        super::ops::bias_add(&y, &self.patch_embed_bias)?.reshape((b, gh * gw, d))
     }
 
     /// MAE `forward_encoder` with the masking decided by the caller: embeds all patches, adds
