@@ -119,6 +119,7 @@ fn micro_loss_and_every_gradient_match_pytorch() {
         "loss {loss} vs PyTorch {expect}"
     );
     let grads = out.loss.backward().unwrap();
+    let mut worst = 0f64;
     for (name, v) in &model.params.entries {
         let ours = vec(grads.get(v.as_tensor()).unwrap());
         let e = rel_err(&ours, &vec(&g[&format!("grad.{name}")]));
@@ -126,7 +127,9 @@ fn micro_loss_and_every_gradient_match_pytorch() {
             e <= REL,
             "{name}: gradient differs by {e:e} (relative to its max)"
         );
+        worst = worst.max(e);
     }
+    eprintln!("micro parity: loss rel. error {:.2e}, worst gradient error {worst:.2e} (relative to each tensor's max)", (loss - expect).abs() / expect);
 }
 
 fn adamw_params() -> StepParams {
@@ -163,13 +166,16 @@ fn adamw_alone_matches_torch_optim_adamw() {
             .collect();
         tr.opt.step(&grads, &adamw_params().adamw).unwrap();
     }
+    let mut worst = 0f64;
     for (name, v) in &tr.model.params.entries {
         let e = rel_err(&vec(v.as_tensor()), &vec(&g[&format!("adamw_only.{name}")]));
         assert!(
             e <= 1e-6,
             "{name}: parameter after 5 AdamW steps differs by {e:e}"
         );
+        worst = worst.max(e);
     }
+    eprintln!("AdamW alone: worst parameter error after 5 steps {worst:.2e}");
     // The groups are MAE's: decay on weights and tokens, none on biases and LayerNorm.
     let groups: HashMap<String, bool> = tr.opt.groups().into_iter().collect();
     assert!(groups["blocks.0.attn.qkv.weight"] && groups["cls_token"] && groups["mask_token"]);
@@ -224,6 +230,7 @@ fn micro_five_training_steps_match_pytorch() {
             }
         }
     }
+    eprintln!("5 training steps: {noisy} of {total} entries (near-zero step-0 gradient) held to 5 lr, all others within 1e-4");
     assert!(
         noisy * 10 < total,
         "{noisy} of {total} entries have near-zero gradients: the tolerance split is too loose"
@@ -243,6 +250,7 @@ fn tiny_loss_and_sampled_gradients_match_pytorch() {
         "loss {loss} vs PyTorch {expect}"
     );
     let grads = out.loss.backward().unwrap();
+    let (mut worst_norm, mut worst_entry) = (0f64, 0f64);
     for (name, v) in &model.params.entries {
         let ours = vec(grads.get(v.as_tensor()).unwrap());
         let norm = ours.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -251,6 +259,7 @@ fn tiny_loss_and_sampled_gradients_match_pytorch() {
             (norm - en).abs() <= REL * en,
             "{name}: gradient norm {norm:e} vs {en:e}"
         );
+        worst_norm = worst_norm.max((norm - en).abs() / en);
         let idx = g[&format!("gidx.{name}")].to_vec1::<i64>().unwrap();
         let picked: Vec<f32> = idx.iter().map(|&i| ours[i as usize]).collect();
         let scale = ours.iter().fold(0f32, |a, b| a.max(b.abs()));
@@ -261,6 +270,11 @@ fn tiny_loss_and_sampled_gradients_match_pytorch() {
                 "{name}[{}]: {a:e} vs {b:e} (max |g| {scale:e})",
                 idx[k]
             );
+            worst_entry = worst_entry.max((a - b).abs() as f64 / scale as f64);
         }
     }
+    eprintln!(
+        "tiny parity: loss rel. error {:.2e}, worst gradient-norm rel. error {worst_norm:.2e}, worst sampled entry {worst_entry:.2e}",
+        (loss - expect).abs() / expect
+    );
 }
