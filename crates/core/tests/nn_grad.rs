@@ -101,6 +101,28 @@ fn bias_add_matches_broadcast_add() {
 }
 
 #[test]
+fn bias_gelu_and_scaled_softmax_match_composites() {
+    let mut rng = InitRng::new(6);
+    for rows in [3, 2000] {
+        let y = randn(&mut rng, &[rows, 24], 2.0);
+        let b = randn(&mut rng, &[24], 1.0);
+        check_op(
+            "bias_gelu",
+            vec![y, b],
+            |t| ops::bias_gelu(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_add(&t[1]).unwrap().gelu_erf().unwrap(),
+        );
+    }
+    let x = randn(&mut rng, &[4, 3, 50, 50], 3.0);
+    check_op(
+        "softmax_scaled",
+        vec![x],
+        |t| ops::softmax_scaled(&t[0], 0.125).unwrap(),
+        |t| candle_nn::ops::softmax(&(&t[0] * 0.125).unwrap(), D::Minus1).unwrap(),
+    );
+}
+
+#[test]
 fn softmax_matches_composite() {
     let mut rng = InitRng::new(2);
     for dims in [vec![2, 3, 7, 7], vec![4, 3, 50, 50]] {

@@ -160,13 +160,22 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, ops::bias_add)
+    }
+
+    /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         // Fold the leading dims into one so candle runs a single 2-D gemm with a transposed
         // (stride-only) weight instead of a batched matmul over a broadcast copy.
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&1);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = ops::bias_add(&x2.matmul(&self.weight.t()?)?, &self.bias)?;
+        let y = epilogue(&x2.matmul(&self.weight.t()?)?, &self.bias)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out)
@@ -224,8 +233,7 @@ impl Attention {
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
         let scale = (hd as f64).powf(-0.5);
-        let attn = (q.matmul(&k.t()?)? * scale)?; // [B, H, N, N]
-        let attn = ops::softmax_last_dim(&attn)?;
+        let attn = ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?; // [B, H, N, N]
         let y = attn.matmul(&v)?; // [B, H, N, hd]
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b, n, d))?;
         self.proj.forward(&y)
@@ -247,7 +255,7 @@ impl Mlp {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&ops::gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_with(x, ops::bias_gelu)?)
     }
 }
 

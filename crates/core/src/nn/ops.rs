@@ -288,14 +288,25 @@ impl CustomOp2 for BiasAddOp {
 
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    softmax_scaled(x, 1.0)
+}
+
+/// softmax(scale·x) over the last dimension. Attention folds its 1/sqrt(d) here: one pass over
+/// the (B, H, N, N) scores fewer each way, and one fewer graph node for candle's backward to
+/// zero-fill and accumulate.
+pub fn softmax_scaled(x: &Tensor, scale: f64) -> Result<Tensor> {
     if use_cpu_kernel(&[x]) {
-        x.contiguous()?.apply_op1(SoftmaxOp)
+        x.contiguous()?.apply_op1(SoftmaxOp {
+            scale: scale as f32,
+        })
     } else {
-        candle_nn::ops::softmax(x, D::Minus1)
+        candle_nn::ops::softmax(&(x * scale)?, D::Minus1)
     }
 }
 
-struct SoftmaxOp;
+struct SoftmaxOp {
+    scale: f32,
+}
 
 impl CustomOp1 for SoftmaxOp {
     fn name(&self) -> &'static str {
@@ -305,13 +316,15 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "softmax")?;
         let n = *l.dims().last().unwrap_or(&1);
+        let scale = self.scale;
         let mut dst = vec![0f32; x.len()];
         par_rows(&mut dst, n, |i, out| {
             let row = &x[i * n..(i + 1) * n];
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for j in 0..n {
-                let e = (row[j] - max).exp();
+                // scale > 0, so max(scale·x) = scale·max(x)
+                let e = ((row[j] - max) * scale).exp();
                 out[j] = e;
                 sum += e;
             }
@@ -323,16 +336,17 @@ impl CustomOp1 for SoftmaxOp {
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let n = y.dim(D::Minus1)?;
+        let scale = self.scale;
         let dx = with_f32(&[y, grad], |s| {
             let (y, g) = (s[0], s[1]);
             let mut dx = vec![0f32; y.len()];
-            // dx = y ⊙ (g − Σ g⊙y)
+            // dx = scale · y ⊙ (g − Σ g⊙y)
             par_rows(&mut dx, n, |i, out| {
                 let yr = &y[i * n..(i + 1) * n];
                 let gr = &g[i * n..(i + 1) * n];
                 let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
                 for j in 0..n {
-                    out[j] = yr[j] * (gr[j] - dot);
+                    out[j] = scale * yr[j] * (gr[j] - dot);
                 }
             });
             Ok(dx)
@@ -406,6 +420,94 @@ fn cdf_pdf(x: f32) -> (f32, f32) {
     let erf_abs = 1.0 - as_poly(x.abs() * FRAC_1_SQRT_2) * e;
     let erf = if x < 0.0 { -erf_abs } else { erf_abs };
     (0.5 * (1.0 + erf), INV_SQRT_2PI * e)
+}
+
+/// gelu(y + b) with `b` broadcast over rows: the first MLP layer's bias and activation in one
+/// pass each way (the (rows, 4D) activations are the largest in a block besides attention).
+pub fn bias_gelu(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[y, b]) {
+        y.contiguous()?.apply_op2(b, BiasGeluOp)
+    } else {
+        gelu_erf(&y.broadcast_add(b)?)
+    }
+}
+
+struct BiasGeluOp;
+
+impl CustomOp2 for BiasGeluOp {
+    fn name(&self) -> &'static str {
+        "vasomim-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "bias_gelu y")?;
+        let b = f32_slice(s2, l2, "bias_gelu bias")?;
+        let n = *l1.dims().last().unwrap_or(&1);
+        if b.len() != n {
+            candle_core::bail!("bias_gelu: last dim {n} but bias has {}", b.len());
+        }
+        let mut dst = vec![0f32; y.len()];
+        par_rows(&mut dst, n, |i, out| {
+            let row = &y[i * n..(i + 1) * n];
+            for j in 0..n {
+                let z = row[j] + b[j];
+                out[j] = z * cdf_pdf(z).0;
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = b.elem_count();
+        let (dz, db) = with_f32(&[y, b, grad], |s| {
+            let (y, b, g) = (s[0], s[1], s[2]);
+            let rows = y.len() / n;
+            let mut dz = vec![0f32; y.len()];
+            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let partials: Vec<Vec<f32>> = dz
+                .par_chunks_mut(chunk_rows * n)
+                .enumerate()
+                .map(|(c, dzc)| {
+                    let mut acc = vec![0f32; n];
+                    for (r, out) in dzc.chunks_mut(n).enumerate() {
+                        let i = c * chunk_rows + r;
+                        let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
+                        for j in 0..n {
+                            let z = yr[j] + b[j];
+                            let (cdf, pdf) = cdf_pdf(z);
+                            let d = gr[j] * (cdf + z * pdf);
+                            out[j] = d;
+                            acc[j] += d;
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            let mut db = vec![0f32; n];
+            for p in partials {
+                for j in 0..n {
+                    db[j] += p[j];
+                }
+            }
+            Ok((dz, db))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dz, y.shape(), y.device())?),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
+    }
 }
 
 fn map_par(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
