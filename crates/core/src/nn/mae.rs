@@ -108,12 +108,12 @@ impl MaskedAutoencoder {
         let x_ = x_.contiguous()?.gather(&idx, 1)?;
         let x =
             Tensor::cat(&[&x.narrow(1, 0, 1)?, &x_], 1)?.broadcast_add(&self.decoder_pos_embed)?;
-        let mut x = x;
+        let mut x = x.reshape((b * (l + 1), dd))?;
         for blk in &self.decoder_blocks {
-            x = blk.forward(&x)?;
+            x = blk.forward_rows(&x, b, l + 1)?;
         }
         let x = self.decoder_pred.forward(&self.decoder_norm.forward(&x)?)?;
-        x.narrow(1, 1, l) // [B, L, p*p*C]
+        x.reshape((b, l + 1, ()))?.narrow(1, 1, l) // [B, L, p*p*C]
     }
 
     /// MAE `forward_loss`: mean squared error per patch against the (norm-pix) target, averaged

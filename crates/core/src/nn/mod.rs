@@ -169,6 +169,9 @@ impl Linear {
         x: &Tensor,
         epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        if x.rank() == 2 {
+            return epilogue(&x.matmul(&self.weight.t()?)?, &self.bias);
+        }
         // Fold the leading dims into one so candle runs a single 2-D gemm with a transposed
         // (stride-only) weight instead of a batched matmul over a broadcast copy.
         let dims = x.dims().to_vec();
@@ -221,21 +224,33 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
+            .reshape((b, n, d))
+    }
+
+    /// Attention on tokens stored as rows, `x` (B·N, D) -> (B·N, D).
+    ///
+    /// Shape changes are graph nodes, and candle's backward zero-fills and accumulates a full
+    /// gradient for every node; keeping the residual stream 2-D and computing q, k, v from row
+    /// blocks of the fused qkv weight (instead of slicing a fused activation, whose backward
+    /// zero-pads to 3× the size) removes most of them.
+    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+        let d = x.dim(1)?;
         let h = self.num_heads;
         let hd = d / h;
-        // [B, N, 3D] -> [3, B, H, N, hd]
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, n, 3, h, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
+        let part = |i: usize| -> Result<Tensor> {
+            let w = self.qkv.weight.narrow(0, i * d, d)?;
+            let bias = self.qkv.bias.narrow(0, i * d, d)?;
+            ops::bias_add(&x.matmul(&w.t()?)?, &bias)?
+                .reshape((b, n, h, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?); // [B, H, N, hd]
         let scale = (hd as f64).powf(-0.5);
         let attn = ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?; // [B, H, N, N]
         let y = attn.matmul(&v)?; // [B, H, N, hd]
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, n, d))?;
+        let y = y.transpose(1, 2)?.contiguous()?.reshape((b * n, d))?;
         self.proj.forward(&y)
     }
 }
@@ -278,7 +293,14 @@ impl Block {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.norm1.forward(x)?)?)?;
+        let (b, n, d) = x.dims3()?;
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
+            .reshape((b, n, d))
+    }
+
+    /// The block on tokens stored as rows (B·N, D); see [`Attention::forward_rows`].
+    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+        let x = (x + self.attn.forward_rows(&self.norm1.forward(x)?, b, n)?)?;
         &x + self.mlp.forward(&self.norm2.forward(&x)?)?
     }
 }

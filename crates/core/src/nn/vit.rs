@@ -102,11 +102,13 @@ impl VisionTransformer {
             .cls_token
             .broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?
             .broadcast_as((b, 1, d))?;
-        let mut x = Tensor::cat(&[&cls, &x], 1)?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let n = x.dim(1)?;
+        let mut x = x.reshape((b * n, d))?;
         for blk in &self.blocks {
-            x = blk.forward(&x)?;
+            x = blk.forward_rows(&x, b, n)?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&x)?.reshape((b, n, d))
     }
 
     /// Features for downstream use: (B, 2, D) with the cls token after the final norm and the
