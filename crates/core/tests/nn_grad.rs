@@ -123,6 +123,29 @@ fn bias_gelu_and_scaled_softmax_match_composites() {
 }
 
 #[test]
+fn attention_core_matches_composite() {
+    let mut rng = InitRng::new(8);
+    for (b, h, n, hd) in [(1, 1, 3, 2), (2, 3, 17, 8), (3, 2, 50, 16)] {
+        let qkv: Vec<Tensor> = (0..3)
+            .map(|_| randn(&mut rng, &[b, h, n, hd], 1.0))
+            .collect();
+        let scale = (hd as f64).powf(-0.5);
+        check_op(
+            "attention",
+            qkv,
+            |t| ops::attention(&t[0], &t[1], &t[2], scale).unwrap(),
+            |t| {
+                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * scale).unwrap();
+                candle_nn::ops::softmax(&s, D::Minus1)
+                    .unwrap()
+                    .matmul(&t[2])
+                    .unwrap()
+            },
+        );
+    }
+}
+
+#[test]
 fn softmax_matches_composite() {
     let mut rng = InitRng::new(2);
     for dims in [vec![2, 3, 7, 7], vec![4, 3, 50, 50]] {

@@ -248,8 +248,7 @@ impl Attention {
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?); // [B, H, N, hd]
         let scale = (hd as f64).powf(-0.5);
-        let attn = ops::softmax_scaled(&q.matmul(&k.t()?)?, scale)?; // [B, H, N, N]
-        let y = attn.matmul(&v)?; // [B, H, N, hd]
+        let y = ops::attention(&q, &k, &v, scale)?; // [B, H, N, hd]
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b * n, d))?;
         self.proj.forward(&y)
     }

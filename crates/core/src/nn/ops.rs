@@ -9,6 +9,8 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor, D,
 };
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
 /// Rows below this many elements in total are processed on one thread: spawning costs more.
@@ -352,6 +354,199 @@ impl CustomOp1 for SoftmaxOp {
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+// ---------------------------------------------------------------- attention core
+
+/// softmax(scale·q·kᵀ)·v for (B, H, N, hd) q, k, v: the attention core as one op.
+///
+/// candle runs the two batched matmuls as B·H small gemms, each split over threads (about half
+/// the throughput of a large gemm here), and its backward zero-fills and accumulates the
+/// (B, H, N, N) score and probability gradients. Here every head is one task on the rayon pool
+/// with single-threaded gemms, the probabilities are kept from the forward pass, and the
+/// backward is the textbook one: dV = Pᵀ·dY, dP = dY·Vᵀ, dS = scale·P⊙(dP − rowsum(dP⊙P)),
+/// dQ = dS·K, dK = dSᵀ·Q.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if use_cpu_kernel(&[q, k, v]) {
+        q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            AttentionOp {
+                scale: scale as f32,
+                probs: Mutex::new(None),
+            },
+        )
+    } else {
+        softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(v)
+    }
+}
+
+struct AttentionOp {
+    scale: f32,
+    /// (B·H, N, N) probabilities of the forward pass, for the backward.
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+/// Row-major `dst (m×n) = [dst +] a·b` where `a` and `b` are given by (row stride, column
+/// stride), single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    assert!(
+        dst.len() >= m * n
+            && a.len() >= (m - 1) * a_rs + (k - 1) * a_cs + 1
+            && b.len() >= (k - 1) * b_rs + (n - 1) * b_cs + 1
+    );
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "vasomim-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (q, k, v) = (
+            f32_slice(s1, l1, "attention q")?,
+            f32_slice(s2, l2, "attention k")?,
+            f32_slice(s3, l3, "attention v")?,
+        );
+        let dims = l1.dims();
+        if dims.len() != 4 || l2.dims() != dims || l3.dims() != dims {
+            candle_core::bail!(
+                "attention: q {:?}, k {:?}, v {:?} must all be (B, H, N, hd)",
+                dims,
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let (n, hd) = (dims[2], dims[3]);
+        let heads = dims[0] * dims[1];
+        let scale = self.scale;
+        let mut y = vec![0f32; heads * n * hd];
+        let mut probs = vec![0f32; heads * n * n];
+        y.par_chunks_mut(n * hd)
+            .zip(probs.par_chunks_mut(n * n))
+            .enumerate()
+            .for_each(|(i, (yh, ph))| {
+                let (qh, kh, vh) = (
+                    &q[i * n * hd..(i + 1) * n * hd],
+                    &k[i * n * hd..(i + 1) * n * hd],
+                    &v[i * n * hd..(i + 1) * n * hd],
+                );
+                mm(n, n, hd, ph, false, qh, hd, 1, kh, 1, hd); // S = Q·Kᵀ
+                for row in ph.chunks_mut(n) {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f32;
+                    for x in row.iter_mut() {
+                        *x = ((*x - max) * scale).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+                mm(n, hd, n, yh, false, ph, n, 1, vh, hd, 1); // Y = P·V
+            });
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))? = Some(probs);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (_, _, n, hd) = q.dims4()?;
+        let scale = self.scale;
+        let guard = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))?;
+        let probs = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
+        let (dq, dk, dv) = with_f32(&[q, k, v, grad], |s| {
+            let (q, k, v, g) = (s[0], s[1], s[2], s[3]);
+            let len = q.len();
+            let (mut dq, mut dk, mut dv) = (vec![0f32; len], vec![0f32; len], vec![0f32; len]);
+            let hs = n * hd;
+            dq.par_chunks_mut(hs)
+                .zip(dk.par_chunks_mut(hs))
+                .zip(dv.par_chunks_mut(hs))
+                .enumerate()
+                .for_each(|(i, ((dqh, dkh), dvh))| {
+                    let r = i * hs..(i + 1) * hs;
+                    let (qh, kh, vh, gh) = (&q[r.clone()], &k[r.clone()], &v[r.clone()], &g[r]);
+                    let ph = &probs[i * n * n..(i + 1) * n * n];
+                    mm(n, hd, n, dvh, false, ph, 1, n, gh, hd, 1); // dV = Pᵀ·dY
+                    let mut ds = vec![0f32; n * n];
+                    mm(n, n, hd, &mut ds, false, gh, hd, 1, vh, 1, hd); // dP = dY·Vᵀ
+                    for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
+                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        for (d, p) in dsr.iter_mut().zip(pr) {
+                            *d = scale * p * (*d - dot);
+                        }
+                    }
+                    mm(n, hd, n, dqh, false, &ds, n, 1, kh, hd, 1); // dQ = dS·K
+                    mm(n, hd, n, dkh, false, &ds, 1, n, qh, hd, 1); // dK = dSᵀ·Q
+                });
+            Ok((dq, dk, dv))
+        })?;
+        let (sh, dev) = (q.shape(), q.device());
+        Ok((
+            Some(Tensor::from_vec(dq, sh, dev)?),
+            Some(Tensor::from_vec(dk, sh, dev)?),
+            Some(Tensor::from_vec(dv, sh, dev)?),
+        ))
     }
 }
 
