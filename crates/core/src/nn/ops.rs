@@ -406,8 +406,8 @@ fn mm(
 ) {
     assert!(
         dst.len() >= m * n
-            && a.len() >= (m - 1) * a_rs + (k - 1) * a_cs + 1
-            && b.len() >= (k - 1) * b_rs + (n - 1) * b_cs + 1
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
     );
     // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
     unsafe {
