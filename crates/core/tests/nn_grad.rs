@@ -188,6 +188,19 @@ fn gelu_matches_candle_and_erf_is_accurate() {
 }
 
 #[test]
+fn fast_exp_is_within_a_few_ulp() {
+    let mut worst = 0f64;
+    let mut x = -87.0f32;
+    while x < 88.0 {
+        let (a, e) = (ops::fast_exp(x) as f64, (x as f64).exp());
+        worst = worst.max(((a - e) / e).abs());
+        x += 0.013;
+    }
+    assert!(worst < 4e-7, "fast_exp worst relative error {worst:e}");
+    assert!(ops::fast_exp(-200.0) < 1e-37 && ops::fast_exp(0.0) == 1.0);
+}
+
+#[test]
 fn custom_ops_work_on_strided_input() {
     let mut rng = InitRng::new(4);
     let x = randn(&mut rng, &[6, 8], 1.0).t().unwrap(); // not contiguous
