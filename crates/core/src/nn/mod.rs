@@ -235,6 +235,17 @@ impl Attention {
     /// blocks of the fused qkv weight (instead of slicing a fused activation, whose backward
     /// zero-pads to 3× the size) removes most of them.
     pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+        self.forward_rows_residual(x, b, n, None)
+    }
+
+    /// [`Self::forward_rows`] plus `residual`, added inside the output projection's epilogue.
+    pub fn forward_rows_residual(
+        &self,
+        x: &Tensor,
+        b: usize,
+        n: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let d = x.dim(1)?;
         let h = self.num_heads;
         let hd = d / h;
@@ -250,7 +261,12 @@ impl Attention {
         let scale = (hd as f64).powf(-0.5);
         let y = ops::attention(&q, &k, &v, scale)?; // [B, H, N, hd]
         let y = y.transpose(1, 2)?.contiguous()?.reshape((b * n, d))?;
-        self.proj.forward(&y)
+        match residual {
+            Some(r) => self
+                .proj
+                .forward_with(&y, |p, bias| ops::bias_add_residual(p, bias, r)),
+            None => self.proj.forward(&y),
+        }
     }
 }
 
@@ -270,6 +286,14 @@ impl Mlp {
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_with(x, ops::bias_gelu)?)
+    }
+
+    /// `residual + mlp(x)` with the residual added in fc2's epilogue.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward_with(&self.fc1.forward_with(x, ops::bias_gelu)?, |p, bias| {
+                ops::bias_add_residual(p, bias, residual)
+            })
     }
 }
 
@@ -299,8 +323,12 @@ impl Block {
 
     /// The block on tokens stored as rows (B·N, D); see [`Attention::forward_rows`].
     pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
-        let x = (x + self.attn.forward_rows(&self.norm1.forward(x)?, b, n)?)?;
-        &x + self.mlp.forward(&self.norm2.forward(&x)?)?
+        // Residual adds ride in the projections' bias epilogues: one pass and one graph node
+        // fewer each.
+        let x = self
+            .attn
+            .forward_rows_residual(&self.norm1.forward(x)?, b, n, Some(x))?;
+        self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }
 

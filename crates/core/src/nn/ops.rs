@@ -290,6 +290,68 @@ impl CustomOp2 for BiasAddOp {
     }
 }
 
+/// `y + b + r`: a Linear's bias add fused with the residual connection that follows it.
+pub fn bias_add_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[y, b, r]) && y.dims() == r.dims() {
+        y.contiguous()?
+            .apply_op3(b, &r.contiguous()?, BiasAddResidualOp)
+    } else {
+        y.broadcast_add(b)? + r
+    }
+}
+
+struct BiasAddResidualOp;
+
+impl CustomOp3 for BiasAddResidualOp {
+    fn name(&self) -> &'static str {
+        "vasomim-bias-add-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "bias_add_residual y")?;
+        let b = f32_slice(s2, l2, "bias_add_residual bias")?;
+        let r = f32_slice(s3, l3, "bias_add_residual residual")?;
+        let n = *l1.dims().last().unwrap_or(&1);
+        if b.len() != n || r.len() != y.len() {
+            candle_core::bail!(
+                "bias_add_residual: y {:?}, bias {}, residual {:?}",
+                l1.dims(),
+                b.len(),
+                l3.dims()
+            );
+        }
+        let mut dst = vec![0f32; y.len()];
+        par_rows(&mut dst, n, |i, out| {
+            let (yr, rr) = (&y[i * n..(i + 1) * n], &r[i * n..(i + 1) * n]);
+            for j in 0..n {
+                out[j] = yr[j] + b[j] + rr[j];
+            }
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        y: &Tensor,
+        b: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gy, gb) = BiasAddOp.bwd(y, b, res, grad)?;
+        let _ = r;
+        Ok((gy, gb, Some(grad.clone())))
+    }
+}
+
 // ---------------------------------------------------------------- softmax
 
 /// Softmax over the last dimension.
