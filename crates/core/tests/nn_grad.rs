@@ -146,6 +146,42 @@ fn attention_core_matches_composite() {
 }
 
 #[test]
+fn attention_from_fused_qkv_matches_composite() {
+    let mut rng = InitRng::new(9);
+    for (b, n, h, hd) in [(1, 3, 1, 2), (2, 17, 3, 8), (3, 50, 2, 16)] {
+        let d = h * hd;
+        let qkv = randn(&mut rng, &[b * n, 3 * d], 1.0);
+        let scale = (hd as f64).powf(-0.5);
+        check_op(
+            "attention_qkv",
+            vec![qkv],
+            |t| ops::attention_qkv(&t[0], b, h, scale).unwrap(),
+            |t| {
+                let x = t[0]
+                    .reshape((b, n, 3, h, hd))
+                    .unwrap()
+                    .permute((2, 0, 3, 1, 4))
+                    .unwrap();
+                let q = x.get(0).unwrap().contiguous().unwrap();
+                let k = x.get(1).unwrap().contiguous().unwrap();
+                let v = x.get(2).unwrap().contiguous().unwrap();
+                let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+                let y = candle_nn::ops::softmax(&s, D::Minus1)
+                    .unwrap()
+                    .matmul(&v)
+                    .unwrap();
+                y.transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+                    .reshape((b * n, d))
+                    .unwrap()
+            },
+        );
+    }
+}
+
+#[test]
 fn softmax_matches_composite() {
     let mut rng = InitRng::new(2);
     for dims in [vec![2, 3, 7, 7], vec![4, 3, 50, 50]] {

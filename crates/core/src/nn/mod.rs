@@ -231,9 +231,8 @@ impl Attention {
     /// Attention on tokens stored as rows, `x` (B·N, D) -> (B·N, D).
     ///
     /// Shape changes are graph nodes, and candle's backward zero-fills and accumulates a full
-    /// gradient for every node; keeping the residual stream 2-D and computing q, k, v from row
-    /// blocks of the fused qkv weight (instead of slicing a fused activation, whose backward
-    /// zero-pads to 3× the size) removes most of them.
+    /// gradient for every node; keeping the residual stream 2-D and splitting / merging heads
+    /// inside [`ops::attention_qkv`] (strided reads of the fused qkv rows) removes them.
     pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
         self.forward_rows_residual(x, b, n, None)
     }
@@ -243,24 +242,14 @@ impl Attention {
         &self,
         x: &Tensor,
         b: usize,
-        n: usize,
+        _n: usize,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let d = x.dim(1)?;
-        let h = self.num_heads;
-        let hd = d / h;
-        let part = |i: usize| -> Result<Tensor> {
-            let w = self.qkv.weight.narrow(0, i * d, d)?;
-            let bias = self.qkv.bias.narrow(0, i * d, d)?;
-            ops::bias_add(&x.matmul(&w.t()?)?, &bias)?
-                .reshape((b, n, h, hd))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?); // [B, H, N, hd]
-        let scale = (hd as f64).powf(-0.5);
-        let y = ops::attention(&q, &k, &v, scale)?; // [B, H, N, hd]
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b * n, d))?;
+        let hd = d / self.num_heads;
+        // [B·N, 3D] -> heads split, attended and merged inside one op -> [B·N, D]
+        let qkv = self.qkv.forward(x)?;
+        let y = ops::attention_qkv(&qkv, b, self.num_heads, (hd as f64).powf(-0.5))?;
         match residual {
             Some(r) => self
                 .proj

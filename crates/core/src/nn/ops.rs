@@ -470,8 +470,27 @@ fn mm(
     b_rs: usize,
     b_cs: usize,
 ) {
+    mm_strided(m, n, k, dst, n, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`mm`] with a row stride for `dst` (a head's columns inside a wider row).
+#[allow(clippy::too_many_arguments)]
+fn mm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
     assert!(
-        dst.len() >= m * n
+        dst.len() > (m - 1) * dst_rs + n - 1
             && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
             && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
     );
@@ -483,7 +502,7 @@ fn mm(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a.as_ptr(),
             a_cs as isize,
@@ -613,6 +632,189 @@ impl CustomOp3 for AttentionOp {
             Some(Tensor::from_vec(dk, sh, dev)?),
             Some(Tensor::from_vec(dv, sh, dev)?),
         ))
+    }
+}
+
+/// Multi-head attention core straight from the fused qkv projection: `qkv` (B·N, 3D) rows →
+/// (B·N, D) rows, heads read and written in place through strides. Compared with [`attention`]
+/// this removes the reshape/transpose/copy nodes around every head split and merge (candle
+/// zero-fills and accumulates a gradient for each of them) and the q/k/v slicing; its backward
+/// returns d(qkv) directly. One rayon task per image.
+pub fn attention_qkv(qkv: &Tensor, batch: usize, heads: usize, scale: f64) -> Result<Tensor> {
+    let (rows, three_d) = qkv.dims2()?;
+    if three_d % (3 * heads) != 0 || rows % batch != 0 {
+        candle_core::bail!(
+            "attention_qkv: qkv {:?} does not split into {batch} images and 3 x {heads} heads",
+            qkv.dims()
+        );
+    }
+    if use_cpu_kernel(&[qkv]) {
+        qkv.contiguous()?.apply_op1(AttentionQkvOp {
+            batch,
+            heads,
+            scale: scale as f32,
+            probs: Mutex::new(None),
+        })
+    } else {
+        let (n, d) = (rows / batch, three_d / 3);
+        let hd = d / heads;
+        let t = qkv
+            .reshape((batch, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (
+            t.get(0)?.contiguous()?,
+            t.get(1)?.contiguous()?,
+            t.get(2)?.contiguous()?,
+        );
+        let y = softmax_scaled(&q.matmul(&k.t()?)?, scale)?.matmul(&v)?;
+        y.transpose(1, 2)?.contiguous()?.reshape((rows, d))
+    }
+}
+
+struct AttentionQkvOp {
+    batch: usize,
+    heads: usize,
+    scale: f32,
+    /// (B·H, N, N) probabilities of the forward pass.
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for AttentionQkvOp {
+    fn name(&self) -> &'static str {
+        "vasomim-attention-qkv"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(st, l, "attention_qkv")?;
+        let (rows, three_d) = l.shape().dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, three_d / 3);
+        let hd = d / h;
+        let scale = self.scale;
+        let mut y = vec![0f32; rows * d];
+        let mut probs = vec![0f32; b * h * n * n];
+        y.par_chunks_mut(n * d)
+            .zip(probs.par_chunks_mut(h * n * n))
+            .enumerate()
+            .for_each(|(bi, (yb, pb))| {
+                let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
+                for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
+                    let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
+                    mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
+                    for row in ph.chunks_mut(n) {
+                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let mut sum = 0f32;
+                        for x in row.iter_mut() {
+                            *x = fast_exp((*x - max) * scale);
+                            sum += *x;
+                        }
+                        let inv = 1.0 / sum;
+                        row.iter_mut().for_each(|x| *x *= inv);
+                    }
+                    mm_strided(
+                        n,
+                        hd,
+                        n,
+                        &mut yb[hh * hd..],
+                        d,
+                        false,
+                        ph,
+                        n,
+                        1,
+                        v,
+                        three_d,
+                        1,
+                    ); // Y = P·V
+                }
+            });
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))? = Some(probs);
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, d])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, three_d) = qkv.dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, three_d / 3);
+        let hd = d / h;
+        let scale = self.scale;
+        let guard = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))?;
+        let probs = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
+        let dqkv = with_f32(&[qkv, grad], |s| {
+            let (x, g) = (s[0], s[1]);
+            let mut dqkv = vec![0f32; x.len()];
+            dqkv.par_chunks_mut(n * three_d)
+                .enumerate()
+                .for_each(|(bi, db)| {
+                    let xb = &x[bi * n * three_d..(bi + 1) * n * three_d];
+                    let gb = &g[bi * n * d..(bi + 1) * n * d];
+                    let mut ds = vec![0f32; n * n];
+                    for hh in 0..h {
+                        let ph = &probs[(bi * h + hh) * n * n..(bi * h + hh + 1) * n * n];
+                        let (q, k, v) =
+                            (&xb[hh * hd..], &xb[d + hh * hd..], &xb[2 * d + hh * hd..]);
+                        let gh = &gb[hh * hd..];
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[2 * d + hh * hd..],
+                            three_d,
+                            false,
+                            ph,
+                            1,
+                            n,
+                            gh,
+                            d,
+                            1,
+                        ); // dV = Pᵀ·dY
+                        mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
+                        for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
+                            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                            for (dv, p) in dsr.iter_mut().zip(pr) {
+                                *dv = scale * p * (*dv - dot);
+                            }
+                        }
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[hh * hd..],
+                            three_d,
+                            false,
+                            &ds,
+                            n,
+                            1,
+                            k,
+                            three_d,
+                            1,
+                        ); // dQ = dS·K
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[d + hh * hd..],
+                            three_d,
+                            false,
+                            &ds,
+                            1,
+                            n,
+                            q,
+                            three_d,
+                            1,
+                        ); // dK = dSᵀ·Q
+                    }
+                });
+            Ok(dqkv)
+        })?;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
     }
 }
 
