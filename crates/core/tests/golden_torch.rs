@@ -187,7 +187,10 @@ fn adamw_alone_matches_torch_optim_adamw() {
 /// Five training steps (forward, backward, AdamW) against PyTorch. Adam divides by sqrt(v), so
 /// a gradient entry that is ~0 by cancellation (|g| < 1e-3·max|g| of its tensor) gets a ±lr step
 /// whose sign is float noise in *both* frameworks; those entries are held to the size of the
-/// steps taken (5·lr), every other entry to 1e-4 of the tensor's largest value.
+/// steps taken (5·lr). Every other entry is held to 1e-4 of the tensor's largest value plus 0.1 %
+/// of the steps taken: Adam's m/sqrt(v) turns a 1e-5 relative gradient difference in a tensor
+/// whose gradients are all tiny (e.g. the first LayerNorm bias, max |g| ≈ 1e-5) into a visible
+/// fraction of lr.
 #[test]
 fn micro_five_training_steps_match_pytorch() {
     let g = golden("mae_micro.npz");
@@ -221,7 +224,7 @@ fn micro_five_training_steps_match_pytorch() {
                 );
             } else {
                 assert!(
-                    d <= REL * pmax,
+                    d <= REL * pmax + 1e-3 * 5.0 * p.adamw.lr,
                     "{name}[{i}]: {} vs {} after 5 steps (gradient {:e}, max {gmax:e})",
                     ours[i],
                     theirs[i],
@@ -230,7 +233,7 @@ fn micro_five_training_steps_match_pytorch() {
             }
         }
     }
-    eprintln!("5 training steps: {noisy} of {total} entries (near-zero step-0 gradient) held to 5 lr, all others within 1e-4");
+    eprintln!("5 training steps: {noisy} of {total} entries (near-zero step-0 gradient) held to 5 lr, all others within 1e-4 of the max + 0.1 % of 5 lr");
     assert!(
         noisy * 10 < total,
         "{noisy} of {total} entries have near-zero gradients: the tolerance split is too loose"
