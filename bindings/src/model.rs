@@ -10,7 +10,7 @@ use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
 use vasomim_core::checkpoint::{self, LoadOptions, LoadReport};
-use vasomim_core::nn::mae::Masking;
+use vasomim_core::nn::mae::{MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
 use vasomim_core::train::{StepParams, Trainer};
@@ -76,6 +76,8 @@ pub struct LoadModelOptions {
     pub preset: Option<String>,
     pub img_size: Option<u32>,
     pub in_chans: Option<u32>,
+    /// State-dict names or prefixes the optimizer leaves alone.
+    pub frozen: Option<Vec<String>>,
 }
 
 #[napi(object)]
@@ -152,14 +154,20 @@ pub struct Model {
 
 #[napi]
 impl Model {
-    /// A freshly initialised model (MAE init, deterministic in `seed`).
+    /// A freshly initialised model (MAE init, deterministic in `seed`). `frozen`: state-dict
+    /// names or prefixes (`patch_embed`, `blocks.0`) the optimizer leaves alone.
     #[napi(factory, catch_unwind)]
-    pub fn create(config: ModelConfig, seed: Option<i64>) -> Result<Model> {
+    pub fn create(
+        config: ModelConfig,
+        seed: Option<i64>,
+        frozen: Option<Vec<String>>,
+    ) -> Result<Model> {
         let cfg = MaeConfig::from(&config);
         cfg.validate().map_err(invalid)?;
         guarded("Model.create", || {
-            let trainer =
-                Trainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64).map_err(err)?;
+            let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64)
+                .map_err(err)?;
+            let trainer = Trainer::new(model, &frozen.unwrap_or_default()).map_err(err)?;
             Ok(Model {
                 state: Arc::new(Mutex::new(State { trainer, step: 0 })),
                 cfg,
@@ -175,9 +183,11 @@ impl Model {
             preset: None,
             img_size: None,
             in_chans: None,
+            frozen: None,
         });
         AsyncTask::new(LoadTask {
             path: path.into(),
+            frozen: o.frozen.unwrap_or_default(),
             opts: LoadOptions {
                 preset: o.preset,
                 img_size: o.img_size.map(|v| v as usize),
@@ -401,6 +411,7 @@ impl Batch {
 pub struct LoadTask {
     path: PathBuf,
     opts: LoadOptions,
+    frozen: Vec<String>,
 }
 
 fn info(r: &LoadReport, step: u64) -> LoadInfo {
@@ -420,7 +431,7 @@ impl Task for LoadTask {
         guarded("Model.load", || {
             let l = checkpoint::load(&self.path, &self.opts, &Device::Cpu).map_err(err)?;
             let cfg = l.model.cfg.clone();
-            let mut trainer = Trainer::new(l.model, &[]).map_err(err)?;
+            let mut trainer = Trainer::new(l.model, &self.frozen).map_err(err)?;
             if let Some((state, s)) = &l.optimizer {
                 trainer.opt.load_state(state, *s).map_err(err)?;
             }

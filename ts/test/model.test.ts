@@ -76,6 +76,19 @@ describe('Model', () => {
     expect(r.loss).toBeGreaterThan(0);
   });
 
+  it('leaves frozen tensors alone', async () => {
+    const x = batch(2, 32, 1, 8);
+    const m = randomMaskBatch(2, 16, 0.75, lcg(9));
+    const encoder = ['patch_embed', 'cls_token', 'blocks', 'norm'];
+    const frozen = createModel(MICRO, 4, encoder);
+    const before = await frozen.embed(x);
+    await trainStep(frozen, x, m, { lr: 1e-2 });
+    expect(Array.from((await frozen.embed(x)).data)).toEqual(Array.from(before.data));
+    const free = createModel(MICRO, 4);
+    await trainStep(free, x, m, { lr: 1e-2 });
+    expect(Array.from((await free.embed(x)).data)).not.toEqual(Array.from(before.data));
+  });
+
   it('rejects mis-sized buffers and missing files with clear errors', async () => {
     const model = createModel(MICRO);
     const m = randomMaskBatch(2, 16, 0.75);

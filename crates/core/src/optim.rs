@@ -151,7 +151,8 @@ impl AdamW {
     }
 
     /// Restores moments saved by [`Self::state_tensors`] and the step count; every slot must be
-    /// present with its shape, or nothing changes.
+    /// present with its shape, or nothing changes. (Tensors frozen now but trained before simply
+    /// have their saved moments ignored.)
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         let mut new = Vec::with_capacity(self.slots.len());
         for s in &self.slots {

@@ -7,9 +7,12 @@ import type { Features, LoadInfo, Model, Reconstruction, StepResult } from '../n
 
 export type { Features, LoadInfo, Model, Reconstruction, StepResult };
 
-/** A freshly initialised model (MAE init; deterministic in `seed`). */
-export function createModel(config: ModelConfigInput = {}, seed = 0): Model {
-  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed);
+/**
+ * A freshly initialised model (MAE init; deterministic in `seed`). `frozen` lists state-dict
+ * names or prefixes (e.g. `patch_embed`, `blocks.0`) that training leaves unchanged.
+ */
+export function createModel(config: ModelConfigInput = {}, seed = 0, frozen: string[] = []): Model {
+  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed, frozen);
 }
 
 export interface LoadModelOptions {
@@ -18,6 +21,8 @@ export interface LoadModelOptions {
   /** Input size / channels wanted (position embeddings and patch embedding are adapted). */
   imgSize?: number;
   inChans?: 1 | 3;
+  /** State-dict names or prefixes that training leaves unchanged. */
+  frozen?: string[];
 }
 
 /** Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. */
