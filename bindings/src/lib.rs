@@ -15,17 +15,18 @@ use vasomim_core::vessels::{
 };
 
 mod frangi_params;
+pub mod model;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())
 }
 
-fn failed(msg: impl Into<String>) -> Error {
+pub(crate) fn failed(msg: impl Into<String>) -> Error {
     Error::new(Status::GenericFailure, msg.into())
 }
 
 /// Run `f`, turning a panic into an error that names it.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()

@@ -39,3 +39,27 @@ export {
 } from './train/masking.js';
 export { Rng, type RngState } from './train/rng.js';
 export { absoluteLr, accumulation, fractionalEpoch, lrAt, type LrSchedule } from './train/schedule.js';
+export {
+  createModel,
+  loadModel,
+  randomMaskBatch,
+  toMaskBatch,
+  trainStep,
+  type Features,
+  type LoadInfo,
+  type LoadModelOptions,
+  type MaskBatch,
+  type Model,
+  type Reconstruction,
+  type StepResult,
+} from './model/index.js';
+export {
+  ModelConfigSchema,
+  PRESET_NAMES,
+  StepOptionsSchema,
+  parseModelConfig,
+  type ModelConfig,
+  type ModelConfigInput,
+  type PresetName,
+  type StepOptionsInput,
+} from './config/model.js';

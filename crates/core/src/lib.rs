@@ -7,7 +7,12 @@
 //!
 //! Knows nothing of Node; `bindings/` adapts it.
 
+pub mod checkpoint;
+pub mod embed;
 pub mod io;
+pub mod nn;
+pub mod optim;
+pub mod train;
 pub mod vessels;
 
 pub use io::{read_grey, GreyImage};

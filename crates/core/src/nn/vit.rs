@@ -1,0 +1,127 @@
+//! The ViT encoder with timm's `VisionTransformer` parameter names (`cls_token`, `pos_embed`,
+//! `patch_embed.proj`, `blocks.{i}`, `norm`), run on the kept patches only when `ids_keep` is
+//! given (MAE `forward_encoder`).
+
+use candle_core::{Result, Tensor, D};
+
+use super::pos_embed::sincos_2d_tensor;
+use super::presets::MaeConfig;
+use super::{Block, Init, LayerNorm, ParamBuilder};
+
+#[derive(Clone, Debug)]
+pub struct VisionTransformer {
+    /// Conv-shaped (D, C, p, p) so the file layout is timm's; applied as a Linear on patches
+    /// (identical to the stride-p conv, and its backward is a plain matmul).
+    pub patch_embed_weight: Tensor,
+    pub patch_embed_bias: Tensor,
+    pub cls_token: Tensor,
+    /// Fixed buffer (1, 1 + L, D); not a parameter.
+    pub pos_embed: Tensor,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    pub patch_size: usize,
+    pub in_chans: usize,
+}
+
+impl VisionTransformer {
+    pub fn new(pb: &ParamBuilder, cfg: &MaeConfig) -> Result<Self> {
+        let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
+        let pe = pb.pp("patch_embed").pp("proj");
+        let patch_embed_weight = pe
+            .var("weight", &[d, c, p, p], Init::XavierUniform)?
+            .as_tensor()
+            .clone();
+        let patch_embed_bias = pe.var("bias", &[d], Init::Zeros)?.as_tensor().clone();
+        let cls_token = pb
+            .var("cls_token", &[1, 1, d], Init::Normal(0.02))?
+            .as_tensor()
+            .clone();
+        let pos_embed = sincos_2d_tensor(d, cfg.grid(), pb.device())?;
+        let blocks = (0..cfg.depth)
+            .map(|i| Block::new(&pb.pp("blocks").pp(i), d, cfg.num_heads, cfg.mlp_ratio))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = LayerNorm::new(&pb.pp("norm"), d)?;
+        Ok(VisionTransformer {
+            patch_embed_weight,
+            patch_embed_bias,
+            cls_token,
+            pos_embed,
+            blocks,
+            norm,
+            patch_size: p,
+            in_chans: c,
+        })
+    }
+
+    /// (B, C, H, W) -> (B, L, D): the stride-p conv as patches in (C, p, p) order times the
+    /// flattened conv weight.
+    pub fn patch_embed(&self, imgs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = imgs.dims4()?;
+        let p = self.patch_size;
+        if c != self.in_chans || h % p != 0 || w % p != 0 {
+            candle_core::bail!(
+                "input (B, {c}, {h}, {w}) does not fit {} channels and patch {p}",
+                self.in_chans
+            );
+        }
+        let (gh, gw) = (h / p, w / p);
+        let x = imgs
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh * gw, c * p * p))?;
+        let d = self.patch_embed_weight.dim(0)?;
+        let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
+        let y = x.reshape((b * gh * gw, c * p * p))?.matmul(&wmat.t()?)?;
+        super::ops::bias_add(&y, &self.patch_embed_bias)?.reshape((b, gh * gw, d))
+    }
+
+    /// MAE `forward_encoder` with the masking decided by the caller: embeds all patches, adds
+    /// the position embedding, keeps the patches listed in `ids_keep` (B, K) u32 (all when
+    /// `None`), prepends cls, runs the blocks and the final norm. Returns (B, 1 + K, D).
+    pub fn forward_encoder(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.patch_embed(imgs)?; // [B, L, D]
+        let (b, l, d) = x.dims3()?;
+        if self.pos_embed.dim(1)? != l + 1 {
+            candle_core::bail!(
+                "{} patches but a position embedding for {}",
+                l,
+                self.pos_embed.dim(1)? - 1
+            );
+        }
+        let x = x.broadcast_add(&self.pos_embed.narrow(1, 1, l)?)?;
+        let x = match ids_keep {
+            Some(ids) => {
+                let k = ids.dim(1)?;
+                let idx = ids.unsqueeze(2)?.broadcast_as((b, k, d))?.contiguous()?;
+                x.contiguous()?.gather(&idx, 1)? // [B, K, D]
+            }
+            None => x,
+        };
+        let cls = self
+            .cls_token
+            .broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?
+            .broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&cls, &x], 1)?;
+        let n = x.dim(1)?;
+        let mut x = x.reshape((b * n, d))?;
+        for blk in &self.blocks {
+            x = blk.forward_rows(&x, b, n)?;
+        }
+        self.norm.forward(&x)?.reshape((b, n, d))
+    }
+
+    /// Features for downstream use: (B, 2, D) with the cls token after the final norm and the
+    /// mean of the patch tokens after the final norm.
+    pub fn embed(&self, imgs: &Tensor) -> Result<Tensor> {
+        let x = self.forward_encoder(imgs, None)?;
+        let n = x.dim(1)?;
+        let cls = x.narrow(1, 0, 1)?;
+        let mean = x.narrow(1, 1, n - 1)?.mean_keepdim(1)?;
+        Tensor::cat(&[&cls, &mean], 1)
+    }
+
+    pub fn embed_dim(&self) -> Result<usize> {
+        self.cls_token.dim(D::Minus1)
+    }
+}

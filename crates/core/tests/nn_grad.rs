@@ -1,0 +1,317 @@
+//! Gradients that can be trusted: the fused CPU ops against candle's composite (autograd)
+//! versions, gradient coverage of a whole MAE step, and finite differences of the MAE loss.
+
+use candle_core::{Device, Tensor, Var, D};
+use vasomim_core::nn::mae::{random_masking, MaskedAutoencoder};
+use vasomim_core::nn::presets::MaeConfig;
+use vasomim_core::nn::{ops, InitRng};
+
+fn randn(rng: &mut InitRng, dims: &[usize], scale: f64) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| (rng.normal() * scale) as f32).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() / scale)
+        .fold(0f32, f32::max)
+}
+
+/// Forward and all input gradients of `f` (fused) and `g` (composite) agree on random data,
+/// with a random upstream gradient (so the test sees more than Σ of the output).
+fn check_op(
+    name: &str,
+    inputs: Vec<Tensor>,
+    f: impl Fn(&[Tensor]) -> Tensor,
+    g: impl Fn(&[Tensor]) -> Tensor,
+) {
+    let mut rng = InitRng::new(7);
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|t| Var::from_tensor(t).unwrap())
+        .collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let yf = f(&ts);
+    let yg = g(&ts);
+    assert!(
+        max_rel(&yf, &yg) < 1e-5,
+        "{name}: forward differs by {}",
+        max_rel(&yf, &yg)
+    );
+    let up = randn(&mut rng, yf.dims(), 1.0);
+    let gf = (&yf * &up).unwrap().sum_all().unwrap().backward().unwrap();
+    let gg = (&yg * &up).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, t) in ts.iter().enumerate() {
+        let a = gf
+            .get(t)
+            .unwrap_or_else(|| panic!("{name}: fused op gives no gradient for input {i}"));
+        let b = gg.get(t).unwrap();
+        let e = max_rel(a, b);
+        assert!(
+            e < 1e-4,
+            "{name}: gradient of input {i} differs by {e} (relative to max)"
+        );
+    }
+}
+
+#[test]
+fn layer_norm_matches_composite() {
+    let mut rng = InitRng::new(1);
+    // A large offset checks the variance is not computed as E[x²] − E[x]² in f32.
+    let x = (randn(&mut rng, &[3, 5, 48], 2.0) + 30.0).unwrap();
+    let w = randn(&mut rng, &[48], 1.0);
+    let b = randn(&mut rng, &[48], 1.0);
+    check_op(
+        "layer_norm",
+        vec![x, w, b],
+        |t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-6).unwrap(),
+        |t| ops::layer_norm_composite(&t[0], &t[1], &t[2], 1e-6).unwrap(),
+    );
+    // Large enough to take the multi-threaded path.
+    let x = randn(&mut rng, &[64, 33, 40], 1.0);
+    let w = randn(&mut rng, &[40], 1.0);
+    let b = randn(&mut rng, &[40], 1.0);
+    check_op(
+        "layer_norm (parallel)",
+        vec![x, w, b],
+        |t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-6).unwrap(),
+        |t| ops::layer_norm_composite(&t[0], &t[1], &t[2], 1e-6).unwrap(),
+    );
+}
+
+#[test]
+fn bias_add_matches_broadcast_add() {
+    let mut rng = InitRng::new(5);
+    for rows in [3, 2000] {
+        let y = randn(&mut rng, &[rows, 24], 1.0);
+        let b = randn(&mut rng, &[24], 1.0);
+        check_op(
+            "bias_add",
+            vec![y, b],
+            |t| ops::bias_add(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_add(&t[1]).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn bias_gelu_and_scaled_softmax_match_composites() {
+    let mut rng = InitRng::new(6);
+    for rows in [3, 2000] {
+        let y = randn(&mut rng, &[rows, 24], 2.0);
+        let b = randn(&mut rng, &[24], 1.0);
+        check_op(
+            "bias_gelu",
+            vec![y, b],
+            |t| ops::bias_gelu(&t[0], &t[1]).unwrap(),
+            |t| t[0].broadcast_add(&t[1]).unwrap().gelu_erf().unwrap(),
+        );
+    }
+    let x = randn(&mut rng, &[4, 3, 50, 50], 3.0);
+    check_op(
+        "softmax_scaled",
+        vec![x],
+        |t| ops::softmax_scaled(&t[0], 0.125).unwrap(),
+        |t| candle_nn::ops::softmax(&(&t[0] * 0.125).unwrap(), D::Minus1).unwrap(),
+    );
+}
+
+#[test]
+fn attention_core_matches_composite() {
+    let mut rng = InitRng::new(8);
+    for (b, h, n, hd) in [(1, 1, 3, 2), (2, 3, 17, 8), (3, 2, 50, 16)] {
+        let qkv: Vec<Tensor> = (0..3)
+            .map(|_| randn(&mut rng, &[b, h, n, hd], 1.0))
+            .collect();
+        let scale = (hd as f64).powf(-0.5);
+        check_op(
+            "attention",
+            qkv,
+            |t| ops::attention(&t[0], &t[1], &t[2], scale).unwrap(),
+            |t| {
+                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * scale).unwrap();
+                candle_nn::ops::softmax(&s, D::Minus1)
+                    .unwrap()
+                    .matmul(&t[2])
+                    .unwrap()
+            },
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_composite() {
+    let mut rng = InitRng::new(2);
+    for dims in [vec![2, 3, 7, 7], vec![4, 3, 50, 50]] {
+        let x = randn(&mut rng, &dims, 3.0);
+        check_op(
+            "softmax",
+            vec![x],
+            |t| ops::softmax_last_dim(&t[0]).unwrap(),
+            |t| candle_nn::ops::softmax(&t[0], D::Minus1).unwrap(),
+        );
+    }
+}
+
+#[test]
+fn gelu_matches_candle_and_erf_is_accurate() {
+    let mut rng = InitRng::new(3);
+    for n in [100, 40_000] {
+        let x = randn(&mut rng, &[n], 3.0);
+        check_op(
+            "gelu",
+            vec![x],
+            |t| ops::gelu_erf(&t[0]).unwrap(),
+            |t| t[0].gelu_erf().unwrap(),
+        );
+    }
+    // erf against high-precision values (Abramowitz & Stegun table 7.1).
+    for (x, e) in [
+        (0.1f32, 0.112_462_916f64),
+        (0.5, 0.520_499_878),
+        (1.0, 0.842_700_793),
+        (2.0, 0.995_322_265),
+        (-1.5, -0.966_105_146),
+    ] {
+        assert!(
+            (ops::erf(x) as f64 - e).abs() < 2e-7,
+            "erf({x}) = {} not {e}",
+            ops::erf(x)
+        );
+    }
+}
+
+#[test]
+fn custom_ops_work_on_strided_input() {
+    let mut rng = InitRng::new(4);
+    let x = randn(&mut rng, &[6, 8], 1.0).t().unwrap(); // not contiguous
+    let a = ops::softmax_last_dim(&x).unwrap();
+    let b = candle_nn::ops::softmax(&x.contiguous().unwrap(), D::Minus1).unwrap();
+    assert!(max_rel(&a, &b) < 1e-6);
+}
+
+fn micro_batch(cfg: &MaeConfig, b: usize, seed: u64) -> Tensor {
+    let mut rng = InitRng::new(seed);
+    randn(
+        &mut rng,
+        &[b, cfg.in_chans, cfg.img_size, cfg.img_size],
+        1.0,
+    )
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient() {
+    for cfg in [
+        MaeConfig::micro_test(),
+        MaeConfig {
+            in_chans: 3,
+            img_size: 48,
+            ..MaeConfig::micro_test()
+        },
+    ] {
+        let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, 0).unwrap();
+        let imgs = micro_batch(&cfg, 2, 1);
+        let m = random_masking(
+            2,
+            cfg.num_patches(),
+            0.75,
+            &mut InitRng::new(5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let out = model.forward(&imgs, &m).unwrap();
+        let grads = out.loss.backward().unwrap();
+        assert!(!model.params.entries.is_empty());
+        for (name, v) in &model.params.entries {
+            let g = grads
+                .get(v.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: gradient norm² {n}");
+        }
+        // 2 + 12 per block + 2 (encoder: patch embed, cls, blocks, norm), decoder: 2 + 1 + 12 + 2 + 2
+        assert_eq!(
+            model.params.entries.len(),
+            3 + 12 * cfg.depth + 2 + 2 + 1 + 12 * cfg.decoder_depth + 4
+        );
+    }
+}
+
+#[test]
+fn loss_gradient_matches_finite_differences() {
+    let cfg = MaeConfig::micro_test();
+    let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, 11).unwrap();
+    let imgs = micro_batch(&cfg, 2, 12);
+    let m = random_masking(
+        2,
+        cfg.num_patches(),
+        0.5,
+        &mut InitRng::new(13),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss_of = || {
+        model
+            .forward(&imgs, &m)
+            .unwrap()
+            .loss
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let grads = model.forward(&imgs, &m).unwrap().loss.backward().unwrap();
+    let mut rng = InitRng::new(14);
+    let mut checked = 0;
+    for (name, v) in &model.params.entries {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // The entry with the largest gradient and one at random.
+        let imax = (0..g.len())
+            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
+            .unwrap();
+        for i in [imax, (rng.next_u64() % g.len() as u64) as usize] {
+            let h = 1e-2f32;
+            let mut p = base.clone();
+            p[i] = base[i] + h;
+            v.set(&Tensor::from_vec(p.clone(), v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let lp = loss_of();
+            p[i] = base[i] - h;
+            v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let lm = loss_of();
+            v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let fd = (lp - lm) / (2.0 * h as f64);
+            let an = g[i] as f64;
+            assert!(
+                (fd - an).abs() <= 2e-4 + 3e-2 * an.abs(),
+                "{name}[{i}]: analytic {an:e}, finite difference {fd:e}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40);
+}

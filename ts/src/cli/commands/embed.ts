@@ -1,0 +1,37 @@
+// `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
+import { loadModel } from '../../model/index.js';
+import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+
+export const spec: CommandSpec = {
+  name: 'embed',
+  summary: 'Encoder features of images as a NumPy array (N, 2, D).',
+  usage: 'vasomim embed <checkpoint> <image...> --out <features.npy> [options]',
+  description:
+    'Row 0 of each image is the cls token after the final norm, row 1 the mean of the patch tokens\n' +
+    'after the final norm; no masking. Images of the model\'s input size are used as they are,\n' +
+    'others are resized bicubically (antialiased); grey values are scaled to [0, 1], replicated to\n' +
+    'the model\'s channels and normalised with the ImageNet mean/std, as in pre-training.',
+  options: [
+    { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (float32, shape (N, 2, D))' },
+    { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config' },
+  ],
+  examples: ['vasomim embed vit_base_vasomim.safetensors data/samples/cadica-samples/*.png --out features.npy'],
+};
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(spec, argv);
+  if (values.help) {
+    process.stdout.write(helpText(spec));
+    return 0;
+  }
+  if (positionals.length < 2) throw new UsageError('expected a checkpoint and at least one image');
+  const out = values.out as string | undefined;
+  if (!out) throw new UsageError('--out <features.npy> is required');
+  if (!/\.npy$/i.test(out)) throw new UsageError(`--out ${out}: must end in .npy`);
+  const preset = values.preset as string | undefined;
+  const [ckpt, ...images] = positionals;
+  const model = await loadModel(ckpt!, preset ? { preset } : {});
+  const f = await model.embedFiles(images, out);
+  process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
+  return 0;
+}

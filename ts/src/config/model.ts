@@ -1,0 +1,61 @@
+// The model configuration: one zod schema for the Node API, config files and CLI flags. A preset
+// (micro, tiny, small, base, large, huge) gives every field; any field may be overridden.
+import { z } from 'zod';
+
+import { native } from '../native.js';
+import { parseOptions } from './vessels.js';
+
+export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
+export type PresetName = (typeof PRESET_NAMES)[number];
+
+const count = (what: string) => z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).positive(`${what} must be > 0`);
+
+export const ModelConfigSchema = z
+  .object({
+    /** Sizes by name (micro is for tests); the other fields override it. */
+    preset: z.enum(PRESET_NAMES).default('base'),
+    /** Input side in pixels (divisible by patchSize). */
+    imgSize: count('imgSize').optional(),
+    patchSize: count('patchSize').optional(),
+    /** 1 (grey) or 3 (grey replicated, timm-compatible). */
+    inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).optional(),
+    embedDim: count('embedDim').optional(),
+    depth: count('depth').optional(),
+    numHeads: count('numHeads').optional(),
+    decoderEmbedDim: count('decoderEmbedDim').optional(),
+    decoderDepth: count('decoderDepth').optional(),
+    decoderNumHeads: count('decoderNumHeads').optional(),
+    mlpRatio: z.number().finite().positive('mlpRatio must be > 0').optional(),
+    /** Per-patch normalised pixel targets (MAE's norm_pix_loss). */
+    normPixLoss: z.boolean().optional(),
+  })
+  .strict()
+  .transform(({ preset, ...over }) => {
+    const base = native.presetConfig(preset);
+    const cleaned = Object.fromEntries(Object.entries(over).filter(([, v]) => v !== undefined));
+    return { ...base, ...cleaned } as typeof base;
+  });
+
+export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
+export type ModelConfig = z.output<typeof ModelConfigSchema>;
+
+export const StepOptionsSchema = z
+  .object({
+    /** Learning rate of this step (the schedule is the caller's). */
+    lr: z.number().finite().min(0, 'lr must be >= 0'),
+    weightDecay: z.number().finite().min(0, 'weightDecay must be >= 0').default(0.05),
+    beta1: z.number().min(0).lt(1, 'beta1 must be < 1').default(0.9),
+    beta2: z.number().min(0).lt(1, 'beta2 must be < 1').default(0.95),
+    eps: z.number().positive('eps must be > 0').default(1e-8),
+    /** Global gradient-norm clip (none by default, as MAE pre-training). */
+    clipGrad: z.number().positive('clipGrad must be > 0').optional(),
+    /** Accumulate gradients over this many micro-batches (same update, less memory). */
+    microBatches: z.number().int().positive('microBatches must be > 0').default(1),
+  })
+  .strict();
+
+export type StepOptionsInput = z.input<typeof StepOptionsSchema>;
+
+export function parseModelConfig(value: unknown): ModelConfig {
+  return parseOptions(ModelConfigSchema, value, 'model config');
+}

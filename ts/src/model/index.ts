@@ -1,0 +1,77 @@
+// The model API: create / load a VasoMIM MAE, train it one step at a time, export it for timm,
+// and compute features. Thin wrappers over the native `Model` handle; options go through zod.
+import { ModelConfigSchema, StepOptionsSchema, type ModelConfigInput, type StepOptionsInput } from '../config/model.js';
+import { parseOptions } from '../config/vessels.js';
+import { native } from '../native.js';
+import type { Features, LoadInfo, Model, Reconstruction, StepResult } from '../native.js';
+
+export type { Features, LoadInfo, Model, Reconstruction, StepResult };
+
+/** A freshly initialised model (MAE init; deterministic in `seed`). */
+export function createModel(config: ModelConfigInput = {}, seed = 0): Model {
+  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed);
+}
+
+export interface LoadModelOptions {
+  /** Preset for a file without a config (e.g. a bare timm checkpoint) when shapes are ambiguous. */
+  preset?: string;
+  /** Input size / channels wanted (position embeddings and patch embedding are adapted). */
+  imgSize?: number;
+  inChans?: 1 | 3;
+}
+
+/** Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. */
+export function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
+  return native.Model.load(path, options);
+}
+
+/** The caller's masking for a batch: kept patch ids, restore order, mask (1 = masked). */
+export interface MaskBatch {
+  idsKeep: Uint32Array;
+  idsRestore: Uint32Array;
+  mask: Float32Array;
+}
+
+/** Masks as the native side takes them; accepts `batchMasks` output (Int32Array / Uint8Array) too. */
+export function toMaskBatch(m: {
+  idsKeep: Uint32Array | Int32Array;
+  idsRestore: Uint32Array | Int32Array;
+  mask: Float32Array | Uint8Array;
+}): MaskBatch {
+  // Int32 ids are non-negative, so a Uint32 view of the same bytes is the same values (no copy).
+  const u32 = (a: Uint32Array | Int32Array) => (a instanceof Uint32Array ? a : new Uint32Array(a.buffer, a.byteOffset, a.length));
+  return { idsKeep: u32(m.idsKeep), idsRestore: u32(m.idsRestore), mask: m.mask instanceof Float32Array ? m.mask : Float32Array.from(m.mask) };
+}
+
+/** One pre-training step; `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`. */
+export function trainStep(model: Model, images: Float32Array, masks: Parameters<typeof toMaskBatch>[0], options: StepOptionsInput): Promise<StepResult> {
+  const o = parseOptions(StepOptionsSchema, options, 'step options');
+  const m = toMaskBatch(masks);
+  return model.trainStep(images, m.idsKeep, m.idsRestore, m.mask, o);
+}
+
+/**
+ * MAE random masking for `batch` images of `numPatches` patches: kept ids ascending (the order
+ * VasoMIM feeds them), restore order, mask. `random` defaults to Math.random.
+ */
+export function randomMaskBatch(batch: number, numPatches: number, maskRatio: number, random: () => number = Math.random): MaskBatch {
+  const keep = Math.floor(numPatches * (1 - maskRatio));
+  const idsKeep = new Uint32Array(batch * keep);
+  const idsRestore = new Uint32Array(batch * numPatches);
+  const mask = new Float32Array(batch * numPatches);
+  for (let b = 0; b < batch; b++) {
+    const perm = Array.from({ length: numPatches }, (_, i) => i);
+    for (let i = numPatches - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+    }
+    const kept = perm.slice(0, keep).sort((x, y) => x - y);
+    const isKept = new Uint8Array(numPatches);
+    for (const k of kept) isKept[k] = 1;
+    const shuffle = [...kept, ...perm.filter((p) => !isKept[p]).sort((x, y) => x - y)];
+    shuffle.forEach((id, pos) => (idsRestore[b * numPatches + id] = pos));
+    kept.forEach((k, i) => (idsKeep[b * keep + i] = k));
+    for (let p = 0; p < numPatches; p++) mask[b * numPatches + p] = isKept[p] ? 0 : 1;
+  }
+  return { idsKeep, idsRestore, mask };
+}

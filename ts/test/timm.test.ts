@@ -1,0 +1,47 @@
+// Live parity with timm (skipped when no Python with torch + timm is found): `vasomim export`
+// output loads strictly into timm.create_model(..., num_classes=0) and timm's features of real
+// angiograms match `vasomim embed` within 1e-4. Python: $VASOMIM_TORCH_PYTHON, else
+// /usr/bin/python3 (Debian's python3-torch), else python3.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+import { createModel } from '../src/index.js';
+
+const root = join(import.meta.dirname, '..', '..');
+const python = [process.env.VASOMIM_TORCH_PYTHON, '/usr/bin/python3', 'python3'].find(
+  (p) => p && spawnSync(p, ['-c', 'import torch, timm, safetensors, PIL'], { stdio: 'ignore' }).status === 0,
+);
+if (!python) console.warn('timm parity skipped: no Python with torch, timm, safetensors and pillow (see docs/MODEL.md)');
+
+const main = join(root, 'ts', 'src', 'cli', 'main.ts');
+const cli = (...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', main, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+
+describe.skipIf(!python)('timm parity (live)', () => {
+  const samples = join(root, 'data', 'samples', 'cadica-samples');
+  const images = readdirSync(samples).filter((f) => f.endsWith('.png')).map((f) => join(samples, f));
+
+  for (const preset of ['tiny', 'small', 'base'] as const) {
+    it(`vit_${preset}_patch16_224: strict load, features within 1e-4`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'vasomim-timm-'));
+      const ckpt = join(dir, `${preset}.safetensors`);
+      await createModel({ preset }, 7).save(ckpt);
+      const exported = join(dir, `${preset}.timm.safetensors`);
+      cli('export', ckpt, '--format', 'timm', '--out', exported);
+      const feats = join(dir, 'features.npy');
+      cli('embed', exported, ...images, '--out', feats);
+      const out = execFileSync(python!, [join(root, 'scripts', 'golden', 'timm_parity.py'), `vit_${preset}_patch16_224`, exported, feats, ...images], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const line = out.trim().split('\n').pop()!;
+      console.log(`timm parity: ${line}`);
+      const r = JSON.parse(line) as { missing: string[]; unexpected: string[]; max_abs_diff: number; max_abs_feature: number };
+      expect(r.missing).toEqual([]);
+      expect(r.unexpected).toEqual([]);
+      expect(r.max_abs_diff).toBeLessThan(1e-4 * Math.max(1, r.max_abs_feature));
+    }, 300_000);
+  }
+});
