@@ -14,18 +14,19 @@ use vasomim_core::vessels::{
     map_of, response_of, vessel_maps, write_response_npy, MapJob, Precision, Response,
 };
 
+mod data;
 mod frangi_params;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())
 }
 
-fn failed(msg: impl Into<String>) -> Error {
+pub(crate) fn failed(msg: impl Into<String>) -> Error {
     Error::new(Status::GenericFailure, msg.into())
 }
 
 /// Run `f`, turning a panic into an error that names it.
-fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         let msg = p
             .downcast_ref::<String>()

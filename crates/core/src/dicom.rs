@@ -103,6 +103,10 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
             "unsupported sample layout: {bits_allocated} bits allocated, {bits_stored} stored"
         ));
     }
+    // A corrupt header must not make us allocate gigabytes: 2^28 samples is 16k x 16k.
+    if rows * columns * spp.max(1) > 1 << 28 {
+        return Err(format!("implausible frame size {rows} x {columns} x {spp}"));
+    }
     if !matches!(spp, 1 | 3) {
         return Err(format!("unsupported Samples per Pixel {spp} (1 or 3)"));
     }

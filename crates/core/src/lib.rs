@@ -3,6 +3,7 @@
 //! - [`io`]: angiogram decoding (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB) and atomic writers for
 //!   PNG and NumPy `.npy`.
 //! - [`dicom`]: DICOM single- and multi-frame decoding (dicom-rs), display mapping.
+//! - [`frames`]: DICOM cine runs to PNG frames.
 //! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
 //!   RandomResizedCrop sampling) and the deterministic prefetching loader.
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
@@ -12,6 +13,7 @@
 
 pub mod data;
 pub mod dicom;
+pub mod frames;
 pub mod io;
 pub mod vessels;
 

@@ -128,6 +128,7 @@ pub struct Batch {
 /// dataset order means the dataset, not a file, is broken.
 const MAX_REPLACEMENTS: usize = 16;
 
+#[derive(Debug)]
 pub struct Loader {
     samples: Vec<Sample>,
     config: LoaderConfig,

@@ -10,6 +10,7 @@
 //! The dataset index itself (XA-170K folders, plain folders, manifests) is built in TS and
 //! arrives here as a list of [`Sample`]s.
 
+pub mod check;
 pub mod loader;
 pub mod rng;
 pub mod transforms;
