@@ -30,4 +30,4 @@ function load(): typeof Native {
 }
 
 export const native: typeof Native = load();
-export type { DecodedImage, FilterOptions, MapOptions, MapOutcome, VesselnessResult } from '../../bindings/index.js';
+export type { DecodedImage, FilterOptions, MapOptions, MapOutcome, VesselnessResult, ProbeResult, FrameFile } from '../../bindings/index.js';
