@@ -207,7 +207,10 @@ pub struct NativeLoaderOptions {
 fn pair(v: &[f64], what: &str) -> Result<(f64, f64)> {
     match v {
         [a, b] => Ok((*a, *b)),
-        _ => Err(invalid(format!("{what} must have two values, got {}", v.len()))),
+        _ => Err(invalid(format!(
+            "{what} must have two values, got {}",
+            v.len()
+        ))),
     }
 }
 
@@ -303,9 +306,9 @@ impl Task for NextTask {
                 .iter
                 .lock()
                 .map_err(|_| failed("loader state poisoned"))?;
-            let it = slot
-                .as_mut()
-                .ok_or_else(|| invalid("no epoch started: call startEpoch(epoch, startBatch) first"))?;
+            let it = slot.as_mut().ok_or_else(|| {
+                invalid("no epoch started: call startEpoch(epoch, startBatch) first")
+            })?;
             it.next().transpose().map_err(failed)
         })
     }
@@ -332,7 +335,10 @@ impl Loader {
     pub fn new(samples: Vec<SampleInput>, options: NativeLoaderOptions) -> Result<Self> {
         let o = &options;
         if !(o.seed >= 0.0 && o.seed < 9007199254740992.0 && o.seed.fract() == 0.0) {
-            return Err(invalid(format!("seed must be an integer in [0, 2^53), got {}", o.seed)));
+            return Err(invalid(format!(
+                "seed must be an integer in [0, 2^53), got {}",
+                o.seed
+            )));
         }
         let augment = core::Augment {
             size: o.size as usize,
@@ -388,7 +394,13 @@ impl Loader {
     /// This rank's dataset indices for `epoch`, in batch order.
     #[napi]
     pub fn shard(&self, epoch: u32) -> Uint32Array {
-        Uint32Array::new(self.inner.shard(epoch as u64).iter().map(|&i| i as u32).collect())
+        Uint32Array::new(
+            self.inner
+                .shard(epoch as u64)
+                .iter()
+                .map(|&i| i as u32)
+                .collect(),
+        )
     }
 
     /// Start (or restart) delivering `epoch` from batch `startBatch`; workers begin at once.
@@ -400,7 +412,10 @@ impl Loader {
                 "startBatch {start_batch} is past the end of the epoch ({n} batches)"
             )));
         }
-        drop_later(&self.iter, Some(self.inner.epoch(epoch as u64, start_batch as usize)))
+        drop_later(
+            &self.iter,
+            Some(self.inner.epoch(epoch as u64, start_batch as usize)),
+        )
     }
 
     /// The next batch of the current epoch, or null at its end.

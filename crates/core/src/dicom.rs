@@ -65,7 +65,11 @@ fn open(bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, String> {
         .map_err(|e| format!("cannot parse DICOM: {}", chain(&e)))
 }
 
-fn int_of(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<Option<i64>, String> {
+fn int_of(
+    obj: &DefaultDicomObject,
+    tag: dicom_core::Tag,
+    name: &str,
+) -> Result<Option<i64>, String> {
     match obj.element_opt(tag).map_err(|e| format!("{name}: {e}"))? {
         None => Ok(None),
         Some(e) => e
@@ -97,8 +101,7 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
             "bad image size: {rows} rows x {columns} columns x {frames} frames"
         ));
     }
-    if !matches!(bits_allocated, 8 | 16 | 32) || bits_stored < 1 || bits_stored > bits_allocated
-    {
+    if !matches!(bits_allocated, 8 | 16 | 32) || bits_stored < 1 || bits_stored > bits_allocated {
         return Err(format!(
             "unsupported sample layout: {bits_allocated} bits allocated, {bits_stored} stored"
         ));
@@ -134,7 +137,11 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
             (Some(c), Some(w)) if c.is_finite() && w.is_finite() && w > 0.0 => Some((c, w)),
             _ => None,
         },
-        transfer_syntax: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
+        transfer_syntax: obj
+            .meta()
+            .transfer_syntax()
+            .trim_end_matches('\0')
+            .to_string(),
     })
 }
 
@@ -196,7 +203,10 @@ impl DicomImage {
     pub fn stored_frame(&self, k: usize) -> Result<Vec<i32>, String> {
         let i = &self.info;
         if k >= i.frames {
-            return Err(format!("frame {k} out of range (the file has {} frames)", i.frames));
+            return Err(format!(
+                "frame {k} out of range (the file has {} frames)",
+                i.frames
+            ));
         }
         guard(|| {
             let decoded = self.obj.decode_pixel_data_frame(k as u32).map_err(|e| {
@@ -212,12 +222,12 @@ impl DicomImage {
             let n = i.rows * i.columns * i.samples_per_pixel;
             let bps = (decoded.bits_allocated() as usize).div_ceil(8);
             let data = decoded.data();
-            let start = if decoded.number_of_frames() as usize > 1 && data.len() >= (k + 1) * n * bps
-            {
-                k * n * bps
-            } else {
-                0
-            };
+            let start =
+                if decoded.number_of_frames() as usize > 1 && data.len() >= (k + 1) * n * bps {
+                    k * n * bps
+                } else {
+                    0
+                };
             if data.len() < start + n * bps {
                 return Err(format!(
                     "pixel data truncated: frame {k} needs {} bytes, {} available",
@@ -227,7 +237,13 @@ impl DicomImage {
             }
             let bytes = &data[start..start + n * bps];
             // dicom-rs hands native samples over in little-endian order whatever the syntax.
-            let mut out = samples(bytes, decoded.bits_allocated(), i.bits_stored, i.signed, false);
+            let mut out = samples(
+                bytes,
+                decoded.bits_allocated(),
+                i.bits_stored,
+                i.signed,
+                false,
+            );
             if i.samples_per_pixel == 3 && decoded.planar_configuration() as u8 == 1 {
                 out = interleave(&out, i.rows * i.columns);
             }
@@ -299,7 +315,11 @@ pub struct DisplayMap {
 
 impl DisplayMap {
     pub fn new(i: &DicomInfo) -> DisplayMap {
-        let bits = if i.samples_per_pixel == 3 { 8.min(i.bits_stored) } else { i.bits_stored } as i32;
+        let bits = if i.samples_per_pixel == 3 {
+            8.min(i.bits_stored)
+        } else {
+            i.bits_stored
+        } as i32;
         let (smin, smax) = if i.signed && i.samples_per_pixel == 1 {
             (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
         } else {
@@ -309,7 +329,11 @@ impl DisplayMap {
         DisplayMap {
             slope: i.slope,
             intercept: i.intercept,
-            window: if i.samples_per_pixel == 1 { i.window } else { None },
+            window: if i.samples_per_pixel == 1 {
+                i.window
+            } else {
+                None
+            },
             lo: a.min(b),
             hi: a.max(b),
         }
@@ -351,7 +375,11 @@ fn samples(bytes: &[u8], allocated: u16, stored: u16, signed: bool, big: bool) -
             .chunks_exact(2)
             .map(|c| {
                 let a = [c[0], c[1]];
-                (if big { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) }) as u32
+                (if big {
+                    u16::from_be_bytes(a)
+                } else {
+                    u16::from_le_bytes(a)
+                }) as u32
             })
             .collect(),
         _ => bytes
@@ -366,7 +394,11 @@ fn samples(bytes: &[u8], allocated: u16, stored: u16, signed: bool, big: bool) -
             })
             .collect(),
     };
-    let mask = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
+    let mask = if bits >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
     raw.into_iter()
         .map(|r| {
             let v = r & mask;

@@ -59,7 +59,9 @@ pub fn decode_grey(bytes: &[u8], frame: usize) -> Result<GreyImage, String> {
         return crate::dicom::DicomImage::from_bytes(bytes)?.grey_frame(frame);
     }
     if frame != 0 {
-        return Err(format!("frame {frame} out of range (not a multi-frame file)"));
+        return Err(format!(
+            "frame {frame} out of range (not a multi-frame file)"
+        ));
     }
     Ok(to_grey(decode_raster(bytes)?))
 }
@@ -101,9 +103,8 @@ pub fn decode_grey8(bytes: &[u8], frame: usize) -> Result<Grey8, String> {
 }
 
 fn decode_raster(bytes: &[u8]) -> Result<DynamicImage, String> {
-    let format = image::guess_format(bytes).map_err(|_| {
-        "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string()
-    })?;
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string())?;
     crate::dicom::guard(|| {
         ImageReader::with_format(std::io::Cursor::new(bytes), format)
             .decode()
@@ -140,9 +141,8 @@ pub fn probe_bytes(bytes: &[u8]) -> Result<ImageInfo, String> {
             format: "dicom".into(),
         });
     }
-    let format = image::guess_format(bytes).map_err(|_| {
-        "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string()
-    })?;
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string())?;
     let (w, h) = crate::dicom::guard(|| {
         ImageReader::with_format(std::io::Cursor::new(bytes), format)
             .into_dimensions()

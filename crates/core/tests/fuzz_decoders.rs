@@ -19,12 +19,26 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     };
     add(samples().join("fercer-xca80/Angios_40_training/1.png"));
     add(samples().join("dicom-xa/XA1_JPLL.dcm"));
-    for f in ["MR_small.dcm", "MR_small_RLE.dcm", "rtdose.dcm", "image_dfl.dcm", "SC_rgb_rle_2frame.dcm", "mf_mono1_window_rle.dcm", "MR_small_bigendian.dcm"] {
+    for f in [
+        "MR_small.dcm",
+        "MR_small_RLE.dcm",
+        "rtdose.dcm",
+        "image_dfl.dcm",
+        "SC_rgb_rle_2frame.dcm",
+        "mf_mono1_window_rle.dcm",
+        "MR_small_bigendian.dcm",
+    ] {
         add(fixtures().join("dicom").join(f));
     }
     // Small JPEG / BMP / TIFF seeds made here from a real frame.
-    let img = image::open(samples().join("cadica-samples/p10_v7_00031.png")).unwrap().resize_exact(64, 64, image::imageops::FilterType::Nearest);
-    for fmt in [image::ImageFormat::Jpeg, image::ImageFormat::Bmp, image::ImageFormat::Tiff] {
+    let img = image::open(samples().join("cadica-samples/p10_v7_00031.png"))
+        .unwrap()
+        .resize_exact(64, 64, image::imageops::FilterType::Nearest);
+    for fmt in [
+        image::ImageFormat::Jpeg,
+        image::ImageFormat::Bmp,
+        image::ImageFormat::Tiff,
+    ] {
         let mut c = std::io::Cursor::new(Vec::new());
         img.write_to(&mut c, fmt).unwrap();
         out.push((format!("seed.{:?}", fmt), c.into_inner()));
@@ -45,7 +59,12 @@ fn mutate(src: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
         2 => {
             // Overwrite a run with a "magic" value: lengths and sizes are where parsers break.
             let i = rng.below(b.len() as u64) as usize;
-            let v: [u8; 4] = [[0xFF; 4], [0; 4], [0x7F, 0xFF, 0xFF, 0xFF], [0xFF, 0xFF, 0xFF, 0x7F]][rng.below(4) as usize];
+            let v: [u8; 4] = [
+                [0xFF; 4],
+                [0; 4],
+                [0x7F, 0xFF, 0xFF, 0xFF],
+                [0xFF, 0xFF, 0xFF, 0x7F],
+            ][rng.below(4) as usize];
             for (k, x) in v.iter().enumerate() {
                 if i + k < b.len() {
                     b[i + k] = *x;
@@ -74,9 +93,16 @@ fn malformed_files_never_panic_through_the_api() {
         // DICOM mutations are slow (~0.5 s each): dicom-rs allocates and zero-fills whatever
         // length a corrupted header declares before finding the data short. Kept few here so
         // CI stays fast; FUZZ_TRIES=n runs n per seed.
-        let tries = if vasomim_core::dicom::is_dicom(&bytes) { 12 } else { 300 };
+        let tries = if vasomim_core::dicom::is_dicom(&bytes) {
+            12
+        } else {
+            300
+        };
         let t = std::time::Instant::now();
-        let tries = std::env::var("FUZZ_TRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(tries);
+        let tries = std::env::var("FUZZ_TRIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(tries);
         for _ in 0..tries {
             let m = mutate(&bytes, &mut rng);
             let r = std::panic::catch_unwind(|| {
@@ -90,7 +116,8 @@ fn malformed_files_never_panic_through_the_api() {
                 }
                 [a.err(), b.err(), p.err()]
             });
-            let errs = r.unwrap_or_else(|_| panic!("a panic escaped the API on a mutation of {name}"));
+            let errs =
+                r.unwrap_or_else(|_| panic!("a panic escaped the API on a mutation of {name}"));
             for e in errs {
                 match e {
                     None => ok += 1,

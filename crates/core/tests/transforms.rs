@@ -41,30 +41,47 @@ fn compare_with_pillow(version: &str, tolerance: i32) {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let f: Vec<&str> = name.split('-').collect();
         let n: Vec<usize> = f[2..].iter().map(|s| s.parse().unwrap()).collect();
-        let crop = CropBox { top: n[0], left: n[1], height: n[2], width: n[3] };
+        let crop = CropBox {
+            top: n[0],
+            left: n[1],
+            height: n[2],
+            width: n[3],
+        };
         let (ow, oh) = (n[4], n[5]);
         let src = read_grey(&repo().join(source(f[1]))).unwrap();
         let px = src.to_u8();
-        let view = View { pixels: &px, stride: src.width, crop };
+        let view = View {
+            pixels: &px,
+            stride: src.width,
+            crop,
+        };
         let got = match f[0] {
             "bicubic" => resize_bicubic(view, ow, oh),
             _ => resize_nearest(view, ow, oh),
         };
         let want = read_grey(&path).unwrap().to_u8();
         assert_eq!(got.len(), want.len(), "{name}");
-        let d = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs());
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as i32 - *b as i32).abs());
         let max = d.clone().max().unwrap();
         off_by_one += d.filter(|&v| v > 0).count();
         total += want.len();
         if f[0] == "nearest" {
             assert_eq!(max, 0, "{name}: nearest must be exact");
         }
-        assert!(max <= tolerance, "{version} {name}: off by {max} grey levels");
+        assert!(
+            max <= tolerance,
+            "{version} {name}: off by {max} grey levels"
+        );
         worst = worst.max(max);
         cases += 1;
     }
     assert_eq!(cases, 15);
-    eprintln!("{version} parity: worst {worst} grey level(s), {off_by_one} of {total} pixels differ");
+    eprintln!(
+        "{version} parity: worst {worst} grey level(s), {off_by_one} of {total} pixels differ"
+    );
 }
 
 /// Two-sample Kolmogorov-Smirnov statistic.
@@ -115,7 +132,10 @@ fn crop_parameters_follow_torchvisions_distribution() {
     for (h, w) in [(512, 512), (300, 300), (480, 640), (100, 400)] {
         let (shape, v) = read_npy(&fixtures().join(format!("rrc/rrc-{h}x{w}.npy")));
         assert_eq!(shape[1], 4);
-        let tv: Vec<[i64; 4]> = v.chunks_exact(4).map(|c| [c[0] as i64, c[1] as i64, c[2] as i64, c[3] as i64]).collect();
+        let tv: Vec<[i64; 4]> = v
+            .chunks_exact(4)
+            .map(|c| [c[0] as i64, c[1] as i64, c[2] as i64, c[3] as i64])
+            .collect();
         let n = tv.len();
         let us = ours(h, w, n, (0.2, 1.0), 42);
         // alpha = 0.001 for two samples of n: c(alpha) * sqrt(2 / n), c = 1.949.
@@ -129,11 +149,26 @@ fn crop_parameters_follow_torchvisions_distribution() {
         // test could not fail.
         let wrong = features(&ours(h, w, n, (0.08, 1.0), 43), h, w);
         let d = ks(ft[0].clone(), wrong[0].clone());
-        assert!(d > crit, "{h}x{w}: KS cannot tell scale (0.08, 1) from (0.2, 1): D = {d:.4}");
+        assert!(
+            d > crit,
+            "{h}x{w}: KS cannot tell scale (0.08, 1) from (0.2, 1): D = {d:.4}"
+        );
         // Central-crop fallbacks happen at the same rate (binomial, 4 sigma).
-        let fb = |c: &[[i64; 4]]| c.iter().filter(|x| x[3] as usize == w.min(((h as f64) * 4.0 / 3.0).round() as usize) && x[2] as usize == h && w > h * 4 / 3).count() as f64 / n as f64;
+        let fb = |c: &[[i64; 4]]| {
+            c.iter()
+                .filter(|x| {
+                    x[3] as usize == w.min(((h as f64) * 4.0 / 3.0).round() as usize)
+                        && x[2] as usize == h
+                        && w > h * 4 / 3
+                })
+                .count() as f64
+                / n as f64
+        };
         let (pt, po) = (fb(&tv), fb(&us));
         let sd = (pt.max(1.0 / n as f64) * (1.0 - pt) / n as f64).sqrt() * 2f64.sqrt();
-        assert!((pt - po).abs() <= 4.0 * sd + 1e-12, "{h}x{w}: fallback rate {po} vs torchvision {pt}");
+        assert!(
+            (pt - po).abs() <= 4.0 * sd + 1e-12,
+            "{h}x{w}: fallback rate {po} vs torchvision {pt}"
+        );
     }
 }

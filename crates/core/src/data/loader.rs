@@ -279,7 +279,10 @@ impl Loader {
         let c = &self.config;
         let n = self.samples.len();
         let order = if c.shuffle {
-            permutation(n, &mut SplitMix64::new(key(TAG_PERMUTATION, &[c.seed, epoch])))
+            permutation(
+                n,
+                &mut SplitMix64::new(key(TAG_PERMUTATION, &[c.seed, epoch])),
+            )
         } else {
             (0..n).collect()
         };
@@ -320,11 +323,11 @@ impl Loader {
             for attempt in 0..=MAX_REPLACEMENTS {
                 let j = (i + attempt) % self.samples.len();
                 let sample = &self.samples[j];
-                let mut rng = SplitMix64::new(key(
-                    TAG_SAMPLE,
-                    &[c.seed, epoch, i as u64, attempt as u64],
-                ));
-                let map = maps.as_mut().map(|m| &mut m[slot * s * s..(slot + 1) * s * s]);
+                let mut rng =
+                    SplitMix64::new(key(TAG_SAMPLE, &[c.seed, epoch, i as u64, attempt as u64]));
+                let map = maps
+                    .as_mut()
+                    .map(|m| &mut m[slot * s * s..(slot + 1) * s * s]);
                 let r = crate::dicom::guard(|| augment_sample(sample, a, &mut rng, &mut *img, map));
                 match r {
                     Ok(()) => {

@@ -68,9 +68,15 @@ pub fn central_crop(height: usize, width: usize, ratio: (f64, f64)) -> CropBox {
     let in_ratio = width as f64 / height as f64;
     let (lo, hi) = (ratio.0.min(ratio.1), ratio.0.max(ratio.1));
     let (w, h) = if in_ratio < lo {
-        (width, (round_py(width as f64 / lo) as usize).clamp(1, height))
+        (
+            width,
+            (round_py(width as f64 / lo) as usize).clamp(1, height),
+        )
     } else if in_ratio > hi {
-        ((round_py(height as f64 * hi) as usize).clamp(1, width), height)
+        (
+            (round_py(height as f64 * hi) as usize).clamp(1, width),
+            height,
+        )
     } else {
         (width, height)
     };
@@ -135,7 +141,11 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let v = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
+            row[x] = if v < 0.0 {
+                (f - 0.5) as i32
+            } else {
+                (f + 0.5) as i32
+            };
         }
         first.push(xmin);
         count.push(n);
@@ -209,7 +219,9 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
         tmp = t;
         (&tmp, out_w)
     } else {
-        tmp = (y_first..y_last).flat_map(|y| src.row(y).to_vec()).collect();
+        tmp = (y_first..y_last)
+            .flat_map(|y| src.row(y).to_vec())
+            .collect();
         (&tmp, in_w)
     };
     if !need_v {
@@ -315,7 +327,10 @@ mod tests {
                     .iter()
                     .map(|&v| v as i64)
                     .sum();
-                assert!((s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64, "{i}->{o}");
+                assert!(
+                    (s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64,
+                    "{i}->{o}"
+                );
             }
         }
     }
@@ -323,8 +338,12 @@ mod tests {
     #[test]
     fn constant_images_stay_constant_and_identity_is_a_copy() {
         let p = vec![77u8; 37 * 23];
-        assert!(resize_bicubic(view(&p, 37, 23), 224, 224).iter().all(|&v| v == 77));
-        assert!(resize_bicubic(view(&p, 37, 23), 5, 3).iter().all(|&v| v == 77));
+        assert!(resize_bicubic(view(&p, 37, 23), 224, 224)
+            .iter()
+            .all(|&v| v == 77));
+        assert!(resize_bicubic(view(&p, 37, 23), 5, 3)
+            .iter()
+            .all(|&v| v == 77));
         let q: Vec<u8> = (0..64u8).collect();
         assert_eq!(resize_bicubic(view(&q, 8, 8), 8, 8), q);
         assert_eq!(resize_nearest(view(&q, 8, 8), 8, 8), q);
