@@ -14,6 +14,7 @@ use vasomim_core::vessels::{
     map_of, response_of, vessel_maps, write_response_npy, MapJob, Precision, Response,
 };
 
+pub mod data;
 mod frangi_params;
 pub mod model;
 

@@ -63,3 +63,26 @@ export {
   type PresetName,
   type StepOptionsInput,
 } from './config/model.js';
+export { indexDataset, isManifest, DatasetError, DATA_EXTENSIONS, type DataSample, type DatasetIndex, type SourceReport } from './data/dataset.js';
+export { checkDataset, checkIndex, type CheckOptions, type DataReport } from './data/check.js';
+export { openLoader, DataLoader, type Batch, type EpochMetrics, type EpochOptions, type SkippedFile } from './data/loader.js';
+export { extractFrames, type FrameRow, type FramesSummary } from './data/frames.js';
+export { benchLoader, prepareBenchData, type BenchResult } from './data/bench.js';
+export {
+  AugmentSchema,
+  DatasetSchema,
+  FramesSchema,
+  LoaderSchema,
+  IMAGENET_MEAN,
+  IMAGENET_STD,
+  GREY_MEAN,
+  GREY_STD,
+  type AugmentConfig,
+  type AugmentInput,
+  type DatasetConfig,
+  type DatasetInput,
+  type FramesInput,
+  type LoaderConfig,
+  type LoaderInput,
+} from './config/data.js';
+export { readFrame } from './data/read.js';

@@ -5,43 +5,15 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { crc32, deflateSync } from 'node:zlib';
+
+import { encodePng as encodeAnyPng } from '../src/util/png.js';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const SAMPLES = join(ROOT, 'data', 'samples');
 
+/** PNG bytes of raw samples (grey or RGB, 8 or 16 bit), via the library's encoder. */
 export function encodePng(width: number, height: number, data: ArrayLike<number>, opts: { bitDepth?: 8 | 16; channels?: 1 | 3 } = {}): Buffer {
-  const depth = opts.bitDepth ?? 8;
-  const ch = opts.channels ?? 1;
-  const bpp = (depth / 8) * ch;
-  const raw = Buffer.alloc(height * (1 + width * bpp));
-  for (let y = 0; y < height; y++) {
-    const row = y * (1 + width * bpp);
-    for (let i = 0; i < width * ch; i++) {
-      const v = data[y * width * ch + i]!;
-      if (depth === 8) raw[row + 1 + i] = v;
-      else raw.writeUInt16BE(v, row + 1 + 2 * i);
-    }
-  }
-  const chunk = (type: string, body: Buffer) => {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(body.length);
-    const tb = Buffer.concat([Buffer.from(type, 'ascii'), body]);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(tb) >>> 0);
-    return Buffer.concat([len, tb, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(width, 0);
-  ihdr.writeUInt32BE(height, 4);
-  ihdr[8] = depth;
-  ihdr[9] = ch === 1 ? 0 : 2;
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr),
-    chunk('IDAT', deflateSync(raw)),
-    chunk('IEND', Buffer.alloc(0)),
-  ]);
+  return encodeAnyPng({ width, height, data, ...opts });
 }
 
 export interface Npy {

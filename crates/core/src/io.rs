@@ -6,7 +6,9 @@
 //! - 16-bit grey: v / 257 (full 16-bit range -> 0..=255, not rounded);
 //! - RGB(A), 8 or 16 bit: ITU-R BT.601 luma 0.299 R + 0.587 G + 0.114 B (as PIL's `convert('L')`,
 //!   exact for the usual three identical channels); alpha is ignored;
-//! - float images: luma, clamped to [0, 1] and scaled to 255.
+//! - float images: luma, clamped to [0, 1] and scaled to 255;
+//! - DICOM (see [`crate::dicom`]): modality LUT, window or full stored range, MONOCHROME1
+//!   inverted; every frame of a multi-frame file is addressable.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -36,18 +38,122 @@ impl GreyImage {
     }
 }
 
-/// Decode `path`; the format comes from the file's signature, never its extension.
+/// Decode `path` (the first frame of a multi-frame DICOM); the format comes from the file's
+/// signature, never its extension.
 pub fn read_grey(path: &Path) -> Result<GreyImage, String> {
+    read_frame(path, 0)
+}
+
+/// Decode frame `frame` of `path` (0 for every non-DICOM format).
+pub fn read_frame(path: &Path, frame: usize) -> Result<GreyImage, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    decode_grey(&bytes, frame)
+}
+
+/// Decode an in-memory file to grey (8-bit units).
+pub fn decode_grey(bytes: &[u8], frame: usize) -> Result<GreyImage, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
-    let format = image::guess_format(&bytes)
-        .map_err(|_| "not an image (no PNG, JPEG, BMP or TIFF signature)".to_string())?;
-    let img = ImageReader::with_format(std::io::Cursor::new(&bytes), format)
-        .decode()
-        .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))?;
-    Ok(to_grey(img))
+    if crate::dicom::is_dicom(bytes) {
+        return crate::dicom::DicomImage::from_bytes(bytes)?.grey_frame(frame);
+    }
+    if frame != 0 {
+        return Err(format!(
+            "frame {frame} out of range (not a multi-frame file)"
+        ));
+    }
+    Ok(to_grey(decode_raster(bytes)?))
+}
+
+/// An 8-bit grey frame, the unit of the augmentation pipeline (PIL's mode "L").
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grey8 {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+/// [`decode_grey`] rounded to 8 bits, without the float detour for 8-bit grey files (the
+/// common case, and the loader's hot path).
+pub fn decode_grey8(bytes: &[u8], frame: usize) -> Result<Grey8, String> {
+    if bytes.is_empty() || crate::dicom::is_dicom(bytes) || frame != 0 {
+        let g = decode_grey(bytes, frame)?;
+        return Ok(Grey8 {
+            width: g.width,
+            height: g.height,
+            pixels: g.to_u8(),
+        });
+    }
+    match decode_raster(bytes)? {
+        DynamicImage::ImageLuma8(b) => Ok(Grey8 {
+            width: b.width() as usize,
+            height: b.height() as usize,
+            pixels: b.into_raw(),
+        }),
+        other => {
+            let g = to_grey(other);
+            Ok(Grey8 {
+                width: g.width,
+                height: g.height,
+                pixels: g.to_u8(),
+            })
+        }
+    }
+}
+
+fn decode_raster(bytes: &[u8]) -> Result<DynamicImage, String> {
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string())?;
+    crate::dicom::guard(|| {
+        ImageReader::with_format(std::io::Cursor::new(bytes), format)
+            .decode()
+            .map_err(|e| format!("cannot decode {}: {e}", format_name(format)))
+    })
+}
+
+/// What `data check` needs to know of a file without decoding its pixels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    /// "png", "jpg", "bmp", "tiff" or "dicom".
+    pub format: String,
+}
+
+/// Read only the header of `path` (image size, frame count).
+pub fn probe_file(path: &Path) -> Result<ImageInfo, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot open: {e}"))?;
+    probe_bytes(&bytes)
+}
+
+pub fn probe_bytes(bytes: &[u8]) -> Result<ImageInfo, String> {
+    if bytes.is_empty() {
+        return Err("empty file (0 bytes)".into());
+    }
+    if crate::dicom::is_dicom(bytes) {
+        let i = crate::dicom::probe(bytes)?;
+        return Ok(ImageInfo {
+            width: i.columns,
+            height: i.rows,
+            frames: i.frames,
+            format: "dicom".into(),
+        });
+    }
+    let format = image::guess_format(bytes)
+        .map_err(|_| "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string())?;
+    let (w, h) = crate::dicom::guard(|| {
+        ImageReader::with_format(std::io::Cursor::new(bytes), format)
+            .into_dimensions()
+            .map_err(|e| format!("cannot read {} header: {e}", format_name(format)))
+    })?;
+    Ok(ImageInfo {
+        width: w as usize,
+        height: h as usize,
+        frames: 1,
+        format: format_name(format).into(),
+    })
 }
 
 fn format_name(f: image::ImageFormat) -> &'static str {

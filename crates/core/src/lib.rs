@@ -2,13 +2,20 @@
 //!
 //! - [`io`]: angiogram decoding (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB) and atomic writers for
 //!   PNG and NumPy `.npy`.
+//! - [`dicom`]: DICOM single- and multi-frame decoding (dicom-rs), display mapping.
+//! - [`frames`]: DICOM cine runs to PNG frames.
+//! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
+//!   RandomResizedCrop sampling) and the deterministic prefetching loader.
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
 //!   in parallel, one outcome per file.
 //!
 //! Knows nothing of Node; `bindings/` adapts it.
 
 pub mod checkpoint;
+pub mod data;
+pub mod dicom;
 pub mod embed;
+pub mod frames;
 pub mod io;
 pub mod nn;
 pub mod optim;

@@ -17,6 +17,9 @@ const COMMANDS: Record<string, Command> = {
   vesselness: { summary: 'raw Sato/Frangi response of one image (.npy or .png)', load: () => import('./commands/vesselness.js') },
   export: { summary: 'export a checkpoint\'s encoder for timm (safetensors)', load: () => import('./commands/export.js') },
   embed: { summary: 'encoder features (cls, mean patch token) of images as .npy', load: () => import('./commands/embed.js') },
+  frames: { summary: 'DICOM cine runs (or any images) to PNG frames with a manifest', load: () => import('./commands/frames.js') },
+  data: { summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes', load: () => import('./commands/data.js') },
+  bench: { summary: 'benchmarks: `bench loader` images/s of the data loader', load: () => import('./commands/bench.js') },
 };
 
 function usage(): string {
@@ -55,8 +58,8 @@ async function main(argv: string[]): Promise<number> {
   try {
     return await mod.run(rest);
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError) {
-      process.stderr.write(`vasomim ${name}: ${e.message}\nusage: ${mod.spec.usage} (see --help)\n`);
+    if (e instanceof UsageError || e instanceof ConfigError || (e as { name?: string }).name === 'DatasetError') {
+      process.stderr.write(`vasomim ${name}: ${(e as Error).message}\nusage: ${mod.spec.usage} (see --help)\n`);
       return 2;
     }
     process.stderr.write(`vasomim ${name}: ${(e as Error).message}\n`);

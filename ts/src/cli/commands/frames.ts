@@ -1,0 +1,38 @@
+// `vasomim frames <file…> --out <dir>`: DICOM cine runs to PNG frames plus a manifest.
+import { extractFrames } from '../../data/frames.js';
+import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+
+export const spec: CommandSpec = {
+  name: 'frames',
+  summary: 'Every frame of DICOM cine runs (or any images) as 8-bit grey PNG, with a manifest.csv.',
+  usage: 'vasomim frames <file…> --out <dir> [options]',
+  description:
+    'Frame k of run.dcm becomes <dir>/run_0000.png … (run.png for single-frame files). DICOM grey:\n' +
+    'Rescale Slope/Intercept, then the first Window Centre/Width when present, else the full range of\n' +
+    'Bits Stored; MONOCHROME1 inverted; colour to BT.601 luma. Transfer syntaxes: native, deflate, RLE,\n' +
+    'JPEG baseline/extended/lossless (JPEG-LS and JPEG 2000 are reported as unsupported).\n' +
+    '<dir>/manifest.csv (image,source,frame,width,height) is a dataset manifest for `data check` and\n' +
+    'training. Existing PNGs are kept unless --overwrite. Exit 1 if any input failed.',
+  options: [
+    { name: 'out', short: 'o', type: 'string', arg: '<dir>', help: 'output folder (required)' },
+    { name: 'overwrite', type: 'boolean', help: 'rewrite PNGs that exist' },
+    { name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' },
+  ],
+  examples: ['vasomim frames run1.dcm run2.dcm --out frames/', 'vasomim frames /data/cine/*.dcm -o frames && vasomim vessels frames'],
+};
+
+export async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseCommand(spec, argv);
+  if (values.help) {
+    process.stdout.write(helpText(spec));
+    return 0;
+  }
+  if (positionals.length === 0) throw new UsageError('give at least one input file');
+  if (typeof values.out !== 'string') throw new UsageError('--out <dir> is required');
+  const s = await extractFrames(positionals, { out: values.out, overwrite: values.overwrite === true }, (input, n, error) => {
+    process.stderr.write(error ? `error: ${error}\n` : `${input}: ${n} frame(s)\n`);
+  });
+  process.stderr.write(`done: ${s.frames.length} frame(s) from ${positionals.length - s.failed.length} file(s), ${s.failed.length} failed; manifest ${s.manifest}\n`);
+  if (values.json) process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
+  return s.failed.length > 0 ? 1 : 0;
+}
