@@ -186,6 +186,51 @@ describe('DICOM frames', () => {
   });
 });
 
+describe('malformed files through Node', () => {
+  it('reject with an error naming the file; the process survives', async () => {
+    const good = readFileSync(join(DICOM, 'mf_signed10.dcm'));
+    const cases: [string, Buffer][] = [
+      ['marker-only.dcm', Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), Buffer.from('garbage garbage garbage')])],
+      ['cut.dcm', good.subarray(0, Math.floor(good.length * 0.6))],
+      ['flipped.dcm', Buffer.from(good.map((v, i) => (i > 300 && i % 97 === 0 ? v ^ 0xff : v)))],
+      ['empty.png', Buffer.alloc(0)],
+    ];
+    let seed = 7;
+    for (let k = 0; k < 20; k++) {
+      const b = Buffer.from(good);
+      for (let j = 0; j < 8; j++) {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        b[132 + (seed % (b.length - 132))] = seed & 0xff;
+      }
+      cases.push([`mut${k}.dcm`, b]);
+    }
+    const paths = cases.map(([name, bytes]) => {
+      const p = join(tmp.path, name);
+      writeFileSync(p, bytes);
+      return p;
+    });
+    let rejected = 0;
+    for (const p of paths) {
+      const r = await readFrame(p, 1).then(
+        () => 'ok',
+        (e: Error) => e.message,
+      );
+      if (r !== 'ok') {
+        rejected++;
+        expect(r).toContain(p);
+      }
+    }
+    expect(rejected).toBeGreaterThanOrEqual(4);
+    // The same files through the parallel header probes of `data check`.
+    const manifest = join(tmp.path, 'malformed.jsonl');
+    writeFileSync(manifest, paths.map((p) => JSON.stringify({ image: p })).join('\n'));
+    const r = await checkDataset(manifest, { decode: true });
+    expect(r.images).toBe(paths.length);
+    expect(r.unreadable.length).toBeGreaterThanOrEqual(4);
+    expect(r.unreadable.map((u) => u.path)).toContain(join(tmp.path, 'marker-only.dcm'));
+  });
+});
+
 describe('vasomim bench loader', () => {
   it('documents its options and ends with a JSON line', () => {
     const h = cli(['bench', '--help']);
