@@ -180,6 +180,15 @@ describe('DICOM frames', () => {
     expect([...png.pixels]).toEqual([...a.pixels].map((v) => Math.round(v)));
     const ix = indexDataset(join(out, 'manifest.csv'));
     expect(ix.samples).toHaveLength(5);
+    // A folder of cine runs trains on every frame (no maps: maps come per PNG frame).
+    const cine = join(tmp.path, 'cine');
+    mkdirSync(cine, { recursive: true });
+    copyFileSync(join(DICOM, 'mf_mono1_window.dcm'), join(cine, 'run.dcm'));
+    const loader = await openLoader(cine, { maps: 'ignore', batchSize: 5, shuffle: false, augment: { size: 16 } });
+    expect(loader.samples.map((s) => s.frame)).toEqual([0, 1, 2, 3, 4]);
+    const batch = await loader.batchAt(0, 0);
+    expect([...batch.samples]).toEqual([0, 1, 2, 3, 4]);
+    expect(batch.skipped).toEqual([]);
     const x1 = await readFrame(join(SAMPLES, 'dicom-xa', 'XA1_UNC.dcm'));
     const x2 = await readFrame(join(SAMPLES, 'dicom-xa', 'XA1_JPLL.dcm'));
     expect(x1.pixels).toEqual(x2.pixels);
