@@ -164,7 +164,10 @@ fn bad_frames_and_files_give_errors_not_panics() {
     let mut bad_vr = std::fs::read(fixtures().join("dicom/MR_small.dcm")).unwrap();
     bad_vr[136] = b'x';
     let e = decode_grey(&bad_vr, 0).unwrap_err();
-    assert!(e.contains("element (0002,0000) at byte 132 has no valid VR"), "{e}");
+    assert!(
+        e.contains("element (0002,0000) at byte 132 has no valid VR"),
+        "{e}"
+    );
     for cut in [0, 100, 131, 132, 200, bytes.len() / 2, bytes.len() - 1] {
         let _ = decode_grey(&bytes[..cut], 0);
     }
