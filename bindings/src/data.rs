@@ -259,6 +259,25 @@ impl Batch {
     pub fn samples(&self) -> Uint32Array {
         Uint32Array::new(self.inner.samples.iter().map(|&i| i as u32).collect())
     }
+    /// Per sample: top, left, height, width of the crop and 1 if flipped (5 values each).
+    #[napi(getter)]
+    pub fn crops(&self) -> Int32Array {
+        Int32Array::new(
+            self.inner
+                .crops
+                .iter()
+                .flat_map(|(c, f)| {
+                    [
+                        c.top as i32,
+                        c.left as i32,
+                        c.height as i32,
+                        c.width as i32,
+                        *f as i32,
+                    ]
+                })
+                .collect(),
+        )
+    }
     /// Files skipped while building this batch, each with its reason.
     #[napi(getter)]
     pub fn skipped(&self) -> Vec<SkippedFile> {

@@ -63,7 +63,7 @@ export {
   type PresetName,
   type StepOptionsInput,
 } from './config/model.js';
-export { indexDataset, isManifest, DatasetError, DATA_EXTENSIONS, type DataSample, type DatasetIndex, type SourceReport } from './data/dataset.js';
+export { indexDataset, expandFrames, isManifest, DatasetError, DATA_EXTENSIONS, type DataSample, type DatasetIndex, type SourceReport } from './data/dataset.js';
 export { checkDataset, checkIndex, type CheckOptions, type DataReport } from './data/check.js';
 export { openLoader, DataLoader, type Batch, type EpochMetrics, type EpochOptions, type SkippedFile } from './data/loader.js';
 export { extractFrames, type FrameRow, type FramesSummary } from './data/frames.js';

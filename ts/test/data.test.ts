@@ -171,7 +171,7 @@ describe('DICOM frames', () => {
     const out = join(tmp.path, 'frames');
     const r = cli(['frames', join(DICOM, 'mf_mono1_window.dcm'), join(DICOM, 'MR_truncated.dcm'), '--out', out, '--json']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/MR_truncated\.dcm: cannot parse DICOM/);
+    expect(r.stderr).toMatch(/MR_truncated\.dcm: element \(7FE0,0010\) declares 8192 bytes but only 8130 remain/);
     const manifest = readFileSync(join(out, 'manifest.csv'), 'utf8').trim().split('\n');
     expect(manifest[0]).toBe('image,source,frame,width,height');
     expect(manifest).toHaveLength(6);
@@ -180,9 +180,63 @@ describe('DICOM frames', () => {
     expect([...png.pixels]).toEqual([...a.pixels].map((v) => Math.round(v)));
     const ix = indexDataset(join(out, 'manifest.csv'));
     expect(ix.samples).toHaveLength(5);
+    // A folder of cine runs trains on every frame (no maps: maps come per PNG frame).
+    const cine = join(tmp.path, 'cine');
+    mkdirSync(cine, { recursive: true });
+    copyFileSync(join(DICOM, 'mf_mono1_window.dcm'), join(cine, 'run.dcm'));
+    const loader = await openLoader(cine, { maps: 'ignore', batchSize: 5, shuffle: false, augment: { size: 16 } });
+    expect(loader.samples.map((s) => s.frame)).toEqual([0, 1, 2, 3, 4]);
+    const batch = await loader.batchAt(0, 0);
+    expect([...batch.samples]).toEqual([0, 1, 2, 3, 4]);
+    expect(batch.skipped).toEqual([]);
     const x1 = await readFrame(join(SAMPLES, 'dicom-xa', 'XA1_UNC.dcm'));
     const x2 = await readFrame(join(SAMPLES, 'dicom-xa', 'XA1_JPLL.dcm'));
     expect(x1.pixels).toEqual(x2.pixels);
+  });
+});
+
+describe('malformed files through Node', () => {
+  it('reject with an error naming the file; the process survives', async () => {
+    const good = readFileSync(join(DICOM, 'mf_signed10.dcm'));
+    const cases: [string, Buffer][] = [
+      ['marker-only.dcm', Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), Buffer.from('garbage garbage garbage')])],
+      ['cut.dcm', good.subarray(0, Math.floor(good.length * 0.6))],
+      ['flipped.dcm', Buffer.from(good.map((v, i) => (i > 300 && i % 97 === 0 ? v ^ 0xff : v)))],
+      ['empty.png', Buffer.alloc(0)],
+    ];
+    let seed = 7;
+    for (let k = 0; k < 20; k++) {
+      const b = Buffer.from(good);
+      for (let j = 0; j < 8; j++) {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        b[132 + (seed % (b.length - 132))] = seed & 0xff;
+      }
+      cases.push([`mut${k}.dcm`, b]);
+    }
+    const paths = cases.map(([name, bytes]) => {
+      const p = join(tmp.path, name);
+      writeFileSync(p, bytes);
+      return p;
+    });
+    let rejected = 0;
+    for (const p of paths) {
+      const r = await readFrame(p, 1).then(
+        () => 'ok',
+        (e: Error) => e.message,
+      );
+      if (r !== 'ok') {
+        rejected++;
+        expect(r).toContain(p);
+      }
+    }
+    expect(rejected).toBeGreaterThanOrEqual(4);
+    // The same files through the parallel header probes of `data check`.
+    const manifest = join(tmp.path, 'malformed.jsonl');
+    writeFileSync(manifest, paths.map((p) => JSON.stringify({ image: p })).join('\n'));
+    const r = await checkDataset(manifest, { decode: true });
+    expect(r.images).toBe(paths.length);
+    expect(r.unreadable.length).toBeGreaterThanOrEqual(4);
+    expect(r.unreadable.map((u) => u.path)).toContain(join(tmp.path, 'marker-only.dcm'));
   });
 });
 

@@ -29,6 +29,140 @@ pub fn is_dicom(bytes: &[u8]) -> bool {
     bytes.len() >= 132 && &bytes[128..132] == b"DICM"
 }
 
+/// The value representations of PS3.5 6.2, two letters each.
+const VRS: &[u8] = b"AEASATCSDADSDTFLFDISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
+
+/// Walk the top-level elements and refuse any that declares more bytes than the file has left.
+/// dicom-rs allocates (and zero-fills) a declared length before it finds the data short, so a
+/// corrupt or truncated file would otherwise cost seconds and gigabytes; here it costs a
+/// clear error naming the element. Sequences and items are walked into, fragments of
+/// encapsulated pixel data skipped; the walk stops, leaving the rest to the parser, at a
+/// deflated data set or an undefined length it cannot follow.
+fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    let n = bytes.len();
+    let mut p = 132;
+    let mut explicit = true;
+    let mut big = false;
+    let mut in_meta = true;
+    let mut syntax = String::new();
+    let mut encapsulated = false;
+    let u16_at = |p: usize, big: bool| {
+        let a = [bytes[p], bytes[p + 1]];
+        if big {
+            u16::from_be_bytes(a)
+        } else {
+            u16::from_le_bytes(a)
+        }
+    };
+    let u32_at = |p: usize, big: bool| {
+        let a = [bytes[p], bytes[p + 1], bytes[p + 2], bytes[p + 3]];
+        if big {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
+    };
+    while p + 8 <= n {
+        if in_meta && u16_at(p, false) != 0x0002 {
+            // The meta group (always explicit VR little endian) is over: switch to the data
+            // set's encoding.
+            in_meta = false;
+            match syntax.trim_end_matches(['\0', ' ']) {
+                "1.2.840.10008.1.2" => explicit = false,
+                "1.2.840.10008.1.2.2" => big = true,
+                "1.2.840.10008.1.2.1.99" => return Ok(()),
+                _ => {}
+            }
+        }
+        let b = big && !in_meta;
+        let (group, elem) = (u16_at(p, b), u16_at(p + 2, b));
+        let left = |header: usize| n - p - header;
+        if group == 0xFFFE {
+            // Items and delimiters: tag + 4-byte length whatever the VR rules. Items of a
+            // sequence are walked into; fragments of encapsulated pixel data are skipped.
+            let len = u32_at(p + 4, b);
+            if elem == 0xE000 && len != u32::MAX && len as usize > left(8) {
+                return Err(format!(
+                    "item declares {len} bytes but only {} remain (truncated or corrupt file)",
+                    left(8)
+                ));
+            }
+            if elem == 0xE0DD {
+                encapsulated = false;
+            }
+            p += 8 + if encapsulated && elem == 0xE000 {
+                len as usize
+            } else {
+                0
+            };
+            continue;
+        }
+        if encapsulated {
+            return Err(format!(
+                "encapsulated pixel data broken at byte {p}: expected an item, got ({group:04X},{elem:04X})"
+            ));
+        }
+        let (header, len, vr) = if explicit || in_meta {
+            let vr = [bytes[p + 4], bytes[p + 5]];
+            if !VRS.chunks_exact(2).any(|v| v == vr) {
+                // Explicit VR is two capital letters: anything else is a corrupt or misaligned
+                // header, and parsing on would read garbage lengths.
+                return Err(format!(
+                    "element ({group:04X},{elem:04X}) at byte {p} has no valid VR (corrupt file)"
+                ));
+            }
+            if matches!(
+                &vr,
+                b"OB"
+                    | b"OD"
+                    | b"OF"
+                    | b"OL"
+                    | b"OV"
+                    | b"OW"
+                    | b"SQ"
+                    | b"SV"
+                    | b"UC"
+                    | b"UN"
+                    | b"UR"
+                    | b"UT"
+                    | b"UV"
+            ) {
+                if p + 12 > n {
+                    break;
+                }
+                (12, u32_at(p + 8, b), vr)
+            } else {
+                (8, u16_at(p + 6, b) as u32, vr)
+            }
+        } else {
+            (8, u32_at(p + 4, b), *b"  ")
+        };
+        if len == u32::MAX {
+            // Undefined length: a sequence (walk into it) or encapsulated pixel data (skip its
+            // fragments); anything else is left to the parser.
+            if (group, elem) == (0x7FE0, 0x0010) {
+                encapsulated = true;
+            } else if !(vr == *b"SQ" || vr == *b"UN" || !explicit) {
+                return Ok(());
+            }
+            p += header;
+            continue;
+        }
+        let left = left(header);
+        if len as usize > left {
+            return Err(format!(
+                "element ({group:04X},{elem:04X}) declares {len} bytes but only {left} remain \
+                 (truncated or corrupt file)"
+            ));
+        }
+        if in_meta && (group, elem) == (0x0002, 0x0010) {
+            syntax = String::from_utf8_lossy(&bytes[p + header..p + header + len as usize]).into();
+        }
+        p += header + len as usize;
+    }
+    Ok(())
+}
+
 /// The image attributes of a DICOM object that the conversions need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DicomInfo {
@@ -57,6 +191,7 @@ fn open(bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, String> {
     if !is_dicom(bytes) {
         return Err("not a DICOM file (no DICM marker after the 128-byte preamble)".into());
     }
+    check_lengths(bytes)?;
     let mut opts = OpenFileOptions::new();
     if header_only {
         opts = opts.read_until(tags::PIXEL_DATA);
@@ -106,8 +241,8 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
             "unsupported sample layout: {bits_allocated} bits allocated, {bits_stored} stored"
         ));
     }
-    // A corrupt header must not make us allocate gigabytes: 2^28 samples is 16k x 16k.
-    if rows * columns * spp.max(1) > 1 << 28 {
+    // A corrupt header must not make us allocate gigabytes: 2^26 samples is 8k x 8k.
+    if rows * columns * spp.max(1) > 1 << 26 {
         return Err(format!("implausible frame size {rows} x {columns} x {spp}"));
     }
     if !matches!(spp, 1 | 3) {
@@ -195,6 +330,26 @@ impl DicomImage {
         guard(|| {
             let obj = open(bytes, false)?;
             let info = info_of(&obj)?;
+            // Uncompressed pixel data must fit in the file: checked before the decoder
+            // allocates what a corrupt Rows / Columns / Number of Frames ask for.
+            let native = matches!(
+                info.transfer_syntax.as_str(),
+                "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2"
+            );
+            let need = info.rows
+                * info.columns
+                * info.samples_per_pixel
+                * (info.bits_allocated as usize / 8)
+                * info.frames;
+            if native && need > bytes.len() {
+                return Err(format!(
+                    "pixel data truncated: {} frame(s) of {} x {} need {need} bytes, the file has {}",
+                    info.frames,
+                    info.columns,
+                    info.rows,
+                    bytes.len()
+                ));
+            }
             Ok(DicomImage { obj, info })
         })
     }

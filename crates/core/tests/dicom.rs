@@ -154,7 +154,20 @@ fn bad_frames_and_files_give_errors_not_panics() {
         .contains("out of range"));
     let trunc = std::fs::read(fixtures().join("dicom/MR_truncated.dcm")).unwrap();
     let e = decode_grey(&trunc, 0).unwrap_err();
-    assert!(e.contains("cannot parse DICOM"), "{e}");
+    assert!(
+        e.contains("element (7FE0,0010) declares 8192 bytes but only 8130 remain"),
+        "{e}"
+    );
+    // A header read finds it too (data check without --decode).
+    assert!(probe_bytes(&trunc).is_err());
+    // A corrupt VR is refused before dicom-rs reads garbage lengths (and allocates them).
+    let mut bad_vr = std::fs::read(fixtures().join("dicom/MR_small.dcm")).unwrap();
+    bad_vr[136] = b'x';
+    let e = decode_grey(&bad_vr, 0).unwrap_err();
+    assert!(
+        e.contains("element (0002,0000) at byte 132 has no valid VR"),
+        "{e}"
+    );
     for cut in [0, 100, 131, 132, 200, bytes.len() / 2, bytes.len() - 1] {
         let _ = decode_grey(&bytes[..cut], 0);
     }

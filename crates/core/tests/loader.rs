@@ -183,7 +183,7 @@ fn image_and_map_share_the_crop_and_the_flip() {
         let mut rng = vasomim_core::data::rng::SplitMix64::new(seed);
         let mut img = vec![0f32; 40 * 40];
         let mut map = vec![0f32; 40 * 40];
-        augment_sample(&sample, &aug, &mut rng, &mut img, Some(&mut map)).unwrap();
+        let (_, _) = augment_sample(&sample, &aug, &mut rng, &mut img, Some(&mut map)).unwrap();
         for y in 0..40 {
             for x in 1..39 {
                 let i = y * 40 + x;

@@ -21,18 +21,64 @@ fn source(key: &str) -> &'static str {
 }
 
 /// Pillow 9.4 (Debian 12's, the one torchvision 0.14 runs on here) and Pillow 13.0: we are
-/// bit-exact with 9.4; 13.0 rounds differently on some cropped downscales (within 1 level).
+/// bit-exact with 9.4, which resamples horizontally first. The Pillow 13.0 build here runs
+/// the vertical pass first for some crop shapes; its results equal ours with the passes
+/// swapped (checked below), within 1 grey level on these cases (up to 3 on others).
 #[test]
 fn crop_and_resize_match_pillow_9_exactly_on_real_angiograms() {
-    compare_with_pillow("pillow-9.4", 0);
+    compare_with_pillow("pillow-9.4", 0, false);
 }
 
 #[test]
 fn crop_and_resize_match_pillow_13_within_one_grey_level() {
-    compare_with_pillow("pillow-13.0", 1);
+    compare_with_pillow("pillow-13.0", 1, false);
 }
 
-fn compare_with_pillow(version: &str, tolerance: i32) {
+#[test]
+fn pillow_13_differences_are_only_the_order_of_the_passes() {
+    compare_with_pillow("pillow-13.0", 0, true);
+}
+
+/// Our two-pass bicubic, vertical pass first: transpose, resize, transpose back.
+fn bicubic_vertical_first(
+    px: &[u8],
+    stride: usize,
+    crop: CropBox,
+    ow: usize,
+    oh: usize,
+) -> Vec<u8> {
+    let (w, h) = (crop.width, crop.height);
+    let mut t = vec![0u8; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            t[x * h + y] = px[(crop.top + y) * stride + crop.left + x];
+        }
+    }
+    let full = CropBox {
+        top: 0,
+        left: 0,
+        height: w,
+        width: h,
+    };
+    let r = resize_bicubic(
+        View {
+            pixels: &t,
+            stride: h,
+            crop: full,
+        },
+        oh,
+        ow,
+    );
+    let mut out = vec![0u8; ow * oh];
+    for y in 0..oh {
+        for x in 0..ow {
+            out[y * ow + x] = r[x * oh + y];
+        }
+    }
+    out
+}
+
+fn compare_with_pillow(version: &str, tolerance: i32, either_order: bool) {
     let mut cases = 0;
     let mut worst = 0i32;
     let (mut off_by_one, mut total) = (0usize, 0usize);
@@ -60,6 +106,11 @@ fn compare_with_pillow(version: &str, tolerance: i32) {
             _ => resize_nearest(view, ow, oh),
         };
         let want = read_grey(&path).unwrap().to_u8();
+        let got = if either_order && f[0] == "bicubic" && got != want {
+            bicubic_vertical_first(&px, src.width, crop, ow, oh)
+        } else {
+            got
+        };
         assert_eq!(got.len(), want.len(), "{name}");
         let d = got
             .iter()

@@ -96,8 +96,28 @@ export function indexDataset(path: string, options: DatasetInput = {}): DatasetI
     if (mapFolder) for (const f of [...mapFiles].sort()) if (!used.has(f) && !f.startsWith('.')) report.extraMaps.push(join(mapFolder, f));
     sources.push(report);
   }
-  // DICOM files are indexed too (first frame; `vasomim frames` expands cine runs).
+  // DICOM files are indexed too, without a frame: `expandFrames` turns a cine run into one
+  // sample per frame (it needs the headers; indexing reads names only).
   return { kind: 'tree', root: path, samples: [...samples, ...dicomFiles(path, samples)], sources, excluded: d.excluded };
+}
+
+/** Samples of DICOM files without a frame number become one sample per frame (headers read in
+ * Rust, in parallel). Maps are per frame file, so expanded cine runs carry no map. */
+export async function expandFrames(samples: DataSample[], jobs = 0): Promise<DataSample[]> {
+  const todo = samples.filter((s) => s.frame === undefined && /\.(dcm|dicom)$/i.test(s.image));
+  if (todo.length === 0) return samples;
+  const { native } = await import('../native.js');
+  const probes = await native.probeImages(
+    todo.map((s) => s.image),
+    false,
+    jobs,
+  );
+  const frames = new Map(probes.map((p) => [p.path, p.ok ? p.frames : 1]));
+  return samples.flatMap((s) => {
+    const n = s.frame === undefined ? frames.get(s.image) : undefined;
+    if (n === undefined || n <= 1) return [s];
+    return Array.from({ length: n }, (_, frame) => ({ image: s.image, source: s.source, frame }));
+  });
 }
 
 /** .dcm files under root (discover() only knows raster formats): one sample each, no map. */
@@ -108,7 +128,7 @@ function dicomFiles(root: string, have: DataSample[]): DataSample[] {
     for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
       const p = join(dir, e.name);
       if (e.isDirectory() && !e.name.startsWith('.')) walk(p);
-      else if (/\.(dcm|dicom)$/i.test(e.name) && !seen.has(p)) out.push({ image: p, source: relative(root, dir) || '.', frame: 0 });
+      else if (/\.(dcm|dicom)$/i.test(e.name) && !seen.has(p)) out.push({ image: p, source: relative(root, dir) || '.' });
     }
   };
   walk(root);

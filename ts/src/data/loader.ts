@@ -5,7 +5,7 @@ import { LoaderSchema, type LoaderConfig, type LoaderInput } from '../config/dat
 import { parseOptions } from '../config/vessels.js';
 import { native } from '../native.js';
 import { checkIndex } from './check.js';
-import { DatasetError, indexDataset, type DataSample, type DatasetIndex } from './dataset.js';
+import { DatasetError, expandFrames, indexDataset, type DataSample, type DatasetIndex } from './dataset.js';
 
 export type Batch = InstanceType<typeof native.Batch>;
 type NativeLoader = InstanceType<typeof native.Loader>;
@@ -111,7 +111,7 @@ export async function openLoader(dataset: string | DatasetIndex | DataSample[], 
         ? { kind: 'manifest', root: '(samples)', samples: dataset, sources: [], excluded: 0 }
         : dataset;
   const where = index.root;
-  let samples = index.samples;
+  let samples = await expandFrames(index.samples);
   if (samples.length === 0) throw new DatasetError(`${where}: no images found (PNG, JPEG, BMP, TIFF or DICOM)`);
   if (c.maps === 'ignore') samples = samples.map(({ map: _map, ...s }) => s);
   const missing = samples.filter((s) => !s.map);

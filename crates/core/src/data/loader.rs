@@ -121,6 +121,8 @@ pub struct Batch {
     pub maps: Option<Vec<f32>>,
     /// Dataset index of each sample actually used (after replacements).
     pub samples: Vec<usize>,
+    /// The crop box and flip drawn for each sample (for checks against peers, visualisation).
+    pub crops: Vec<(CropBox, bool)>,
     pub skipped: Vec<Skipped>,
 }
 
@@ -135,14 +137,15 @@ pub struct Loader {
     with_maps: bool,
 }
 
-/// Read, crop, flip and normalise one sample into `img` (C·S·S) and `map` (S·S).
+/// Read, crop, flip and normalise one sample into `img` (C·S·S) and `map` (S·S); returns the
+/// crop box and whether it was flipped.
 pub fn augment_sample(
     sample: &Sample,
     aug: &Augment,
     rng: &mut SplitMix64,
     img: &mut [f32],
     map: Option<&mut [f32]>,
-) -> Result<(), String> {
+) -> Result<(CropBox, bool), String> {
     let read = |p: &PathBuf, frame: usize| -> Result<Grey8, String> {
         let bytes = std::fs::read(p).map_err(|e| format!("cannot open: {e}"))?;
         decode_grey8(&bytes, frame)
@@ -199,7 +202,7 @@ pub fn augment_sample(
             *o = v as f32 / 255.0;
         }
     }
-    Ok(())
+    Ok((crop, flip))
 }
 
 fn named(p: &std::path::Path, e: String) -> String {
@@ -316,6 +319,7 @@ impl Loader {
         let mut images = vec![0f32; ids.len() * ch * s * s];
         let mut maps = self.with_maps.then(|| vec![0f32; ids.len() * s * s]);
         let mut used = Vec::with_capacity(ids.len());
+        let mut crops = Vec::with_capacity(ids.len());
         let mut skipped = Vec::new();
         for (slot, &i) in ids.iter().enumerate() {
             let img = &mut images[slot * ch * s * s..(slot + 1) * ch * s * s];
@@ -330,8 +334,9 @@ impl Loader {
                     .map(|m| &mut m[slot * s * s..(slot + 1) * s * s]);
                 let r = crate::dicom::guard(|| augment_sample(sample, a, &mut rng, &mut *img, map));
                 match r {
-                    Ok(()) => {
+                    Ok(c) => {
                         used.push(j);
+                        crops.push(c);
                         ok = true;
                         break;
                     }
@@ -360,6 +365,7 @@ impl Loader {
             images,
             maps,
             samples: used,
+            crops,
             skipped,
         })
     }

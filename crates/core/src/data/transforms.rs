@@ -203,19 +203,15 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
     let tmp: Vec<u8>;
     let (mid, mid_w): (&[u8], usize) = if need_h {
         let ch = coeffs(in_w, out_w);
-        let mut t = vec![0u8; (y_last - y_first) * out_w];
-        for (y, out_row) in t.chunks_exact_mut(out_w).enumerate() {
-            let row = src.row(y + y_first);
-            for (xx, o) in out_row.iter_mut().enumerate() {
-                let x0 = ch.first[xx];
-                let w = &ch.weights[xx * ch.ksize..xx * ch.ksize + ch.count[xx]];
-                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
-                for (p, &k) in row[x0..x0 + w.len()].iter().zip(w) {
-                    acc += *p as i32 * k;
-                }
-                *o = clip8(acc);
-            }
-        }
+        let t = match ch.ksize {
+            k if k > in_w => horizontal_any(src, &ch, y_first, y_last, out_w),
+            5 => horizontal_fixed::<5>(src, &ch, y_first, y_last, out_w),
+            7 => horizontal_fixed::<7>(src, &ch, y_first, y_last, out_w),
+            9 => horizontal_fixed::<9>(src, &ch, y_first, y_last, out_w),
+            11 => horizontal_fixed::<11>(src, &ch, y_first, y_last, out_w),
+            13 => horizontal_fixed::<13>(src, &ch, y_first, y_last, out_w),
+            _ => horizontal_any(src, &ch, y_first, y_last, out_w),
+        };
         tmp = t;
         (&tmp, out_w)
     } else {
@@ -244,6 +240,67 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The horizontal pass with each output's taps as stored (variable count).
+fn horizontal_any(
+    src: View<'_>,
+    ch: &Coeffs,
+    y_first: usize,
+    y_last: usize,
+    out_w: usize,
+) -> Vec<u8> {
+    let mut t = vec![0u8; (y_last - y_first) * out_w];
+    for (y, out_row) in t.chunks_exact_mut(out_w).enumerate() {
+        let row = src.row(y + y_first);
+        for (xx, o) in out_row.iter_mut().enumerate() {
+            let x0 = ch.first[xx];
+            let w = &ch.weights[xx * ch.ksize..xx * ch.ksize + ch.count[xx]];
+            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+            for (p, &k) in row[x0..x0 + w.len()].iter().zip(w) {
+                acc += *p as i32 * k;
+            }
+            *o = clip8(acc);
+        }
+    }
+    t
+}
+
+/// The same pass with exactly K taps per output (K = ksize <= input width): each window is
+/// moved left at the right edge and its weights shifted, the extra taps weighing 0, so the
+/// integer sums are unchanged while the loop has a fixed length the compiler unrolls.
+fn horizontal_fixed<const K: usize>(
+    src: View<'_>,
+    ch: &Coeffs,
+    y_first: usize,
+    y_last: usize,
+    out_w: usize,
+) -> Vec<u8> {
+    let in_w = src.crop.width;
+    let mut starts = Vec::with_capacity(out_w);
+    let mut weights = Vec::with_capacity(out_w);
+    for xx in 0..out_w {
+        let x0 = ch.first[xx];
+        let s = x0.min(in_w - K);
+        let mut w = [0i32; K];
+        let n = ch.count[xx];
+        w[x0 - s..x0 - s + n].copy_from_slice(&ch.weights[xx * ch.ksize..xx * ch.ksize + n]);
+        starts.push(s);
+        weights.push(w);
+    }
+    let mut t = vec![0u8; (y_last - y_first) * out_w];
+    for (y, out_row) in t.chunks_exact_mut(out_w).enumerate() {
+        let row = src.row(y + y_first);
+        for ((o, &s), w) in out_row.iter_mut().zip(&starts).zip(&weights) {
+            let win: &[u8; K] = row[s..s + K].try_into().unwrap();
+            let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+            for (&p, &k) in win.iter().zip(w) {
+                acc += p as i32 * k;
+            }
+            *o = clip8(acc);
+        }
+    }
+    t
 }
 
 /// Source indices of Pillow's NEAREST resize along one axis. Pillow walks the output with a
@@ -347,6 +404,41 @@ mod tests {
         let q: Vec<u8> = (0..64u8).collect();
         assert_eq!(resize_bicubic(view(&q, 8, 8), 8, 8), q);
         assert_eq!(resize_nearest(view(&q, 8, 8), 8, 8), q);
+    }
+
+    #[test]
+    fn fixed_tap_pass_equals_the_variable_one() {
+        let mut rng = SplitMix64::new(9);
+        let (w, h) = (97, 61);
+        let px: Vec<u8> = (0..w * h).map(|_| rng.below(256) as u8).collect();
+        for _ in 0..200 {
+            let cw = 1 + rng.below(w as u64) as usize;
+            let ch = 1 + rng.below(h as u64) as usize;
+            let crop = CropBox {
+                top: rng.below((h - ch + 1) as u64) as usize,
+                left: rng.below((w - cw + 1) as u64) as usize,
+                height: ch,
+                width: cw,
+            };
+            let out_w = 1 + rng.below(60) as usize;
+            let v = View {
+                pixels: &px,
+                stride: w,
+                crop,
+            };
+            let c = coeffs(cw, out_w);
+            let any = horizontal_any(v, &c, 0, ch, out_w);
+            let fixed = match c.ksize {
+                k if k > cw => any.clone(),
+                5 => horizontal_fixed::<5>(v, &c, 0, ch, out_w),
+                7 => horizontal_fixed::<7>(v, &c, 0, ch, out_w),
+                9 => horizontal_fixed::<9>(v, &c, 0, ch, out_w),
+                11 => horizontal_fixed::<11>(v, &c, 0, ch, out_w),
+                13 => horizontal_fixed::<13>(v, &c, 0, ch, out_w),
+                _ => any.clone(),
+            };
+            assert_eq!(any, fixed, "{crop:?} -> {out_w}");
+        }
     }
 
     #[test]
