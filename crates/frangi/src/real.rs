@@ -83,7 +83,7 @@ macro_rules! impl_real {
 }
 
 impl_real!(f64, 1e-18, -708.0, exp_fast_f64);
-impl_real!(f32, 1e-10, -87.0, exp_fast_f32);
+impl_real!(f32, 1e-8, -87.0, exp_fast_f32);
 
 // exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 (in two parts). n is obtained with the
 // "add 1.5 * 2^mantissa_bits" trick, which also leaves n + bias in the low bits, so 2^n is a
