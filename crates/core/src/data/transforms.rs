@@ -91,8 +91,9 @@ pub fn central_crop(height: usize, width: usize, ratio: (f64, f64)) -> CropBox {
 /// Pillow's fixed-point precision for 8-bit resampling: 32 − 8 − 2 bits.
 const PRECISION_BITS: u32 = 22;
 
-/// The cubic convolution kernel with a = −0.5 (Keys), support 2.
-fn bicubic(x: f64) -> f64 {
+/// The cubic convolution kernel with a = −0.5 (Keys), support 2 (also used to resample
+/// position embeddings in `nn::pos_embed`).
+pub(crate) fn bicubic(x: f64) -> f64 {
     const A: f64 = -0.5;
     let x = x.abs();
     if x < 1.0 {

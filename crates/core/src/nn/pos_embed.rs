@@ -39,19 +39,9 @@ pub fn sincos_2d_tensor(dim: usize, grid: usize, device: &Device) -> Result<Tens
     Tensor::from_vec(sincos_2d(dim, grid), (1, 1 + grid * grid, dim), device)
 }
 
-/// Keys' cubic kernel with a = −0.5, the one PIL and `torch.nn.functional.interpolate(...,
-/// mode="bicubic", antialias=True)` use.
-fn cubic(x: f64) -> f64 {
-    let a = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    } else {
-        0.0
-    }
-}
+// Keys' cubic kernel with a = -0.5 (PIL's and torch's antialiased bicubic), shared with the
+// image transforms.
+use crate::data::transforms::bicubic as cubic;
 
 /// For each output index: first input index and normalised weights (the kernel widens by the
 /// scale when shrinking, which is what "antialias" means; edges renormalise instead of
