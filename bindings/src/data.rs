@@ -140,35 +140,10 @@ pub fn extract_frames_to_png(
     })
 }
 
-pub struct ReadFrameTask {
-    path: PathBuf,
-    frame: usize,
-}
-
-impl Task for ReadFrameTask {
-    type Output = vasomim_core::GreyImage;
-    type JsValue = crate::DecodedImage;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("readFrame", || {
-            vasomim_core::io::read_frame(&self.path, self.frame)
-                .map_err(|e| failed(format!("{}: {e}", self.path.display())))
-        })
-    }
-    fn resolve(&mut self, _env: Env, img: Self::Output) -> Result<Self::JsValue> {
-        Ok(crate::DecodedImage {
-            width: img.width as u32,
-            height: img.height as u32,
-            bit_depth: img.bit_depth as u32,
-            channels: img.channels as u32,
-            pixels: Float32Array::new(img.pixels),
-        })
-    }
-}
-
 /// Decode frame `frame` of a file to grey (8-bit units; DICOM display mapping).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_frame(path: String, frame: u32) -> AsyncTask<ReadFrameTask> {
-    AsyncTask::new(ReadFrameTask {
+pub fn read_frame(path: String, frame: u32) -> AsyncTask<crate::ReadImageTask> {
+    AsyncTask::new(crate::ReadImageTask {
         path: path.into(),
         frame: frame as usize,
     })

@@ -129,8 +129,11 @@ fn response_max(r: &Response) -> f64 {
 
 // ---- readImage ---------------------------------------------------------------------------
 
+/// Decodes one frame of a file (frame 0 for every non-DICOM format); behind `readImage` and
+/// `readFrame`.
 pub struct ReadImageTask {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
+    pub(crate) frame: usize,
 }
 
 impl Task for ReadImageTask {
@@ -138,7 +141,8 @@ impl Task for ReadImageTask {
     type JsValue = DecodedImage;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("readImage", || {
-            read_grey(&self.path).map_err(|e| failed(format!("{}: {e}", self.path.display())))
+            vasomim_core::io::read_frame(&self.path, self.frame)
+                .map_err(|e| failed(format!("{}: {e}", self.path.display())))
         })
     }
     fn resolve(&mut self, _env: Env, img: Self::Output) -> Result<Self::JsValue> {
@@ -155,7 +159,10 @@ impl Task for ReadImageTask {
 /// Decode an image file to grey (8-bit units).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
 pub fn read_image(path: String) -> AsyncTask<ReadImageTask> {
-    AsyncTask::new(ReadImageTask { path: path.into() })
+    AsyncTask::new(ReadImageTask {
+        path: path.into(),
+        frame: 0,
+    })
 }
 
 // ---- vesselness on pixels ----------------------------------------------------------------
