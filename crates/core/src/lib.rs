@@ -19,6 +19,7 @@ pub mod frames;
 pub mod io;
 pub mod nn;
 pub mod optim;
+pub mod pretrain;
 pub mod train;
 pub mod vessels;
 
