@@ -13,6 +13,7 @@ use vasomim_core::checkpoint::{self, LoadOptions, LoadReport};
 use vasomim_core::nn::mae::{MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
+use vasomim_core::pretrain::{self, VesselSegmentor};
 use vasomim_core::train::{StepParams, Trainer};
 
 use crate::{failed, guarded, invalid};
@@ -88,6 +89,8 @@ pub struct LoadInfo {
     pub adapted: Vec<String>,
     pub config_source: String,
     pub step: i64,
+    /// The training loop's state saved by `saveTraining` (JSON), when present.
+    pub loop_state: Option<String>,
 }
 
 /// Per-step hyper-parameters; the learning-rate / weight-decay schedule is the caller's.
@@ -100,13 +103,49 @@ pub struct StepOptions {
     pub eps: Option<f64>,
     pub clip_grad: Option<f64>,
     pub micro_batches: Option<u32>,
+    /// Weight of L_cons in `trainBatch` (0 or absent: off; needs an attached segmentor).
+    pub cons_weight: Option<f64>,
+}
+
+fn step_params(o: &StepOptions) -> Result<StepParams> {
+    let ok = |v: f64| v.is_finite() && v >= 0.0;
+    if !ok(o.lr) || !ok(o.weight_decay) || !ok(o.cons_weight.unwrap_or(0.0)) {
+        return Err(invalid(format!(
+            "lr ({}), weightDecay ({}) and consWeight ({:?}) must be finite and >= 0",
+            o.lr, o.weight_decay, o.cons_weight
+        )));
+    }
+    let d = AdamWParams::default();
+    Ok(StepParams {
+        adamw: AdamWParams {
+            lr: o.lr,
+            weight_decay: o.weight_decay,
+            beta1: o.beta1.unwrap_or(d.beta1),
+            beta2: o.beta2.unwrap_or(d.beta2),
+            eps: o.eps.unwrap_or(d.eps),
+        },
+        clip_grad: o.clip_grad,
+        micro_batches: o.micro_batches.unwrap_or(1).max(1) as usize,
+    })
+}
+
+#[napi(object)]
+pub struct GuidanceResult {
+    /// (B, L) per-patch mass of G = η·B + (1 − η)·P, patches row-major.
+    pub mass: Float32Array,
+    /// (B, L) per-patch mass of the vessel map alone; null when the batch has no maps.
+    pub vessel: Option<Float32Array>,
+    /// (B, 1, S, S) P = σ(S(img)) when asked for (pictures); null without a segmentor.
+    pub prob: Option<Float32Array>,
 }
 
 #[napi(object)]
 pub struct StepResult {
     /// Norm-pix reconstruction loss (before the update).
     pub loss_rec: f64,
-    /// Total loss (= loss_rec until the consistency term is wired in).
+    /// Consistency loss BCE(S(recon), P) when it is on (`trainBatch` with a segmentor).
+    pub loss_cons: Option<f64>,
+    /// Total loss L_rec + consWeight·L_cons.
     pub loss: f64,
     pub grad_norm: f64,
     /// Optimizer steps taken so far.
@@ -129,6 +168,11 @@ pub struct Features {
 
 struct State {
     trainer: Trainer,
+    /// The frozen vessel segmentor S of VasoMIM (guidance and L_cons), when attached.
+    segmentor: Option<Box<dyn VesselSegmentor + Send>>,
+    /// P = σ(S(img)) of the last batch given to `guidance`, keyed by that batch, so that the
+    /// step reuses it instead of running S again.
+    prob_cache: Option<(usize, Tensor)>,
     /// Step stored in / restored from checkpoints (optimizer steps taken in this lineage).
     step: u64,
 }
@@ -169,7 +213,12 @@ impl Model {
                 .map_err(err)?;
             let trainer = Trainer::new(model, &frozen.unwrap_or_default()).map_err(err)?;
             Ok(Model {
-                state: Arc::new(Mutex::new(State { trainer, step: 0 })),
+                state: Arc::new(Mutex::new(State {
+                    trainer,
+                    step: 0,
+                    segmentor: None,
+                    prob_cache: None,
+                })),
                 cfg,
                 load_info: None,
             })
@@ -225,6 +274,7 @@ impl Model {
             state: self.state.clone(),
             path: path.into(),
             timm: false,
+            loop_state: None,
         })
     }
 
@@ -235,6 +285,7 @@ impl Model {
             state: self.state.clone(),
             path: path.into(),
             timm: true,
+            loop_state: None,
         })
     }
 
@@ -249,26 +300,8 @@ impl Model {
         mask: Float32Array,
         options: StepOptions,
     ) -> Result<AsyncTask<TrainStepTask>> {
-        let batch = self.check_batch(&images, &ids_keep, &ids_restore, &mask)?;
-        let ok = |v: f64| v.is_finite() && v >= 0.0;
-        if !ok(options.lr) || !ok(options.weight_decay) {
-            return Err(invalid(format!(
-                "lr ({}) and weightDecay ({}) must be finite and >= 0",
-                options.lr, options.weight_decay
-            )));
-        }
-        let d = AdamWParams::default();
-        let params = StepParams {
-            adamw: AdamWParams {
-                lr: options.lr,
-                weight_decay: options.weight_decay,
-                beta1: options.beta1.unwrap_or(d.beta1),
-                beta2: options.beta2.unwrap_or(d.beta2),
-                eps: options.eps.unwrap_or(d.eps),
-            },
-            clip_grad: options.clip_grad,
-            micro_batches: options.micro_batches.unwrap_or(1).max(1) as usize,
-        };
+        let batch = self.check_batch(images.len(), &ids_keep, &ids_restore, &mask)?;
+        let params = step_params(&options)?;
         Ok(AsyncTask::new(TrainStepTask {
             state: self.state.clone(),
             batch: Batch {
@@ -292,7 +325,7 @@ impl Model {
         ids_restore: Uint32Array,
         mask: Float32Array,
     ) -> Result<AsyncTask<ReconstructTask>> {
-        let batch = self.check_batch(&images, &ids_keep, &ids_restore, &mask)?;
+        let batch = self.check_batch(images.len(), &ids_keep, &ids_restore, &mask)?;
         Ok(AsyncTask::new(ReconstructTask {
             state: self.state.clone(),
             batch: Batch {
@@ -304,6 +337,83 @@ impl Model {
             },
             cfg: self.cfg.clone(),
         }))
+    }
+
+    /// Whether a frozen vessel segmentor is attached (needed for η < 1 and for L_cons).
+    #[napi(getter)]
+    pub fn has_segmentor(&self) -> Result<bool> {
+        Ok(lock(&self.state)?.segmentor.is_some())
+    }
+
+    /// VasoMIM guidance of a loader batch: per-patch mass of G = η·B + (1 − η)·P for the
+    /// masking policy (and of B alone, for the vessel-share metric). P is kept for the
+    /// `trainBatch` call on the same batch.
+    #[napi(catch_unwind, ts_return_type = "Promise<GuidanceResult>")]
+    pub fn guidance(
+        &self,
+        batch: &crate::data::Batch,
+        eta: f64,
+        with_prob: Option<bool>,
+    ) -> Result<AsyncTask<GuidanceTask>> {
+        self.check_loader_batch(&batch.inner)?;
+        if !(0.0..=1.0).contains(&eta) {
+            return Err(invalid(format!("eta = {eta} must be in [0, 1]")));
+        }
+        Ok(AsyncTask::new(GuidanceTask {
+            state: self.state.clone(),
+            batch: batch.inner.clone(),
+            eta,
+            with_prob: with_prob.unwrap_or(false),
+            cfg: self.cfg.clone(),
+        }))
+    }
+
+    /// One VasoMIM pre-training step on a loader batch (images never cross into JS) with the
+    /// caller's masking; L_cons is on when `consWeight` > 0 (needs a segmentor).
+    #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
+    pub fn train_batch(
+        &self,
+        batch: &crate::data::Batch,
+        ids_keep: Uint32Array,
+        ids_restore: Uint32Array,
+        mask: Float32Array,
+        options: StepOptions,
+    ) -> Result<AsyncTask<TrainBatchTask>> {
+        self.check_loader_batch(&batch.inner)?;
+        self.check_batch(batch.inner.images.len(), &ids_keep, &ids_restore, &mask)?;
+        let params = step_params(&options)?;
+        Ok(AsyncTask::new(TrainBatchTask {
+            state: self.state.clone(),
+            batch: batch.inner.clone(),
+            ids_keep: ids_keep.to_vec(),
+            ids_restore: ids_restore.to_vec(),
+            mask: mask.to_vec(),
+            params,
+            cons_weight: options.cons_weight.unwrap_or(0.0),
+            cfg: self.cfg.clone(),
+        }))
+    }
+
+    /// Save like `save`, with the training loop's state (a JSON string) in the same file.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn save_training(&self, path: String, loop_state: String) -> AsyncTask<SaveTask> {
+        AsyncTask::new(SaveTask {
+            state: self.state.clone(),
+            path: path.into(),
+            timm: false,
+            loop_state: Some(loop_state),
+        })
+    }
+
+    fn check_loader_batch(&self, b: &vasomim_core::data::Batch) -> Result<()> {
+        let c = &self.cfg;
+        if b.channels != c.in_chans || b.size != c.img_size {
+            return Err(invalid(format!(
+                "the batch has {} channel(s) of {}², the model takes {} of {}²: set the loader's size and channels from the model config",
+                b.channels, b.size, c.in_chans, c.img_size
+            )));
+        }
+        Ok(())
     }
 
     /// Features (N, 2, D) of normalised images (N, C, S, S).
@@ -345,7 +455,7 @@ impl Model {
 
     fn check_batch(
         &self,
-        images: &[f32],
+        images_len: usize,
         ids_keep: &[u32],
         ids_restore: &[u32],
         mask: &[f32],
@@ -353,13 +463,12 @@ impl Model {
         let c = &self.cfg;
         let per = c.in_chans * c.img_size * c.img_size;
         let l = c.num_patches();
-        if images.is_empty() || !images.len().is_multiple_of(per) {
+        if images_len == 0 || !images_len.is_multiple_of(per) {
             return Err(invalid(format!(
-                "images has {} values, not a multiple of C*S*S = {per}",
-                images.len()
+                "images has {images_len} values, not a multiple of C*S*S = {per}"
             )));
         }
-        let b = images.len() / per;
+        let b = images_len / per;
         if ids_restore.len() != b * l || mask.len() != b * l {
             return Err(invalid(format!(
                 "idsRestore ({}) and mask ({}) must have B*L = {b}*{l} values",
@@ -414,8 +523,9 @@ pub struct LoadTask {
     frozen: Vec<String>,
 }
 
-fn info(r: &LoadReport, step: u64) -> LoadInfo {
+fn info(r: &LoadReport, step: u64, loop_state: Option<String>) -> LoadInfo {
     LoadInfo {
+        loop_state,
         missing: r.missing.clone(),
         unexpected: r.unexpected.clone(),
         adapted: r.adapted.clone(),
@@ -435,11 +545,13 @@ impl Task for LoadTask {
             if let Some((state, s)) = &l.optimizer {
                 trainer.opt.load_state(state, *s).map_err(err)?;
             }
-            let load_info = Some(info(&l.report, l.step));
+            let load_info = Some(info(&l.report, l.step, l.loop_state.clone()));
             Ok(Model {
                 state: Arc::new(Mutex::new(State {
                     trainer,
                     step: l.step,
+                    segmentor: None,
+                    prob_cache: None,
                 })),
                 cfg,
                 load_info,
@@ -455,6 +567,7 @@ pub struct SaveTask {
     state: Shared,
     path: PathBuf,
     timm: bool,
+    loop_state: Option<String>,
 }
 
 impl Task for SaveTask {
@@ -466,7 +579,13 @@ impl Task for SaveTask {
             let r = if self.timm {
                 checkpoint::export_timm(&self.path, &s.trainer.model)
             } else {
-                checkpoint::save(&self.path, &s.trainer.model, Some(&s.trainer.opt), s.step)
+                checkpoint::save_with_loop_state(
+                    &self.path,
+                    &s.trainer.model,
+                    Some(&s.trainer.opt),
+                    s.step,
+                    self.loop_state.as_deref(),
+                )
             };
             r.map_err(|e| failed(format!("{}: {e}", self.path.display())))
         })
@@ -504,6 +623,7 @@ impl Task for TrainStepTask {
             s.step += 1;
             Ok(StepResult {
                 loss_rec: st.loss_rec,
+                loss_cons: None,
                 loss: st.loss_rec,
                 grad_norm: st.grad_norm,
                 step: s.step as i64,
@@ -617,4 +737,127 @@ pub fn preset_config(name: String) -> Result<ModelConfig> {
                 MaeConfig::preset_names().join(", ")
             ))
         })
+}
+
+fn loader_tensors(
+    b: &vasomim_core::data::Batch,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let dev = Device::Cpu;
+    let imgs = Tensor::from_slice(&b.images, (b.n, b.channels, b.size, b.size), &dev)?;
+    let maps = match &b.maps {
+        Some(m) => Some(Tensor::from_slice(m, (b.n, 1, b.size, b.size), &dev)?),
+        None => None,
+    };
+    Ok((imgs, maps))
+}
+
+fn batch_key(b: &Arc<vasomim_core::data::Batch>) -> usize {
+    Arc::as_ptr(b) as usize
+}
+
+fn to_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+pub struct GuidanceTask {
+    state: Shared,
+    batch: Arc<vasomim_core::data::Batch>,
+    eta: f64,
+    with_prob: bool,
+    cfg: MaeConfig,
+}
+
+impl Task for GuidanceTask {
+    type Output = (Vec<f32>, Option<Vec<f32>>, Option<Vec<f32>>);
+    type JsValue = GuidanceResult;
+    fn compute(&mut self) -> Result<Self::Output> {
+        guarded("Model.guidance", || {
+            let (imgs, maps) = loader_tensors(&self.batch).map_err(err)?;
+            let mut s = lock(&self.state)?;
+            let seg = s.segmentor.as_deref().map(|x| x as &dyn VesselSegmentor);
+            let g = pretrain::guidance(seg, &imgs, maps.as_ref(), self.eta, self.cfg.patch_size)
+                .map_err(err)?;
+            let mass = to_f32(&g.mass).map_err(err)?;
+            let vessel = g.vessel.as_ref().map(to_f32).transpose().map_err(err)?;
+            let prob = match (&g.prob, self.with_prob) {
+                (Some(p), true) => Some(to_f32(p).map_err(err)?),
+                _ => None,
+            };
+            s.prob_cache = g.prob.map(|p| (batch_key(&self.batch), p));
+            Ok((mass, vessel, prob))
+        })
+    }
+    fn resolve(&mut self, _env: Env, o: Self::Output) -> Result<GuidanceResult> {
+        Ok(GuidanceResult {
+            mass: Float32Array::new(o.0),
+            vessel: o.1.map(Float32Array::new),
+            prob: o.2.map(Float32Array::new),
+        })
+    }
+}
+
+pub struct TrainBatchTask {
+    state: Shared,
+    batch: Arc<vasomim_core::data::Batch>,
+    ids_keep: Vec<u32>,
+    ids_restore: Vec<u32>,
+    mask: Vec<f32>,
+    params: StepParams,
+    cons_weight: f64,
+    cfg: MaeConfig,
+}
+
+impl Task for TrainBatchTask {
+    type Output = StepResult;
+    type JsValue = StepResult;
+    fn compute(&mut self) -> Result<StepResult> {
+        guarded("Model.trainBatch", || {
+            let (b, l, dev) = (self.batch.n, self.cfg.num_patches(), Device::Cpu);
+            let k = self.ids_keep.len() / b;
+            let (imgs, _) = loader_tensors(&self.batch).map_err(err)?;
+            let m = Masking {
+                ids_keep: Tensor::from_slice(&self.ids_keep, (b, k), &dev).map_err(err)?,
+                ids_restore: Tensor::from_slice(&self.ids_restore, (b, l), &dev).map_err(err)?,
+                mask: Tensor::from_slice(&self.mask, (b, l), &dev).map_err(err)?,
+            };
+            let mut guard = lock(&self.state)?;
+            let s = &mut *guard;
+            let key = batch_key(&self.batch);
+            let st = if self.cons_weight > 0.0 {
+                let seg = s.segmentor.as_deref().ok_or_else(|| {
+                    invalid("consWeight > 0 needs a segmentor: attach one (or turn L_cons off)")
+                })?;
+                let prob = match &s.prob_cache {
+                    Some((k, p)) if *k == key => p.clone(),
+                    _ => pretrain::guidance(Some(seg), &imgs, None, 0.0, self.cfg.patch_size)
+                        .map_err(err)?
+                        .prob
+                        .expect("a segmentor gives P"),
+                };
+                let cons = pretrain::Consistency {
+                    seg,
+                    prob: &prob,
+                    weight: self.cons_weight,
+                };
+                s.trainer
+                    .pretrain_step(&imgs, &m, Some(&cons), &self.params)
+                    .map_err(err)?
+            } else {
+                s.trainer
+                    .pretrain_step(&imgs, &m, None, &self.params)
+                    .map_err(err)?
+            };
+            s.step += 1;
+            Ok(StepResult {
+                loss_rec: st.loss_rec,
+                loss_cons: st.loss_cons,
+                loss: st.loss,
+                grad_norm: st.grad_norm,
+                step: s.step as i64,
+            })
+        })
+    }
+    fn resolve(&mut self, _env: Env, r: StepResult) -> Result<StepResult> {
+        Ok(r)
+    }
 }

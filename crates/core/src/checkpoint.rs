@@ -41,6 +41,8 @@ pub struct Loaded {
     /// Optimizer moments and step, when the file has them.
     pub optimizer: Option<(HashMap<String, Tensor>, u64)>,
     pub step: u64,
+    /// The training loop's state saved with [`save_with_loop_state`].
+    pub loop_state: Option<String>,
 }
 
 /// Overrides when loading: the preset for a bare file, and the input size/channels wanted.
@@ -85,6 +87,18 @@ fn write_safetensors(
 
 /// Save the whole MAE (and the optimizer state when given) with its config and step.
 pub fn save(path: &Path, model: &MaskedAutoencoder, opt: Option<&AdamW>, step: u64) -> Result<()> {
+    save_with_loop_state(path, model, opt, step, None)
+}
+
+/// [`save`] plus the training loop's state (an opaque JSON string: epoch, batch, RNG keys …)
+/// in the same file, so weights, moments and loop position are written by one atomic rename.
+pub fn save_with_loop_state(
+    path: &Path,
+    model: &MaskedAutoencoder,
+    opt: Option<&AdamW>,
+    step: u64,
+    loop_state: Option<&str>,
+) -> Result<()> {
     let mut tensors = state_dict(model);
     // Before the first step the moments are zeros, which is also what a fresh optimizer starts
     // from: leaving them out keeps a new base model's file at 1/3 of the size.
@@ -101,6 +115,9 @@ pub fn save(path: &Path, model: &MaskedAutoencoder, opt: Option<&AdamW>, step: u
     meta.insert("step".into(), step.to_string());
     if let Some(o) = opt {
         meta.insert("optimizer_step".into(), o.step.to_string());
+    }
+    if let Some(l) = loop_state {
+        meta.insert("loop_state".into(), l.to_string());
     }
     write_safetensors(path, tensors, meta)
 }
@@ -418,5 +435,6 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
         report,
         optimizer,
         step,
+        loop_state: meta.get("loop_state").cloned(),
     })
 }

@@ -50,6 +50,21 @@ export class MaskFrequency {
     writePng(path, { width: W, height: H, data });
   }
 
+  /** Plain numbers for a checkpoint's loop state (resume continues the same map). */
+  toJSON(): { counts: number[]; images: number; masked: number; maskedWithVessel: number } {
+    return { counts: [...this.counts], images: this.images, masked: this.masked, maskedWithVessel: this.maskedWithVessel };
+  }
+
+  static fromJSON(gridH: number, gridW: number, s: { counts: number[]; images: number; masked: number; maskedWithVessel: number }): MaskFrequency {
+    const f = new MaskFrequency(gridH, gridW);
+    if (s.counts.length !== f.counts.length) throw new Error(`masking-frequency state has ${s.counts.length} patches, expected ${f.counts.length}`);
+    f.counts.set(s.counts);
+    f.images = s.images;
+    f.masked = s.masked;
+    f.maskedWithVessel = s.maskedWithVessel;
+    return f;
+  }
+
   reset(): void {
     this.counts.fill(0);
     this.images = this.masked = this.maskedWithVessel = 0;

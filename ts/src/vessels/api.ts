@@ -89,6 +89,20 @@ export async function vesselMap(
   return { width, height, data };
 }
 
+/**
+ * Vessel maps for an explicit list of (input image, output PNG) pairs, in Rust threads; one
+ * outcome per file (a bad file fails alone). `prepareVesselMaps` is the dataset-tree job.
+ */
+export async function writeVesselMaps(
+  pairs: { input: string; output: string }[],
+  options: { filter?: FilterInput; map?: MapInput; jobs?: number } = {},
+): Promise<FileOutcome[]> {
+  const f = parseOptions(FilterSchema, options.filter ?? {}, 'filter options');
+  const m = parseOptions(MapSchema, options.map ?? {}, 'map options');
+  const out = await native.vesselMapFiles(pairs, nativeFilter(f, 'f32'), m, options.jobs ?? 0);
+  return out.map((o) => ({ input: o.input, output: o.output, status: o.ok ? 'written' : 'failed', error: o.error ?? undefined, millis: o.millis }));
+}
+
 export interface PrepareProgress {
   total: number;
   done: number;

@@ -1,0 +1,146 @@
+// The pre-training run configuration (VASOMIM.md §5–§8): one zod schema for the config file,
+// the CLI flags and the Node API. A run preset (`demo`, `vasomim-vit-b`) fills every field; a
+// config file and then flags override it, field by field.
+import { z } from 'zod';
+
+import { AugmentSchema } from './data.js';
+import { ModelConfigSchema } from './model.js';
+import { parseOptions } from './vessels.js';
+
+export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
+export type RunPreset = (typeof RUN_PRESETS)[number];
+
+const pos = (what: string) => z.number({ error: `${what} must be a number` }).finite().positive(`${what} must be > 0`);
+const nonneg = (what: string) => z.number({ error: `${what} must be a number` }).finite().min(0, `${what} must be >= 0`);
+const int = (what: string, min: number) =>
+  z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).min(min, `${what} must be >= ${min}`);
+const unit = (what: string) => z.number({ error: `${what} must be a number` }).min(0, `${what} must be in [0, 1]`).max(1, `${what} must be in [0, 1]`);
+
+export const PretrainSchema = z
+  .object({
+    /** Run preset: every field below defaults to its value. */
+    preset: z.enum(RUN_PRESETS, { error: `preset must be one of ${RUN_PRESETS.join(', ')}` }).default('demo'),
+    /** Dataset: an XA-170K-style tree with `<source>_frangi/` maps, a folder, or a .csv/.jsonl manifest. Absent: the bundled sample angiograms. */
+    data: z.string().min(1).optional(),
+    /** Folder that holds run folders. */
+    runs: z.string().min(1).default('runs'),
+    /** Run folder name (default: a UTC timestamp). */
+    name: z.string().regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only').optional(),
+    model: z.record(z.string(), z.unknown()).default({}),
+    epochs: int('epochs', 1),
+    warmupEpochs: nonneg('warmupEpochs'),
+    /** Base learning rate; lr = blr · batchSize / 256 unless `lr` is given. */
+    blr: pos('blr'),
+    lr: pos('lr').optional(),
+    minLr: nonneg('minLr').default(0),
+    /** Effective batch (all devices, all accumulation steps). */
+    batchSize: int('batchSize', 1),
+    /** Largest micro-batch one forward/backward takes; the rest is gradient accumulation. */
+    maxMicroBatch: int('maxMicroBatch', 1),
+    weightDecay: nonneg('weightDecay').default(0.05),
+    beta1: unit('beta1').default(0.9),
+    beta2: unit('beta2').default(0.95),
+    clipGrad: pos('clipGrad').optional(),
+    maskRatio: z.number().min(0, 'maskRatio must be in [0, 1)').lt(1, 'maskRatio must be in [0, 1)').default(0.5),
+    normPixLoss: z.boolean().default(true),
+    /** Masking: random (MAE) or vessel-guided with the epoch schedule alpha0 -> alphaT. */
+    masking: z.enum(['random', 'vessel-guided'], { error: 'masking must be random or vessel-guided' }).default('vessel-guided'),
+    alpha0: unit('alpha0').default(0),
+    alphaT: unit('alphaT').default(0.5),
+    /** G = eta·B + (1 − eta)·P: weight of the offline map B against the segmentor's P (v1: 1). */
+    eta: unit('eta').default(0.5),
+    /** Weight of L_cons = BCE(S(recon), P); 0 turns it off. */
+    consWeight: nonneg('consWeight').default(1),
+    /** Frozen segmentor checkpoint (`vasomim train-segmentor`); `bundled` = the one shipped for the demo; `none` / null = no segmentor. */
+    segmentor: z
+      .string()
+      .min(1)
+      .nullable()
+      .optional()
+      .transform((v) => (v === null || v === 'none' ? undefined : v)),
+    /** Checkpoint every N epochs (and at the end, and on Ctrl-C). */
+    checkpointEvery: int('checkpointEvery', 1),
+    /** Sample grid (input | masked | reconstruction | vessel map | guidance) every N epochs. */
+    sampleEvery: int('sampleEvery', 1),
+    /** Images in each sample grid. */
+    sampleImages: int('sampleImages', 1).max(16, 'sampleImages must be <= 16').default(4),
+    seed: int('seed', 0).default(0),
+    /** Loader worker threads (default: all cores, at most 8). */
+    workers: int('workers', 1).optional(),
+    augment: z.record(z.string(), z.unknown()).default({}),
+    /** Stop after this many optimizer steps in this invocation (tests, smoke runs); resumable. */
+    maxSteps: int('maxSteps', 1).optional(),
+  })
+  .strict()
+  .superRefine((o, ctx) => {
+    if (o.warmupEpochs > o.epochs) ctx.addIssue({ code: 'custom', path: ['warmupEpochs'], message: `warmupEpochs (${o.warmupEpochs}) must be <= epochs (${o.epochs})` });
+    if (o.eta < 1 || o.consWeight > 0)
+      if (!o.segmentor) ctx.addIssue({ code: 'custom', path: ['segmentor'], message: 'eta < 1 and consWeight > 0 need a segmentor checkpoint (train one with `vasomim train-segmentor`, or set eta: 1 and consWeight: 0)' });
+  });
+
+export type PretrainInput = z.input<typeof PretrainSchema>;
+export type PretrainConfig = Omit<z.output<typeof PretrainSchema>, 'model' | 'augment'> & {
+  model: z.output<typeof ModelConfigSchema>;
+  augment: z.output<typeof AugmentSchema>;
+};
+
+/**
+ * The presets. `vasomim-vit-b` is the paper's recipe (§8: ViT-B/16, 800 epochs, 40 warm-up,
+ * blr 1.5e-4, batch 2048, mask 0.5, AdamW 0.9/0.95, wd 0.05, checkpoint every 20 epochs).
+ * `demo` is the same method at laptop scale: ViT-Ti with a light decoder on the bundled
+ * angiograms, a few minutes on 2 CPU cores.
+ */
+export const PRESETS: Record<RunPreset, Omit<PretrainInput, 'preset'>> = {
+  'vasomim-vit-b': {
+    model: { preset: 'base' },
+    epochs: 800,
+    warmupEpochs: 40,
+    blr: 1.5e-4,
+    batchSize: 2048,
+    maxMicroBatch: 256,
+    checkpointEvery: 20,
+    sampleEvery: 20,
+    segmentor: undefined,
+  },
+  demo: {
+    model: { preset: 'tiny', decoderEmbedDim: 128, decoderDepth: 2, decoderNumHeads: 4 },
+    epochs: 30,
+    warmupEpochs: 3,
+    blr: 1.5e-4,
+    lr: 1e-3,
+    batchSize: 16,
+    maxMicroBatch: 16,
+    checkpointEvery: 5,
+    sampleEvery: 5,
+    segmentor: 'bundled',
+  },
+};
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Layer `over` on `base`: nested objects (model, augment) merge key by key, the rest replaces. */
+export function mergeConfig(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    if (v === undefined) continue;
+    out[k] = isObject(v) && isObject(out[k]) ? mergeConfig(out[k] as Record<string, unknown>, v) : v;
+  }
+  return out;
+}
+
+/**
+ * Resolve a run config: the preset named in `layers` (last wins; default demo), then each layer
+ * in order (config file, flags). Every problem is reported with its field path.
+ */
+export function resolvePretrainConfig(...layers: Record<string, unknown>[]): PretrainConfig {
+  const named = [...layers].reverse().find((l) => l.preset !== undefined)?.preset;
+  const preset = (RUN_PRESETS as readonly unknown[]).includes(named) ? (named as RunPreset) : 'demo';
+  let merged: Record<string, unknown> = { ...PRESETS[preset], preset };
+  for (const l of layers) merged = mergeConfig(merged, l);
+  const base = parseOptions(PretrainSchema, merged, 'pre-training config');
+  const model = parseOptions(ModelConfigSchema, { ...base.model, normPixLoss: base.normPixLoss }, 'pre-training config (model)');
+  const augment = parseOptions(AugmentSchema, { ...base.augment, size: model.imgSize, channels: model.inChans }, 'pre-training config (augment)');
+  return { ...base, model, augment };
+}

@@ -1,0 +1,267 @@
+// `pretrain`: the VasoMIM pre-training loop, readable top to bottom (nanoGPT-style):
+//
+//   config -> run folder -> data (maps) -> model (+ frozen segmentor) -> for each epoch, batch:
+//     lr = schedule(epoch + it / iters)                     pure function of the position
+//     guidance = model.guidance(batch, eta)                 Rust: P = σ(S(img)), per-patch mass of G
+//     masks = batchMasks(policy, epoch, sampleIds, mass)    TS: seeded by (seed, epoch, sample)
+//     stats = model.trainBatch(batch, masks, {lr, ...})     Rust: L_rec + w·L_cons, AdamW
+//     metrics.jsonl, progress; checkpoint / sample grid every N epochs; Ctrl-C -> checkpoint.
+//
+// Batches are a pure function of (seed, epoch, batch index), masks of (seed, epoch, sample id)
+// and learning rates of (epoch, iteration), and a checkpoint holds weights, AdamW moments and
+// the loop position in one file: a resumed run repeats the uninterrupted one exactly.
+import { existsSync } from 'node:fs';
+import { basename, join, resolve } from 'node:path';
+
+import { mergeConfig, resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
+import { native, packageVersion } from '../native.js';
+import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
+import { loadModel, type Model } from '../model/index.js';
+import { demoSamples, bundledSegmentor } from './demo.js';
+import { batchMasks, maskCounts } from './masking.js';
+import { MaskFrequency } from './maskfreq.js';
+import { RunDir } from './rundir.js';
+import { sampleGrid } from './samples.js';
+import { absoluteLr, lrAt, type LrSchedule } from './schedule.js';
+
+export interface PretrainEvents {
+  /** Every optimizer step, with the record written to metrics.jsonl. */
+  onStep?: (r: StepRecord, total: { steps: number; images: number; imagesDone: number; imagesHere: number }) => void;
+  /** Free-form progress lines (run folder, checkpoints, maps). */
+  onLog?: (line: string) => void;
+  /** Polled after every step: true stops the run with a checkpoint (Ctrl-C). */
+  shouldStop?: () => boolean;
+}
+
+export interface StepRecord {
+  step: number;
+  epoch: number;
+  iter: number;
+  lr: number;
+  loss: number;
+  lossRec: number;
+  lossCons: number | null;
+  gradNorm: number;
+  /** Masked patches chosen by the guidance, mean per image. */
+  guided: number;
+  /** Share of masked patches that contain vessel (offline map mass > 0); null without maps. */
+  vesselShare: number | null;
+  imgPerSec: number;
+}
+
+export interface PretrainResult {
+  run: string;
+  status: 'completed' | 'interrupted' | 'stopped';
+  step: number;
+  epoch: number;
+  /** The newest checkpoint written (the one to resume from). */
+  checkpoint?: string;
+  /** The encoder exported for timm at the end of a completed run. */
+  encoder?: string;
+}
+
+/** Raised when a step's loss or gradient is not finite; the last good checkpoint is kept. */
+export class NonFiniteLossError extends Error {
+  override name = 'NonFiniteLossError';
+}
+
+/** Position of the loop saved in every checkpoint. */
+interface LoopState {
+  version: 1;
+  /** Epoch to continue and the first batch of it not yet trained. */
+  epoch: number;
+  nextBatch: number;
+  step: number;
+  maskFrequency: ReturnType<MaskFrequency['toJSON']>;
+}
+
+const LAST = 'last.safetensors';
+
+function schedule(c: PretrainConfig): LrSchedule {
+  return { lr: c.lr ?? absoluteLr(c.blr, c.batchSize), minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
+}
+
+/**
+ * Run (or resume, with `resume` = a run folder) VasoMIM pre-training. `layers` are config
+ * objects applied over the preset in order (config file, then flags).
+ */
+export async function pretrain(layers: Record<string, unknown>[], options: { resume?: string } & PretrainEvents = {}): Promise<PretrainResult> {
+  const log = options.onLog ?? (() => {});
+  let run: RunDir;
+  let cfg: PretrainConfig;
+  let model: Model;
+  let state: LoopState | undefined;
+  if (options.resume) {
+    run = RunDir.open(options.resume);
+    const saved = run.readConfig() as { config?: Record<string, unknown> };
+    if (!saved.config) throw new Error(`${run.configPath}: no "config" entry`);
+    // The stored config is the run; only what does not change the result may be overridden.
+    const over = Object.fromEntries(Object.entries(Object.assign({}, ...layers) as Record<string, unknown>).filter(([k]) => ['maxSteps', 'workers'].includes(k)));
+    cfg = resolvePretrainConfig(saved.config, over);
+    const ckpt = join(run.checkpoints, LAST);
+    if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
+    model = await loadModel(ckpt);
+    const ls = model.loadInfo?.loopState;
+    if (!ls) throw new Error(`${ckpt}: no loop state (not written by \`vasomim pretrain\`)`);
+    state = JSON.parse(ls) as LoopState;
+    run.truncateMetrics(state.step);
+    log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})`);
+  } else {
+    cfg = resolvePretrainConfig(...layers);
+    run = RunDir.create(cfg.runs, cfg.name);
+    // maxSteps and workers belong to this invocation, not to the run.
+    const { maxSteps: _m, workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
+    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: versions(), device: 'cpu' });
+    model = native.Model.create(cfg.model, cfg.seed, []);
+    log(`run folder ${resolve(run.path)}`);
+  }
+
+  // Data: the bundled angiograms (maps computed into the run folder) or the user's dataset.
+  const needMaps = cfg.masking === 'vessel-guided' && cfg.eta > 0;
+  const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
+  const world = 1;
+  const perDevice = cfg.batchSize / world;
+  const microBatches = Math.ceil(perDevice / cfg.maxMicroBatch);
+  const loader: DataLoader = await openLoader(dataset, {
+    batchSize: perDevice,
+    seed: cfg.seed,
+    maps: needMaps ? 'require' : 'optional',
+    workers: cfg.workers,
+    augment: cfg.augment,
+  });
+  if (cfg.segmentor) {
+    const path = cfg.segmentor === 'bundled' ? bundledSegmentor() : cfg.segmentor;
+    if (!existsSync(path)) throw new Error(`segmentor checkpoint ${path} does not exist (train one with \`vasomim train-segmentor\`)`);
+    await (model as unknown as { attachSegmentor(p: string): Promise<void> }).attachSegmentor(path);
+  }
+
+  const L = (cfg.model.imgSize / cfg.model.patchSize) ** 2;
+  const grid = cfg.model.imgSize / cfg.model.patchSize;
+  maskCounts(L, cfg.maskRatio);
+  const iters = loader.batchesPerEpoch;
+  const sched = schedule(cfg);
+  const freq = state ? MaskFrequency.fromJSON(grid, grid, state.maskFrequency) : new MaskFrequency(grid, grid);
+  let step = state?.step ?? 0;
+  let epoch = state?.epoch ?? 0;
+  let startBatch = state?.nextBatch ?? 0;
+  const totalSteps = cfg.epochs * iters;
+  const stepsLimit = cfg.maxSteps ?? Number.POSITIVE_INFINITY;
+  let stepsHere = 0;
+  let imagesHere = 0;
+  const t0 = performance.now();
+  let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST) : undefined;
+
+  const save = async (ep: number, nextBatch: number, periodic: boolean) => {
+    const ls: LoopState = { version: 1, epoch: ep, nextBatch, step, maskFrequency: freq.toJSON() };
+    const last = join(run.checkpoints, LAST);
+    await model.saveTraining(last, JSON.stringify(ls));
+    if (periodic) {
+      const p = join(run.checkpoints, `checkpoint-${String(ep).padStart(4, '0')}.safetensors`);
+      await model.saveTraining(p, JSON.stringify(ls));
+      log(`checkpoint ${p}`);
+    }
+    lastCheckpoint = last;
+  };
+
+  const grids = async (ep: number) => {
+    const b = await loader.batchAt(0, 0);
+    const path = join(run.samples, `epoch-${String(ep).padStart(4, '0')}.png`);
+    await sampleGrid(model, b, cfg, ep, path);
+    freq.writePng(join(run.samples, 'mask-frequency.png'));
+  };
+
+  try {
+    for (; epoch < cfg.epochs; epoch++, startBatch = 0) {
+      const opts = { policy: cfg.masking, maskRatio: cfg.maskRatio, epoch, epochs: cfg.epochs, alpha0: cfg.alpha0, alphaT: cfg.alphaT, seed: cfg.seed };
+      // Guided masking needs G; L_cons reuses the P computed with it; with maps, the vessel share is logged.
+      const needGuidance = cfg.masking === 'vessel-guided' || cfg.consWeight > 0 || loader.hasMaps;
+      const guidanceEta = cfg.masking === 'vessel-guided' ? cfg.eta : loader.hasMaps ? 1 : 0;
+      for await (const batch of loader.epoch(epoch, { startBatch })) {
+        const it = batch.index;
+        const lr = lrAt(epoch + it / iters, sched);
+        const g = needGuidance ? await model.guidance(batch, guidanceEta, false).catch(guidanceError(cfg)) : undefined;
+        const masks = batchMasks(opts, L, batch.samples, g?.mass);
+        const mask = Float32Array.from(masks.mask);
+        let r;
+        try {
+          r = await model.trainBatch(batch, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), mask, {
+            lr,
+            weightDecay: cfg.weightDecay,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            clipGrad: cfg.clipGrad,
+            microBatches,
+            consWeight: cfg.consWeight,
+          });
+        } catch (e) {
+          const msg = (e as Error).message;
+          if (!msg.includes('non-finite')) throw e;
+          run.log({ step: step + 1, epoch, iter: it, event: 'non-finite', message: msg });
+          throw new NonFiniteLossError(
+            `step ${step + 1} (epoch ${epoch}, batch ${it}, lr ${lr.toExponential(3)}): ${msg}. The run stopped; ` +
+              (lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint} (resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)` : 'no checkpoint was written yet'),
+          );
+        }
+        step++;
+        stepsHere++;
+        imagesHere += batch.n;
+        freq.add(masks.mask, g?.vessel ?? undefined);
+        const rec: StepRecord = {
+          step,
+          epoch,
+          iter: it,
+          lr,
+          loss: r.loss,
+          lossRec: r.lossRec,
+          lossCons: r.lossCons ?? null,
+          gradNorm: r.gradNorm,
+          guided: masks.guided.reduce((a, b) => a + b, 0) / batch.n,
+          vesselShare: g?.vessel ? vesselShare(masks.mask, g.vessel) : null,
+          imgPerSec: imagesHere / ((performance.now() - t0) / 1000),
+        };
+        run.log({ ...rec });
+        options.onStep?.(rec, { steps: totalSteps, images: totalSteps * batch.n, imagesDone: step * batch.n, imagesHere });
+        const last = it + 1 === iters;
+        if (options.shouldStop?.() || stepsHere >= stepsLimit) {
+          await save(last ? epoch + 1 : epoch, last ? 0 : it + 1, false);
+          return { run: run.path, status: options.shouldStop?.() ? 'interrupted' : 'stopped', step, epoch, checkpoint: lastCheckpoint };
+        }
+      }
+      const done = epoch + 1;
+      run.log({ step, epoch, event: 'epoch', vesselShare: Number.isNaN(freq.vesselShare()) ? null : freq.vesselShare() });
+      if (done % cfg.checkpointEvery === 0 || done === cfg.epochs) await save(done, 0, true);
+      if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
+    }
+  } finally {
+    loader.close();
+  }
+  const encoder = join(run.path, 'encoder.safetensors');
+  await model.exportTimm(encoder);
+  log(`encoder for timm: ${encoder}`);
+  return { run: run.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
+}
+
+/** Share of masked patches whose offline-map mass is > 0, over a batch. */
+export function vesselShare(mask: ArrayLike<number>, vessel: ArrayLike<number>): number {
+  let m = 0;
+  let v = 0;
+  for (let i = 0; i < mask.length; i++) {
+    if (!mask[i]) continue;
+    m++;
+    if (vessel[i]! > 0) v++;
+  }
+  return m > 0 ? v / m : 0;
+}
+
+function versions(): Record<string, string> {
+  return { vasomim: packageVersion(), node: process.version };
+}
+
+function guidanceError(cfg: PretrainConfig) {
+  return (e: Error): never => {
+    throw new Error(`guidance (masking ${cfg.masking}, eta ${cfg.eta}): ${e.message}`);
+  };
+}
+
+export type { Batch };
+export { resolvePretrainConfig };

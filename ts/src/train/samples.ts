@@ -1,0 +1,58 @@
+// Sample grids of a pre-training run, one PNG per checkpointed epoch: a row per image with
+//   input | masked input | reconstruction | vessel map B | guidance G = η·B + (1 − η)·P
+// all at the model's input size. The batch is the same every time (epoch 0, batch 0), the
+// masks those of the epoch shown, so grids of successive epochs compare directly.
+import type { PretrainConfig } from '../config/pretrain.js';
+import type { Batch } from '../data/loader.js';
+import type { Model } from '../model/index.js';
+import { writePng } from '../util/png.js';
+import { batchMasks } from './masking.js';
+
+const GAP = 4;
+
+export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig, epoch: number, path: string): Promise<void> {
+  const S = cfg.model.imgSize;
+  const C = cfg.model.inChans;
+  const p = cfg.model.patchSize;
+  const g = S / p;
+  const L = g * g;
+  const n = Math.min(cfg.sampleImages, batch.n);
+  const maps = batch.maps();
+  const eta = cfg.masking === 'vessel-guided' ? cfg.eta : maps ? 1 : 0;
+  const guide = maps || model.hasSegmentor ? await model.guidance(batch, eta, true) : undefined;
+  const masks = batchMasks(
+    { policy: guide ? cfg.masking : 'random', maskRatio: cfg.maskRatio, epoch, epochs: cfg.epochs, alpha0: cfg.alpha0, alphaT: cfg.alphaT, seed: cfg.seed },
+    L,
+    batch.samples,
+    guide?.mass,
+  );
+  const images = batch.images();
+  const rec = await model.reconstruct(images, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), Float32Array.from(masks.mask));
+  const mean = cfg.augment.mean[0]!;
+  const std = cfg.augment.std[0]!;
+  const grey = (v: number) => Math.max(0, Math.min(255, Math.round((v * std + mean) * 255)));
+
+  const cols = 5;
+  const W = cols * S + (cols - 1) * GAP;
+  const H = n * S + (n - 1) * GAP;
+  const out = new Uint8Array(W * H).fill(255);
+  const put = (row: number, col: number, value: (y: number, x: number) => number) => {
+    const oy = row * (S + GAP);
+    const ox = col * (S + GAP);
+    for (let y = 0; y < S; y++) for (let x = 0; x < S; x++) out[(oy + y) * W + ox + x] = value(y, x);
+  };
+  for (let i = 0; i < n; i++) {
+    const img = (y: number, x: number) => images[((i * C) * S + y) * S + x]!;
+    const masked = (y: number, x: number) => masks.mask[i * L + Math.floor(y / p) * g + Math.floor(x / p)] === 1;
+    put(i, 0, (y, x) => grey(img(y, x)));
+    put(i, 1, (y, x) => (masked(y, x) ? 96 : grey(img(y, x))));
+    put(i, 2, (y, x) => grey(rec.images[((i * C) * S + y) * S + x]!));
+    put(i, 3, (y, x) => (maps ? Math.round(255 * maps[(i * S + y) * S + x]!) : 0));
+    put(i, 4, (y, x) => {
+      const b = maps ? maps[(i * S + y) * S + x]! : 0;
+      const pr = guide?.prob ? guide.prob[(i * S + y) * S + x]! : 0;
+      return Math.round(255 * (eta * b + (1 - eta) * pr));
+    });
+  }
+  writePng(path, { width: W, height: H, data: out });
+}
