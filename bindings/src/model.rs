@@ -184,8 +184,17 @@ fn lock(s: &Shared) -> Result<std::sync::MutexGuard<'_, State>> {
         .map_err(|_| failed("model state is poisoned by an earlier panic"))
 }
 
-fn err(e: candle_core::Error) -> Error {
-    failed(e.to_string())
+/// A candle error as a JS error: the message only (candle appends a backtrace when
+/// RUST_BACKTRACE is set, which means nothing to a JS caller).
+pub(crate) fn err(e: candle_core::Error) -> Error {
+    failed(candle_message(e))
+}
+
+pub(crate) fn candle_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        e => e.to_string(),
+    }
 }
 
 /// A VasoMIM masked autoencoder (ViT encoder + decoder) with its optimizer state.
@@ -587,7 +596,7 @@ impl Task for SaveTask {
                     self.loop_state.as_deref(),
                 )
             };
-            r.map_err(|e| failed(format!("{}: {e}", self.path.display())))
+            r.map_err(|e| failed(format!("{}: {}", self.path.display(), candle_message(e))))
         })
     }
     fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {

@@ -189,10 +189,10 @@ impl Trainer {
         };
         if !st.loss.is_finite() || !st.grad_norm.is_finite() {
             candle_core::bail!(
-                "non-finite loss {} (L_rec {}, L_cons {:?}) or gradient norm {}: step skipped, weights unchanged",
+                "non-finite loss {} (L_rec {}{}) or gradient norm {}: step skipped, weights unchanged",
                 st.loss,
                 st.loss_rec,
-                st.loss_cons,
+                st.loss_cons.map_or(String::new(), |c| format!(", L_cons {c}")),
                 st.grad_norm
             );
         }

@@ -147,6 +147,7 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   const totalSteps = cfg.epochs * iters;
   const stepsLimit = cfg.maxSteps ?? Number.POSITIVE_INFINITY;
   let stepsHere = 0;
+  let stopping: 'interrupted' | 'stopped' | undefined;
   let imagesHere = 0;
   const t0 = performance.now();
   let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST) : undefined;
@@ -221,16 +222,21 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
         };
         run.log({ ...rec });
         options.onStep?.(rec, { steps: totalSteps, images: totalSteps * batch.n, imagesDone: step * batch.n, imagesHere });
-        const last = it + 1 === iters;
         if (options.shouldStop?.() || stepsHere >= stepsLimit) {
-          await save(last ? epoch + 1 : epoch, last ? 0 : it + 1, false);
-          return { run: run.path, status: options.shouldStop?.() ? 'interrupted' : 'stopped', step, epoch, checkpoint: lastCheckpoint };
+          stopping = options.shouldStop?.() ? 'interrupted' : 'stopped';
+          if (it + 1 < iters) {
+            await save(epoch, it + 1, false);
+            return { run: run.path, status: stopping, step, epoch, checkpoint: lastCheckpoint };
+          }
         }
       }
+      // End of the epoch (also when a stop request came with its last batch).
       const done = epoch + 1;
       run.log({ step, epoch, event: 'epoch', vesselShare: Number.isNaN(freq.vesselShare()) ? null : freq.vesselShare() });
-      if (done % cfg.checkpointEvery === 0 || done === cfg.epochs) await save(done, 0, true);
+      const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
+      if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
+      if (stopping && done < cfg.epochs) return { run: run.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
     }
   } finally {
     loader.close();

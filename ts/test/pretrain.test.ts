@@ -1,0 +1,194 @@
+// `vasomim pretrain` end to end on a micro ViT: a 2-epoch run on a fixture dataset, exact resume
+// (after --max-steps, Ctrl-C and SIGKILL), the NaN guard, and one clear error for bad configs,
+// a missing segmentor and a dataset without maps.
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { resolvePretrainConfig } from '../src/config/pretrain.js';
+import { prepareVesselMaps } from '../src/vessels/api.js';
+import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
+
+const tmp = tempDir('vasomim-pretrain-');
+const data = join(tmp.path, 'xa');
+const noMaps = join(tmp.path, 'nomaps');
+const runs = join(tmp.path, 'runs');
+// micro ViT at 64² (16 patches of 16²): each step takes milliseconds.
+const BASE = ['pretrain', '--data', data, '--runs', runs, '--model', 'micro', '--img-size', '64', '--batch-size', '4', '--epochs', '3', '--warmup-epochs', '1', '--eta', '1', '--cons-weight', '0', '--segmentor', 'none', '--workers', '2', '--checkpoint-every', '1', '--sample-every', '2'];
+
+beforeAll(async () => {
+  const src = join(data, 'src');
+  mkdirSync(src, { recursive: true });
+  mkdirSync(noMaps, { recursive: true });
+  const picks = ['cadica-samples/p10_v7_00031.png', 'cadica-samples/p11_v5_00033.png', 'cadica-samples/p11_v9_00032.png', 'arcade-samples/STEN_001_0000.png', 'arcade-samples/STEN_002_0000.png', 'danilov-stenosis-samples/14_002_5_0016.png', 'danilov-stenosis-samples/14_002_5_0017.png', 'danilov-stenosis-samples/14_002_5_0018.png'];
+  for (const p of picks) {
+    copyFileSync(join(SAMPLES, p), join(src, p.split('/')[1]!));
+    copyFileSync(join(SAMPLES, p), join(noMaps, p.split('/')[1]!));
+  }
+  const s = await prepareVesselMaps(data);
+  expect(s.processed).toBe(8);
+}, 60_000);
+
+afterAll(() => tmp.cleanup());
+
+interface Rec {
+  step: number;
+  epoch: number;
+  iter?: number;
+  lr?: number;
+  loss?: number;
+  gradNorm?: number;
+  vesselShare?: number | null;
+  guided?: number;
+  event?: string;
+}
+
+function metrics(run: string): Rec[] {
+  return readFileSync(join(run, 'metrics.jsonl'), 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Rec);
+}
+
+/** What must repeat exactly in a resumed run (img/s of course does not). */
+const key = (r: Rec) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.gradNorm, r.vesselShare, r.guided, r.event]);
+
+const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+
+describe('vasomim pretrain', () => {
+  let reference: Rec[];
+
+  it('runs 3 epochs and writes a complete run folder', () => {
+    const r = cli([...BASE, '--name', 'full']);
+    expect(r.stderr).toContain('epoch');
+    expect(r.code).toBe(0);
+    const run = join(runs, 'full');
+    for (const f of ['config.json', 'checkpoints/last.safetensors', 'checkpoints/checkpoint-0001.safetensors', 'checkpoints/checkpoint-0003.safetensors', 'samples/epoch-0001.png', 'samples/epoch-0002.png', 'samples/mask-frequency.png', 'encoder.safetensors'])
+      expect(existsSync(join(run, f)), f).toBe(true);
+    reference = metrics(run);
+    const steps = reference.filter((r) => r.event === undefined);
+    expect(steps.length).toBe(6); // 8 images, batch 4, 3 epochs
+    expect(steps.map((s) => s.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    for (const s of steps) {
+      expect(Number.isFinite(s.loss)).toBe(true);
+      expect(s.vesselShare).toBeGreaterThanOrEqual(0);
+    }
+    // warm-up then cosine: lr(0) = 0, peak after 1 epoch, lower at the end
+    expect(steps[0]!.lr).toBe(0);
+    expect(steps[2]!.lr).toBeGreaterThan(steps[5]!.lr!);
+    expect(reference.filter((r) => r.event === 'epoch').length).toBe(3);
+    const cfg = JSON.parse(readFileSync(join(run, 'config.json'), 'utf8'));
+    expect(cfg.resolved.model.embedDim).toBe(64);
+    expect(cfg.resolved.epochs).toBe(3);
+  }, 120_000);
+
+  it('resumes after --max-steps with the same losses, bit for bit', () => {
+    expect(cli([...BASE, '--name', 'partial', '--max-steps', '3']).code).toBe(0);
+    const run = join(runs, 'partial');
+    expect(metrics(run).filter((r) => r.event === undefined).length).toBe(3);
+    const r = cli(['pretrain', '--resume', run]);
+    expect(r.stderr).toContain('resuming');
+    expect(r.code).toBe(0);
+    expect(metrics(run).map(key)).toEqual(reference.map(key));
+  }, 120_000);
+
+  it('Ctrl-C writes a checkpoint and exits 130; after SIGKILL the run resumes from the last checkpoint; both end as an uninterrupted run', async () => {
+    // 8 epochs = 16 steps: the signal lands mid-run.
+    const LONG = [...BASE, '--epochs', '8'];
+    expect(cli([...LONG, '--name', 'long']).code).toBe(0);
+    const long = metrics(join(runs, 'long'));
+    for (const [name, signal] of [['sigint', 'SIGINT'], ['sigkill', 'SIGKILL']] as const) {
+      const run = join(runs, name);
+      const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...LONG, '--name', name], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      let killedAt = -1;
+      const code = await new Promise<number | null>((resolve) => {
+        const poll = setInterval(() => {
+          const m = existsSync(join(run, 'metrics.jsonl')) ? metrics(run) : [];
+          if (killedAt < 0 && m.some((r) => r.step >= 3)) {
+            killedAt = Math.max(...m.map((r) => r.step));
+            child.kill(signal);
+          }
+        }, 2);
+        child.on('exit', (c) => {
+          clearInterval(poll);
+          resolve(c);
+        });
+      });
+      expect(killedAt, 'the signal must land mid-run').toBeLessThan(16);
+      if (signal === 'SIGINT') {
+        expect(code, stderr).toBe(130);
+        expect(stderr).toContain(`resume with: vasomim pretrain --resume ${run}`);
+      } else expect(code).toBeNull();
+      const done = metrics(run).filter((r) => r.event === undefined).length;
+      expect(done).toBeLessThan(16);
+      const r = cli(['pretrain', '--resume', run]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(metrics(run).map(key)).toEqual(long.map(key));
+    }
+  }, 180_000);
+
+  it('stops on a non-finite loss and keeps the last good checkpoint', () => {
+    const run = join(runs, 'nan');
+    // lr 1e30: step 1 is finite (its loss is computed before the update), step 2 is not.
+    expect(cli([...BASE, '--name', 'nan', '--warmup-epochs', '0', '--lr', '1e30', '--max-steps', '1']).code).toBe(0);
+    const last = join(run, 'checkpoints', 'last.safetensors');
+    const before = sha(last);
+    const r = cli(['pretrain', '--resume', run]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/step 2 .*non-finite loss/);
+    expect(r.stderr).toContain(`the last good checkpoint is ${last}`);
+    expect(sha(last)).toBe(before);
+    expect(metrics(run).at(-1)!.event).toBe('non-finite');
+  }, 120_000);
+
+  it('names the bad field of a config', () => {
+    const bad = join(tmp.path, 'bad.json');
+    writeFileSync(bad, JSON.stringify({ maskRatio: 1.5, epochs: 0, typo: 1 }));
+    const r = cli(['pretrain', '--config', bad, '--runs', runs]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('maskRatio: maskRatio must be in [0, 1)');
+    expect(r.stderr).toContain('epochs: epochs must be >= 1');
+    expect(r.stderr).toMatch(/typo/);
+    expect(existsSync(join(runs, 'bad'))).toBe(false);
+    const flag = cli(['pretrain', '--epochs', 'ten']);
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toContain('--epochs: "ten" is not a number');
+  });
+
+  it('needs a segmentor for eta < 1 or L_cons, and says which file is missing', () => {
+    const r = cli(['pretrain', '--data', data, '--runs', runs, '--preset', 'vasomim-vit-b']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('segmentor: eta < 1 and consWeight > 0 need a segmentor checkpoint');
+    const missing = join(tmp.path, 'nope.safetensors');
+    const m = cli([...BASE, '--name', 'noseg', '--segmentor', missing, '--eta', '0.5']);
+    expect(m.code).not.toBe(0);
+    expect(m.stderr).toContain(`segmentor checkpoint ${missing} does not exist`);
+  });
+
+  it('refuses a dataset without vessel maps for guided masking, and trains on it with random masking', () => {
+    const r = cli([...BASE, '--data', noMaps, '--name', 'nomaps']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('have no vessel map');
+    expect(r.stderr).toContain('vasomim vessels');
+    const ok = cli([...BASE, '--data', noMaps, '--name', 'nomaps-random', '--masking', 'random', '--epochs', '1', '--warmup-epochs', '0']);
+    expect(ok.code, ok.stderr).toBe(0);
+    const m = metrics(join(runs, 'nomaps-random')).filter((r) => r.event === undefined);
+    expect(m.length).toBe(2);
+    expect(m[0]!.vesselShare).toBeNull();
+  });
+
+  it('presets: the paper recipe and the demo resolve with flags on top', () => {
+    const paper = resolvePretrainConfig({ preset: 'vasomim-vit-b', segmentor: 'unext.safetensors' });
+    expect(paper).toMatchObject({ epochs: 800, warmupEpochs: 40, blr: 1.5e-4, batchSize: 2048, maskRatio: 0.5, beta1: 0.9, beta2: 0.95, weightDecay: 0.05, eta: 0.5, alphaT: 0.5, consWeight: 1 });
+    expect(paper.model).toMatchObject({ embedDim: 768, depth: 12, numHeads: 12, decoderEmbedDim: 512, decoderDepth: 8 });
+    const demo = resolvePretrainConfig({}, { epochs: 2, warmupEpochs: 1, model: { imgSize: 112 } });
+    expect(demo.preset).toBe('demo');
+    expect(demo.model).toMatchObject({ embedDim: 192, imgSize: 112, decoderDepth: 2 });
+    expect(demo.augment.size).toBe(112);
+  });
+});
