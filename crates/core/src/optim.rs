@@ -44,6 +44,8 @@ struct Slot {
     name: String,
     var: Var,
     decay: bool,
+    /// Multiplier of the step's learning rate (layer-wise LR decay in fine-tuning; 1 otherwise).
+    lr_scale: f64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -71,12 +73,27 @@ impl AdamW {
                     name: n.clone(),
                     var: v.clone(),
                     decay: decays(n, v.rank()),
+                    lr_scale: 1.0,
                     exp_avg: z.clone(),
                     exp_avg_sq: z,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW { slots, step: 0 })
+    }
+
+    /// Per-parameter learning-rate multipliers, e.g. layer-wise LR decay.
+    pub fn set_lr_scales(&mut self, scale: impl Fn(&str) -> f64) {
+        for s in &mut self.slots {
+            s.lr_scale = scale(&s.name);
+        }
+    }
+
+    pub fn lr_scales(&self) -> Vec<(String, f64)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), s.lr_scale))
+            .collect()
     }
 
     /// Names of the optimized tensors and whether each decays.
@@ -121,14 +138,15 @@ impl AdamW {
         let bc2_sqrt = (1.0 - p.beta2.powi(t)).sqrt();
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?;
+            let lr = p.lr * s.lr_scale;
             let mut w = s.var.as_tensor().detach();
             if s.decay && p.weight_decay != 0.0 {
-                w = (w * (1.0 - p.lr * p.weight_decay))?;
+                w = (w * (1.0 - lr * p.weight_decay))?;
             }
             s.exp_avg = ((&s.exp_avg * p.beta1)? + (&g * (1.0 - p.beta1))?)?;
             s.exp_avg_sq = ((&s.exp_avg_sq * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let denom = ((s.exp_avg_sq.sqrt()? / bc2_sqrt)? + p.eps)?;
-            let upd = (s.exp_avg.div(&denom)? * (p.lr / bc1))?;
+            let upd = (s.exp_avg.div(&denom)? * (lr / bc1))?;
             s.var.set(&(w - upd)?)?;
         }
         Ok(())

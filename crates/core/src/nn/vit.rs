@@ -76,10 +76,10 @@ impl VisionTransformer {
         super::ops::bias_add(&y, &self.patch_embed_bias)?.reshape((b, gh * gw, d))
     }
 
-    /// MAE `forward_encoder` with the masking decided by the caller: embeds all patches, adds
-    /// the position embedding, keeps the patches listed in `ids_keep` (B, K) u32 (all when
-    /// `None`), prepends cls, runs the blocks and the final norm. Returns (B, 1 + K, D).
-    pub fn forward_encoder(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
+    /// Tokens entering the first block (B, 1 + K, D): all patches embedded, the position
+    /// embedding added, the patches listed in `ids_keep` (B, K) u32 kept (all when `None`),
+    /// cls (+ its position) prepended.
+    pub fn embed_tokens(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
         let x = self.patch_embed(imgs)?; // [B, L, D]
         let (b, l, d) = x.dims3()?;
         if self.pos_embed.dim(1)? != l + 1 {
@@ -102,8 +102,14 @@ impl VisionTransformer {
             .cls_token
             .broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?
             .broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &x], 1)?;
-        let n = x.dim(1)?;
+        Tensor::cat(&[&cls, &x], 1)
+    }
+
+    /// MAE `forward_encoder` with the masking decided by the caller: [`Self::embed_tokens`],
+    /// the blocks and the final norm. Returns (B, 1 + K, D).
+    pub fn forward_encoder(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
+        let x = self.embed_tokens(imgs, ids_keep)?;
+        let (b, n, d) = x.dims3()?;
         let mut x = x.reshape((b * n, d))?;
         for blk in &self.blocks {
             x = blk.forward_rows(&x, b, n)?;
