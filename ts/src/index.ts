@@ -86,3 +86,20 @@ export {
   type LoaderInput,
 } from './config/data.js';
 export { readFrame } from './data/read.js';
+export {
+  binaryMetrics,
+  clDice,
+  confusion,
+  dice,
+  formatStat,
+  METRIC_NAMES,
+  multiClassMetrics,
+  rocAuc,
+  summarize,
+  type BinaryMetrics,
+  type ClassMetrics,
+  type MetricName,
+  type Stat,
+} from './eval/metrics.js';
+export { skeletonize, SKIMAGE_DEPARTURES } from './eval/skeleton.js';
+export { fillPolygon } from './seg/polygon.js';
