@@ -86,3 +86,52 @@ export {
   type LoaderInput,
 } from './config/data.js';
 export { readFrame } from './data/read.js';
+export {
+  binaryMetrics,
+  clDice,
+  confusion,
+  dice,
+  formatStat,
+  METRIC_NAMES,
+  multiClassMetrics,
+  rocAuc,
+  summarize,
+  type BinaryMetrics,
+  type ClassMetrics,
+  type MetricName,
+  type Stat,
+} from './eval/metrics.js';
+export { skeletonize, SKIMAGE_DEPARTURES } from './eval/skeleton.js';
+export { fillPolygon } from './seg/polygon.js';
+export {
+  checkSegSamples,
+  loadSegSample,
+  openSegDataset,
+  splitSamples,
+  type CocoShape,
+  type LoadedSample,
+  type SegDataset,
+  type SegSample,
+} from './seg/dataset.js';
+export { vesselnessPredictor, type Prediction, type Predictor, type PredictorInput } from './eval/predictor.js';
+export {
+  diceCurve,
+  evaluateSegmentation,
+  thresholdGrid,
+  type EvalProgress,
+  type EvalSummary,
+  type ImageResult,
+  type ThresholdChoice,
+} from './eval/evaluate.js';
+export {
+  BaselineSchema,
+  EvaluateSchema,
+  SegDataSchema,
+  SPLITS,
+  type BaselineInput,
+  type EvaluateConfig,
+  type EvaluateInput,
+  type SegDataConfig,
+  type SegDataInput,
+  type SplitName,
+} from './config/seg.js';

@@ -18,6 +18,7 @@ const COMMANDS: Record<string, Command> = {
   pretrain: { summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable', load: () => import('./commands/pretrain.js') },
   export: { summary: 'export a checkpoint\'s encoder for timm (safetensors)', load: () => import('./commands/export.js') },
   embed: { summary: 'encoder features (cls, mean patch token) of images as .npy', load: () => import('./commands/embed.js') },
+  evaluate: { summary: 'segmentation metrics of a predictor (vesselness baseline) on a dataset\'s test split', load: () => import('./commands/evaluate.js') },
   frames: { summary: 'DICOM cine runs (or any images) to PNG frames with a manifest', load: () => import('./commands/frames.js') },
   data: { summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes', load: () => import('./commands/data.js') },
   bench: { summary: 'benchmarks: `bench loader` images/s of the data loader', load: () => import('./commands/bench.js') },

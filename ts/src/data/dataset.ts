@@ -194,7 +194,7 @@ function readManifest(path: string): DatasetIndex {
 }
 
 /** One CSV line: comma-separated, fields optionally in double quotes ("" escapes a quote). */
-function splitCsv(line: string): string[] {
+export function splitCsv(line: string): string[] {
   const out: string[] = [];
   let cur = '';
   let q = false;
