@@ -19,6 +19,7 @@ pub mod frames;
 pub mod io;
 pub mod nn;
 pub mod optim;
+pub mod seg_train;
 pub mod train;
 pub mod vessels;
 
