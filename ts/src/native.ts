@@ -32,3 +32,4 @@ function load(): typeof Native {
 export const native: typeof Native = load();
 export type { DecodedImage, FilterOptions, MapOptions, MapOutcome, VesselnessResult, ProbeResult, FrameFile } from '../../bindings/index.js';
 export type { Features, LoadInfo, Model, ModelConfig as NativeModelConfig, Reconstruction, StepResult } from '../../bindings/index.js';
+export type { SegLoadInfo, SegStepResult, Segmentor, SegmentorConfig } from '../../bindings/index.js';
