@@ -4,8 +4,8 @@
 //! At 224² input: three conv stages (conv3×3 → BatchNorm → max-pool 2×2 → ReLU; 8, 16, 32
 //! channels), two tokenised stages (overlapping patch embed stride 2 → shifted-MLP block →
 //! LayerNorm; 64 at 14², 128 at 7²), a decoder of conv3×3 → BatchNorm → bilinear ×2 → ReLU →
-//! + skip (with shifted blocks after the first two), a last conv3×3 (no BatchNorm) → bilinear ×2
-//! → ReLU and a 1×1 conv to one logit per pixel. Any input size divisible by 32 works.
+//! add the skip (with shifted blocks after the first two), a last conv3×3 (no BatchNorm) →
+//! bilinear ×2 → ReLU and a 1×1 conv to one logit per pixel. Any input size divisible by 32 works.
 //!
 //! Tokens stay channels-last (B, H·W, C) through the shifted blocks: the shift, the depthwise
 //! conv and the Linear layers all work on that layout without transposes.
