@@ -17,6 +17,7 @@ use vasomim_core::vessels::{
 pub mod data;
 mod frangi_params;
 pub mod model;
+pub mod segmentor;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())

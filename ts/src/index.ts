@@ -54,6 +54,15 @@ export {
   type StepResult,
 } from './model/index.js';
 export {
+  createSegmentor,
+  loadSegmentor,
+  polyLr,
+  type SegLoadInfo,
+  type SegStepResult,
+  type Segmentor,
+  type SegmentorConfig,
+} from './model/segmentor.js';
+export {
   ModelConfigSchema,
   PRESET_NAMES,
   StepOptionsSchema,

@@ -37,3 +37,4 @@ export type { Features, LoadInfo, Model, ModelConfig as NativeModelConfig, Recon
 export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
+export type { SegLoadInfo, SegStepResult, Segmentor, SegmentorConfig } from '../../bindings/index.js';

@@ -20,6 +20,7 @@ pub mod io;
 pub mod nn;
 pub mod optim;
 pub mod pretrain;
+pub mod seg_train;
 pub mod train;
 pub mod vessels;
 

@@ -4,15 +4,20 @@
 //! - [`pos_embed`]: fixed 2-D sin-cos position embeddings and their bicubic resampling.
 //! - [`presets`]: model sizes by name (micro for tests, tiny … huge).
 //! - [`vit`]: the encoder (timm's `VisionTransformer` names).
+//! - [`conv`]: convolutional building blocks (conv, BatchNorm, depthwise conv, pooling,
+//!   ×2 upsampling) with CPU forward and backward kernels.
+//! - [`unext`]: the UNeXt-S vessel segmentor (state-dict names of the authors' `unext.pth`).
 //! - [`mae`]: the decoder, `forward_loss` (norm-pix MSE), BCE-with-logits, soft Dice.
 //!
 //! Parameters are `Var`s registered under their timm / MAE state-dict names by a [`ParamBuilder`]
 //! whose path (`pb.pp("blocks").pp(i)`) *is* the checkpoint key, so the code is the key map.
 
+pub mod conv;
 pub mod mae;
 pub mod ops;
 pub mod pos_embed;
 pub mod presets;
+pub mod unext;
 pub mod vit;
 
 use std::cell::RefCell;
@@ -72,6 +77,9 @@ pub enum Init {
     Ones,
     /// N(0, std²) (MAE's cls/mask tokens: 0.02; torch's `normal_`, no truncation).
     Normal(f64),
+    /// U(−a, a): PyTorch's default `nn.Conv2d` / `nn.Linear` init has a = 1/sqrt(fan_in) for
+    /// the weight (kaiming-uniform with a = √5) and for the bias.
+    Uniform(f64),
 }
 
 /// Creates and registers parameters under a dotted path prefix.
@@ -118,6 +126,9 @@ impl ParamBuilder {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
+            Init::Uniform(a) => (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32)
+                .collect(),
             Init::XavierUniform => {
                 let fan_out = dims[0] as f64;
                 let fan_in = (n / dims[0].max(1)) as f64;
