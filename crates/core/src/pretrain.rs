@@ -200,3 +200,10 @@ impl Trainer {
         Ok(st)
     }
 }
+
+/// The frozen UNeXt-S in pre-training: eval mode (running statistics), gradients reach the input.
+impl VesselSegmentor for crate::nn::unext::UNext {
+    fn logits(&self, imgs: &Tensor) -> Result<Tensor> {
+        self.forward(imgs, false)
+    }
+}

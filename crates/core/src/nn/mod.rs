@@ -17,6 +17,7 @@ pub mod mae;
 pub mod ops;
 pub mod pos_embed;
 pub mod presets;
+pub mod segvit;
 pub mod unext;
 pub mod vit;
 
