@@ -403,6 +403,18 @@ impl Model {
         }))
     }
 
+    /// Attach the frozen vessel segmentor S (a UNeXt-S checkpoint: ours, the authors'
+    /// `unext.pth`, or one under `seg_model.`), used in eval mode for the guidance map and L_cons.
+    /// Its input channels must equal the model's.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn attach_segmentor(&self, path: String) -> AsyncTask<AttachTask> {
+        AsyncTask::new(AttachTask {
+            state: self.state.clone(),
+            path: path.into(),
+            in_chans: self.cfg.in_chans,
+        })
+    }
+
     /// Save like `save`, with the training loop's state (a JSON string) in the same file.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save_training(&self, path: String, loop_state: String) -> AsyncTask<SaveTask> {
@@ -868,5 +880,43 @@ impl Task for TrainBatchTask {
     }
     fn resolve(&mut self, _env: Env, r: StepResult) -> Result<StepResult> {
         Ok(r)
+    }
+}
+
+pub struct AttachTask {
+    state: Shared,
+    path: PathBuf,
+    in_chans: usize,
+}
+
+impl Task for AttachTask {
+    type Output = ();
+    type JsValue = ();
+    fn compute(&mut self) -> Result<()> {
+        guarded("Model.attachSegmentor", || {
+            let l = vasomim_core::checkpoint::segmentor::load(&self.path, &Device::Cpu, true)
+                .map_err(|e| {
+                    failed(format!(
+                        "segmentor {}: {}",
+                        self.path.display(),
+                        candle_message(e)
+                    ))
+                })?;
+            if l.model.cfg.in_chans != self.in_chans {
+                return Err(invalid(format!(
+                    "segmentor {} takes {} input channel(s), the model {}",
+                    self.path.display(),
+                    l.model.cfg.in_chans,
+                    self.in_chans
+                )));
+            }
+            let mut s = lock(&self.state)?;
+            s.segmentor = Some(Box::new(l.model));
+            s.prob_cache = None;
+            Ok(())
+        })
+    }
+    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
+        Ok(())
     }
 }

@@ -182,6 +182,34 @@ describe('vasomim pretrain', () => {
     expect(m[0]!.vesselShare).toBeNull();
   });
 
+  it('trains a segmentor, then pre-trains with it: guidance from S and L_cons through S', () => {
+    const t = cli(['train-segmentor', '--data', data, '--runs', runs, '--name', 'seg', '--epochs', '2', '--batch-size', '4', '--img-size', '64', '--workers', '2']);
+    expect(t.code, t.stderr).toBe(0);
+    const seg = join(runs, 'seg', 'segmentor.safetensors');
+    expect(existsSync(seg)).toBe(true);
+    expect(existsSync(join(runs, 'seg', 'samples', 'predictions.png'))).toBe(true);
+    const segSteps = metrics(join(runs, 'seg')).filter((r) => r.event === undefined);
+    expect(segSteps.length).toBe(4);
+    const r = cli([...BASE, '--name', 'withseg', '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0.5', '--epochs', '1', '--warmup-epochs', '0']);
+    expect(r.code, r.stderr).toBe(0);
+    const steps = metrics(join(runs, 'withseg')).filter((x) => x.event === undefined) as (Rec & { lossRec: number; lossCons: number | null })[];
+    expect(steps.length).toBe(2);
+    for (const x of steps) {
+      expect(x.lossCons).toBeGreaterThan(0);
+      expect(x.loss!).toBeCloseTo(x.lossRec + 0.5 * x.lossCons!, 5);
+    }
+    // The same run without L_cons has the same L_rec on its first step (same weights, batch, masks).
+    const r0 = cli([...BASE, '--name', 'withseg-nocons', '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0', '--epochs', '1', '--warmup-epochs', '0']);
+    expect(r0.code, r0.stderr).toBe(0);
+    const s0 = metrics(join(runs, 'withseg-nocons')).filter((x) => x.event === undefined) as (Rec & { lossRec: number; lossCons: number | null })[];
+    expect(s0[0]!.lossRec).toBe(steps[0]!.lossRec);
+    expect(s0[0]!.lossCons).toBeNull();
+    // A segmentor for other input channels is refused with both counts named.
+    const one = cli([...BASE, '--name', 'withseg-1ch', '--segmentor', seg, '--in-chans', '1', '--epochs', '1', '--warmup-epochs', '0']);
+    expect(one.code).not.toBe(0);
+    expect(one.stderr).toMatch(/takes 3 input channel\(s\), the model 1/);
+  }, 120_000);
+
   it('presets: the paper recipe and the demo resolve with flags on top', () => {
     const paper = resolvePretrainConfig({ preset: 'vasomim-vit-b', segmentor: 'unext.safetensors' });
     expect(paper).toMatchObject({ epochs: 800, warmupEpochs: 40, blr: 1.5e-4, batchSize: 2048, maskRatio: 0.5, beta1: 0.9, beta2: 0.95, weightDecay: 0.05, eta: 0.5, alphaT: 0.5, consWeight: 1 });

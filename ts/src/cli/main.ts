@@ -15,6 +15,7 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   vessels: { summary: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)', load: () => import('./commands/vessels.js') },
   vesselness: { summary: 'raw Sato/Frangi response of one image (.npy or .png)', load: () => import('./commands/vesselness.js') },
+  'train-segmentor': { summary: 'train the UNeXt-S vessel segmentor (guidance and L_cons of pre-training)', load: () => import('./commands/train-segmentor.js') },
   pretrain: { summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable', load: () => import('./commands/pretrain.js') },
   export: { summary: 'export a checkpoint\'s encoder for timm (safetensors)', load: () => import('./commands/export.js') },
   embed: { summary: 'encoder features (cls, mean patch token) of images as .npy', load: () => import('./commands/embed.js') },

@@ -132,7 +132,7 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   if (cfg.segmentor) {
     const path = cfg.segmentor === 'bundled' ? bundledSegmentor() : cfg.segmentor;
     if (!existsSync(path)) throw new Error(`segmentor checkpoint ${path} does not exist (train one with \`vasomim train-segmentor\`)`);
-    await (model as unknown as { attachSegmentor(p: string): Promise<void> }).attachSegmentor(path);
+    await model.attachSegmentor(path);
   }
 
   const L = (cfg.model.imgSize / cfg.model.patchSize) ** 2;
