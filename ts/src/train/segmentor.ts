@@ -144,7 +144,7 @@ export async function trainSegmentor(
       if (options.shouldStop?.() && done < cfg.epochs) return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
     }
     const out = join(run.path, 'segmentor.safetensors');
-    await seg.save(out);
+    await seg.save(out, false);
     await predictionSheet(seg, await loader.batchAt(0, 0), cfg, join(run.samples, 'predictions.png'));
     return { run: run.path, status: 'completed', epoch: cfg.epochs, segmentor: out, checkpoint };
   } finally {
