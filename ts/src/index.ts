@@ -144,3 +144,10 @@ export {
   type SegDataInput,
   type SplitName,
 } from './config/seg.js';
+export { pretrain, vesselCounts, NonFiniteLossError, type PretrainEvents, type PretrainResult, type StepRecord } from './train/pretrain.js';
+export { PretrainSchema, PRESETS as PRETRAIN_PRESETS, RUN_PRESETS, resolvePretrainConfig, mergeConfig, type PretrainConfig, type PretrainInput, type RunPreset } from './config/pretrain.js';
+export { trainSegmentor, resolveSegmentorConfig, SegmentorRunSchema, SEGMENTOR_PRESETS, type SegmentorRunConfig, type SegmentorRunInput, type SegmentorResult, type SegmentorStep } from './train/segmentor.js';
+export { demoImages, demoSamples, bundledSegmentor } from './train/demo.js';
+export { RunDir } from './train/rundir.js';
+export { MaskFrequency } from './train/maskfreq.js';
+export { writeVesselMaps } from './vessels/api.js';

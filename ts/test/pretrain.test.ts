@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { resolvePretrainConfig } from '../src/config/pretrain.js';
+import { PretrainSchema, resolvePretrainConfig } from '../src/config/pretrain.js';
 import { prepareVesselMaps } from '../src/vessels/api.js';
 import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
 
@@ -209,6 +209,19 @@ describe('vasomim pretrain', () => {
     expect(one.code).not.toBe(0);
     expect(one.stderr).toMatch(/takes 3 input channel\(s\), the model 1/);
   }, 120_000);
+
+  it('--help documents every field of the run config', () => {
+    const r = cli(['pretrain', '--help']);
+    expect(r.code).toBe(0);
+    const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()).replace('alpha-t', 'alpha-t');
+    for (const k of Object.keys(PretrainSchema.shape)) {
+      if (k === 'augment') continue; // the crop follows the model's size and channels
+      expect(r.stdout, k).toContain(`--${k === 'model' ? 'model' : kebab(k)}`);
+    }
+    const t = cli(['train-segmentor', '--help']);
+    expect(t.code).toBe(0);
+    expect(t.stdout).toContain('--resume');
+  });
 
   it('presets: the paper recipe and the demo resolve with flags on top', () => {
     const paper = resolvePretrainConfig({ preset: 'vasomim-vit-b', segmentor: 'unext.safetensors' });

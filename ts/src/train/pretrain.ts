@@ -18,7 +18,7 @@ import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
-import { batchMasks, maskCounts } from './masking.js';
+import { batchMasks, guidedAlpha, maskCounts } from './masking.js';
 import { MaskFrequency } from './maskfreq.js';
 import { RunDir } from './rundir.js';
 import { sampleGrid } from './samples.js';
@@ -73,6 +73,9 @@ interface LoopState {
   nextBatch: number;
   step: number;
   maskFrequency: ReturnType<MaskFrequency['toJSON']>;
+  /** Masked patches and those containing vessel so far in the current epoch. */
+  epochMasked: number;
+  epochVessel: number;
 }
 
 const LAST = 'last.safetensors';
@@ -147,13 +150,15 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   const totalSteps = cfg.epochs * iters;
   const stepsLimit = cfg.maxSteps ?? Number.POSITIVE_INFINITY;
   let stepsHere = 0;
+  let epochMasked = state?.epochMasked ?? 0;
+  let epochVessel = state?.epochVessel ?? 0;
   let stopping: 'interrupted' | 'stopped' | undefined;
   let imagesHere = 0;
   const t0 = performance.now();
   let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST) : undefined;
 
   const save = async (ep: number, nextBatch: number, periodic: boolean) => {
-    const ls: LoopState = { version: 1, epoch: ep, nextBatch, step, maskFrequency: freq.toJSON() };
+    const ls: LoopState = { version: 1, epoch: ep, nextBatch, step, maskFrequency: freq.toJSON(), epochMasked: nextBatch ? epochMasked : 0, epochVessel: nextBatch ? epochVessel : 0 };
     const last = join(run.checkpoints, LAST);
     await model.saveTraining(last, JSON.stringify(ls));
     if (periodic) {
@@ -207,6 +212,11 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
         stepsHere++;
         imagesHere += batch.n;
         freq.add(masks.mask, g?.vessel ?? undefined);
+        const counts = g?.vessel ? vesselCounts(masks.mask, g.vessel) : undefined;
+        if (counts) {
+          epochMasked += counts.masked;
+          epochVessel += counts.vessel;
+        }
         const rec: StepRecord = {
           step,
           epoch,
@@ -217,7 +227,7 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
           lossCons: r.lossCons ?? null,
           gradNorm: r.gradNorm,
           guided: masks.guided.reduce((a, b) => a + b, 0) / batch.n,
-          vesselShare: g?.vessel ? vesselShare(masks.mask, g.vessel) : null,
+          vesselShare: counts ? counts.vessel / Math.max(1, counts.masked) : null,
           imgPerSec: imagesHere / ((performance.now() - t0) / 1000),
         };
         run.log({ ...rec });
@@ -232,7 +242,9 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
       }
       // End of the epoch (also when a stop request came with its last batch).
       const done = epoch + 1;
-      run.log({ step, epoch, event: 'epoch', vesselShare: Number.isNaN(freq.vesselShare()) ? null : freq.vesselShare() });
+      // The paper's check of the schedule: the share of masked patches that contain vessel, per epoch.
+      run.log({ step, epoch, event: 'epoch', vesselShare: epochMasked > 0 ? epochVessel / epochMasked : null, alpha: cfg.masking === 'vessel-guided' ? guidedAlpha(epoch, cfg.epochs, cfg.alpha0, cfg.alphaT) : 0 });
+      epochMasked = epochVessel = 0;
       const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
       if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
@@ -247,8 +259,8 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   return { run: run.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
 }
 
-/** Share of masked patches whose offline-map mass is > 0, over a batch. */
-export function vesselShare(mask: ArrayLike<number>, vessel: ArrayLike<number>): number {
+/** Masked patches, and those among them whose offline-map mass is > 0, over a batch. */
+export function vesselCounts(mask: ArrayLike<number>, vessel: ArrayLike<number>): { masked: number; vessel: number } {
   let m = 0;
   let v = 0;
   for (let i = 0; i < mask.length; i++) {
@@ -256,7 +268,7 @@ export function vesselShare(mask: ArrayLike<number>, vessel: ArrayLike<number>):
     m++;
     if (vessel[i]! > 0) v++;
   }
-  return m > 0 ? v / m : 0;
+  return { masked: m, vessel: v };
 }
 
 function versions(): Record<string, string> {
