@@ -60,7 +60,7 @@ export const PretrainSchema = z
       .transform((v) => (v === null || v === 'none' ? undefined : v)),
     /** Checkpoint every N epochs (and at the end, and on Ctrl-C). */
     checkpointEvery: int('checkpointEvery', 1),
-    /** Sample grid (input | masked | reconstruction | vessel map | guidance) every N epochs. */
+    /** Sample grid (input | masked | reconstruction | + visible | vessel map | guidance) every N epochs. */
     sampleEvery: int('sampleEvery', 1),
     /** Images in each sample grid. */
     sampleImages: int('sampleImages', 1).max(16, 'sampleImages must be <= 16').default(4),

@@ -1,5 +1,7 @@
 // Sample grids of a pre-training run, one PNG per checkpointed epoch: a row per image with
-//   input | masked input | reconstruction | vessel map B | guidance G = η·B + (1 − η)·P
+//   input | masked input | reconstruction | reconstruction + visible | vessel map B | guidance G
+// (G = η·B + (1 − η)·P). "reconstruction" is what L_cons sees: every patch predicted, none pasted;
+// "+ visible" pastes the visible patches back, as MAE's figures show it.
 // all at the model's input size. The batch is the same every time (epoch 0, batch 0), the
 // masks those of the epoch shown, so grids of successive epochs compare directly.
 import type { PretrainConfig } from '../config/pretrain.js';
@@ -32,7 +34,7 @@ export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig
   const std = cfg.augment.std[0]!;
   const grey = (v: number) => Math.max(0, Math.min(255, Math.round((v * std + mean) * 255)));
 
-  const cols = 5;
+  const cols = 6;
   const W = cols * S + (cols - 1) * GAP;
   const H = n * S + (n - 1) * GAP;
   const out = new Uint8Array(W * H).fill(255);
@@ -46,9 +48,11 @@ export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig
     const masked = (y: number, x: number) => masks.mask[i * L + Math.floor(y / p) * g + Math.floor(x / p)] === 1;
     put(i, 0, (y, x) => grey(img(y, x)));
     put(i, 1, (y, x) => (masked(y, x) ? 96 : grey(img(y, x))));
-    put(i, 2, (y, x) => grey(rec.images[((i * C) * S + y) * S + x]!));
-    put(i, 3, (y, x) => (maps ? Math.round(255 * maps[(i * S + y) * S + x]!) : 0));
-    put(i, 4, (y, x) => {
+    const recon = (y: number, x: number) => grey(rec.images[((i * C) * S + y) * S + x]!);
+    put(i, 2, recon);
+    put(i, 3, (y, x) => (masked(y, x) ? recon(y, x) : grey(img(y, x))));
+    put(i, 4, (y, x) => (maps ? Math.round(255 * maps[(i * S + y) * S + x]!) : 0));
+    put(i, 5, (y, x) => {
       const b = maps ? maps[(i * S + y) * S + x]! : 0;
       const pr = guide?.prob ? guide.prob[(i * S + y) * S + x]! : 0;
       return Math.round(255 * (eta * b + (1 - eta) * pr));
