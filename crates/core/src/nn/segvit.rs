@@ -243,7 +243,11 @@ impl SegViT {
 fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Result<Tensor> {
     let keep: Vec<f32> = (0..b)
         .flat_map(|_| {
-            let k = if rng.uniform() >= p { (1.0 / (1.0 - p)) as f32 } else { 0.0 };
+            let k = if rng.uniform() >= p {
+                (1.0 / (1.0 - p)) as f32
+            } else {
+                0.0
+            };
             std::iter::repeat_n(k, n)
         })
         .collect();
@@ -269,11 +273,16 @@ pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Te
     let one_hot = targets
         .unsqueeze(1)?
         .broadcast_as((b, k, h, w))?
-        .eq(&Tensor::arange(0u32, k as u32, logits.device())?.reshape((1, k, 1, 1))?.broadcast_as((b, k, h, w))?)?
+        .eq(&Tensor::arange(0u32, k as u32, logits.device())?
+            .reshape((1, k, 1, 1))?
+            .broadcast_as((b, k, h, w))?)?
         .to_dtype(logits.dtype())?;
     let ce = (logp.mul(&one_hot)?.sum(1)?.mean_all()? * -1.0)?;
     // soft Dice per image and foreground class, smoothing 1, averaged
-    let p = logp.exp()?.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
+    let p = logp
+        .exp()?
+        .narrow(1, 1, k - 1)?
+        .reshape((b, k - 1, h * w))?;
     let t = one_hot.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
     let inter = (&p * &t)?.sum(D::Minus1)?;
     let denom = (p.sum(D::Minus1)? + t.sum(D::Minus1)?)?;
@@ -284,10 +293,16 @@ pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Te
 /// Layer id for layer-wise LR decay (BEiT / MAE fine-tuning): 0 for the patch embed, position
 /// embedding and cls token, i + 1 for block i, depth + 1 for everything after the blocks.
 pub fn layer_id(name: &str, depth: usize) -> usize {
-    if name.starts_with("cls_token") || name.starts_with("pos_embed") || name.starts_with("patch_embed") {
+    if name.starts_with("cls_token")
+        || name.starts_with("pos_embed")
+        || name.starts_with("patch_embed")
+    {
         0
     } else if let Some(rest) = name.strip_prefix("blocks.") {
-        rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
+        rest.split('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .map_or(depth + 1, |i| i + 1)
     } else {
         depth + 1
     }
