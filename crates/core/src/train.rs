@@ -72,49 +72,16 @@ impl Trainer {
 
     /// Loss and summed gradients (slot order) without updating, over `micro_batches` chunks.
     /// Each chunk's loss is weighted by its share of the masked patches, so the sum equals the
-    /// full-batch loss Σ mask·ℓ / Σ mask exactly.
+    /// full-batch loss Σ mask·ℓ / Σ mask exactly (the MAE case of
+    /// [`Trainer::pretrain_loss_and_grads`]).
     pub fn loss_and_grads(
         &self,
         imgs: &Tensor,
         m: &Masking,
         micro_batches: usize,
     ) -> Result<(f64, Vec<Tensor>)> {
-        let b = imgs.dim(0)?;
-        let chunks = micro_batches.clamp(1, b.max(1));
-        let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
-        if total_masked <= 0.0 {
-            candle_core::bail!("the mask hides no patch: the reconstruction loss is undefined");
-        }
-        let mut loss = 0f64;
-        let mut acc: Option<Vec<Tensor>> = None;
-        let per = b.div_ceil(chunks);
-        let mut start = 0;
-        while start < b {
-            let n = per.min(b - start);
-            let sub = Masking {
-                ids_keep: m.ids_keep.narrow(0, start, n)?,
-                ids_restore: m.ids_restore.narrow(0, start, n)?,
-                mask: m.mask.narrow(0, start, n)?,
-            };
-            let masked = sub.mask.sum_all()?.to_scalar::<f32>()? as f64;
-            start += n;
-            if masked == 0.0 {
-                continue;
-            }
-            let out = self.model.forward(&imgs.narrow(0, start - n, n)?, &sub)?;
-            let scaled = (out.loss * (masked / total_masked))?;
-            loss += scaled.to_scalar::<f32>()? as f64;
-            let grads = self.opt.collect(&scaled.backward()?)?;
-            acc = Some(match acc {
-                None => grads,
-                Some(a) => a
-                    .iter()
-                    .zip(&grads)
-                    .map(|(x, y)| x + y)
-                    .collect::<Result<_>>()?,
-            });
-        }
-        Ok((loss, acc.expect("at least one chunk has masked patches")))
+        let (st, grads) = self.pretrain_loss_and_grads(imgs, m, None, micro_batches)?;
+        Ok((st.loss_rec, grads))
     }
 
     pub fn train_step(&mut self, imgs: &Tensor, m: &Masking, p: &StepParams) -> Result<StepStats> {

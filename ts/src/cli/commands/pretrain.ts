@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { PRESETS, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
 import { defined, helpText, num, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { onInterrupt } from '../interrupt.js';
 import { Progress } from '../progress.js';
 
 export const spec: CommandSpec = {
@@ -113,20 +114,14 @@ export async function run(argv: string[]): Promise<number> {
     ...(Object.keys(model).length ? { model } : {}),
   });
 
-  let stop = false;
-  const onSigint = () => {
-    if (stop) process.exit(130); // a second Ctrl-C does not wait for the checkpoint
-    stop = true;
-    process.stderr.write('\ninterrupted: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)\n');
-  };
-  process.on('SIGINT', onSigint);
+  const interrupt = onInterrupt('finishing the current step and writing a checkpoint');
   let bar: Progress | undefined;
   const log = (line: string) => (bar ? bar.log(line) : process.stderr.write(line + '\n'));
   try {
     const r = await pretrain([file, flags], {
       resume: values.resume as string | undefined,
       onLog: log,
-      shouldStop: () => stop,
+      shouldStop: interrupt.stopRequested,
       onStep: (s: StepRecord, t) => {
         bar ??= new Progress('pretrain', t.images, 'img');
         const cons = s.lossCons === null ? '' : ` cons ${s.lossCons.toFixed(4)}`;
@@ -148,6 +143,6 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   } finally {
     bar?.end();
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
   }
 }

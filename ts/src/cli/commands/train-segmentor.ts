@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 
 import { SEGMENTOR_PRESET_VALUES, SEGMENTOR_PRESETS, trainSegmentor } from '../../train/segmentor.js';
 import { defined, helpText, num, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { onInterrupt } from '../interrupt.js';
 import { Progress } from '../progress.js';
 
 export const spec: CommandSpec = {
@@ -58,19 +59,13 @@ export async function run(argv: string[]): Promise<number> {
     workers: num(values, 'workers'),
     checkpointEvery: num(values, 'checkpoint-every'),
   });
-  let stop = false;
-  const onSigint = () => {
-    if (stop) process.exit(130);
-    stop = true;
-    process.stderr.write('\ninterrupted: writing a checkpoint after this step (Ctrl-C again to quit at once)\n');
-  };
-  process.on('SIGINT', onSigint);
+  const interrupt = onInterrupt('writing a checkpoint after this step');
   let bar: Progress | undefined;
   try {
     const r = await trainSegmentor([file, flags], {
       resume: values.resume as string | undefined,
       onLog: (l) => (bar ? bar.log(l) : process.stderr.write(l + '\n')),
-      shouldStop: () => stop,
+      shouldStop: interrupt.stopRequested,
       onStep: (s, t) => {
         bar ??= new Progress('train-segmentor', t.images, 'img');
         bar.update(t.done, t.here, `epoch ${s.epoch} loss ${s.loss.toFixed(4)} dice ${s.dice.toFixed(3)}`);
@@ -84,6 +79,6 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(`done: ${r.epoch} epochs\nrun folder: ${resolve(r.run)}\nsegmentor: ${r.segmentor}\n`);
     return 0;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
   }
 }

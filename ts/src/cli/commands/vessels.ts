@@ -5,6 +5,7 @@ import { formatZodError, VesselsJobSchema, type VesselsJobInput } from '../../co
 import { packageRoot } from '../../native.js';
 import { prepareVesselMaps } from '../../vessels/api.js';
 import { defined, helpText, num, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { onInterrupt } from '../interrupt.js';
 import { formatDuration, Progress } from '../progress.js';
 import { FILTER_FLAGS, filterFromFlags, INPUT_NOTE } from './filter-flags.js';
 
@@ -79,13 +80,7 @@ export async function run(argv: string[]): Promise<number> {
   const parsed = VesselsJobSchema.safeParse(job);
   if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
 
-  let stop = false;
-  const onSigint = () => {
-    if (stop) process.exit(130);
-    stop = true;
-    process.stderr.write('\ninterrupted: finishing the files in flight (Ctrl-C again to quit now)\n');
-  };
-  process.on('SIGINT', onSigint);
+  const interrupt = onInterrupt('finishing the files in flight');
   let progress: Progress | undefined;
   try {
     const summary = await prepareVesselMaps(
@@ -96,7 +91,7 @@ export async function run(argv: string[]): Promise<number> {
         for (const r of p.recent) if (r.status === 'failed') progress.log(`error: ${r.input}: ${r.error}`);
         progress.update(p.done, p.processed + p.failed, `ok ${p.processed} skip ${p.skipped} fail ${p.failed}`);
       },
-      { shouldStop: () => stop },
+      { shouldStop: interrupt.stopRequested },
     );
     progress?.end();
     const rate = summary.processed / Math.max(summary.seconds, 1e-9);
@@ -109,6 +104,6 @@ export async function run(argv: string[]): Promise<number> {
     if (values.json) process.stdout.write(JSON.stringify({ ...summary, out: parsed.data.out ?? null }) + '\n');
     return summary.interrupted ? 130 : summary.failed > 0 ? 1 : 0;
   } finally {
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
   }
 }
