@@ -13,6 +13,7 @@ pub mod mae;
 pub mod ops;
 pub mod pos_embed;
 pub mod presets;
+pub mod simd;
 pub mod vit;
 
 use std::cell::RefCell;

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::simd;
+
 /// Rows below this many elements in total are processed on one thread: spawning costs more.
 const PAR_MIN: usize = 1 << 14;
 
@@ -112,11 +114,7 @@ impl CustomOp3 for LayerNormOp {
         let eps = self.eps;
         let mut dst = vec![0f32; x.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &x[i * n..(i + 1) * n];
-            let (mu, rstd) = moments(row, eps);
-            for j in 0..n {
-                out[j] = (row[j] - mu) * rstd * w[j] + b[j];
-            }
+            layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -147,21 +145,7 @@ impl CustomOp3 for LayerNormOp {
                         let i = c * chunk_rows + r;
                         let xr = &x[i * n..(i + 1) * n];
                         let gr = &g[i * n..(i + 1) * n];
-                        let (mu, rstd) = moments(xr, eps);
-                        let (mut s_gw, mut s_gwx) = (0f32, 0f32);
-                        for j in 0..n {
-                            let xh = (xr[j] - mu) * rstd;
-                            let gw = gr[j] * w[j];
-                            s_gw += gw;
-                            s_gwx += gw * xh;
-                            dw[j] += gr[j] * xh;
-                            db[j] += gr[j];
-                        }
-                        let (m_gw, m_gwx) = (s_gw / n as f32, s_gwx / n as f32);
-                        for j in 0..n {
-                            let xh = (xr[j] - mu) * rstd;
-                            dxr[j] = rstd * (gr[j] * w[j] - m_gw - xh * m_gwx);
-                        }
+                        layer_norm_bwd_row(dxr, xr, gr, w, &mut dw, &mut db, eps);
                     }
                     (dw, db)
                 })
@@ -207,6 +191,59 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     (mu, 1.0 / (var + eps).sqrt())
 }
 
+crate::multiversion! {
+    /// One LayerNorm row: out = (x − μ)·rstd·w + b.
+    fn layer_norm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let (mu, rstd) = moments(x, eps);
+        for (o, (xv, (wv, bv))) in out.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
+            *o = (xv - mu) * rstd * wv + bv;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One LayerNorm row backward: writes dx, adds the row's terms to dw and db.
+    fn layer_norm_bwd_row(
+        dx: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        eps: f32,
+    ) {
+        let n = x.len();
+        let (w, g, dw, db, dx) = (&w[..n], &g[..n], &mut dw[..n], &mut db[..n], &mut dx[..n]);
+        let (mu, rstd) = moments(x, eps);
+        let s_gw = simd::sum2(g, w, |gv, wv| gv * wv);
+        let mut s_gwx = 0f32;
+        let mut acc = [0f32; 16];
+        let mut j = 0;
+        while j + 16 <= n {
+            for l in 0..16 {
+                let xh = (x[j + l] - mu) * rstd;
+                acc[l] += g[j + l] * w[j + l] * xh;
+            }
+            j += 16;
+        }
+        while j < n {
+            s_gwx += g[j] * w[j] * ((x[j] - mu) * rstd);
+            j += 1;
+        }
+        let s_gwx = acc.iter().sum::<f32>() + s_gwx;
+        for j in 0..n {
+            let xh = (x[j] - mu) * rstd;
+            dw[j] += g[j] * xh;
+            db[j] += g[j];
+        }
+        let (m_gw, m_gwx) = (s_gw / n as f32, s_gwx / n as f32);
+        for j in 0..n {
+            let xh = (x[j] - mu) * rstd;
+            dx[j] = rstd * (g[j] * w[j] - m_gw - xh * m_gwx);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- bias add
 
 /// `y + b` with `b` broadcast over the rows of the last dimension (a Linear's bias). candle's
@@ -243,10 +280,7 @@ impl CustomOp2 for BiasAddOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &y[i * n..(i + 1) * n];
-            for j in 0..n {
-                out[j] = row[j] + b[j];
-            }
+            add_row(out, &y[i * n..(i + 1) * n], b)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -268,9 +302,7 @@ impl CustomOp2 for BiasAddOp {
                 .map(|c| {
                     let mut acc = vec![0f32; n];
                     for r in c.chunks(n) {
-                        for j in 0..n {
-                            acc[j] += r[j];
-                        }
+                        add_assign(&mut acc, r);
                     }
                     acc
                 })
@@ -287,6 +319,33 @@ impl CustomOp2 for BiasAddOp {
             Some(grad.clone()),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
+    }
+}
+
+crate::multiversion! {
+    /// out = y + b.
+    fn add_row(out: &mut [f32], y: &[f32], b: &[f32]) {
+        for (o, (yv, bv)) in out.iter_mut().zip(y.iter().zip(b)) {
+            *o = yv + bv;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// acc += x.
+    fn add_assign(acc: &mut [f32], x: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// out = y + b + r (in that order).
+    fn add3_row(out: &mut [f32], y: &[f32], b: &[f32], r: &[f32]) {
+        for (o, (yv, (bv, rv))) in out.iter_mut().zip(y.iter().zip(b.iter().zip(r))) {
+            *o = yv + bv + rv;
+        }
     }
 }
 
@@ -330,10 +389,7 @@ impl CustomOp3 for BiasAddResidualOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let (yr, rr) = (&y[i * n..(i + 1) * n], &r[i * n..(i + 1) * n]);
-            for j in 0..n {
-                out[j] = yr[j] + b[j] + rr[j];
-            }
+            add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n])
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -387,17 +443,8 @@ impl CustomOp1 for SoftmaxOp {
         let scale = self.scale;
         let mut dst = vec![0f32; x.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &x[i * n..(i + 1) * n];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for j in 0..n {
-                // scale > 0, so max(scale·x) = scale·max(x)
-                let e = fast_exp((row[j] - max) * scale);
-                out[j] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|v| *v *= inv);
+            out.copy_from_slice(&x[i * n..(i + 1) * n]);
+            softmax_rows(out, n, scale);
         });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
@@ -410,16 +457,41 @@ impl CustomOp1 for SoftmaxOp {
             let mut dx = vec![0f32; y.len()];
             // dx = scale · y ⊙ (g − Σ g⊙y)
             par_rows(&mut dx, n, |i, out| {
-                let yr = &y[i * n..(i + 1) * n];
-                let gr = &g[i * n..(i + 1) * n];
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for j in 0..n {
-                    out[j] = scale * yr[j] * (gr[j] - dot);
-                }
+                out.copy_from_slice(&g[i * n..(i + 1) * n]);
+                softmax_bwd_rows(out, &y[i * n..(i + 1) * n], n, scale);
             });
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+crate::multiversion! {
+    /// softmax(scale·x) of each `n`-wide row of `x`, in place (scale > 0).
+    fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
+        for row in x.chunks_exact_mut(n) {
+            // scale > 0, so max(scale·x) = scale·max(x)
+            let max = simd::max(row);
+            for v in row.iter_mut() {
+                *v = fast_exp((*v - max) * scale);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward in place, row by row: g ← scale·y ⊙ (g − Σ g⊙y).
+    fn softmax_bwd_rows(g: &mut [f32], y: &[f32], n: usize, scale: f32) {
+        for (gr, yr) in g.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+            let dot = simd::sum2(gr, yr, |a, b| a * b);
+            for (gv, yv) in gr.iter_mut().zip(yr) {
+                *gv = scale * yv * (*gv - dot);
+            }
+        }
     }
 }
 
@@ -563,16 +635,7 @@ impl CustomOp3 for AttentionOp {
                     &v[i * n * hd..(i + 1) * n * hd],
                 );
                 mm(n, n, hd, ph, false, qh, hd, 1, kh, 1, hd); // S = Q·Kᵀ
-                for row in ph.chunks_mut(n) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = fast_exp((*x - max) * scale);
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
+                softmax_rows(ph, n, scale);
                 mm(n, hd, n, yh, false, ph, n, 1, vh, hd, 1); // Y = P·V
             });
         *self
@@ -615,12 +678,7 @@ impl CustomOp3 for AttentionOp {
                     mm(n, hd, n, dvh, false, ph, 1, n, gh, hd, 1); // dV = Pᵀ·dY
                     let mut ds = vec![0f32; n * n];
                     mm(n, n, hd, &mut ds, false, gh, hd, 1, vh, 1, hd); // dP = dY·Vᵀ
-                    for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
-                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (d, p) in dsr.iter_mut().zip(pr) {
-                            *d = scale * p * (*d - dot);
-                        }
-                    }
+                    softmax_bwd_rows(&mut ds, ph, n, scale);
                     mm(n, hd, n, dqh, false, &ds, n, 1, kh, hd, 1); // dQ = dS·K
                     mm(n, hd, n, dkh, false, &ds, 1, n, qh, hd, 1); // dK = dSᵀ·Q
                 });
@@ -701,16 +759,7 @@ impl CustomOp1 for AttentionQkvOp {
                 for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
                     let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
                     mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
-                    for row in ph.chunks_mut(n) {
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = fast_exp((*x - max) * scale);
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                    }
+                    softmax_rows(ph, n, scale);
                     mm_strided(
                         n,
                         hd,
@@ -776,12 +825,7 @@ impl CustomOp1 for AttentionQkvOp {
                             1,
                         ); // dV = Pᵀ·dY
                         mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
-                        for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
-                            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                            for (dv, p) in dsr.iter_mut().zip(pr) {
-                                *dv = scale * p * (*dv - dot);
-                            }
-                        }
+                        softmax_bwd_rows(&mut ds, ph, n, scale);
                         mm_strided(
                             n,
                             hd,
@@ -843,10 +887,13 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
         let mut dst = vec![0f32; x.len()];
-        map_par(x, &mut dst, |v| {
-            let (cdf, _) = cdf_pdf(v);
-            v * cdf
-        });
+        if x.len() >= PAR_MIN {
+            dst.par_chunks_mut(4096)
+                .zip(x.par_chunks(4096))
+                .for_each(|(d, s)| gelu_slice(d, s));
+        } else {
+            gelu_slice(&mut dst, x);
+        }
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 
@@ -854,23 +901,60 @@ impl CustomOp1 for GeluOp {
         let dx = with_f32(&[x, grad], |s| {
             let (x, g) = (s[0], s[1]);
             let mut dx = vec![0f32; x.len()];
-            // d/dx xΦ(x) = Φ(x) + xφ(x)
-            let f = |(o, (v, gv)): (&mut f32, (&f32, &f32))| {
-                let (cdf, pdf) = cdf_pdf(*v);
-                *o = gv * (cdf + v * pdf);
-            };
             if x.len() >= PAR_MIN {
                 dx.par_chunks_mut(4096)
                     .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
-                    .for_each(|(d, (xs, gs))| {
-                        d.iter_mut().zip(xs.iter().zip(gs)).for_each(f);
-                    });
+                    .for_each(|(d, (xs, gs))| gelu_bwd_slice(d, xs, gs));
             } else {
-                dx.iter_mut().zip(x.iter().zip(g.iter())).for_each(f);
+                gelu_bwd_slice(&mut dx, x, g);
             }
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+crate::multiversion! {
+    /// out = gelu(x).
+    fn gelu_slice(out: &mut [f32], x: &[f32]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v * cdf_pdf(*v).0;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// dx = g · d/dx xΦ(x) = g · (Φ(x) + xφ(x)).
+    fn gelu_bwd_slice(dx: &mut [f32], x: &[f32], g: &[f32]) {
+        for (o, (v, gv)) in dx.iter_mut().zip(x.iter().zip(g)) {
+            let (cdf, pdf) = cdf_pdf(*v);
+            *o = gv * (cdf + v * pdf);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// out = gelu(y + b).
+    fn bias_gelu_row(out: &mut [f32], y: &[f32], b: &[f32]) {
+        for (o, (yv, bv)) in out.iter_mut().zip(y.iter().zip(b)) {
+            let z = yv + bv;
+            *o = z * cdf_pdf(z).0;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// dz = g · gelu'(y + b), and acc += dz.
+    fn bias_gelu_bwd_row(dz: &mut [f32], acc: &mut [f32], y: &[f32], b: &[f32], g: &[f32]) {
+        let n = dz.len();
+        let (acc, y, b, g) = (&mut acc[..n], &y[..n], &b[..n], &g[..n]);
+        for j in 0..n {
+            let z = y[j] + b[j];
+            let (cdf, pdf) = cdf_pdf(z);
+            let d = g[j] * (cdf + z * pdf);
+            dz[j] = d;
+            acc[j] += d;
+        }
     }
 }
 
@@ -917,11 +1001,7 @@ impl CustomOp2 for BiasGeluOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &y[i * n..(i + 1) * n];
-            for j in 0..n {
-                let z = row[j] + b[j];
-                out[j] = z * cdf_pdf(z).0;
-            }
+            bias_gelu_row(out, &y[i * n..(i + 1) * n], b)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -947,13 +1027,7 @@ impl CustomOp2 for BiasGeluOp {
                     for (r, out) in dzc.chunks_mut(n).enumerate() {
                         let i = c * chunk_rows + r;
                         let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
-                        for j in 0..n {
-                            let z = yr[j] + b[j];
-                            let (cdf, pdf) = cdf_pdf(z);
-                            let d = gr[j] * (cdf + z * pdf);
-                            out[j] = d;
-                            acc[j] += d;
-                        }
+                        bias_gelu_bwd_row(out, &mut acc, yr, b, gr);
                     }
                     acc
                 })
@@ -970,18 +1044,6 @@ impl CustomOp2 for BiasGeluOp {
             Some(Tensor::from_vec(dz, y.shape(), y.device())?),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
-    }
-}
-
-fn map_par(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
-    if src.len() >= PAR_MIN {
-        dst.par_chunks_mut(4096)
-            .zip(src.par_chunks(4096))
-            .for_each(|(d, s)| {
-                d.iter_mut().zip(s).for_each(|(o, &v)| *o = f(v));
-            });
-    } else {
-        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
     }
 }
 
@@ -1028,4 +1090,82 @@ pub fn erf(x: f32) -> f32 {
 fn as_poly(z: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::nn::InitRng::new(seed);
+        (0..n).map(|_| (r.normal() * 3.0) as f32).collect()
+    }
+
+    /// Every multiversioned kernel gives bit-identical results at every dispatch level (the
+    /// levels this CPU lacks fall back to the widest it has), on odd widths with tails.
+    #[test]
+    fn dispatch_levels_agree_bitwise() {
+        let run = |level: u8| -> Vec<Vec<u32>> {
+            simd::force_level(Some(level));
+            let mut outs = Vec::new();
+            for &n in &[1usize, 7, 16, 33, 99, 197] {
+                let (x, w, b, g) = (data(3 * n, 1), data(n, 2), data(n, 3), data(3 * n, 4));
+                let mut o = vec![0f32; n];
+                layer_norm_row(&mut o, &x[..n], &w, &b, 1e-6);
+                outs.push(o.clone());
+                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                layer_norm_bwd_row(&mut o, &x[..n], &g[..n], &w, &mut dw, &mut db, 1e-6);
+                outs.extend([o.clone(), dw, db]);
+                add_row(&mut o, &x[..n], &b);
+                outs.push(o.clone());
+                add3_row(&mut o, &x[..n], &b, &g[..n]);
+                outs.push(o.clone());
+                let mut acc = w.clone();
+                add_assign(&mut acc, &x[..n]);
+                outs.push(acc);
+                let mut p = x.clone();
+                softmax_rows(&mut p, n, 0.37);
+                outs.push(p.clone());
+                let mut d = g.clone();
+                softmax_bwd_rows(&mut d, &p, n, 0.37);
+                outs.push(d);
+                let mut o3 = vec![0f32; 3 * n];
+                gelu_slice(&mut o3, &x);
+                outs.push(o3.clone());
+                gelu_bwd_slice(&mut o3, &x, &g);
+                outs.push(o3);
+                bias_gelu_row(&mut o, &x[..n], &b);
+                outs.push(o.clone());
+                let mut acc = w.clone();
+                bias_gelu_bwd_row(&mut o, &mut acc, &x[..n], &b, &g[..n]);
+                outs.extend([o.clone(), acc]);
+                outs.push(vec![
+                    simd::sum(&x),
+                    simd::max(&x),
+                    simd::sum2(&x, &g, |a, b| a * b),
+                ]);
+            }
+            simd::force_level(None);
+            outs.into_iter()
+                .map(|v| v.iter().map(|f| f.to_bits()).collect())
+                .collect()
+        };
+        let base = run(0);
+        assert_eq!(run(1), base, "AVX2 differs from the baseline");
+        assert_eq!(run(2), base, "AVX-512 differs from the baseline");
+    }
+
+    /// The lane reductions against plain sequential ones.
+    #[test]
+    fn lane_reductions() {
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            let (x, y) = (data(n, 5), data(n, 6));
+            let s: f64 = x.iter().map(|&v| v as f64).sum();
+            assert!((simd::sum(&x) as f64 - s).abs() < 1e-4 * (1.0 + s.abs()));
+            let d: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!((simd::sum2(&x, &y, |a, b| a * b) as f64 - d).abs() < 1e-4 * (1.0 + d.abs()));
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(simd::max(&x), m);
+        }
+    }
 }
