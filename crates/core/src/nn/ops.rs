@@ -408,6 +408,231 @@ impl CustomOp3 for BiasAddResidualOp {
     }
 }
 
+// ---------------------------------------------------------------- linear
+
+/// What a [`linear`] applies after x·Wᵀ + b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact GELU ([`gelu_erf`]).
+    Gelu,
+}
+
+/// `epilogue(x·Wᵀ + b)` for x (rows, in), W (out, in) (PyTorch's layout), b (out): a Linear as
+/// one op. Compared with candle's matmul + bias node (and the transpose node on W), its
+/// backward skips the zero-filled and accumulated gradient of the (rows, out) product and the
+/// strided copy of Wᵀ's gradient, and computes dx = dz·W, dW = dzᵀ·x, db = Σ_rows dz directly.
+/// The forward writes the bias first and lets the gemm accumulate onto it.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    if use_cpu_kernel(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 {
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LinearOp {
+                epilogue,
+                pre: Mutex::new(None),
+            },
+        )
+    } else {
+        let y = x.broadcast_matmul(&w.t()?)?;
+        match epilogue {
+            Epilogue::None => bias_add(&y, b),
+            Epilogue::Gelu => bias_gelu(&y, b),
+        }
+    }
+}
+
+struct LinearOp {
+    epilogue: Epilogue,
+    /// x·Wᵀ + b before the GELU, for the backward (GELU only).
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+/// `dst (m×n) = [dst +] a·b` on all threads (candle's own matmul parallelism), strides as in
+/// [`mm_strided`], dst row-major contiguous.
+#[allow(clippy::too_many_arguments)]
+fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        dst.len() >= m * n
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vasomim-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear x")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        let b = f32_slice(s3, l3, "linear bias")?;
+        let (rows, k) = l1.shape().dims2()?;
+        let (out, k2) = l2.shape().dims2()?;
+        if k2 != k || b.len() != out {
+            candle_core::bail!(
+                "linear: x {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut z = vec![0f32; rows * out];
+        gemm_par(rows, out, k, &mut z, false, x, k, 1, w, 1, k); // z = x·Wᵀ
+                                                                 // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias_add.
+        par_rows(&mut z, out, |_, r| add_assign(r, b));
+        let y = match self.epilogue {
+            Epilogue::None => z,
+            Epilogue::Gelu => {
+                let mut y = vec![0f32; z.len()];
+                par_rows(&mut y, out, |i, r| {
+                    gelu_slice(r, &z[i * out..(i + 1) * out])
+                });
+                *self
+                    .pre
+                    .lock()
+                    .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
+                y
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, k) = x.dims2()?;
+        let out = w.dim(0)?;
+        let guard = self
+            .pre
+            .lock()
+            .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
+        let (dx, dw, db) = with_f32(&[x, w, grad], |s| {
+            let (x, w, g) = (s[0], s[1], s[2]);
+            // dz = g (no epilogue) or g ⊙ gelu'(z); db = Σ_rows dz in per-thread partials.
+            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let gelu_dz;
+            let (dz, partials): (&[f32], Vec<Vec<f32>>) = match self.epilogue {
+                Epilogue::None => (
+                    g,
+                    g.par_chunks(chunk_rows * out)
+                        .map(|c| {
+                            let mut acc = vec![0f32; out];
+                            for r in c.chunks(out) {
+                                add_assign(&mut acc, r);
+                            }
+                            acc
+                        })
+                        .collect(),
+                ),
+                Epilogue::Gelu => {
+                    let z = guard.as_ref().ok_or_else(|| {
+                        candle_core::Error::msg("linear: backward before forward")
+                    })?;
+                    let zero = vec![0f32; out];
+                    let mut d = vec![0f32; g.len()];
+                    let partials = d
+                        .par_chunks_mut(chunk_rows * out)
+                        .enumerate()
+                        .map(|(c, dc)| {
+                            let mut acc = vec![0f32; out];
+                            for (r, o) in dc.chunks_mut(out).enumerate() {
+                                let i = c * chunk_rows + r;
+                                let (zr, gr) =
+                                    (&z[i * out..(i + 1) * out], &g[i * out..(i + 1) * out]);
+                                bias_gelu_bwd_row(o, &mut acc, zr, &zero, gr);
+                            }
+                            acc
+                        })
+                        .collect();
+                    gelu_dz = d;
+                    (&gelu_dz[..], partials)
+                }
+            };
+            let mut db = vec![0f32; out];
+            for p in partials {
+                add_assign(&mut db, &p);
+            }
+            let mut dx = vec![0f32; rows * k];
+            gemm_par(rows, k, out, &mut dx, false, dz, out, 1, w, k, 1); // dx = dz·W
+            let mut dw = vec![0f32; out * k];
+            gemm_par(out, k, rows, &mut dw, false, dz, 1, out, x, k, 1); // dW = dzᵀ·x
+            Ok((dx, dw, db))
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
 // ---------------------------------------------------------------- softmax
 
 /// Softmax over the last dimension.
@@ -1166,6 +1391,93 @@ mod tests {
             assert!((simd::sum2(&x, &y, |a, b| a * b) as f64 - d).abs() < 1e-4 * (1.0 + d.abs()));
             let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(simd::max(&x), m);
+        }
+    }
+    /// The fused Linear (forward and all three gradients) against candle's composite f64
+    /// version, for odd shapes (gemm tails), both epilogues, and a transposed (strided) x.
+    #[test]
+    fn linear_matches_f64_reference() {
+        use candle_core::{DType, Device, Var};
+        let dev = Device::Cpu;
+        let mut seed = 20;
+        for &(rows, k, out, transposed) in &[
+            (1usize, 1usize, 1usize, false),
+            (37, 29, 13, false),
+            (37, 29, 13, true),
+            (99, 192, 576, false),
+            (65, 768, 33, true),
+        ] {
+            seed += 1;
+            let t = |d: &[usize], s: f64, seed: u64| {
+                let n: usize = d.iter().product();
+                let v: Vec<f32> = data(n, seed).iter().map(|x| x * s as f32).collect();
+                Tensor::from_vec(v, d, &dev).unwrap()
+            };
+            let x = if transposed {
+                t(&[k, rows], 1.0, seed).t().unwrap()
+            } else {
+                t(&[rows, k], 1.0, seed)
+            };
+            let (w, b, gy) = (
+                t(&[out, k], 0.1, seed + 100),
+                t(&[out], 0.1, seed + 200),
+                t(&[rows, out], 1.0, seed + 300),
+            );
+            for ep in [Epilogue::None, Epilogue::Gelu] {
+                let run = |dt: DType, fused: bool| -> Vec<Vec<f64>> {
+                    let v = |t: &Tensor| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap();
+                    let (x, w, b) = (v(&x), v(&w), v(&b));
+                    let y = if fused {
+                        linear(&x, &w, &b, ep).unwrap()
+                    } else {
+                        let z = x
+                            .matmul(&w.t().unwrap())
+                            .unwrap()
+                            .broadcast_add(&b)
+                            .unwrap();
+                        match ep {
+                            Epilogue::None => z,
+                            Epilogue::Gelu => z.gelu_erf().unwrap(),
+                        }
+                    };
+                    let l = (&y * gy.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap();
+                    let g = l.backward().unwrap();
+                    [
+                        &y,
+                        g.get(&x).unwrap(),
+                        g.get(&w).unwrap(),
+                        g.get(&b).unwrap(),
+                    ]
+                    .iter()
+                    .map(|t| {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_vec1::<f64>()
+                            .unwrap()
+                    })
+                    .collect()
+                };
+                let (ours, reference) = (run(DType::F32, true), run(DType::F64, false));
+                for (what, (a, r)) in ["y", "dx", "dw", "db"]
+                    .iter()
+                    .zip(ours.iter().zip(&reference))
+                {
+                    assert_eq!(a.len(), r.len());
+                    let m = r.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                    let e = a
+                        .iter()
+                        .zip(r)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0f64, f64::max)
+                        / m;
+                    assert!(
+                        e < 1e-5,
+                        "{ep:?} {rows}x{k}->{out} (x transposed: {transposed}): {what} error {e:e}"
+                    );
+                }
+            }
         }
     }
 }
