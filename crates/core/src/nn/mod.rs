@@ -18,6 +18,7 @@ pub mod ops;
 pub mod pos_embed;
 pub mod presets;
 pub mod segvit;
+pub mod simd;
 pub mod unext;
 pub mod vit;
 
@@ -172,7 +173,26 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_with(x, ops::bias_add)
+        self.forward_act(x, ops::Epilogue::None)
+    }
+
+    /// `epilogue(x Wᵀ + b)` as one op ([`ops::linear`]), for any number of leading dims.
+    pub fn forward_act(&self, x: &Tensor, epilogue: ops::Epilogue) -> Result<Tensor> {
+        if x.rank() == 2 {
+            return ops::linear(x, &self.weight, &self.bias, epilogue);
+        }
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().unwrap_or(&1);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = ops::linear(
+            &x.reshape((rows, in_dim))?,
+            &self.weight,
+            &self.bias,
+            epilogue,
+        )?;
+        let mut out = dims;
+        *out.last_mut().unwrap() = self.weight.dim(0)?;
+        y.reshape(out)
     }
 
     /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
@@ -286,13 +306,14 @@ impl Mlp {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward_with(x, ops::bias_gelu)?)
+        self.fc2
+            .forward(&self.fc1.forward_act(x, ops::Epilogue::Gelu)?)
     }
 
     /// `residual + mlp(x)` with the residual added in fc2's epilogue.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.fc2
-            .forward_with(&self.fc1.forward_with(x, ops::bias_gelu)?, |p, bias| {
+            .forward_with(&self.fc1.forward_act(x, ops::Epilogue::Gelu)?, |p, bias| {
                 ops::bias_add_residual(p, bias, residual)
             })
     }

@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
+use super::simd;
+
 /// Rows below this many elements in total are processed on one thread: spawning costs more.
 const PAR_MIN: usize = 1 << 14;
 
@@ -112,11 +114,7 @@ impl CustomOp3 for LayerNormOp {
         let eps = self.eps;
         let mut dst = vec![0f32; x.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &x[i * n..(i + 1) * n];
-            let (mu, rstd) = moments(row, eps);
-            for j in 0..n {
-                out[j] = (row[j] - mu) * rstd * w[j] + b[j];
-            }
+            layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -147,21 +145,7 @@ impl CustomOp3 for LayerNormOp {
                         let i = c * chunk_rows + r;
                         let xr = &x[i * n..(i + 1) * n];
                         let gr = &g[i * n..(i + 1) * n];
-                        let (mu, rstd) = moments(xr, eps);
-                        let (mut s_gw, mut s_gwx) = (0f32, 0f32);
-                        for j in 0..n {
-                            let xh = (xr[j] - mu) * rstd;
-                            let gw = gr[j] * w[j];
-                            s_gw += gw;
-                            s_gwx += gw * xh;
-                            dw[j] += gr[j] * xh;
-                            db[j] += gr[j];
-                        }
-                        let (m_gw, m_gwx) = (s_gw / n as f32, s_gwx / n as f32);
-                        for j in 0..n {
-                            let xh = (xr[j] - mu) * rstd;
-                            dxr[j] = rstd * (gr[j] * w[j] - m_gw - xh * m_gwx);
-                        }
+                        layer_norm_bwd_row(dxr, xr, gr, w, &mut dw, &mut db, eps);
                     }
                     (dw, db)
                 })
@@ -207,6 +191,59 @@ fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     (mu, 1.0 / (var + eps).sqrt())
 }
 
+crate::multiversion! {
+    /// One LayerNorm row: out = (x − μ)·rstd·w + b.
+    fn layer_norm_row(out: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+        let (mu, rstd) = moments(x, eps);
+        for (o, (xv, (wv, bv))) in out.iter_mut().zip(x.iter().zip(w.iter().zip(b))) {
+            *o = (xv - mu) * rstd * wv + bv;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// One LayerNorm row backward: writes dx, adds the row's terms to dw and db.
+    fn layer_norm_bwd_row(
+        dx: &mut [f32],
+        x: &[f32],
+        g: &[f32],
+        w: &[f32],
+        dw: &mut [f32],
+        db: &mut [f32],
+        eps: f32,
+    ) {
+        let n = x.len();
+        let (w, g, dw, db, dx) = (&w[..n], &g[..n], &mut dw[..n], &mut db[..n], &mut dx[..n]);
+        let (mu, rstd) = moments(x, eps);
+        let s_gw = simd::sum2(g, w, |gv, wv| gv * wv);
+        let mut s_gwx = 0f32;
+        let mut acc = [0f32; 16];
+        let mut j = 0;
+        while j + 16 <= n {
+            for l in 0..16 {
+                let xh = (x[j + l] - mu) * rstd;
+                acc[l] += g[j + l] * w[j + l] * xh;
+            }
+            j += 16;
+        }
+        while j < n {
+            s_gwx += g[j] * w[j] * ((x[j] - mu) * rstd);
+            j += 1;
+        }
+        let s_gwx = acc.iter().sum::<f32>() + s_gwx;
+        for j in 0..n {
+            let xh = (x[j] - mu) * rstd;
+            dw[j] += g[j] * xh;
+            db[j] += g[j];
+        }
+        let (m_gw, m_gwx) = (s_gw / n as f32, s_gwx / n as f32);
+        for j in 0..n {
+            let xh = (x[j] - mu) * rstd;
+            dx[j] = rstd * (g[j] * w[j] - m_gw - xh * m_gwx);
+        }
+    }
+}
+
 // ---------------------------------------------------------------- bias add
 
 /// `y + b` with `b` broadcast over the rows of the last dimension (a Linear's bias). candle's
@@ -243,10 +280,7 @@ impl CustomOp2 for BiasAddOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &y[i * n..(i + 1) * n];
-            for j in 0..n {
-                out[j] = row[j] + b[j];
-            }
+            add_row(out, &y[i * n..(i + 1) * n], b)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -268,9 +302,7 @@ impl CustomOp2 for BiasAddOp {
                 .map(|c| {
                     let mut acc = vec![0f32; n];
                     for r in c.chunks(n) {
-                        for j in 0..n {
-                            acc[j] += r[j];
-                        }
+                        add_assign(&mut acc, r);
                     }
                     acc
                 })
@@ -287,6 +319,33 @@ impl CustomOp2 for BiasAddOp {
             Some(grad.clone()),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
+    }
+}
+
+crate::multiversion! {
+    /// out = y + b.
+    fn add_row(out: &mut [f32], y: &[f32], b: &[f32]) {
+        for (o, (yv, bv)) in out.iter_mut().zip(y.iter().zip(b)) {
+            *o = yv + bv;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// acc += x.
+    fn add_assign(acc: &mut [f32], x: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// out = y + b + r (in that order).
+    fn add3_row(out: &mut [f32], y: &[f32], b: &[f32], r: &[f32]) {
+        for (o, (yv, (bv, rv))) in out.iter_mut().zip(y.iter().zip(b.iter().zip(r))) {
+            *o = yv + bv + rv;
+        }
     }
 }
 
@@ -330,10 +389,7 @@ impl CustomOp3 for BiasAddResidualOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let (yr, rr) = (&y[i * n..(i + 1) * n], &r[i * n..(i + 1) * n]);
-            for j in 0..n {
-                out[j] = yr[j] + b[j] + rr[j];
-            }
+            add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n])
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -349,6 +405,231 @@ impl CustomOp3 for BiasAddResidualOp {
         let (gy, gb) = BiasAddOp.bwd(y, b, res, grad)?;
         let _ = r;
         Ok((gy, gb, Some(grad.clone())))
+    }
+}
+
+// ---------------------------------------------------------------- linear
+
+/// What a [`linear`] applies after x·Wᵀ + b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact GELU ([`gelu_erf`]).
+    Gelu,
+}
+
+/// `epilogue(x·Wᵀ + b)` for x (rows, in), W (out, in) (PyTorch's layout), b (out): a Linear as
+/// one op. Compared with candle's matmul + bias node (and the transpose node on W), its
+/// backward skips the zero-filled and accumulated gradient of the (rows, out) product and the
+/// strided copy of Wᵀ's gradient, and computes dx = dz·W, dW = dzᵀ·x, db = Σ_rows dz directly.
+/// The forward writes the bias first and lets the gemm accumulate onto it.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    if use_cpu_kernel(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 {
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LinearOp {
+                epilogue,
+                pre: Mutex::new(None),
+            },
+        )
+    } else {
+        let y = x.broadcast_matmul(&w.t()?)?;
+        match epilogue {
+            Epilogue::None => bias_add(&y, b),
+            Epilogue::Gelu => bias_gelu(&y, b),
+        }
+    }
+}
+
+struct LinearOp {
+    epilogue: Epilogue,
+    /// x·Wᵀ + b before the GELU, for the backward (GELU only).
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+/// `dst (m×n) = [dst +] a·b` on all threads (candle's own matmul parallelism), strides as in
+/// [`mm_strided`], dst row-major contiguous.
+#[allow(clippy::too_many_arguments)]
+fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        dst.len() >= m * n
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vasomim-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear x")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        let b = f32_slice(s3, l3, "linear bias")?;
+        let (rows, k) = l1.shape().dims2()?;
+        let (out, k2) = l2.shape().dims2()?;
+        if k2 != k || b.len() != out {
+            candle_core::bail!(
+                "linear: x {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut z = vec![0f32; rows * out];
+        gemm_par(rows, out, k, &mut z, false, x, k, 1, w, 1, k); // z = x·Wᵀ
+                                                                 // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias_add.
+        par_rows(&mut z, out, |_, r| add_assign(r, b));
+        let y = match self.epilogue {
+            Epilogue::None => z,
+            Epilogue::Gelu => {
+                let mut y = vec![0f32; z.len()];
+                par_rows(&mut y, out, |i, r| {
+                    gelu_slice(r, &z[i * out..(i + 1) * out])
+                });
+                *self
+                    .pre
+                    .lock()
+                    .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
+                y
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, k) = x.dims2()?;
+        let out = w.dim(0)?;
+        let guard = self
+            .pre
+            .lock()
+            .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
+        let (dx, dw, db) = with_f32(&[x, w, grad], |s| {
+            let (x, w, g) = (s[0], s[1], s[2]);
+            // dz = g (no epilogue) or g ⊙ gelu'(z); db = Σ_rows dz in per-thread partials.
+            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+            let gelu_dz;
+            let (dz, partials): (&[f32], Vec<Vec<f32>>) = match self.epilogue {
+                Epilogue::None => (
+                    g,
+                    g.par_chunks(chunk_rows * out)
+                        .map(|c| {
+                            let mut acc = vec![0f32; out];
+                            for r in c.chunks(out) {
+                                add_assign(&mut acc, r);
+                            }
+                            acc
+                        })
+                        .collect(),
+                ),
+                Epilogue::Gelu => {
+                    let z = guard.as_ref().ok_or_else(|| {
+                        candle_core::Error::msg("linear: backward before forward")
+                    })?;
+                    let zero = vec![0f32; out];
+                    let mut d = vec![0f32; g.len()];
+                    let partials = d
+                        .par_chunks_mut(chunk_rows * out)
+                        .enumerate()
+                        .map(|(c, dc)| {
+                            let mut acc = vec![0f32; out];
+                            for (r, o) in dc.chunks_mut(out).enumerate() {
+                                let i = c * chunk_rows + r;
+                                let (zr, gr) =
+                                    (&z[i * out..(i + 1) * out], &g[i * out..(i + 1) * out]);
+                                bias_gelu_bwd_row(o, &mut acc, zr, &zero, gr);
+                            }
+                            acc
+                        })
+                        .collect();
+                    gelu_dz = d;
+                    (&gelu_dz[..], partials)
+                }
+            };
+            let mut db = vec![0f32; out];
+            for p in partials {
+                add_assign(&mut db, &p);
+            }
+            let mut dx = vec![0f32; rows * k];
+            gemm_par(rows, k, out, &mut dx, false, dz, out, 1, w, k, 1); // dx = dz·W
+            let mut dw = vec![0f32; out * k];
+            gemm_par(out, k, rows, &mut dw, false, dz, 1, out, x, k, 1); // dW = dzᵀ·x
+            Ok((dx, dw, db))
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
     }
 }
 
@@ -387,17 +668,8 @@ impl CustomOp1 for SoftmaxOp {
         let scale = self.scale;
         let mut dst = vec![0f32; x.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &x[i * n..(i + 1) * n];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for j in 0..n {
-                // scale > 0, so max(scale·x) = scale·max(x)
-                let e = fast_exp((row[j] - max) * scale);
-                out[j] = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
-            out.iter_mut().for_each(|v| *v *= inv);
+            out.copy_from_slice(&x[i * n..(i + 1) * n]);
+            softmax_rows(out, n, scale);
         });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
@@ -410,16 +682,41 @@ impl CustomOp1 for SoftmaxOp {
             let mut dx = vec![0f32; y.len()];
             // dx = scale · y ⊙ (g − Σ g⊙y)
             par_rows(&mut dx, n, |i, out| {
-                let yr = &y[i * n..(i + 1) * n];
-                let gr = &g[i * n..(i + 1) * n];
-                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                for j in 0..n {
-                    out[j] = scale * yr[j] * (gr[j] - dot);
-                }
+                out.copy_from_slice(&g[i * n..(i + 1) * n]);
+                softmax_bwd_rows(out, &y[i * n..(i + 1) * n], n, scale);
             });
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, y.shape(), y.device())?))
+    }
+}
+
+crate::multiversion! {
+    /// softmax(scale·x) of each `n`-wide row of `x`, in place (scale > 0).
+    fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
+        for row in x.chunks_exact_mut(n) {
+            // scale > 0, so max(scale·x) = scale·max(x)
+            let max = simd::max(row);
+            for v in row.iter_mut() {
+                *v = fast_exp((*v - max) * scale);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+crate::multiversion! {
+    /// Softmax backward in place, row by row: g ← scale·y ⊙ (g − Σ g⊙y).
+    fn softmax_bwd_rows(g: &mut [f32], y: &[f32], n: usize, scale: f32) {
+        for (gr, yr) in g.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+            let dot = simd::sum2(gr, yr, |a, b| a * b);
+            for (gv, yv) in gr.iter_mut().zip(yr) {
+                *gv = scale * yv * (*gv - dot);
+            }
+        }
     }
 }
 
@@ -563,16 +860,7 @@ impl CustomOp3 for AttentionOp {
                     &v[i * n * hd..(i + 1) * n * hd],
                 );
                 mm(n, n, hd, ph, false, qh, hd, 1, kh, 1, hd); // S = Q·Kᵀ
-                for row in ph.chunks_mut(n) {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = fast_exp((*x - max) * scale);
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
+                softmax_rows(ph, n, scale);
                 mm(n, hd, n, yh, false, ph, n, 1, vh, hd, 1); // Y = P·V
             });
         *self
@@ -615,12 +903,7 @@ impl CustomOp3 for AttentionOp {
                     mm(n, hd, n, dvh, false, ph, 1, n, gh, hd, 1); // dV = Pᵀ·dY
                     let mut ds = vec![0f32; n * n];
                     mm(n, n, hd, &mut ds, false, gh, hd, 1, vh, 1, hd); // dP = dY·Vᵀ
-                    for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
-                        let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        for (d, p) in dsr.iter_mut().zip(pr) {
-                            *d = scale * p * (*d - dot);
-                        }
-                    }
+                    softmax_bwd_rows(&mut ds, ph, n, scale);
                     mm(n, hd, n, dqh, false, &ds, n, 1, kh, hd, 1); // dQ = dS·K
                     mm(n, hd, n, dkh, false, &ds, 1, n, qh, hd, 1); // dK = dSᵀ·Q
                 });
@@ -701,16 +984,7 @@ impl CustomOp1 for AttentionQkvOp {
                 for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
                     let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
                     mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
-                    for row in ph.chunks_mut(n) {
-                        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let mut sum = 0f32;
-                        for x in row.iter_mut() {
-                            *x = fast_exp((*x - max) * scale);
-                            sum += *x;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|x| *x *= inv);
-                    }
+                    softmax_rows(ph, n, scale);
                     mm_strided(
                         n,
                         hd,
@@ -776,12 +1050,7 @@ impl CustomOp1 for AttentionQkvOp {
                             1,
                         ); // dV = Pᵀ·dY
                         mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
-                        for (dsr, pr) in ds.chunks_mut(n).zip(ph.chunks(n)) {
-                            let dot: f32 = dsr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                            for (dv, p) in dsr.iter_mut().zip(pr) {
-                                *dv = scale * p * (*dv - dot);
-                            }
-                        }
+                        softmax_bwd_rows(&mut ds, ph, n, scale);
                         mm_strided(
                             n,
                             hd,
@@ -843,10 +1112,13 @@ impl CustomOp1 for GeluOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
         let mut dst = vec![0f32; x.len()];
-        map_par(x, &mut dst, |v| {
-            let (cdf, _) = cdf_pdf(v);
-            v * cdf
-        });
+        if x.len() >= PAR_MIN {
+            dst.par_chunks_mut(4096)
+                .zip(x.par_chunks(4096))
+                .for_each(|(d, s)| gelu_slice(d, s));
+        } else {
+            gelu_slice(&mut dst, x);
+        }
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 
@@ -854,23 +1126,60 @@ impl CustomOp1 for GeluOp {
         let dx = with_f32(&[x, grad], |s| {
             let (x, g) = (s[0], s[1]);
             let mut dx = vec![0f32; x.len()];
-            // d/dx xΦ(x) = Φ(x) + xφ(x)
-            let f = |(o, (v, gv)): (&mut f32, (&f32, &f32))| {
-                let (cdf, pdf) = cdf_pdf(*v);
-                *o = gv * (cdf + v * pdf);
-            };
             if x.len() >= PAR_MIN {
                 dx.par_chunks_mut(4096)
                     .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
-                    .for_each(|(d, (xs, gs))| {
-                        d.iter_mut().zip(xs.iter().zip(gs)).for_each(f);
-                    });
+                    .for_each(|(d, (xs, gs))| gelu_bwd_slice(d, xs, gs));
             } else {
-                dx.iter_mut().zip(x.iter().zip(g.iter())).for_each(f);
+                gelu_bwd_slice(&mut dx, x, g);
             }
             Ok(dx)
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+    }
+}
+
+crate::multiversion! {
+    /// out = gelu(x).
+    fn gelu_slice(out: &mut [f32], x: &[f32]) {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v * cdf_pdf(*v).0;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// dx = g · d/dx xΦ(x) = g · (Φ(x) + xφ(x)).
+    fn gelu_bwd_slice(dx: &mut [f32], x: &[f32], g: &[f32]) {
+        for (o, (v, gv)) in dx.iter_mut().zip(x.iter().zip(g)) {
+            let (cdf, pdf) = cdf_pdf(*v);
+            *o = gv * (cdf + v * pdf);
+        }
+    }
+}
+
+crate::multiversion! {
+    /// out = gelu(y + b).
+    fn bias_gelu_row(out: &mut [f32], y: &[f32], b: &[f32]) {
+        for (o, (yv, bv)) in out.iter_mut().zip(y.iter().zip(b)) {
+            let z = yv + bv;
+            *o = z * cdf_pdf(z).0;
+        }
+    }
+}
+
+crate::multiversion! {
+    /// dz = g · gelu'(y + b), and acc += dz.
+    fn bias_gelu_bwd_row(dz: &mut [f32], acc: &mut [f32], y: &[f32], b: &[f32], g: &[f32]) {
+        let n = dz.len();
+        let (acc, y, b, g) = (&mut acc[..n], &y[..n], &b[..n], &g[..n]);
+        for j in 0..n {
+            let z = y[j] + b[j];
+            let (cdf, pdf) = cdf_pdf(z);
+            let d = g[j] * (cdf + z * pdf);
+            dz[j] = d;
+            acc[j] += d;
+        }
     }
 }
 
@@ -917,11 +1226,7 @@ impl CustomOp2 for BiasGeluOp {
         }
         let mut dst = vec![0f32; y.len()];
         par_rows(&mut dst, n, |i, out| {
-            let row = &y[i * n..(i + 1) * n];
-            for j in 0..n {
-                let z = row[j] + b[j];
-                out[j] = z * cdf_pdf(z).0;
-            }
+            bias_gelu_row(out, &y[i * n..(i + 1) * n], b)
         });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -947,13 +1252,7 @@ impl CustomOp2 for BiasGeluOp {
                     for (r, out) in dzc.chunks_mut(n).enumerate() {
                         let i = c * chunk_rows + r;
                         let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
-                        for j in 0..n {
-                            let z = yr[j] + b[j];
-                            let (cdf, pdf) = cdf_pdf(z);
-                            let d = gr[j] * (cdf + z * pdf);
-                            out[j] = d;
-                            acc[j] += d;
-                        }
+                        bias_gelu_bwd_row(out, &mut acc, yr, b, gr);
                     }
                     acc
                 })
@@ -970,18 +1269,6 @@ impl CustomOp2 for BiasGeluOp {
             Some(Tensor::from_vec(dz, y.shape(), y.device())?),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
-    }
-}
-
-fn map_par(src: &[f32], dst: &mut [f32], f: impl Fn(f32) -> f32 + Sync + Send) {
-    if src.len() >= PAR_MIN {
-        dst.par_chunks_mut(4096)
-            .zip(src.par_chunks(4096))
-            .for_each(|(d, s)| {
-                d.iter_mut().zip(s).for_each(|(o, &v)| *o = f(v));
-            });
-    } else {
-        dst.iter_mut().zip(src).for_each(|(o, &v)| *o = f(v));
     }
 }
 
@@ -1028,4 +1315,169 @@ pub fn erf(x: f32) -> f32 {
 fn as_poly(z: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
     t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::nn::InitRng::new(seed);
+        (0..n).map(|_| (r.normal() * 3.0) as f32).collect()
+    }
+
+    /// Every multiversioned kernel gives bit-identical results at every dispatch level (the
+    /// levels this CPU lacks fall back to the widest it has), on odd widths with tails.
+    #[test]
+    fn dispatch_levels_agree_bitwise() {
+        let run = |level: u8| -> Vec<Vec<u32>> {
+            simd::force_level(Some(level));
+            let mut outs = Vec::new();
+            for &n in &[1usize, 7, 16, 33, 99, 197] {
+                let (x, w, b, g) = (data(3 * n, 1), data(n, 2), data(n, 3), data(3 * n, 4));
+                let mut o = vec![0f32; n];
+                layer_norm_row(&mut o, &x[..n], &w, &b, 1e-6);
+                outs.push(o.clone());
+                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+                layer_norm_bwd_row(&mut o, &x[..n], &g[..n], &w, &mut dw, &mut db, 1e-6);
+                outs.extend([o.clone(), dw, db]);
+                add_row(&mut o, &x[..n], &b);
+                outs.push(o.clone());
+                add3_row(&mut o, &x[..n], &b, &g[..n]);
+                outs.push(o.clone());
+                let mut acc = w.clone();
+                add_assign(&mut acc, &x[..n]);
+                outs.push(acc);
+                let mut p = x.clone();
+                softmax_rows(&mut p, n, 0.37);
+                outs.push(p.clone());
+                let mut d = g.clone();
+                softmax_bwd_rows(&mut d, &p, n, 0.37);
+                outs.push(d);
+                let mut o3 = vec![0f32; 3 * n];
+                gelu_slice(&mut o3, &x);
+                outs.push(o3.clone());
+                gelu_bwd_slice(&mut o3, &x, &g);
+                outs.push(o3);
+                bias_gelu_row(&mut o, &x[..n], &b);
+                outs.push(o.clone());
+                let mut acc = w.clone();
+                bias_gelu_bwd_row(&mut o, &mut acc, &x[..n], &b, &g[..n]);
+                outs.extend([o.clone(), acc]);
+                outs.push(vec![
+                    simd::sum(&x),
+                    simd::max(&x),
+                    simd::sum2(&x, &g, |a, b| a * b),
+                ]);
+            }
+            simd::force_level(None);
+            outs.into_iter()
+                .map(|v| v.iter().map(|f| f.to_bits()).collect())
+                .collect()
+        };
+        let base = run(0);
+        assert_eq!(run(1), base, "AVX2 differs from the baseline");
+        assert_eq!(run(2), base, "AVX-512 differs from the baseline");
+    }
+
+    /// The lane reductions against plain sequential ones.
+    #[test]
+    fn lane_reductions() {
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            let (x, y) = (data(n, 5), data(n, 6));
+            let s: f64 = x.iter().map(|&v| v as f64).sum();
+            assert!((simd::sum(&x) as f64 - s).abs() < 1e-4 * (1.0 + s.abs()));
+            let d: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!((simd::sum2(&x, &y, |a, b| a * b) as f64 - d).abs() < 1e-4 * (1.0 + d.abs()));
+            let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(simd::max(&x), m);
+        }
+    }
+    /// The fused Linear (forward and all three gradients) against candle's composite f64
+    /// version, for odd shapes (gemm tails), both epilogues, and a transposed (strided) x.
+    #[test]
+    fn linear_matches_f64_reference() {
+        use candle_core::{DType, Device, Var};
+        let dev = Device::Cpu;
+        let mut seed = 20;
+        for &(rows, k, out, transposed) in &[
+            (1usize, 1usize, 1usize, false),
+            (37, 29, 13, false),
+            (37, 29, 13, true),
+            (99, 192, 576, false),
+            (65, 768, 33, true),
+        ] {
+            seed += 1;
+            let t = |d: &[usize], s: f64, seed: u64| {
+                let n: usize = d.iter().product();
+                let v: Vec<f32> = data(n, seed).iter().map(|x| x * s as f32).collect();
+                Tensor::from_vec(v, d, &dev).unwrap()
+            };
+            let x = if transposed {
+                t(&[k, rows], 1.0, seed).t().unwrap()
+            } else {
+                t(&[rows, k], 1.0, seed)
+            };
+            let (w, b, gy) = (
+                t(&[out, k], 0.1, seed + 100),
+                t(&[out], 0.1, seed + 200),
+                t(&[rows, out], 1.0, seed + 300),
+            );
+            for ep in [Epilogue::None, Epilogue::Gelu] {
+                let run = |dt: DType, fused: bool| -> Vec<Vec<f64>> {
+                    let v = |t: &Tensor| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap();
+                    let (x, w, b) = (v(&x), v(&w), v(&b));
+                    let y = if fused {
+                        linear(&x, &w, &b, ep).unwrap()
+                    } else {
+                        let z = x
+                            .matmul(&w.t().unwrap())
+                            .unwrap()
+                            .broadcast_add(&b)
+                            .unwrap();
+                        match ep {
+                            Epilogue::None => z,
+                            Epilogue::Gelu => z.gelu_erf().unwrap(),
+                        }
+                    };
+                    let l = (&y * gy.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap();
+                    let g = l.backward().unwrap();
+                    [
+                        &y,
+                        g.get(&x).unwrap(),
+                        g.get(&w).unwrap(),
+                        g.get(&b).unwrap(),
+                    ]
+                    .iter()
+                    .map(|t| {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_vec1::<f64>()
+                            .unwrap()
+                    })
+                    .collect()
+                };
+                let (ours, reference) = (run(DType::F32, true), run(DType::F64, false));
+                for (what, (a, r)) in ["y", "dx", "dw", "db"]
+                    .iter()
+                    .zip(ours.iter().zip(&reference))
+                {
+                    assert_eq!(a.len(), r.len());
+                    let m = r.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                    let e = a
+                        .iter()
+                        .zip(r)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0f64, f64::max)
+                        / m;
+                    assert!(
+                        e < 1e-5,
+                        "{ep:?} {rows}x{k}->{out} (x transposed: {transposed}): {what} error {e:e}"
+                    );
+                }
+            }
+        }
+    }
 }

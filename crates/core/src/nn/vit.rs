@@ -72,8 +72,13 @@ impl VisionTransformer {
             .reshape((b, gh * gw, c * p * p))?;
         let d = self.patch_embed_weight.dim(0)?;
         let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
-        let y = x.reshape((b * gh * gw, c * p * p))?.matmul(&wmat.t()?)?;
-        super::ops::bias_add(&y, &self.patch_embed_bias)?.reshape((b, gh * gw, d))
+        super::ops::linear(
+            &x.reshape((b * gh * gw, c * p * p))?,
+            &wmat,
+            &self.patch_embed_bias,
+            super::ops::Epilogue::None,
+        )?
+        .reshape((b, gh * gw, d))
     }
 
     /// Tokens entering the first block (B, 1 + K, D): all patches embedded, the position
