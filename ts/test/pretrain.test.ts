@@ -204,6 +204,11 @@ describe('vasomim pretrain', () => {
     const s0 = metrics(join(runs, 'withseg-nocons')).filter((x) => x.event === undefined) as (Rec & { lossRec: number; lossCons: number | null })[];
     expect(s0[0]!.lossRec).toBe(steps[0]!.lossRec);
     expect(s0[0]!.lossCons).toBeNull();
+    // Exact resume holds with S attached (P recomputed from the same batch, eval-mode BatchNorm).
+    const args = [...BASE, '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0.5', '--epochs', '1', '--warmup-epochs', '0'];
+    expect(cli([...args, '--name', 'withseg-resume', '--max-steps', '1']).code).toBe(0);
+    expect(cli(['pretrain', '--resume', join(runs, 'withseg-resume')]).code).toBe(0);
+    expect(metrics(join(runs, 'withseg-resume')).map(key)).toEqual(metrics(join(runs, 'withseg')).map(key));
     // A segmentor for other input channels is refused with both counts named.
     const one = cli([...BASE, '--name', 'withseg-1ch', '--segmentor', seg, '--in-chans', '1', '--epochs', '1', '--warmup-epochs', '0']);
     expect(one.code).not.toBe(0);
