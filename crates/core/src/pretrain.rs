@@ -58,7 +58,9 @@ pub fn guidance(
         candle_core::bail!("eta = {eta} must be in [0, 1]");
     }
     let prob = match seg {
-        Some(s) => Some(candle_nn::ops::sigmoid(&s.logits(&imgs.detach())?.detach())?),
+        Some(s) => Some(candle_nn::ops::sigmoid(
+            &s.logits(&imgs.detach())?.detach(),
+        )?),
         None => None,
     };
     let g = match (eta, maps, &prob) {

@@ -71,7 +71,9 @@ fn guidance_mixes_map_and_probability() {
     let mut rng = InitRng::new(5);
     let imgs = randn(&mut rng, &[2, 1, 8, 8]);
     let maps = Tensor::from_vec(
-        (0..128).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect::<Vec<_>>(),
+        (0..128)
+            .map(|i| ((i * 7) % 3 == 0) as u8 as f32)
+            .collect::<Vec<_>>(),
         (2, 1, 8, 8),
         &Device::Cpu,
     )
@@ -106,7 +108,9 @@ fn consistency_loss_matches_its_definition_and_changes_the_gradients() {
         prob: &prob,
         weight: 1.0,
     };
-    let (st, g_cons) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
+    let (st, g_cons) = tr
+        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
+        .unwrap();
     let (st0, g_rec) = tr.pretrain_loss_and_grads(&imgs, &m, None, 1).unwrap();
     assert_eq!(st0.loss_cons, None);
     assert!((st.loss_rec - st0.loss_rec).abs() < 1e-6);
@@ -122,9 +126,20 @@ fn consistency_loss_matches_its_definition_and_changes_the_gradients() {
     assert!((st.loss - (st.loss_rec + lc)).abs() < 1e-6);
     // L_cons reaches the decoder head (and, through the reconstruction, nothing of S is trained).
     let names: Vec<String> = tr.opt.groups().into_iter().map(|(n, _)| n).collect();
-    let i = names.iter().position(|n| n == "decoder_pred.weight").unwrap();
-    let d = (&g_cons[i] - &g_rec[i]).unwrap().abs().unwrap().max_all().unwrap();
-    assert!(d.to_scalar::<f32>().unwrap() > 1e-6, "L_cons left decoder_pred's gradient unchanged");
+    let i = names
+        .iter()
+        .position(|n| n == "decoder_pred.weight")
+        .unwrap();
+    let d = (&g_cons[i] - &g_rec[i])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(
+        d.to_scalar::<f32>().unwrap() > 1e-6,
+        "L_cons left decoder_pred's gradient unchanged"
+    );
 }
 
 #[test]
@@ -136,7 +151,9 @@ fn consistency_gradient_matches_finite_differences() {
         prob: &prob,
         weight: 1.0,
     };
-    let (_, grads) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
+    let (_, grads) = tr
+        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
+        .unwrap();
     let vars: Vec<(String, Var)> = tr
         .opt
         .vars()
@@ -144,11 +161,20 @@ fn consistency_gradient_matches_finite_differences() {
         .map(|(n, v)| (n.to_string(), v.clone()))
         .collect();
     let mut checked = 0;
-    for name in ["decoder_pred.bias", "decoder_pred.weight", "blocks.0.mlp.fc2.bias"] {
+    for name in [
+        "decoder_pred.bias",
+        "decoder_pred.weight",
+        "blocks.0.mlp.fc2.bias",
+    ] {
         let slot = vars.iter().position(|(n, _)| n == name).unwrap();
         let var = &vars[slot].1;
         let g = grads[slot].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         // the entries with the largest analytic gradient, where f32 differences are meaningful
         let mut idx: Vec<usize> = (0..g.len()).collect();
         idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
@@ -159,7 +185,9 @@ fn consistency_gradient_matches_finite_differences() {
                 v[k] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
                     .unwrap();
-                let (st, _) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
+                let (st, _) = tr
+                    .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
+                    .unwrap();
                 st.loss
             };
             let fd = (at(h) - at(-h)) / (2.0 * h as f64);
@@ -185,14 +213,34 @@ fn micro_batches_accumulate_to_the_full_batch() {
         prob: &prob,
         weight: 0.7,
     };
-    let (a, ga) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
-    let (b, gb) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 3).unwrap();
+    let (a, ga) = tr
+        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
+        .unwrap();
+    let (b, gb) = tr
+        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 3)
+        .unwrap();
     assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
     assert!((a.loss_cons.unwrap() - b.loss_cons.unwrap()).abs() < 1e-6);
     for (x, y) in ga.iter().zip(&gb) {
-        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        let s = x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(d <= 1e-4 * s.max(1e-6), "accumulated gradient differs by {d} (max {s})");
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let s = x
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            d <= 1e-4 * s.max(1e-6),
+            "accumulated gradient differs by {d} (max {s})"
+        );
     }
 }
 

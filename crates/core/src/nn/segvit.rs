@@ -17,7 +17,9 @@
 //! residual branches while training, with a linear rule over depth as timm.
 //!
 //! Keys: the encoder keeps timm's names (so `vasomim export` files and MAE checkpoints load into
-//! it), the head lives under `head.*`.
+//! it), the head lives under `head.*`. The encoder's final `norm` is kept (a saved encoder is a
+//! complete timm encoder) but not used: the head reads the tokens before it, so it is frozen
+//! ([`FROZEN`]) — trained, it would never receive a gradient.
 
 use candle_core::{Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,9 @@ use super::conv::{upsample_nearest2x, BatchNorm2d, Conv2d};
 use super::presets::MaeConfig;
 use super::vit::VisionTransformer;
 use super::{ops, InitRng, ParamBuilder, ParamStore};
+
+/// Parameter prefixes that the forward pass does not use (the encoder's final LayerNorm).
+pub const FROZEN: &[&str] = &["norm"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -173,6 +178,50 @@ impl SegViT {
         out
     }
 
+    /// Running statistics of every BatchNorm as PyTorch buffers (`<bn>.running_mean`,
+    /// `<bn>.running_var` f32 (C), `<bn>.num_batches_tracked` i64 0-dim).
+    pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        let dev = Device::Cpu;
+        let mut out = Vec::new();
+        for (name, bn) in self.batch_norms() {
+            let r = bn.running();
+            let c = r.mean.len();
+            out.push((
+                format!("{name}.running_mean"),
+                Tensor::from_vec(r.mean, c, &dev)?,
+            ));
+            out.push((
+                format!("{name}.running_var"),
+                Tensor::from_vec(r.var, c, &dev)?,
+            ));
+            out.push((
+                format!("{name}.num_batches_tracked"),
+                Tensor::new(r.num_batches_tracked, &dev)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Parameters, the position-embedding buffer `pos_embed` and the BatchNorm buffers.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .entries
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        out.push(("pos_embed".into(), self.encoder.pos_embed.clone()));
+        out.extend(self.buffers()?);
+        Ok(out)
+    }
+
+    /// Whether a parameter is trained (everything except [`FROZEN`]).
+    pub fn is_trainable(name: &str) -> bool {
+        !FROZEN
+            .iter()
+            .any(|f| name == *f || name.starts_with(&format!("{f}.")))
+    }
+
     /// Encoder tokens after the last block, before the final norm, as a (B, D, g, g) grid.
     /// `drop` = Some(rng) applies drop-path (training).
     fn encoder_grid(&self, imgs: &Tensor, drop: Option<&mut InitRng>) -> Result<Tensor> {
@@ -243,7 +292,11 @@ impl SegViT {
 fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Result<Tensor> {
     let keep: Vec<f32> = (0..b)
         .flat_map(|_| {
-            let k = if rng.uniform() >= p { (1.0 / (1.0 - p)) as f32 } else { 0.0 };
+            let k = if rng.uniform() >= p {
+                (1.0 / (1.0 - p)) as f32
+            } else {
+                0.0
+            };
             std::iter::repeat_n(k, n)
         })
         .collect();
@@ -254,13 +307,27 @@ fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Resul
 /// soft Dice over the foreground classes + cross-entropy (multi-class, `targets` (B, H, W) u32
 /// class ids). Returns (total, dice term, bce/ce term).
 pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let k = logits.dim(1)?;
+    let (b, k, h, w) = logits.dims4()?;
     if k == 1 {
+        if targets.dims() != logits.dims() {
+            candle_core::bail!(
+                "seg_loss: binary targets {:?} must have the logits' shape {:?}",
+                targets.dims(),
+                logits.dims()
+            );
+        }
         let bce = super::mae::bce_with_logits(logits, targets)?;
         let dice = super::mae::soft_dice_loss(logits, targets)?;
         return Ok(((&dice + &bce)?, dice, bce));
     }
-    let (b, _, h, w) = logits.dims4()?;
+    if targets.dims() != [b, h, w] || targets.dtype() != candle_core::DType::U32 {
+        candle_core::bail!(
+            "seg_loss: class targets must be u32 (B, H, W) = {:?}, got {:?} {:?}",
+            [b, h, w],
+            targets.dtype(),
+            targets.dims()
+        );
+    }
     // log-softmax over classes, composed from differentiable primitives.
     let m = logits.max_keepdim(1)?.detach();
     let z = logits.broadcast_sub(&m)?;
@@ -269,11 +336,16 @@ pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Te
     let one_hot = targets
         .unsqueeze(1)?
         .broadcast_as((b, k, h, w))?
-        .eq(&Tensor::arange(0u32, k as u32, logits.device())?.reshape((1, k, 1, 1))?.broadcast_as((b, k, h, w))?)?
+        .eq(&Tensor::arange(0u32, k as u32, logits.device())?
+            .reshape((1, k, 1, 1))?
+            .broadcast_as((b, k, h, w))?)?
         .to_dtype(logits.dtype())?;
     let ce = (logp.mul(&one_hot)?.sum(1)?.mean_all()? * -1.0)?;
     // soft Dice per image and foreground class, smoothing 1, averaged
-    let p = logp.exp()?.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
+    let p = logp
+        .exp()?
+        .narrow(1, 1, k - 1)?
+        .reshape((b, k - 1, h * w))?;
     let t = one_hot.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
     let inter = (&p * &t)?.sum(D::Minus1)?;
     let denom = (p.sum(D::Minus1)? + t.sum(D::Minus1)?)?;
@@ -284,10 +356,16 @@ pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Te
 /// Layer id for layer-wise LR decay (BEiT / MAE fine-tuning): 0 for the patch embed, position
 /// embedding and cls token, i + 1 for block i, depth + 1 for everything after the blocks.
 pub fn layer_id(name: &str, depth: usize) -> usize {
-    if name.starts_with("cls_token") || name.starts_with("pos_embed") || name.starts_with("patch_embed") {
+    if name.starts_with("cls_token")
+        || name.starts_with("pos_embed")
+        || name.starts_with("patch_embed")
+    {
         0
     } else if let Some(rest) = name.strip_prefix("blocks.") {
-        rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
+        rest.split('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .map_or(depth + 1, |i| i + 1)
     } else {
         depth + 1
     }
