@@ -748,9 +748,7 @@ pub fn preset_config(name: String) -> Result<ModelConfig> {
         })
 }
 
-fn loader_tensors(
-    b: &vasomim_core::data::Batch,
-) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+fn loader_tensors(b: &vasomim_core::data::Batch) -> candle_core::Result<(Tensor, Option<Tensor>)> {
     let dev = Device::Cpu;
     let imgs = Tensor::from_slice(&b.images, (b.n, b.channels, b.size, b.size), &dev)?;
     let maps = match &b.maps {
