@@ -376,7 +376,7 @@ impl SegModel {
         let c = self.cfg.encoder.in_chans;
         if options.mean.len() != c
             || options.std.len() != c
-            || options.std.iter().any(|v| !(*v > 0.0))
+            || options.std.iter().any(|v| v.is_nan() || *v <= 0.0)
         {
             return Err(invalid(format!(
                 "mean and std need {c} value(s) each (std > 0)"

@@ -7,7 +7,7 @@ set -euo pipefail
 ENC=${1:?encoder checkpoint}; shift
 SEEDS=${*:-0 1 2}
 INITS=${INITS:-scratch pretrained}
-EPOCHS=${EPOCHS:-20}
+EPOCHS=${EPOCHS:-40}
 OUT=${OUT:-runs/table}
 DATA=data/samples/fercer-xca80
 mkdir -p "$OUT"
@@ -18,7 +18,7 @@ for init in $INITS; do
     if [ ! -f "$OUT/$name/checkpoints/best.safetensors" ]; then
       rm -rf "$OUT/$name"
       npx tsx ts/src/cli/main.ts finetune --task vessel-seg --data "$DATA" --init "$src" --seed "$s" \
-        --epochs "$EPOCHS" --runs "$OUT" --name "$name" 2>&1 | tee "$OUT/$name.train.log"
+        --epochs "$EPOCHS" --warmup-epochs 2 --lr 2e-3 --batch-size 4 --head-scale 0.25 --img-size 224 --runs "$OUT" --name "$name" 2>&1 | tee "$OUT/$name.train.log"
     fi
     npx tsx ts/src/cli/main.ts evaluate "$OUT/$name/checkpoints/best.safetensors" --data "$DATA" \
       --out "$OUT/$name/eval" --jobs 2 2>&1 | tee "$OUT/$name.eval.log"

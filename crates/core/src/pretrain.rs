@@ -64,8 +64,8 @@ pub fn guidance(
         None => None,
     };
     let g = match (eta, maps, &prob) {
-        (e, Some(b), _) if e == 1.0 => b.clone(),
-        (e, _, Some(p)) if e == 0.0 => p.clone(),
+        (1.0, Some(b), _) => b.clone(),
+        (0.0, _, Some(p)) => p.clone(),
         (e, Some(b), Some(p)) => ((b * e)? + (p * (1.0 - e))?)?,
         (_, None, _) => candle_core::bail!(
             "guidance with eta = {eta} needs the offline vessel maps, and the batch has none"

@@ -201,6 +201,7 @@ fn gradients_match_finite_differences() {
 }
 
 #[test]
+#[allow(clippy::needless_range_loop)]
 fn multiclass_loss_matches_a_hand_computation() {
     // B = 1, K = 3, 1×2 pixels; logits per pixel, labels (0, 2).
     let l = [[1.0f64, 2.0, 0.5], [0.0, -1.0, 3.0]];

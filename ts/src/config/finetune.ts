@@ -1,6 +1,6 @@
 // Options of `vasomim finetune` (VASOMIM.md §9): one zod schema for the Node API, config files
 // and CLI flags. The defaults are the CPU recipe of docs/SEGMENTATION.md §5 (ViT-Ti encoder,
-// a quarter-width U-Net head, 224², 20 epochs); `headScale: 1` is the paper's head.
+// a quarter-width U-Net head, 224², batch 4, lr 2e-3, 40 epochs); `headScale: 1` is the paper's head.
 import { z } from 'zod';
 
 import { ModelConfigSchema } from './model.js';
@@ -40,16 +40,16 @@ export const FinetuneSchema = z
     inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).optional(),
     /** U-Net head width multiplier (1 = the paper's 512/256/128/64/32). */
     headScale: pos('headScale').max(4, 'headScale must be <= 4').default(0.25),
-    epochs: int('epochs', 1).default(20),
+    epochs: int('epochs', 1).default(40),
     warmupEpochs: z.number().min(0, 'warmupEpochs must be >= 0').default(2),
-    /** Peak learning rate; default: blr · batchSize / 256 when blr is given, else 5e-4. */
+    /** Peak learning rate; default: blr · batchSize / 256 when blr is given, else 2e-3 (the CPU recipe). */
     lr: pos('lr').optional(),
     blr: pos('blr').optional(),
     minLr: z.number().min(0, 'minLr must be >= 0').default(1e-6),
     layerDecay: pos('layerDecay').max(1, 'layerDecay must be in (0, 1]').default(0.75),
     dropPath: z.number().min(0, 'dropPath must be in [0, 1)').lt(1, 'dropPath must be in [0, 1)').default(0.1),
     weightDecay: z.number().min(0, 'weightDecay must be >= 0').default(0.05),
-    batchSize: int('batchSize', 2).default(8),
+    batchSize: int('batchSize', 2).default(4),
     /** RandomResizedCrop area range and horizontal-flip probability of the training images and masks. */
     scale: z.tuple([z.number(), z.number()]).refine(([a, b]) => a > 0 && a <= b && b <= 1, 'scale must satisfy 0 < min <= max <= 1').default([0.5, 1]),
     hflip: unit('hflip').default(0.5),
@@ -69,7 +69,7 @@ export const FinetuneSchema = z
   })
   .strict()
   .transform((o, ctx) => {
-    const lr = o.lr ?? (o.blr !== undefined ? (o.blr * o.batchSize) / 256 : 5e-4);
+    const lr = o.lr ?? (o.blr !== undefined ? (o.blr * o.batchSize) / 256 : 2e-3);
     if (o.warmupEpochs >= o.epochs && o.epochs > 1)
       ctx.addIssue({ code: 'custom', message: `warmupEpochs (${o.warmupEpochs}) must be < epochs (${o.epochs})`, path: ['warmupEpochs'] });
     const model = ModelConfigSchema.safeParse({ ...o.model, imgSize: o.imgSize, ...(o.inChans ? { inChans: o.inChans } : {}) });
