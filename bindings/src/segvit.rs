@@ -15,7 +15,7 @@ use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::nn::segvit::{SegConfig, SegViT};
 
 use crate::data::Batch;
-use crate::model::ModelConfig;
+use crate::model::{candle_message, ModelConfig};
 use crate::{failed, guarded, invalid};
 
 #[napi(object)]
@@ -136,7 +136,7 @@ fn lock(s: &Shared) -> Result<std::sync::MutexGuard<'_, State>> {
 }
 
 fn err(e: candle_core::Error) -> Error {
-    failed(e.to_string())
+    failed(candle_message(e))
 }
 
 fn check_step(o: &FtStepOptions) -> Result<()> {
@@ -455,7 +455,7 @@ impl Task for PretrainedTask {
             };
             let p = self.path.display().to_string();
             let named = |e: candle_core::Error| {
-                let m = e.to_string();
+                let m = candle_message(e);
                 failed(if m.contains(&p) {
                     m
                 } else {
@@ -529,7 +529,7 @@ impl Task for SaveTask {
         guarded("SegModel.save", || {
             let s = lock(&self.state)?;
             ckpt::save(&self.path, &s.tuner, s.step, self.extra.as_deref())
-                .map_err(|e| failed(format!("{}: {e}", self.path.display())))
+                .map_err(|e| failed(format!("{}: {}", self.path.display(), candle_message(e))))
         })
     }
     fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
@@ -562,7 +562,7 @@ impl Task for StepTask {
             let t = s
                 .tuner
                 .targets_from_maps(&m)
-                .map_err(|e| invalid(e.to_string()))?;
+                .map_err(|e| invalid(candle_message(e)))?;
             let loss = s
                 .tuner
                 .train_step(&x, &t, self.options.lr, self.options.weight_decay)
