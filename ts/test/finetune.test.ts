@@ -226,6 +226,15 @@ describe('finetune (micro)', () => {
     expect(f.stderr).toMatch(/headScale must be <= 4/);
   });
 
+  it('vasomim finetune on the command line', () => {
+    const r = cli(['finetune', '--data', data, '--model', 'micro', '--img-size', '64', '--head-scale', '0.125', '--epochs', '1', '--batch-size', '2', '--val-count', '2', '--workers', '1', '--runs', join(tmp.path, 'runs'), '--name', 'cli', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.steps).toBe(2);
+    expect(existsSync(out.best)).toBe(true);
+    expect(r.stderr).toMatch(/epoch 0: loss [\d.]+, val DSC [\d.]+ \(best\)/);
+  });
+
   it('--help of finetune, predict and evaluate', () => {
     for (const c of ['finetune', 'predict', 'evaluate']) {
       const h = cli([c, '--help']);
