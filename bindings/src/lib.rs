@@ -18,6 +18,7 @@ pub mod data;
 mod frangi_params;
 pub mod model;
 pub mod segmentor;
+pub mod segvit;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())

@@ -125,6 +125,7 @@ export {
 export { vesselnessPredictor, type Prediction, type Predictor, type PredictorInput } from './eval/predictor.js';
 export {
   diceCurve,
+  labelsOf,
   evaluateSegmentation,
   thresholdGrid,
   type EvalProgress,
@@ -151,3 +152,24 @@ export { demoImages, demoSamples, bundledSegmentor } from './train/demo.js';
 export { RunDir } from './train/rundir.js';
 export { MaskFrequency } from './train/maskfreq.js';
 export { writeVesselMaps } from './vessels/api.js';
+export { FinetuneSchema, FT_TASKS, TASK_DATA, type FinetuneConfig, type FinetuneInput, type FtTask } from './config/finetune.js';
+export {
+  finetune,
+  holdOut,
+  imageDsc,
+  validate,
+  type FinetuneEvents,
+  type FinetuneResult,
+  type FtEpochRecord,
+  type FtStepRecord,
+} from './train/finetune.js';
+export {
+  loadSegModel,
+  modelMeta,
+  ModelFileError,
+  segModelPredictor,
+  segModelPredictorFromFile,
+  type SegModel,
+  type SegModelMeta,
+} from './model/segvit.js';
+export { overlay, predictFiles, type PredictedFile, type PredictOptions, type PredictResult } from './eval/predict.js';

@@ -38,3 +38,4 @@ export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 export type { SegLoadInfo, SegStepResult, Segmentor, SegmentorConfig } from '../../bindings/index.js';
+export type { FtStepResult, PretrainedOptions, SegInitInfo, SegModelConfig } from '../../bindings/index.js';

@@ -10,6 +10,7 @@
 //! grey image replicated over the channels).
 
 pub mod segmentor;
+pub mod segvit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -6,6 +6,7 @@
 //! - [`frames`]: DICOM cine runs to PNG frames.
 //! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
 //!   RandomResizedCrop sampling) and the deterministic prefetching loader.
+//! - [`finetune`]: fine-tuning the segmentation ViT (layer decay, drop-path, Dice + BCE/CE).
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
 //!   in parallel, one outcome per file.
 //!
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod dicom;
 pub mod embed;
+pub mod finetune;
 pub mod frames;
 pub mod io;
 pub mod nn;

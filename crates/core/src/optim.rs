@@ -94,6 +94,14 @@ impl AdamW {
         }
     }
 
+    /// Replace the weight-decay rule `decays(name, rank)` of every optimized tensor (fine-tuning
+    /// also exempts the cls token and position embedding).
+    pub fn set_decays(&mut self, decays: impl Fn(&str, usize) -> bool) {
+        for s in &mut self.slots {
+            s.decay = decays(&s.name, s.var.rank());
+        }
+    }
+
     pub fn lr_scales(&self) -> Vec<(String, f64)> {
         self.slots
             .iter()

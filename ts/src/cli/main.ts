@@ -19,7 +19,9 @@ const COMMANDS: Record<string, Command> = {
   pretrain: { summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable', load: () => import('./commands/pretrain.js') },
   export: { summary: 'export a checkpoint\'s encoder for timm (safetensors)', load: () => import('./commands/export.js') },
   embed: { summary: 'encoder features (cls, mean patch token) of images as .npy', load: () => import('./commands/embed.js') },
-  evaluate: { summary: 'segmentation metrics of a predictor (vesselness baseline) on a dataset\'s test split', load: () => import('./commands/evaluate.js') },
+  finetune: { summary: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset', load: () => import('./commands/finetune.js') },
+  evaluate: { summary: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split', load: () => import('./commands/evaluate.js') },
+  predict: { summary: 'masks and overlays of images from a fine-tuned model', load: () => import('./commands/predict.js') },
   frames: { summary: 'DICOM cine runs (or any images) to PNG frames with a manifest', load: () => import('./commands/frames.js') },
   data: { summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes', load: () => import('./commands/data.js') },
   bench: { summary: 'benchmarks: `bench loader` images/s of the data loader', load: () => import('./commands/bench.js') },
@@ -61,7 +63,7 @@ async function main(argv: string[]): Promise<number> {
   try {
     return await mod.run(rest);
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError || (e as { name?: string }).name === 'DatasetError') {
+    if (e instanceof UsageError || e instanceof ConfigError || ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')) {
       process.stderr.write(`vasomim ${name}: ${(e as Error).message}\nusage: ${mod.spec.usage} (see --help)\n`);
       return 2;
     }

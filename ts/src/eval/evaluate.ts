@@ -8,6 +8,7 @@ import { join } from 'node:path';
 
 import { EvaluateSchema, type EvaluateConfig, type EvaluateInput, type SplitName } from '../config/seg.js';
 import { parseOptions } from '../config/vessels.js';
+import { DatasetError } from '../data/dataset.js';
 import { checkSegSamples, loadSegSample, openSegDataset, splitSamples, type LoadedSample, type SegDataset, type SegSample } from '../seg/dataset.js';
 import { writeFileAtomic, writePng } from '../util/png.js';
 import { binaryMetrics, METRIC_NAMES, multiClassMetrics, summarize, type MetricName, type Stat } from './metrics.js';
@@ -113,7 +114,8 @@ export function diceCurve(scores: ArrayLike<number>, truth: ArrayLike<number>, g
   return out;
 }
 
-function labelsOf(pred: Prediction, threshold: number): Uint8Array {
+/** Labels of a prediction: binary probs >= threshold, K classes: the argmax (ties: the lower class). */
+export function labelsOf(pred: Prediction, threshold: number): Uint8Array {
   const n = pred.width * pred.height;
   const out = new Uint8Array(n);
   if (pred.classes === 1) {
@@ -157,6 +159,11 @@ export async function evaluateSegmentation(
   const tuneNeeded = binary && cfg.threshold === undefined;
   const evalSamples = splitSamples(ds, cfg.evalSplit, cfg.limit);
   const tuneSamples = tuneNeeded ? splitSamples(ds, cfg.tuneSplit, cfg.limit) : [];
+  const want = binary ? 1 : ds.classes.length;
+  if (predictor.classes !== undefined && predictor.classes !== want)
+    throw new DatasetError(
+      `${ds.root}: predictor ${predictor.name} outputs ${predictor.classes === 1 ? '1 map (binary)' : `${predictor.classes} classes`} but the dataset is ${binary ? 'binary' : `${want} classes (${ds.classes.length - 1} foreground)`}`,
+    );
   await checkSegSamples([...tuneSamples, ...evalSamples]);
   mkdirSync(cfg.out, { recursive: true });
 

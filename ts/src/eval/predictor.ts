@@ -26,6 +26,8 @@ export interface Prediction {
 export interface Predictor {
   /** Short name for reports, e.g. `sato` or the checkpoint's file name. */
   readonly name: string;
+  /** Output maps: 1 (binary) or K classes; when set, `evaluate` checks it against the dataset first. */
+  readonly classes?: number;
   /** Everything needed to reproduce the outputs (written into summary.json). */
   describe(): Record<string, unknown>;
   predict(image: PredictorInput): Promise<Prediction>;

@@ -36,7 +36,7 @@ const FP = [255, 64, 64] as const;
 const FN = [64, 128, 255] as const;
 
 /** Label colours: 0 black, then well-separated hues. */
-function palette(label: number): readonly [number, number, number] {
+export function palette(label: number): readonly [number, number, number] {
   if (label === 0) return [0, 0, 0];
   const h = (label * 0.618033988749895) % 1;
   const s = 0.75;

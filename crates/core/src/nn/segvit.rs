@@ -17,7 +17,9 @@
 //! residual branches while training, with a linear rule over depth as timm.
 //!
 //! Keys: the encoder keeps timm's names (so `vasomim export` files and MAE checkpoints load into
-//! it), the head lives under `head.*`.
+//! it), the head lives under `head.*`. The encoder's final `norm` is kept (a saved encoder is a
+//! complete timm encoder) but not used: the head reads the tokens before it, so it is frozen
+//! ([`FROZEN`]) — trained, it would never receive a gradient.
 
 use candle_core::{Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,9 @@ use super::conv::{upsample_nearest2x, BatchNorm2d, Conv2d};
 use super::presets::MaeConfig;
 use super::vit::VisionTransformer;
 use super::{ops, InitRng, ParamBuilder, ParamStore};
+
+/// Parameter prefixes that the forward pass does not use (the encoder's final LayerNorm).
+pub const FROZEN: &[&str] = &["norm"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -173,6 +178,50 @@ impl SegViT {
         out
     }
 
+    /// Running statistics of every BatchNorm as PyTorch buffers (`<bn>.running_mean`,
+    /// `<bn>.running_var` f32 (C), `<bn>.num_batches_tracked` i64 0-dim).
+    pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        let dev = Device::Cpu;
+        let mut out = Vec::new();
+        for (name, bn) in self.batch_norms() {
+            let r = bn.running();
+            let c = r.mean.len();
+            out.push((
+                format!("{name}.running_mean"),
+                Tensor::from_vec(r.mean, c, &dev)?,
+            ));
+            out.push((
+                format!("{name}.running_var"),
+                Tensor::from_vec(r.var, c, &dev)?,
+            ));
+            out.push((
+                format!("{name}.num_batches_tracked"),
+                Tensor::new(r.num_batches_tracked, &dev)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Parameters, the position-embedding buffer `pos_embed` and the BatchNorm buffers.
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self
+            .params
+            .entries
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        out.push(("pos_embed".into(), self.encoder.pos_embed.clone()));
+        out.extend(self.buffers()?);
+        Ok(out)
+    }
+
+    /// Whether a parameter is trained (everything except [`FROZEN`]).
+    pub fn is_trainable(name: &str) -> bool {
+        !FROZEN
+            .iter()
+            .any(|f| name == *f || name.starts_with(&format!("{f}.")))
+    }
+
     /// Encoder tokens after the last block, before the final norm, as a (B, D, g, g) grid.
     /// `drop` = Some(rng) applies drop-path (training).
     fn encoder_grid(&self, imgs: &Tensor, drop: Option<&mut InitRng>) -> Result<Tensor> {
@@ -258,13 +307,27 @@ fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Resul
 /// soft Dice over the foreground classes + cross-entropy (multi-class, `targets` (B, H, W) u32
 /// class ids). Returns (total, dice term, bce/ce term).
 pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let k = logits.dim(1)?;
+    let (b, k, h, w) = logits.dims4()?;
     if k == 1 {
+        if targets.dims() != logits.dims() {
+            candle_core::bail!(
+                "seg_loss: binary targets {:?} must have the logits' shape {:?}",
+                targets.dims(),
+                logits.dims()
+            );
+        }
         let bce = super::mae::bce_with_logits(logits, targets)?;
         let dice = super::mae::soft_dice_loss(logits, targets)?;
         return Ok(((&dice + &bce)?, dice, bce));
     }
-    let (b, _, h, w) = logits.dims4()?;
+    if targets.dims() != [b, h, w] || targets.dtype() != candle_core::DType::U32 {
+        candle_core::bail!(
+            "seg_loss: class targets must be u32 (B, H, W) = {:?}, got {:?} {:?}",
+            [b, h, w],
+            targets.dtype(),
+            targets.dims()
+        );
+    }
     // log-softmax over classes, composed from differentiable primitives.
     let m = logits.max_keepdim(1)?.detach();
     let z = logits.broadcast_sub(&m)?;

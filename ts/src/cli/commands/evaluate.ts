@@ -5,19 +5,21 @@ import { BaselineSchema, EvaluateSchema, type EvaluateInput } from '../../config
 import { evaluateSegmentation, type EvalProgress } from '../../eval/evaluate.js';
 import { formatStat, METRIC_NAMES } from '../../eval/metrics.js';
 import { vesselnessPredictor, type Predictor } from '../../eval/predictor.js';
+import { segModelPredictorFromFile } from '../../model/segvit.js';
 import { defined, helpText, num, numList, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 
 export const spec: CommandSpec = {
   name: 'evaluate',
   summary: 'Segmentation metrics (DSC, clDice, IoU, precision, recall, AUC) of a predictor on a dataset\'s test split.',
-  usage: 'vasomim evaluate --baseline <sato|frangi> --data <dataset> --out <dir> [options]',
+  usage: 'vasomim evaluate <model.safetensors> | --baseline <sato|frangi>  --data <dataset> --out <dir> [options]',
   description:
-    'Predictors: --baseline sato|frangi, the unsupervised vesselness response divided by its per-image\n' +
-    'maximum. (Fine-tuned models, `vasomim evaluate <model.safetensors>`, plug into the same job once the\n' +
-    'segmentation model exists.) The threshold on the normalised output is the one of the grid\n' +
-    'k/steps (k = 1..steps-1) with the highest mean per-image DSC on the train split (ties: the smallest);\n' +
-    'it is then applied to the test split. --threshold fixes it instead.\n\n' +
+    'Predictors: a fine-tuned model (`vasomim finetune` checkpoint: each image resized to the model\'s\n' +
+    'input, predicted, probabilities resized back bilinearly; threshold: the model\'s, 0.5, or --threshold;\n' +
+    'its class count must match the dataset\'s), or --baseline sato|frangi, the unsupervised vesselness\n' +
+    'response divided by its per-image maximum, whose threshold is the one of the grid k/steps\n' +
+    '(k = 1..steps-1) with the highest mean per-image DSC on the train split (ties: the smallest), then\n' +
+    'applied to the test split. --threshold fixes it instead.\n\n' +
     'Datasets (explicit splits): paired folders — <root>/<split>/ with x.png + x_gt.png (or _mask), or\n' +
     '<root>/<split>/{images,masks}/ with the same stems; split folders are found by name (train|training,\n' +
     'val|validation, test|testing, e.g. Angios_40_training) or named with --train-dir/--val-dir/--test-dir;\n' +
@@ -53,6 +55,7 @@ export const spec: CommandSpec = {
     { name: 'json', type: 'boolean', help: 'print summary.json as one line on stdout' },
   ],
   examples: [
+    'vasomim evaluate runs/finetune/xca/checkpoints/best.safetensors --data data/samples/fercer-xca80 --out runs/eval/vit',
     'vasomim evaluate --baseline sato --data data/samples/fercer-xca80 --out runs/eval/sato',
     'vasomim evaluate -b frangi -d /data/arcade --task vessel --out runs/eval/arcade-frangi',
     'vasomim evaluate -b sato -d pairs.csv --threshold 0.2 --out runs/eval/fixed',
@@ -75,11 +78,9 @@ export async function run(argv: string[]): Promise<number> {
   const fromFile = values.config ? readConfigFile(values.config as string) : {};
   const { baseline: baselineFile, ...jobFile } = fromFile as { baseline?: Record<string, unknown> } & Record<string, unknown>;
   const filterName = choice(values, 'baseline', ['sato', 'frangi', 'frangi1998']);
-  if (positionals.length === 1)
-    throw new UsageError(
-      `${positionals[0]}: evaluating a fine-tuned model is not available yet (the segmentation model is being built); use --baseline sato|frangi`,
-    );
-  if (!filterName && !baselineFile) throw new UsageError('say what to evaluate: --baseline sato|frangi');
+  const modelPath = positionals[0];
+  if (modelPath && (filterName || baselineFile)) throw new UsageError('give either a model or --baseline, not both');
+  if (!modelPath && !filterName && !baselineFile) throw new UsageError('say what to evaluate: a model checkpoint or --baseline sato|frangi');
   const dataFile = (jobFile.data ?? {}) as Record<string, unknown>;
   const splitDirs = defined({ train: values['train-dir'] as string | undefined, val: values['val-dir'] as string | undefined, test: values['test-dir'] as string | undefined });
   const dataPath = (values.data as string | undefined) ?? (typeof jobFile.dataset === 'string' ? jobFile.dataset : undefined);
@@ -122,9 +123,20 @@ export async function run(argv: string[]): Promise<number> {
       ...defined({ filter: filterName, sigmas: numList(values, 'sigmas'), whiteRidges: values['white-ridges'] === true ? true : undefined }),
     },
   };
-  const b = BaselineSchema.safeParse(baseline);
-  if (!b.success) throw new UsageError(`invalid baseline options:\n${formatZodError(b.error, 'baseline')}`);
-  const predictor: Predictor = vesselnessPredictor(b.data);
+  let predictor: Predictor;
+  if (modelPath) {
+    const m = await segModelPredictorFromFile(modelPath);
+    predictor = m.predictor;
+    // models: the threshold saved with them (0.5), no tuning on the data
+    if (parsed.data.threshold === undefined && m.model.config.numClasses === 1) parsed.data.threshold = m.meta.threshold;
+    process.stderr.write(
+      `model ${modelPath}: ${m.meta.task}, ${m.model.config.numClasses === 1 ? 'binary' : `${m.model.config.numClasses} classes`}, ${m.model.config.encoder.imgSize}² input${m.meta.epoch !== undefined ? `, epoch ${m.meta.epoch}` : ''}\n`,
+    );
+  } else {
+    const b = BaselineSchema.safeParse(baseline);
+    if (!b.success) throw new UsageError(`invalid baseline options:\n${formatZodError(b.error, 'baseline')}`);
+    predictor = vesselnessPredictor(b.data);
+  }
 
   let progress: Progress | undefined;
   let phase = '';

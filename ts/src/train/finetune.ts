@@ -1,0 +1,232 @@
+// `finetune`: the downstream segmentation loop (VASOMIM.md §9), top to bottom:
+//
+//   config -> dataset (train split; val split or a fixed hold-out of train; test never read)
+//     -> masks of train written once as PNGs into the run folder (binary {0, 255}, or the class id
+//        as the grey value) so the Rust loader crops / flips them with their image
+//     -> model (scratch, or the encoder of a pre-trained checkpoint + a new U-Net head)
+//     -> for each epoch, batch: lr = warm-up + cosine(epoch + it / iters); model.trainStepBatch
+//     -> per epoch: validation DSC (threshold 0.5 / argmax, per image, at the image size),
+//        checkpoints/last.safetensors, and checkpoints/best.safetensors when the DSC improves.
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+import { FinetuneSchema, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
+import { parseOptions } from '../config/vessels.js';
+import { DatasetError, type DataSample } from '../data/dataset.js';
+import { openLoader } from '../data/loader.js';
+import { labelsOf } from '../eval/evaluate.js';
+import { dice, multiClassMetrics } from '../eval/metrics.js';
+import { segModelPredictor, type SegModel, type SegModelMeta } from '../model/segvit.js';
+import { native, packageVersion } from '../native.js';
+import { checkSegSamples, loadSegSample, openSegDataset, splitSamples, type SegDataset, type SegSample } from '../seg/dataset.js';
+import { writePng } from '../util/png.js';
+import { RunDir } from './rundir.js';
+import { lrAt, type LrSchedule } from './schedule.js';
+
+export interface FtStepRecord {
+  step: number;
+  epoch: number;
+  iter: number;
+  lr: number;
+  loss: number;
+  dice: number;
+  ce: number;
+  imgPerSec: number;
+}
+
+export interface FtEpochRecord {
+  event: 'epoch';
+  epoch: number;
+  step: number;
+  loss: number;
+  valDsc: number | null;
+  best: boolean;
+  seconds: number;
+}
+
+export interface FinetuneEvents {
+  onStep?: (r: FtStepRecord, total: { steps: number; stepsDone: number }) => void;
+  onEpoch?: (r: FtEpochRecord) => void;
+  onLog?: (line: string) => void;
+  /** Validation progress (images done of total). */
+  onValidate?: (done: number, total: number) => void;
+}
+
+export interface FinetuneResult {
+  run: string;
+  best: string;
+  last: string;
+  bestEpoch: number;
+  bestValDsc: number | null;
+  steps: number;
+  epochs: number;
+  train: number;
+  val: string[];
+}
+
+/**
+ * The validation images: the dataset's val split when it has one, else `count` training images
+ * evenly spaced in name order (indices round((j + ½)·n / count)), which leave the training set.
+ */
+export function holdOut(train: SegSample[], count: number): { train: SegSample[]; val: SegSample[] } {
+  if (count === 0) return { train, val: [] };
+  if (count >= train.length) throw new DatasetError(`valCount ${count} leaves no training images (train has ${train.length})`);
+  const pick = new Set<number>();
+  for (let j = 0; j < count; j++) pick.add(Math.min(train.length - 1, Math.floor(((j + 0.5) * train.length) / count)));
+  return { train: train.filter((_, i) => !pick.has(i)), val: train.filter((_, i) => pick.has(i)) };
+}
+
+/** Mean per-image DSC (binary) or mean over present foreground classes (multi-class). */
+export function imageDsc(labels: Uint8Array, truth: Uint8Array, width: number, height: number, classes: number): number {
+  if (classes === 1) return dice(labels, truth);
+  const per = multiClassMetrics(labels, truth, width, height, classes).filter((c) => c.present);
+  return per.length ? per.reduce((a, c) => a + c.dsc, 0) / per.length : 1;
+}
+
+/** Mean validation DSC of `model` on `samples`. */
+export async function validate(ds: SegDataset, model: SegModel, meta: SegModelMeta, samples: SegSample[], onDone?: (n: number) => void): Promise<number> {
+  const predictor = segModelPredictor(model, meta);
+  let sum = 0;
+  for (let i = 0; i < samples.length; i++) {
+    const x = await loadSegSample(ds, samples[i]!);
+    const pred = await predictor.predict({ width: x.width, height: x.height, pixels: x.image });
+    sum += imageDsc(labelsOf(pred, meta.threshold), x.truth, x.width, x.height, pred.classes);
+    onDone?.(i + 1);
+  }
+  return sum / samples.length;
+}
+
+/** Masks as the loader reads them: binary 0/255, multi-class the class id as grey value. */
+async function writeMasks(ds: SegDataset, samples: SegSample[], dir: string): Promise<DataSample[]> {
+  mkdirSync(dir, { recursive: true });
+  const out: DataSample[] = [];
+  for (let i = 0; i < samples.length; i++) {
+    const x = await loadSegSample(ds, samples[i]!);
+    const data = ds.kind === 'binary' ? x.truth.map((v) => v * 255) : x.truth;
+    const map = join(dir, `${String(i).padStart(5, '0')}.png`);
+    writePng(map, { width: x.width, height: x.height, data });
+    out.push({ image: samples[i]!.image, map, source: 'train' });
+  }
+  return out;
+}
+
+export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}): Promise<FinetuneResult> {
+  const c: FinetuneConfig = parseOptions(FinetuneSchema, input, 'finetune config');
+  const log = events.onLog ?? (() => {});
+  const ds = openSegDataset(c.data, c.dataOptions);
+  const wantMulti = c.task === 'segment-seg';
+  if (wantMulti !== (ds.kind === 'multiclass'))
+    throw new DatasetError(
+      `${ds.root}: task ${c.task} needs a ${wantMulti ? 'multi-class' : 'binary'} dataset, this one is ${ds.kind} (${ds.classes.length - 1} foreground class(es))`,
+    );
+  const numClasses = ds.kind === 'binary' ? 1 : ds.classes.length;
+  const all = splitSamples(ds, 'train');
+  const split = ds.splits.val.length > 0 ? { train: all, val: ds.splits.val } : holdOut(all, c.valCount);
+  await checkSegSamples([...split.train, ...split.val]);
+
+  const run = RunDir.create(c.runs, c.name);
+  log(`run folder ${run.path}`);
+  const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
+
+  const model =
+    c.init === 'scratch'
+      ? native.SegModel.create({ encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath }, c.seed, { layerDecay: c.layerDecay })
+      : await native.SegModel.fromPretrained(
+          c.init,
+          { numClasses, headScale: c.headScale, dropPath: c.dropPath, imgSize: c.imgSize, inChans: c.inChans, preset: c.initPreset, layerDecay: c.layerDecay },
+          c.seed,
+        );
+  const enc = model.config.encoder;
+  const info = model.initInfo!;
+  if (c.init !== 'scratch')
+    log(
+      `encoder from ${c.init} (${info.configSource}): ${info.missing.length} missing${info.missing.length ? ` (${info.missing.slice(0, 6).join(', ')}${info.missing.length > 6 ? ', …' : ''})` : ''}, ${info.unexpected.length} unused${info.adapted.length ? `, adapted: ${info.adapted.join('; ')}` : ''}`,
+    );
+  const loader = await openLoader(masks, {
+    batchSize: c.batchSize,
+    seed: c.seed,
+    maps: 'require',
+    workers: c.workers,
+    augment: { size: enc.imgSize, randomCrop: true, scale: c.scale, hflip: c.hflip, channels: enc.inChans as 1 | 3 },
+  });
+  const aug = loader.config.augment;
+  const meta: SegModelMeta = {
+    task: c.task,
+    classes: ds.classes,
+    mean: aug.mean,
+    std: aug.std,
+    threshold: c.threshold,
+    init: c.init,
+    dataset: resolve(c.data),
+  };
+  const iters = loader.batchesPerEpoch;
+  if (iters === 0) throw new DatasetError(`${ds.root}: ${split.train.length} training image(s) make no full batch of ${c.batchSize}`);
+  const sched: LrSchedule = { lr: c.lr, minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
+  run.writeConfig({
+    input,
+    resolved: { ...c, encoder: enc, numClasses, headScale: c.headScale },
+    split: { train: split.train.map((s) => s.id), val: split.val.map((s) => s.id), valFrom: ds.splits.val.length > 0 ? 'val split' : `train hold-out (${c.valCount})` },
+    init: info,
+    params: model.numParams,
+    versions: { vasomim: packageVersion(), node: process.version },
+  });
+  log(
+    `${c.task}: ${split.train.length} train / ${split.val.length} val images, ${numClasses === 1 ? 'binary' : `${numClasses} classes`}, ViT ${enc.embedDim}x${enc.depth} at ${enc.imgSize}² (${enc.inChans} ch), head x${c.headScale}, ${(model.numParams / 1e6).toFixed(2)} M params, ${c.epochs} epochs x ${iters} steps, lr ${c.lr.toExponential(2)}`,
+  );
+
+  const best = join(run.checkpoints, 'best.safetensors');
+  const last = join(run.checkpoints, 'last.safetensors');
+  let bestDsc = -Infinity;
+  let bestEpoch = -1;
+  let step = 0;
+  const totalSteps = c.maxSteps !== undefined ? Math.min(c.maxSteps, c.epochs * iters) : c.epochs * iters;
+  let epochsDone = 0;
+  try {
+    for (let epoch = 0; epoch < c.epochs && step < totalSteps; epoch++) {
+      const t0 = performance.now();
+      let lossSum = 0;
+      let n = 0;
+      let it = 0;
+      for await (const batch of loader.epoch(epoch)) {
+        const lr = lrAt(epoch + it / iters, sched);
+        const ts = performance.now();
+        const r = await model.trainStepBatch(batch, { lr, weightDecay: c.weightDecay });
+        step = r.step;
+        if (!Number.isFinite(r.loss)) throw new Error(`non-finite loss at step ${step}`);
+        lossSum += r.loss;
+        n++;
+        const rec: FtStepRecord = { step, epoch, iter: it, lr, loss: r.loss, dice: r.dice, ce: r.ce, imgPerSec: batch.n / ((performance.now() - ts) / 1000) };
+        run.log(rec as unknown as Record<string, unknown>);
+        events.onStep?.(rec, { steps: totalSteps, stepsDone: step });
+        it++;
+        if (step >= totalSteps) break;
+      }
+      epochsDone = epoch + 1;
+      const valDsc = split.val.length ? await validate(ds, model, meta, split.val, (d) => events.onValidate?.(d, split.val.length)) : null;
+      const isBest = valDsc === null ? true : valDsc > bestDsc;
+      const extra = (e: number, v: number | null) => JSON.stringify({ ...meta, epoch: e, valDsc: v });
+      await model.save(last, extra(epoch, valDsc));
+      if (isBest) {
+        bestDsc = valDsc ?? -Infinity;
+        bestEpoch = epoch;
+        await model.save(best, extra(epoch, valDsc));
+      }
+      const rec: FtEpochRecord = { event: 'epoch', epoch, step, loss: n ? lossSum / n : NaN, valDsc, best: isBest, seconds: (performance.now() - t0) / 1000 };
+      run.log(rec as unknown as Record<string, unknown>);
+      events.onEpoch?.(rec);
+    }
+  } finally {
+    loader.native.close();
+  }
+  return {
+    run: run.path,
+    best,
+    last,
+    bestEpoch,
+    bestValDsc: Number.isFinite(bestDsc) ? bestDsc : null,
+    steps: step,
+    epochs: epochsDone,
+    train: split.train.length,
+    val: split.val.map((s) => s.id),
+  };
+}
