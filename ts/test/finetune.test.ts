@@ -235,6 +235,25 @@ describe('finetune (micro)', () => {
     expect(r.stderr).toMatch(/epoch 0: loss [\d.]+, val DSC [\d.]+ \(best\)/);
   });
 
+  it('--resume after --max-steps repeats the uninterrupted run', async () => {
+    const args = ['finetune', '--data', data, '--model', 'micro', '--img-size', '64', '--head-scale', '0.125', '--epochs', '3', '--batch-size', '2', '--val-count', '2', '--workers', '1', '--drop-path', '0.1', '--runs', join(tmp.path, 'runs')];
+    const key = (run: string) =>
+      readFileSync(join(run, 'metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .map((r) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.valDsc, r.best, r.event]));
+    expect(cli([...args, '--name', 'rs-full']).code).toBe(0);
+    const full = key(join(tmp.path, 'runs', 'rs-full'));
+    expect(full.length).toBeGreaterThan(6);
+    expect(cli([...args, '--name', 'rs-part', '--max-steps', '3']).code).toBe(0);
+    const part = join(tmp.path, 'runs', 'rs-part');
+    const r = cli(['finetune', '--resume', part]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('resuming at epoch');
+    expect(key(part)).toEqual(full);
+  }, 120_000);
+
   it('--help of finetune, predict and evaluate', () => {
     for (const c of ['finetune', 'predict', 'evaluate']) {
       const h = cli([c, '--help']);

@@ -104,14 +104,14 @@ export const PRESETS: Record<RunPreset, Omit<PretrainInput, 'preset'>> = {
   },
   demo: {
     model: { preset: 'tiny', decoderEmbedDim: 128, decoderDepth: 2, decoderNumHeads: 4 },
-    epochs: 40,
-    warmupEpochs: 4,
+    epochs: 80,
+    warmupEpochs: 8,
     blr: 1.5e-4,
     lr: 1.5e-3,
     batchSize: 8,
     maxMicroBatch: 8,
-    checkpointEvery: 10,
-    sampleEvery: 10,
+    checkpointEvery: 20,
+    sampleEvery: 20,
     segmentor: 'bundled',
   },
 };

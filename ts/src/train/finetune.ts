@@ -7,7 +7,7 @@
 //     -> for each epoch, batch: lr = warm-up + cosine(epoch + it / iters); model.trainStepBatch
 //     -> per epoch: validation DSC (threshold 0.5 / argmax, per image, at the image size),
 //        checkpoints/last.safetensors, and checkpoints/best.safetensors when the DSC improves.
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { FinetuneSchema, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
@@ -50,6 +50,8 @@ export interface FinetuneEvents {
   onLog?: (line: string) => void;
   /** Validation progress (images done of total). */
   onValidate?: (done: number, total: number) => void;
+  /** Polled after every step: true stops the run with a checkpoint (Ctrl-C). */
+  shouldStop?: () => boolean;
 }
 
 export interface FinetuneResult {
@@ -58,6 +60,8 @@ export interface FinetuneResult {
   last: string;
   bestEpoch: number;
   bestValDsc: number | null;
+  /** 'interrupted' (Ctrl-C) / 'stopped' (maxSteps): `last` written; `--resume <run>` continues. */
+  status: 'completed' | 'interrupted' | 'stopped';
   steps: number;
   epochs: number;
   train: number;
@@ -110,7 +114,32 @@ async function writeMasks(ds: SegDataset, samples: SegSample[], dir: string): Pr
   return out;
 }
 
-export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}): Promise<FinetuneResult> {
+/** The loop position saved with `last.safetensors` (beside the model metadata). */
+interface FtLoopState {
+  bestDsc: number | null;
+  bestEpoch: number;
+  /** Sum and count of the step losses so far in the current epoch (for its mean). */
+  epochLoss?: number;
+  epochSteps?: number;
+}
+
+/**
+ * Fine-tune (or, with `resume` = a run folder, continue one from `checkpoints/last.safetensors`:
+ * batches, drop-path draws and learning rates are functions of (seed, epoch, step), so the resumed
+ * run repeats the uninterrupted one).
+ */
+export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}, resume?: string): Promise<FinetuneResult> {
+  let resumed: RunDir | undefined;
+  if (resume) {
+    resumed = RunDir.open(resume);
+    const saved = resumed.readConfig() as { input?: FinetuneInput };
+    if (!saved.input) throw new Error(`${resumed.configPath}: no "input" entry (not a finetune run)`);
+    // The stored input is the run; only the loader's thread count and a step limit belong to
+    // this invocation.
+    const { workers: _w, maxSteps: _m, ...stored } = saved.input as FinetuneInput & { workers?: number; maxSteps?: number };
+    const now = input as { workers?: number; maxSteps?: number };
+    input = { ...stored, ...(now.workers !== undefined ? { workers: now.workers } : {}), ...(now.maxSteps !== undefined ? { maxSteps: now.maxSteps } : {}) } as FinetuneInput;
+  }
   const c: FinetuneConfig = parseOptions(FinetuneSchema, input, 'finetune config');
   const log = events.onLog ?? (() => {});
   const ds = openSegDataset(c.data, c.dataOptions);
@@ -124,12 +153,15 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const split = ds.splits.val.length > 0 ? { train: all, val: ds.splits.val } : holdOut(all, c.valCount);
   await checkSegSamples([...split.train, ...split.val]);
 
-  const run = RunDir.create(c.runs, c.name);
+  const run = resumed ?? RunDir.create(c.runs, c.name);
   log(`run folder ${run.path}`);
   const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
 
-  const model =
-    c.init === 'scratch'
+  const lastPath = join(run.checkpoints, 'last.safetensors');
+  if (resumed && !existsSync(lastPath)) throw new Error(`${run.path}: no checkpoint to resume from (${lastPath} is missing)`);
+  const model = resumed
+    ? await native.SegModel.load(lastPath)
+    : c.init === 'scratch'
       ? native.SegModel.create({ encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath }, c.seed, { layerDecay: c.layerDecay })
       : await native.SegModel.fromPretrained(
           c.init,
@@ -137,8 +169,8 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
           c.seed,
         );
   const enc = model.config.encoder;
-  const info = model.initInfo!;
-  if (c.init !== 'scratch')
+  const info = model.initInfo ?? { configSource: 'checkpoint', missing: [], unexpected: [], adapted: [] };
+  if (c.init !== 'scratch' && !resumed)
     log(
       `encoder from ${c.init} (${info.configSource}): ${info.missing.length} missing${info.missing.length ? ` (${info.missing.slice(0, 6).join(', ')}${info.missing.length > 6 ? ', …' : ''})` : ''}, ${info.unexpected.length} unused${info.adapted.length ? `, adapted: ${info.adapted.join('; ')}` : ''}`,
     );
@@ -162,7 +194,8 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const iters = loader.batchesPerEpoch;
   if (iters === 0) throw new DatasetError(`${ds.root}: ${split.train.length} training image(s) make no full batch of ${c.batchSize}`);
   const sched: LrSchedule = { lr: c.lr, minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
-  run.writeConfig({
+  if (!resumed)
+    run.writeConfig({
     input,
     resolved: { ...c, encoder: enc, numClasses, headScale: c.headScale },
     split: { train: split.train.map((s) => s.id), val: split.val.map((s) => s.id), valFrom: ds.splits.val.length > 0 ? 'val split' : `train hold-out (${c.valCount})` },
@@ -178,16 +211,41 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const last = join(run.checkpoints, 'last.safetensors');
   let bestDsc = -Infinity;
   let bestEpoch = -1;
-  let step = 0;
+  let step = model.step;
+  let carried = { loss: 0, steps: 0 };
+  if (resumed) {
+    const ls = (JSON.parse(model.extra ?? '{}') as { loop?: FtLoopState }).loop;
+    if (!ls) throw new Error(`${lastPath}: no loop state (not written by \`vasomim finetune\`)`);
+    bestDsc = ls.bestDsc ?? -Infinity;
+    bestEpoch = ls.bestEpoch;
+    carried = { loss: ls.epochLoss ?? 0, steps: ls.epochSteps ?? 0 };
+    run.truncateMetrics(step);
+    log(`resuming at epoch ${Math.floor(step / iters)}, batch ${step % iters} (step ${step})`);
+  }
   const totalSteps = c.maxSteps !== undefined ? Math.min(c.maxSteps, c.epochs * iters) : c.epochs * iters;
-  let epochsDone = 0;
+  let epochsDone = Math.floor(step / iters);
+  const extra = (e: number, v: number | null, partial = { loss: 0, steps: 0 }) =>
+    JSON.stringify({ ...meta, epoch: e, valDsc: v, loop: { bestDsc: Number.isFinite(bestDsc) ? bestDsc : null, bestEpoch, epochLoss: partial.loss, epochSteps: partial.steps } satisfies FtLoopState });
+  const result = (status: FinetuneResult['status']): FinetuneResult => ({
+    run: run.path,
+    best,
+    last,
+    bestEpoch,
+    bestValDsc: Number.isFinite(bestDsc) ? bestDsc : null,
+    status,
+    steps: step,
+    epochs: epochsDone,
+    train: split.train.length,
+    val: split.val.map((s) => s.id),
+  });
   try {
-    for (let epoch = 0; epoch < c.epochs && step < totalSteps; epoch++) {
+    for (let epoch = Math.floor(step / iters); epoch < c.epochs && step < totalSteps; epoch++) {
       const t0 = performance.now();
-      let lossSum = 0;
-      let n = 0;
-      let it = 0;
-      for await (const batch of loader.epoch(epoch)) {
+      let lossSum = carried.loss;
+      let n = carried.steps;
+      carried = { loss: 0, steps: 0 };
+      for await (const batch of loader.epoch(epoch, { startBatch: step % iters })) {
+        const it = batch.index;
         const lr = lrAt(epoch + it / iters, sched);
         const ts = performance.now();
         const r = await model.trainStepBatch(batch, { lr, weightDecay: c.weightDecay });
@@ -198,35 +256,33 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
         const rec: FtStepRecord = { step, epoch, iter: it, lr, loss: r.loss, dice: r.dice, ce: r.ce, imgPerSec: batch.n / ((performance.now() - ts) / 1000) };
         run.log(rec as unknown as Record<string, unknown>);
         events.onStep?.(rec, { steps: totalSteps, stepsDone: step });
-        it++;
+        // A stop inside an epoch saves the position; at an epoch's end the epoch is finished first.
+        const stop = events.shouldStop?.() ? 'interrupted' : step >= totalSteps && step < c.epochs * iters ? 'stopped' : undefined;
+        if (stop && it + 1 < iters) {
+          await model.save(last, extra(epoch, null, { loss: lossSum, steps: n }));
+          return result(stop);
+        }
         if (step >= totalSteps) break;
       }
       epochsDone = epoch + 1;
       const valDsc = split.val.length ? await validate(ds, model, meta, split.val, (d) => events.onValidate?.(d, split.val.length)) : null;
       const isBest = valDsc === null ? true : valDsc > bestDsc;
-      const extra = (e: number, v: number | null) => JSON.stringify({ ...meta, epoch: e, valDsc: v });
-      await model.save(last, extra(epoch, valDsc));
       if (isBest) {
         bestDsc = valDsc ?? -Infinity;
         bestEpoch = epoch;
         await model.save(best, extra(epoch, valDsc));
       }
+      await model.save(last, extra(epoch, valDsc));
       const rec: FtEpochRecord = { event: 'epoch', epoch, step, loss: n ? lossSum / n : NaN, valDsc, best: isBest, seconds: (performance.now() - t0) / 1000 };
       run.log(rec as unknown as Record<string, unknown>);
       events.onEpoch?.(rec);
+      if (epochsDone < c.epochs) {
+        if (events.shouldStop?.()) return result('interrupted');
+        if (step >= totalSteps) return result('stopped');
+      }
     }
   } finally {
     loader.native.close();
   }
-  return {
-    run: run.path,
-    best,
-    last,
-    bestEpoch,
-    bestValDsc: Number.isFinite(bestDsc) ? bestDsc : null,
-    steps: step,
-    epochs: epochsDone,
-    train: split.train.length,
-    val: split.val.map((s) => s.id),
-  };
+  return result('completed');
 }

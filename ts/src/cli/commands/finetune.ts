@@ -6,6 +6,7 @@ import { ConfigError, formatZodError } from '../../config/vessels.js';
 import { FinetuneSchema } from '../../config/finetune.js';
 import { finetune } from '../../train/finetune.js';
 import { defined, helpText, num, numList, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { onInterrupt } from '../interrupt.js';
 import { Progress } from '../progress.js';
 
 export const spec: CommandSpec = {
@@ -54,7 +55,8 @@ export const spec: CommandSpec = {
     { name: 'runs', type: 'string', arg: '<dir>', help: 'parent folder of run folders', default: 'runs/finetune' },
     { name: 'name', type: 'string', arg: '<name>', help: 'run folder name', default: 'UTC timestamp' },
     { name: 'workers', type: 'string', arg: '<n>', help: 'loader threads', default: 'cores, at most 8' },
-    { name: 'max-steps', type: 'string', arg: '<n>', help: 'stop after n optimizer steps (smoke tests)' },
+    { name: 'max-steps', type: 'string', arg: '<n>', help: 'stop after n optimizer steps in total (smoke tests)' },
+    { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from checkpoints/last.safetensors (Ctrl-C writes it)' },
     { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'any config field as JSON; flags override' },
     { name: 'json', type: 'boolean', help: 'print the result as one JSON line on stdout' },
   ],
@@ -110,15 +112,22 @@ export async function run(argv: string[]): Promise<number> {
     maxSteps: num(values, 'max-steps'),
   });
   const input = { ...file, ...flags, ...(Object.keys(dataOptions).length ? { dataOptions: { ...((file.dataOptions as object) ?? {}), ...dataOptions } } : {}) };
-  if (!input.data) throw new UsageError('--data <dataset folder or manifest> is required');
-  const parsed = FinetuneSchema.safeParse(input);
-  if (!parsed.success) throw new ConfigError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const resume = values.resume as string | undefined;
+  if (!input.data && !resume) throw new UsageError('--data <dataset folder or manifest> is required');
+  if (!resume) {
+    const parsed = FinetuneSchema.safeParse(input);
+    if (!parsed.success) throw new ConfigError(`invalid options:\n${formatZodError(parsed.error)}`);
+  }
+  const interrupt = onInterrupt('finishing the current step and writing a checkpoint');
 
   let bar: Progress | undefined;
   let vbar: Progress | undefined;
   const log = (line: string) => (bar ? bar.log(line) : process.stderr.write(line + '\n'));
   try {
-    const r = await finetune(input as Parameters<typeof finetune>[0], {
+    const r = await finetune(
+      input as Parameters<typeof finetune>[0],
+      {
+      shouldStop: interrupt.stopRequested,
       onLog: log,
       onStep: (s, t) => {
         bar ??= new Progress('finetune', t.steps, 'step');
@@ -134,9 +143,15 @@ export async function run(argv: string[]): Promise<number> {
       },
       onEpoch: (e) =>
         log(`epoch ${e.epoch}: loss ${e.loss.toFixed(4)}, val DSC ${e.valDsc === null ? '-' : e.valDsc.toFixed(4)}${e.best ? ' (best)' : ''}, ${e.seconds.toFixed(0)} s`),
-    });
+      },
+      resume,
+    );
     bar?.end();
     bar = undefined;
+    if (r.status !== 'completed') {
+      process.stderr.write(`stopped at step ${r.steps}; checkpoint ${r.last}\nresume with: vasomim finetune --resume ${r.run}\n`);
+      if (r.status === 'interrupted') return 130;
+    }
     process.stderr.write(
       `done: ${r.steps} steps, ${r.epochs} epochs; best epoch ${r.bestEpoch} (val DSC ${r.bestValDsc === null ? '-' : r.bestValDsc.toFixed(4)})\nrun folder: ${resolve(r.run)}\nbest: ${r.best}\n`,
     );
@@ -144,5 +159,6 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   } finally {
     bar?.end();
+    interrupt.dispose();
   }
 }
