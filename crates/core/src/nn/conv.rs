@@ -439,6 +439,32 @@ impl BatchNorm2d {
     }
 }
 
+/// Running statistics of BatchNorms as PyTorch buffers: `<name>.running_mean`,
+/// `<name>.running_var` (f32, (C)) and `<name>.num_batches_tracked` (i64, 0-dim).
+pub fn bn_buffers<'a, N: AsRef<str>>(
+    bns: impl IntoIterator<Item = (N, &'a BatchNorm2d)>,
+) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::new();
+    for (name, bn) in bns {
+        let (name, dev) = (name.as_ref(), bn.weight.device());
+        let r = bn.running();
+        let c = r.mean.len();
+        out.push((
+            format!("{name}.running_mean"),
+            Tensor::from_vec(r.mean, c, dev)?,
+        ));
+        out.push((
+            format!("{name}.running_var"),
+            Tensor::from_vec(r.var, c, dev)?,
+        ));
+        out.push((
+            format!("{name}.num_batches_tracked"),
+            Tensor::new(r.num_batches_tracked, dev)?,
+        ));
+    }
+    Ok(out)
+}
+
 #[derive(Clone, Debug)]
 struct BnStats {
     mean: Vec<f64>,

@@ -181,25 +181,7 @@ impl SegViT {
     /// Running statistics of every BatchNorm as PyTorch buffers (`<bn>.running_mean`,
     /// `<bn>.running_var` f32 (C), `<bn>.num_batches_tracked` i64 0-dim).
     pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
-        let dev = Device::Cpu;
-        let mut out = Vec::new();
-        for (name, bn) in self.batch_norms() {
-            let r = bn.running();
-            let c = r.mean.len();
-            out.push((
-                format!("{name}.running_mean"),
-                Tensor::from_vec(r.mean, c, &dev)?,
-            ));
-            out.push((
-                format!("{name}.running_var"),
-                Tensor::from_vec(r.var, c, &dev)?,
-            ));
-            out.push((
-                format!("{name}.num_batches_tracked"),
-                Tensor::new(r.num_batches_tracked, &dev)?,
-            ));
-        }
-        Ok(out)
+        super::conv::bn_buffers(self.batch_norms())
     }
 
     /// Parameters, the position-embedding buffer `pos_embed` and the BatchNorm buffers.

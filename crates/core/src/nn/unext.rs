@@ -270,25 +270,7 @@ impl UNext {
     /// Running statistics as PyTorch buffers: `<bn>.running_mean`, `<bn>.running_var` (f32,
     /// (C)) and `<bn>.num_batches_tracked` (i64, 0-dim).
     pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
-        let dev = Device::Cpu;
-        let mut out = Vec::new();
-        for (name, bn) in self.batch_norms() {
-            let r = bn.running();
-            let c = r.mean.len();
-            out.push((
-                format!("{name}.running_mean"),
-                Tensor::from_vec(r.mean, c, &dev)?,
-            ));
-            out.push((
-                format!("{name}.running_var"),
-                Tensor::from_vec(r.var, c, &dev)?,
-            ));
-            out.push((
-                format!("{name}.num_batches_tracked"),
-                Tensor::new(r.num_batches_tracked, &dev)?,
-            ));
-        }
-        Ok(out)
+        super::conv::bn_buffers(self.batch_norms())
     }
 
     /// Parameters then buffers, under the authors' state-dict names (101 entries).
