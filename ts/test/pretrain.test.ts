@@ -215,6 +215,36 @@ describe('vasomim pretrain', () => {
     expect(one.stderr).toMatch(/takes 3 input channel\(s\), the model 1/);
   }, 120_000);
 
+  it('train-segmentor: Ctrl-C writes a checkpoint, --resume ends as the uninterrupted run', async () => {
+    const args = ['train-segmentor', '--data', data, '--runs', runs, '--epochs', '6', '--batch-size', '2', '--img-size', '64', '--workers', '2'];
+    expect(cli([...args, '--name', 'seg-full']).code).toBe(0);
+    const segKey = (run: string) => metrics(run).map((r) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.event]));
+    const full = segKey(join(runs, 'seg-full'));
+    const run = join(runs, 'seg-int');
+    const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...args, '--name', 'seg-int'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    let sent = false;
+    const code = await new Promise<number | null>((resolve) => {
+      const poll = setInterval(() => {
+        if (!sent && existsSync(join(run, 'metrics.jsonl')) && metrics(run).some((r) => r.step >= 3)) {
+          sent = true;
+          child.kill('SIGINT');
+        }
+      }, 2);
+      child.on('exit', (c) => {
+        clearInterval(poll);
+        resolve(c);
+      });
+    });
+    expect(code, stderr).toBe(130);
+    expect(stderr).toContain(`resume with: vasomim train-segmentor --resume ${run}`);
+    expect(metrics(run).filter((r) => r.event === undefined).length).toBeLessThan(24);
+    const r = cli(['train-segmentor', '--resume', run]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(segKey(run)).toEqual(full);
+  }, 120_000);
+
   it('--help documents every field of the run config', () => {
     const r = cli(['pretrain', '--help']);
     expect(r.code).toBe(0);

@@ -113,14 +113,20 @@ export async function trainSegmentor(
   let startBatch = seg.step % iters;
   if (options.resume) log(`resuming ${run.path} at epoch ${epoch} (step ${seg.step})`);
   run.truncateMetrics(seg.step);
+  // A run resumed inside an epoch: that epoch's mean loss also counts the steps logged before.
+  let carried = { sum: 0, count: 0 };
+  if (startBatch > 0)
+    for (const r of run.readMetrics())
+      if (r.epoch === epoch && r.event === undefined && typeof r.loss === 'number') carried = { sum: carried.sum + r.loss, count: carried.count + 1 };
   const total = cfg.epochs * iters * cfg.batchSize;
   let here = 0;
   let checkpoint: string | undefined;
   try {
     for (; epoch < cfg.epochs; epoch++, startBatch = 0) {
       const lr = polyLr(cfg.lr, epoch, cfg.epochs);
-      let sum = 0;
-      let count = 0;
+      let sum = carried.sum;
+      let count = carried.count;
+      carried = { sum: 0, count: 0 };
       for await (const batch of loader.epoch(epoch, { startBatch })) {
         const r = await seg.trainStepBatch(batch, { lr });
         if (!Number.isFinite(r.loss)) throw new Error(`step ${seg.step} (epoch ${epoch}): non-finite loss ${r.loss}; the last good checkpoint is ${checkpoint ?? 'none'}`);
