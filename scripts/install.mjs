@@ -11,7 +11,7 @@ const prebuilt =
 if (prebuilt) process.exit(0);
 
 if (spawnSync('cargo', ['--version'], { stdio: 'ignore' }).status !== 0) {
-  console.error('vasomim: building from source needs Rust (cargo >= 1.80) and a C compiler: https://rustup.rs');
+  console.error('vasomim: building from source needs Rust (cargo >= 1.89) and a C compiler: https://rustup.rs');
   process.exit(1);
 }
 execSync('npm run build', { stdio: 'inherit' });

@@ -1,14 +1,15 @@
 // `vasomim pretrain` end to end on a micro ViT: a 2-epoch run on a fixture dataset, exact resume
 // (after --max-steps, Ctrl-C and SIGKILL), the NaN guard, and one clear error for bad configs,
 // a missing segmentor and a dataset without maps.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { join, relative, sep } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { PretrainSchema, resolvePretrainConfig } from '../src/config/pretrain.js';
+import { demoImages } from '../src/train/demo.js';
 import { prepareVesselMaps } from '../src/vessels/api.js';
 import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
 
@@ -256,6 +257,15 @@ describe('vasomim pretrain', () => {
     const t = cli(['train-segmentor', '--help']);
     expect(t.code).toBe(0);
     expect(t.stdout).toContain('--resume');
+  });
+
+  it('the npm package ships what the embedded demo and the install hook need', () => {
+    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const files = new Set((JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path));
+    const need = ['scripts/install.mjs', 'data/models/unext-s-demo.safetensors', 'data/models/PROVENANCE.md', 'ts/dist/cli/main.js', 'bindings/index.js'];
+    for (const img of demoImages()) need.push(relative(ROOT, img.image).split(sep).join('/'));
+    for (const f of need) expect(files.has(f), f).toBe(true);
   });
 
   it('presets: the paper recipe and the demo resolve with flags on top', () => {
