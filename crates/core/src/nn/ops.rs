@@ -293,33 +293,61 @@ impl CustomOp2 for BiasAddOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let n = b.elem_count();
-        let db = with_f32(&[grad], |s| {
-            let g = s[0];
-            let rows = g.len() / n;
-            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
-            let partials: Vec<Vec<f32>> = g
-                .par_chunks(chunk_rows * n)
-                .map(|c| {
-                    let mut acc = vec![0f32; n];
-                    for r in c.chunks(n) {
-                        add_assign(&mut acc, r);
-                    }
-                    acc
-                })
-                .collect();
-            let mut db = vec![0f32; n];
-            for p in partials {
-                for j in 0..n {
-                    db[j] += p[j];
-                }
-            }
-            Ok(db)
-        })?;
+        let db = with_f32(&[grad], |s| Ok(column_sums(s[0], n)))?;
         Ok((
             Some(grad.clone()),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
         ))
     }
+}
+
+/// Σ over the rows of a row-major (rows, n) array: the gradient of a bias. Per-thread partial
+/// sums over contiguous row chunks, then added in chunk order (deterministic for a thread count).
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let rows = g.len() / n;
+    let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(chunk_rows * n)
+        .map(|c| {
+            let mut acc = vec![0f32; n];
+            for r in c.chunks(n) {
+                add_assign(&mut acc, r);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; n];
+    for p in partials {
+        add_assign(&mut sum, &p);
+    }
+    sum
+}
+
+/// Backward of GELU(y + b) for y (rows, n) and upstream g: dz = g ⊙ gelu'(y + b) and its row
+/// sum (the bias gradient), reduced as [`column_sums`].
+fn bias_gelu_bwd_rows(y: &[f32], b: &[f32], g: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let n = b.len();
+    let rows = y.len() / n;
+    let mut dz = vec![0f32; y.len()];
+    let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let partials: Vec<Vec<f32>> = dz
+        .par_chunks_mut(chunk_rows * n)
+        .enumerate()
+        .map(|(c, dzc)| {
+            let mut acc = vec![0f32; n];
+            for (r, out) in dzc.chunks_mut(n).enumerate() {
+                let i = c * chunk_rows + r;
+                let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
+                bias_gelu_bwd_row(out, &mut acc, yr, b, gr);
+            }
+            acc
+        })
+        .collect();
+    let mut db = vec![0f32; n];
+    for p in partials {
+        add_assign(&mut db, &p);
+    }
+    (dz, db)
 }
 
 crate::multiversion! {
@@ -575,49 +603,18 @@ impl CustomOp3 for LinearOp {
         let (dx, dw, db) = with_f32(&[x, w, grad], |s| {
             let (x, w, g) = (s[0], s[1], s[2]);
             // dz = g (no epilogue) or g ⊙ gelu'(z); db = Σ_rows dz in per-thread partials.
-            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
             let gelu_dz;
-            let (dz, partials): (&[f32], Vec<Vec<f32>>) = match self.epilogue {
-                Epilogue::None => (
-                    g,
-                    g.par_chunks(chunk_rows * out)
-                        .map(|c| {
-                            let mut acc = vec![0f32; out];
-                            for r in c.chunks(out) {
-                                add_assign(&mut acc, r);
-                            }
-                            acc
-                        })
-                        .collect(),
-                ),
+            let (dz, db): (&[f32], Vec<f32>) = match self.epilogue {
+                Epilogue::None => (g, column_sums(g, out)),
                 Epilogue::Gelu => {
                     let z = guard.as_ref().ok_or_else(|| {
                         candle_core::Error::msg("linear: backward before forward")
                     })?;
-                    let zero = vec![0f32; out];
-                    let mut d = vec![0f32; g.len()];
-                    let partials = d
-                        .par_chunks_mut(chunk_rows * out)
-                        .enumerate()
-                        .map(|(c, dc)| {
-                            let mut acc = vec![0f32; out];
-                            for (r, o) in dc.chunks_mut(out).enumerate() {
-                                let i = c * chunk_rows + r;
-                                let (zr, gr) =
-                                    (&z[i * out..(i + 1) * out], &g[i * out..(i + 1) * out]);
-                                bias_gelu_bwd_row(o, &mut acc, zr, &zero, gr);
-                            }
-                            acc
-                        })
-                        .collect();
+                    let (d, db) = bias_gelu_bwd_rows(z, &vec![0f32; out], g);
                     gelu_dz = d;
-                    (&gelu_dz[..], partials)
+                    (&gelu_dz[..], db)
                 }
             };
-            let mut db = vec![0f32; out];
-            for p in partials {
-                add_assign(&mut db, &p);
-            }
             let mut dx = vec![0f32; rows * k];
             gemm_par(rows, k, out, &mut dx, false, dz, out, 1, w, k, 1); // dx = dz·W
             let mut dw = vec![0f32; out * k];
@@ -1238,33 +1235,7 @@ impl CustomOp2 for BiasGeluOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let n = b.elem_count();
-        let (dz, db) = with_f32(&[y, b, grad], |s| {
-            let (y, b, g) = (s[0], s[1], s[2]);
-            let rows = y.len() / n;
-            let mut dz = vec![0f32; y.len()];
-            let chunk_rows = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
-            let partials: Vec<Vec<f32>> = dz
-                .par_chunks_mut(chunk_rows * n)
-                .enumerate()
-                .map(|(c, dzc)| {
-                    let mut acc = vec![0f32; n];
-                    for (r, out) in dzc.chunks_mut(n).enumerate() {
-                        let i = c * chunk_rows + r;
-                        let (yr, gr) = (&y[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
-                        bias_gelu_bwd_row(out, &mut acc, yr, b, gr);
-                    }
-                    acc
-                })
-                .collect();
-            let mut db = vec![0f32; n];
-            for p in partials {
-                for j in 0..n {
-                    db[j] += p[j];
-                }
-            }
-            Ok((dz, db))
-        })?;
+        let (dz, db) = with_f32(&[y, b, grad], |s| Ok(bias_gelu_bwd_rows(s[0], s[1], s[2])))?;
         Ok((
             Some(Tensor::from_vec(dz, y.shape(), y.device())?),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
