@@ -17,8 +17,8 @@ use vasomim_core::vessels::{
 pub mod data;
 mod frangi_params;
 pub mod model;
+pub mod segmentation;
 pub mod segmentor;
-pub mod segvit;
 
 pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::new(Status::InvalidArg, msg.into())

@@ -13,8 +13,8 @@ use vasomim_core::checkpoint::{self, LoadOptions, LoadReport};
 use vasomim_core::nn::mae::{MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
-use vasomim_core::pretrain::{self, VesselSegmentor};
-use vasomim_core::train::{StepParams, Trainer};
+use vasomim_core::trainer::pretrain::{self, VesselSegmentor};
+use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 use crate::{failed, guarded, invalid};
 
@@ -167,7 +167,7 @@ pub struct Features {
 }
 
 struct State {
-    trainer: Trainer,
+    trainer: PretrainTrainer,
     /// The frozen vessel segmentor S of VasoMIM (guidance and L_cons), when attached.
     segmentor: Option<Box<dyn VesselSegmentor + Send>>,
     /// P = σ(S(img)) of the last batch given to `guidance`, keyed by that batch, so that the
@@ -220,7 +220,7 @@ impl Model {
         guarded("Model.create", || {
             let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64)
                 .map_err(err)?;
-            let trainer = Trainer::new(model, &frozen.unwrap_or_default()).map_err(err)?;
+            let trainer = PretrainTrainer::new(model, &frozen.unwrap_or_default()).map_err(err)?;
             Ok(Model {
                 state: Arc::new(Mutex::new(State {
                     trainer,
@@ -562,7 +562,7 @@ impl Task for LoadTask {
         guarded("Model.load", || {
             let l = checkpoint::load(&self.path, &self.opts, &Device::Cpu).map_err(err)?;
             let cfg = l.model.cfg.clone();
-            let mut trainer = Trainer::new(l.model, &self.frozen).map_err(err)?;
+            let mut trainer = PretrainTrainer::new(l.model, &self.frozen).map_err(err)?;
             if let Some((state, s)) = &l.optimizer {
                 trainer.opt.load_state(state, *s).map_err(err)?;
             }

@@ -9,9 +9,9 @@ use candle_core::{Device, Tensor};
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use vasomim_core::checkpoint::segmentor::{self, SegLoadReport};
+use vasomim_core::checkpoint::segmentor::{self, SegmentorLoadReport};
 use vasomim_core::nn::unext::UNextConfig;
-use vasomim_core::seg_train::{SegLoss, SegTrainer};
+use vasomim_core::trainer::segmentor::{SegmentorLoss, SegmentorTrainer};
 
 use crate::data::Batch;
 use crate::{failed, guarded, invalid};
@@ -74,7 +74,7 @@ pub struct SegLoadInfo {
 }
 
 struct State {
-    trainer: SegTrainer,
+    trainer: SegmentorTrainer,
     step: u64,
 }
 
@@ -162,8 +162,8 @@ impl Segmentor {
             )));
         }
         guarded("Segmentor.create", || {
-            let trainer =
-                SegTrainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64).map_err(err)?;
+            let trainer = SegmentorTrainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64)
+                .map_err(err)?;
             Ok(Segmentor {
                 state: Arc::new(Mutex::new(State { trainer, step: 0 })),
                 cfg,
@@ -289,7 +289,7 @@ pub struct LoadTask {
     strict: bool,
 }
 
-fn info(r: &SegLoadReport, step: u64) -> SegLoadInfo {
+fn info(r: &SegmentorLoadReport, step: u64) -> SegLoadInfo {
     SegLoadInfo {
         missing: r.missing.clone(),
         unexpected: r.unexpected.clone(),
@@ -306,7 +306,7 @@ impl Task for LoadTask {
         guarded("Segmentor.load", || {
             let l = segmentor::load(&self.path, &Device::Cpu, self.strict).map_err(err)?;
             let cfg = l.model.cfg.clone();
-            let mut trainer = SegTrainer::new(l.model).map_err(err)?;
+            let mut trainer = SegmentorTrainer::new(l.model).map_err(err)?;
             if let Some((state, s)) = &l.optimizer {
                 trainer
                     .opt
@@ -358,7 +358,7 @@ pub struct StepTask {
 }
 
 impl Task for StepTask {
-    type Output = (SegLoss, u64);
+    type Output = (SegmentorLoss, u64);
     type JsValue = SegStepResult;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("Segmentor.trainStep", || {

@@ -111,17 +111,17 @@ export {
   type Stat,
 } from './eval/metrics.js';
 export { skeletonize, SKIMAGE_DEPARTURES } from './eval/skeleton.js';
-export { fillPolygon } from './seg/polygon.js';
+export { fillPolygon } from './segmentation/polygon.js';
 export {
-  checkSegSamples,
-  loadSegSample,
-  openSegDataset,
+  checkSegmentationSamples,
+  loadSegmentationSample,
+  openSegmentationDataset,
   splitSamples,
   type CocoShape,
   type LoadedSample,
-  type SegDataset,
-  type SegSample,
-} from './seg/dataset.js';
+  type SegmentationDataset,
+  type SegmentationSample,
+} from './segmentation/dataset.js';
 export { vesselnessPredictor, type Prediction, type Predictor, type PredictorInput } from './eval/predictor.js';
 export {
   diceCurve,
@@ -136,15 +136,15 @@ export {
 export {
   BaselineSchema,
   EvaluateSchema,
-  SegDataSchema,
+  SegmentationDataSchema,
   SPLITS,
   type BaselineInput,
   type EvaluateConfig,
   type EvaluateInput,
-  type SegDataConfig,
-  type SegDataInput,
+  type SegmentationDataConfig,
+  type SegmentationDataInput,
   type SplitName,
-} from './config/seg.js';
+} from './config/segmentation.js';
 export { pretrain, vesselCounts, NonFiniteLossError, type PretrainEvents, type PretrainResult, type StepRecord } from './train/pretrain.js';
 export { PretrainSchema, PRESETS as PRETRAIN_PRESETS, RUN_PRESETS, resolvePretrainConfig, mergeConfig, type PretrainConfig, type PretrainInput, type RunPreset } from './config/pretrain.js';
 export { trainSegmentor, resolveSegmentorConfig, SegmentorRunSchema, SEGMENTOR_PRESETS, type SegmentorRunConfig, type SegmentorRunInput, type SegmentorResult, type SegmentorStep } from './train/segmentor.js';
@@ -164,12 +164,12 @@ export {
   type FtStepRecord,
 } from './train/finetune.js';
 export {
-  loadSegModel,
+  loadSegmentationModel,
   modelMeta,
   ModelFileError,
-  segModelPredictor,
-  segModelPredictorFromFile,
-  type SegModel,
-  type SegModelMeta,
-} from './model/segvit.js';
+  segmentationPredictor,
+  segmentationPredictorFromFile,
+  type SegmentationModel,
+  type SegmentationModelMeta,
+} from './model/segmentation.js';
 export { overlay, predictFiles, type PredictedFile, type PredictOptions, type PredictResult } from './eval/predict.js';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { finetune, holdOut, imageDsc, loadSegModel, readImage, segModelPredictor, type SegSample } from '../src/index.js';
+import { finetune, holdOut, imageDsc, loadSegmentationModel, readImage, segmentationPredictor, type SegmentationSample } from '../src/index.js';
 import { native } from '../src/native.js';
 import { cli, encodePng, SAMPLES, tempDir } from './helpers.js';
 
@@ -84,7 +84,7 @@ describe('SegModel', () => {
 
 describe('validation split', () => {
   it('holds out evenly spaced training images, never the test split', () => {
-    const train = Array.from({ length: 40 }, (_, i) => ({ id: `${i + 1}.png` }) as SegSample);
+    const train = Array.from({ length: 40 }, (_, i) => ({ id: `${i + 1}.png` }) as SegmentationSample);
     const { train: t, val } = holdOut(train, 8);
     expect(val.map((s) => s.id)).toEqual(['3.png', '8.png', '13.png', '18.png', '23.png', '28.png', '33.png', '38.png']);
     expect(t.length).toBe(32);
@@ -120,7 +120,7 @@ describe('finetune (micro)', () => {
     // best = the epoch with the highest val DSC
     const bestEp = ep.reduce((a, b) => (b.valDsc > a.valDsc ? b : a));
     expect(r.bestEpoch).toBe(bestEp.epoch);
-    const { model, meta } = await loadSegModel(r.best);
+    const { model, meta } = await loadSegmentationModel(r.best);
     expect(meta.epoch).toBe(bestEp.epoch);
     expect(meta.valDsc).toBeCloseTo(bestEp.valDsc, 12);
     expect(model.config.encoder.imgSize).toBe(64);
@@ -131,7 +131,7 @@ describe('finetune (micro)', () => {
     const gt = await readImage(join(data, 'training', '1_gt.png'));
     expect(Array.from(m0.pixels).every((v, i) => v === (gt.pixels[i]! >= 128 ? 255 : 0))).toBe(true);
     // val DSC recomputed from the best checkpoint with the predictor
-    const pred = segModelPredictor(model, meta);
+    const pred = segmentationPredictor(model, meta);
     const img = await readImage(join(data, 'training', '2.png'));
     const p = await pred.predict(img);
     expect(p.probs.length).toBe(img.width * img.height);
@@ -160,8 +160,8 @@ describe('finetune (micro)', () => {
     const mask = await readImage(join(pout, '1_mask.png'));
     const img = await readImage(join(data, 'testing', '1.png'));
     expect([mask.width, mask.height]).toEqual([img.width, img.height]);
-    const { model, meta } = await loadSegModel(best);
-    const pr = await segModelPredictor(model, meta).predict(img);
+    const { model, meta } = await loadSegmentationModel(best);
+    const pr = await segmentationPredictor(model, meta).predict(img);
     expect(Array.from(mask.pixels).every((v, i) => v === (pr.probs[i]! >= 0.5 ? 255 : 0))).toBe(true);
     const ov = await readImage(join(pout, '1_overlay.png'));
     expect(ov.channels).toBe(3);
@@ -189,7 +189,7 @@ describe('finetune (micro)', () => {
       runs: join(tmp.path, 'runs'),
       name: 'mc',
     });
-    const { model, meta } = await loadSegModel(r.best);
+    const { model, meta } = await loadSegmentationModel(r.best);
     expect(model.config.numClasses).toBe(3);
     expect(meta.classes.length).toBe(3);
     const out = join(tmp.path, 'eval-mc');

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use vasomim_core::nn::mae::random_masking;
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::nn::InitRng;
-use vasomim_core::train::{StepParams, Trainer};
+use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
     args.iter()
@@ -45,7 +45,7 @@ fn main() -> candle_core::Result<()> {
         ..MaeConfig::preset(&preset).expect("unknown preset")
     };
     let dev = Device::Cpu;
-    let mut tr = Trainer::create(&cfg, &dev, 0)?;
+    let mut tr = PretrainTrainer::create(&cfg, &dev, 0)?;
     let mut rng = InitRng::new(1);
     let n = batch * chans * img * img;
     let x = Tensor::from_vec(

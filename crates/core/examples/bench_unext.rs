@@ -9,9 +9,10 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use vasomim_core::nn::conv::dwconv3x3_nhwc;
+use vasomim_core::nn::loss::segmentor_loss;
 use vasomim_core::nn::unext::UNextConfig;
 use vasomim_core::nn::InitRng;
-use vasomim_core::seg_train::{seg_loss, SegTrainer};
+use vasomim_core::trainer::segmentor::SegmentorTrainer;
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -37,7 +38,7 @@ fn main() -> candle_core::Result<()> {
         .collect();
     let x = Tensor::from_vec(x, (b, c, s, s), &Device::Cpu)?;
     let y = Tensor::from_vec(y, (b, 1, s, s), &Device::Cpu)?;
-    let mut tr = SegTrainer::create(&UNextConfig { in_chans: c }, &Device::Cpu, 0)?;
+    let mut tr = SegmentorTrainer::create(&UNextConfig { in_chans: c }, &Device::Cpu, 0)?;
     let time = |f: &mut dyn FnMut() -> candle_core::Result<()>| -> candle_core::Result<f64> {
         for _ in 0..warmup {
             f()?;
@@ -52,7 +53,7 @@ fn main() -> candle_core::Result<()> {
     let model = &tr.model;
     let eval_bwd = time(&mut || {
         let xv = Var::from_tensor(&x)?;
-        let l = seg_loss(&model.forward(xv.as_tensor(), false)?, &y)?;
+        let l = segmentor_loss(&model.forward(xv.as_tensor(), false)?, &y)?;
         l.loss.backward().map(|_| ())
     })?;
     let eval = time(&mut || model.forward(&x, false).map(|_| ()))?;

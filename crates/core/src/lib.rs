@@ -16,14 +16,11 @@ pub mod checkpoint;
 pub mod data;
 pub mod dicom;
 pub mod embed;
-pub mod finetune;
 pub mod frames;
 pub mod io;
 pub mod nn;
 pub mod optim;
-pub mod pretrain;
-pub mod seg_train;
-pub mod train;
+pub mod trainer;
 pub mod vessels;
 
 pub use io::{read_grey, GreyImage};

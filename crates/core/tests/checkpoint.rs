@@ -9,7 +9,7 @@ use vasomim_core::checkpoint::{self, LoadOptions};
 use vasomim_core::nn::mae::{random_masking, MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::nn::InitRng;
-use vasomim_core::train::{StepParams, Trainer};
+use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 fn imgs(cfg: &MaeConfig, b: usize, seed: u64) -> Tensor {
     let mut rng = InitRng::new(seed);
@@ -59,7 +59,7 @@ fn save_load_round_trip_continues_training_identically() {
     let x = imgs(&cfg, 4, 1);
     let m = masking(&cfg, 4, 2);
     let p = StepParams::default();
-    let mut a = Trainer::create(&cfg, &Device::Cpu, 3).unwrap();
+    let mut a = PretrainTrainer::create(&cfg, &Device::Cpu, 3).unwrap();
     a.train_step(&x, &m, &p).unwrap();
     let path = dir.path().join("a.safetensors");
     checkpoint::save(&path, &a.model, Some(&a.opt), 1).unwrap();
@@ -73,7 +73,7 @@ fn save_load_round_trip_continues_training_identically() {
     );
     assert_eq!(loaded.step, 1);
     assert_eq!(loaded.model.cfg, cfg);
-    let mut b = Trainer::new(loaded.model, &[]).unwrap();
+    let mut b = PretrainTrainer::new(loaded.model, &[]).unwrap();
     let (state, s) = loaded.optimizer.expect("optimizer state saved");
     b.opt.load_state(&state, s).unwrap();
     assert_eq!(b.opt.step, 1);
@@ -288,7 +288,7 @@ fn bare_file_is_recognised_and_adapted() {
 #[test]
 fn accumulated_micro_batches_equal_the_full_batch() {
     let cfg = MaeConfig::micro_test();
-    let tr = Trainer::create(&cfg, &Device::Cpu, 8).unwrap();
+    let tr = PretrainTrainer::create(&cfg, &Device::Cpu, 8).unwrap();
     let x = imgs(&cfg, 5, 3);
     let m = masking(&cfg, 5, 4);
     let (l1, g1) = tr.loss_and_grads(&x, &m, 1).unwrap();
@@ -305,7 +305,7 @@ fn clipping_bounds_the_update_and_reports_the_norm() {
     let cfg = MaeConfig::micro_test();
     let x = imgs(&cfg, 2, 3);
     let m = masking(&cfg, 2, 4);
-    let mut a = Trainer::create(&cfg, &Device::Cpu, 8).unwrap();
+    let mut a = PretrainTrainer::create(&cfg, &Device::Cpu, 8).unwrap();
     let (_, g) = a.loss_and_grads(&x, &m, 1).unwrap();
     let norm = vasomim_core::optim::global_norm(&g).unwrap();
     let mut clipped = g.clone();
@@ -335,7 +335,7 @@ fn frozen_tensors_are_not_optimized() {
     let cfg = MaeConfig::micro_test();
     let x = imgs(&cfg, 2, 3);
     let m = masking(&cfg, 2, 4);
-    let mut tr = Trainer::new(
+    let mut tr = PretrainTrainer::new(
         MaskedAutoencoder::new(&cfg, &Device::Cpu, 1).unwrap(),
         &["patch_embed".into(), "blocks.0".into()],
     )

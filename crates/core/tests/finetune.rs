@@ -3,16 +3,19 @@
 //! encoder initialisation from an MAE checkpoint.
 
 use candle_core::{DType, Device, Tensor, Var};
-use vasomim_core::checkpoint::{self, segvit as ckpt};
-use vasomim_core::finetune::{ft_decays, resize_bilinear, FineTuner};
+use vasomim_core::checkpoint::{self, segmentation as ckpt};
+use vasomim_core::nn::loss::segmentation_loss;
 use vasomim_core::nn::mae::MaskedAutoencoder;
 use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::nn::segvit::{layer_decay_scale, layer_id, seg_loss, SegConfig, SegViT};
+use vasomim_core::nn::segmentation::{
+    layer_decay_scale, layer_id, SegmentationConfig, SegmentationViT,
+};
 use vasomim_core::nn::InitRng;
+use vasomim_core::trainer::segmentation::{ft_decays, resize_bilinear, SegmentationTrainer};
 
 /// A micro encoder on 32² images with 16² patches (2×2 grid; the head needs patch 16).
-fn micro_cfg(num_classes: usize) -> SegConfig {
-    SegConfig {
+fn micro_cfg(num_classes: usize) -> SegmentationConfig {
+    SegmentationConfig {
         encoder: MaeConfig {
             img_size: 32,
             patch_size: 16,
@@ -54,7 +57,7 @@ fn scalar(t: &Tensor) -> f64 {
 fn shapes_and_widths() {
     let cfg = micro_cfg(3);
     assert_eq!(cfg.widths(), [16, 8, 4, 4, 4]);
-    let m = SegViT::new(&cfg, &Device::Cpu, 0).unwrap();
+    let m = SegmentationViT::new(&cfg, &Device::Cpu, 0).unwrap();
     let x = randn(&mut InitRng::new(1), &[2, 1, 32, 32]);
     let y = m.forward(&x, true, Some(&mut InitRng::new(2))).unwrap();
     assert_eq!(y.dims(), [2, 3, 32, 32]);
@@ -82,7 +85,7 @@ fn shapes_and_widths() {
 #[test]
 fn every_trainable_tensor_gets_a_gradient() {
     for k in [1, 3] {
-        let ft = FineTuner::create(&micro_cfg(k), &Device::Cpu, 3, 0.75).unwrap();
+        let ft = SegmentationTrainer::create(&micro_cfg(k), &Device::Cpu, 3, 0.75).unwrap();
         let x = randn(&mut InitRng::new(4), &[2, 1, 32, 32]);
         let maps = binary_targets(2, 32, 5);
         let maps = if k == 1 {
@@ -117,8 +120,10 @@ fn every_trainable_tensor_gets_a_gradient() {
 }
 
 /// Loss with drop-path off and BatchNorm in eval mode (a smooth function of the parameters).
-fn eval_loss(m: &SegViT, x: &Tensor, t: &Tensor) -> Tensor {
-    seg_loss(&m.forward(x, false, None).unwrap(), t).unwrap().0
+fn eval_loss(m: &SegmentationViT, x: &Tensor, t: &Tensor) -> Tensor {
+    segmentation_loss(&m.forward(x, false, None).unwrap(), t)
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -126,7 +131,7 @@ fn gradients_match_finite_differences() {
     for k in [1, 3] {
         let mut cfg = micro_cfg(k);
         cfg.drop_path = 0.0;
-        let m = SegViT::new(&cfg, &Device::Cpu, 7).unwrap();
+        let m = SegmentationViT::new(&cfg, &Device::Cpu, 7).unwrap();
         // non-trivial running stats so eval-mode BN is not the identity
         for (i, (_, bn)) in m.batch_norms().iter().enumerate() {
             let mut r = bn.running();
@@ -145,7 +150,7 @@ fn gradients_match_finite_differences() {
         let t = if k == 1 {
             maps
         } else {
-            let ft = FineTuner::new(m.clone(), 0.75, 0).unwrap();
+            let ft = SegmentationTrainer::new(m.clone(), 0.75, 0).unwrap();
             ft.targets_from_maps(&(maps * (2.0 / 255.0)).unwrap())
                 .unwrap()
         };
@@ -220,7 +225,7 @@ fn multiclass_loss_matches_a_hand_computation() {
     )
     .unwrap();
     let t = Tensor::from_vec(vec![0u32, 2], (1, 1, 2), &Device::Cpu).unwrap();
-    let (total, dice, ce) = seg_loss(&logits, &t).unwrap();
+    let (total, dice, ce) = segmentation_loss(&logits, &t).unwrap();
     let sm = |px: &[f64; 3]| {
         let z: f64 = px.iter().map(|v| v.exp()).sum();
         px.map(|v| v.exp() / z)
@@ -251,19 +256,19 @@ fn multiclass_loss_matches_a_hand_computation() {
     assert!((scalar(&total) - ce_hand - dice_hand).abs() < 1e-5);
     // wrong target shapes are errors
     let bad = Tensor::zeros((1, 2, 1), DType::U32, &Device::Cpu).unwrap();
-    assert!(seg_loss(&logits, &bad).is_err());
+    assert!(segmentation_loss(&logits, &bad).is_err());
 }
 
 #[test]
 fn targets_from_maps_binary_and_class_ids() {
-    let bin = FineTuner::create(&micro_cfg(1), &Device::Cpu, 0, 0.75).unwrap();
+    let bin = SegmentationTrainer::create(&micro_cfg(1), &Device::Cpu, 0, 0.75).unwrap();
     let maps = Tensor::from_vec(vec![0.0f32, 0.49, 0.51, 1.0], (1, 1, 2, 2), &Device::Cpu).unwrap();
     let t = bin.targets_from_maps(&maps).unwrap();
     assert_eq!(
         t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         [0.0, 0.0, 1.0, 1.0]
     );
-    let mc = FineTuner::create(&micro_cfg(3), &Device::Cpu, 0, 0.75).unwrap();
+    let mc = SegmentationTrainer::create(&micro_cfg(3), &Device::Cpu, 0, 0.75).unwrap();
     let maps = Tensor::from_vec(
         vec![0.0f32, 1.0 / 255.0, 2.0 / 255.0, 1.0 / 255.0],
         (1, 1, 2, 2),
@@ -308,7 +313,7 @@ fn layer_decay_scales_and_weight_decay_groups() {
         1.0,
     );
     // the trainer applies them
-    let ft = FineTuner::create(&micro_cfg(1), &Device::Cpu, 0, 0.5).unwrap();
+    let ft = SegmentationTrainer::create(&micro_cfg(1), &Device::Cpu, 0, 0.5).unwrap();
     for (n, s) in ft.opt.lr_scales() {
         let want = if n.starts_with("blocks.1.") {
             0.5
@@ -342,7 +347,7 @@ fn tmp(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn save_load_round_trip_gives_equal_predictions_and_training() {
-    let mut ft = FineTuner::create(&micro_cfg(1), &Device::Cpu, 11, 0.75).unwrap();
+    let mut ft = SegmentationTrainer::create(&micro_cfg(1), &Device::Cpu, 11, 0.75).unwrap();
     let x = randn(&mut InitRng::new(12), &[2, 1, 32, 32]);
     let t = binary_targets(2, 32, 13);
     for _ in 0..3 {
@@ -420,7 +425,7 @@ fn encoder_init_from_an_mae_checkpoint_equals_the_source() {
     let dir = tmp("init");
     let path = dir.join("mae.safetensors");
     checkpoint::save(&path, &mae, None, 0).unwrap();
-    let mut m = SegViT::new(&cfg, &Device::Cpu, 22).unwrap();
+    let mut m = SegmentationViT::new(&cfg, &Device::Cpu, 22).unwrap();
     let head_before = m
         .params
         .get("head.classifier.weight")
@@ -478,7 +483,7 @@ fn encoder_init_from_an_mae_checkpoint_equals_the_source() {
     // encoder-only timm export: nothing missing, nothing unexpected
     let exp = dir.join("encoder.safetensors");
     checkpoint::export_timm(&exp, &mae).unwrap();
-    let mut m2 = SegViT::new(&cfg, &Device::Cpu, 23).unwrap();
+    let mut m2 = SegmentationViT::new(&cfg, &Device::Cpu, 23).unwrap();
     let r2 = ckpt::init_encoder(&mut m2, &exp, None).unwrap();
     assert!(r2.missing.is_empty() && r2.unexpected.is_empty(), "{r2:?}");
     let a = m
@@ -488,7 +493,7 @@ fn encoder_init_from_an_mae_checkpoint_equals_the_source() {
     // a wider encoder does not fit
     let mut wide = cfg.clone();
     wide.encoder.embed_dim = 32;
-    let mut m3 = SegViT::new(&wide, &Device::Cpu, 0).unwrap();
+    let mut m3 = SegmentationViT::new(&wide, &Device::Cpu, 0).unwrap();
     assert!(ckpt::init_encoder(&mut m3, &path, None).is_err());
     std::fs::remove_dir_all(dir).ok();
 }
@@ -511,7 +516,7 @@ fn bilinear_resize_matches_hand_values() {
 
 #[test]
 fn predict_grey_resizes_in_and_out() {
-    let ft = FineTuner::create(&micro_cfg(2), &Device::Cpu, 0, 0.75).unwrap();
+    let ft = SegmentationTrainer::create(&micro_cfg(2), &Device::Cpu, 0, 0.75).unwrap();
     let img: Vec<u8> = (0..50 * 40).map(|i| (i % 251) as u8).collect();
     let out = ft
         .predict_grey(&[(&img, 50, 40)], &[0.45], &[0.22])
@@ -544,13 +549,13 @@ fn timing_train_step_224() {
         .unwrap_or(8);
     let mut enc = MaeConfig::preset("tiny").unwrap();
     enc.img_size = img;
-    let cfg = SegConfig {
+    let cfg = SegmentationConfig {
         encoder: enc,
         num_classes: 1,
         head_scale: hs,
         drop_path: 0.1,
     };
-    let mut ft = FineTuner::create(&cfg, &Device::Cpu, 0, 0.75).unwrap();
+    let mut ft = SegmentationTrainer::create(&cfg, &Device::Cpu, 0, 0.75).unwrap();
     let x = randn(&mut InitRng::new(1), &[b, 3, img, img]);
     let t = binary_targets(b, img, 2);
     for i in 0..3 {

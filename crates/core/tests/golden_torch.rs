@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use vasomim_core::nn::mae::{MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
-use vasomim_core::train::{StepParams, Trainer};
+use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 const REL: f64 = 1e-4;
 
@@ -149,7 +149,7 @@ fn adamw_params() -> StepParams {
 fn adamw_alone_matches_torch_optim_adamw() {
     let g = golden("mae_micro.npz");
     let (model, _, _) = setup(&micro_ref(), &g);
-    let mut tr = Trainer::new(model, &[]).unwrap();
+    let mut tr = PretrainTrainer::new(model, &[]).unwrap();
     for step in 0..5 {
         let grads: Vec<Tensor> = tr
             .opt
@@ -195,7 +195,7 @@ fn adamw_alone_matches_torch_optim_adamw() {
 fn micro_five_training_steps_match_pytorch() {
     let g = golden("mae_micro.npz");
     let (model, imgs, m) = setup(&micro_ref(), &g);
-    let mut tr = Trainer::new(model, &[]).unwrap();
+    let mut tr = PretrainTrainer::new(model, &[]).unwrap();
     let p = adamw_params();
     let losses = vec(&g["adamw_losses"]);
     for (i, expect) in losses.iter().enumerate() {

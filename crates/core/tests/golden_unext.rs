@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor, Var};
 use vasomim_core::checkpoint::segmentor;
 use vasomim_core::nn::conv::BnRunning;
+use vasomim_core::nn::loss::segmentor_loss;
 use vasomim_core::nn::unext::{UNext, UNextConfig};
-use vasomim_core::seg_train::{seg_loss, SegTrainer};
+use vasomim_core::trainer::segmentor::SegmentorTrainer;
 
 fn golden() -> HashMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/unext_s64.npz");
@@ -153,7 +154,7 @@ fn train_mode_logits_loss_and_every_gradient_match_pytorch() {
     let logits = model.forward(x.as_tensor(), true).unwrap();
     let e_fwd = rel_err(&vec(&logits), &vec(&g["logits_train"]));
     assert!(e_fwd <= FWD_REL, "train logits differ by {e_fwd:e}");
-    let l = seg_loss(&logits, &g["y"]).unwrap();
+    let l = segmentor_loss(&logits, &g["y"]).unwrap();
     let s = |t: &Tensor| t.to_scalar::<f32>().unwrap() as f64;
     close("loss", s(&l.loss), scalar(&g, "loss"), 1e-5);
     close("bce", s(&l.bce), scalar(&g, "bce"), 1e-5);
@@ -259,7 +260,11 @@ fn eval_mode_logits_and_input_gradient_match_pytorch() {
     let logits = model.forward(x.as_tensor(), false).unwrap();
     let e = rel_err(&vec(&logits), &vec(&g["logits_eval"]));
     assert!(e <= FWD_REL, "eval logits differ by {e:e}");
-    let grads = seg_loss(&logits, &g["y"]).unwrap().loss.backward().unwrap();
+    let grads = segmentor_loss(&logits, &g["y"])
+        .unwrap()
+        .loss
+        .backward()
+        .unwrap();
     let ex = rel_err(
         &vec(grads.get(x.as_tensor()).unwrap()),
         &vec(&g["x_grad_eval"]),
@@ -274,7 +279,7 @@ fn eval_mode_logits_and_input_gradient_match_pytorch() {
     eprintln!("UNeXt-S eval parity: logits {e:.2e}, input gradient {ex:.2e}");
 }
 
-/// Two Adam steps through `SegTrainer` (forward, backward, update, forward, backward, update).
+/// Two Adam steps through `SegmentorTrainer` (forward, backward, update, forward, backward, update).
 /// Adam divides by sqrt(v): an entry whose gradient is ~0 by cancellation gets a ±lr step of
 /// float-noise sign in both frameworks, so entries are held to 1e-4 of the tensor's largest value
 /// plus 2 % of the two steps' size (2·lr), and at most 0.5 % of a tensor's entries may use the
@@ -284,7 +289,7 @@ fn eval_mode_logits_and_input_gradient_match_pytorch() {
 #[test]
 fn two_adam_steps_match_pytorch() {
     let g = golden();
-    let mut tr = SegTrainer::new(reference_model()).unwrap();
+    let mut tr = SegmentorTrainer::new(reference_model()).unwrap();
     let (x, y) = (&g["x"], &g["y"]);
     let l1 = tr.train_step(x, y, 1e-3).unwrap();
     close("step-1 loss", l1.loss, scalar(&g, "loss"), 1e-5);
@@ -408,7 +413,7 @@ fn grey_mode_and_other_sizes() {
 #[test]
 fn save_load_round_trip_keeps_weights_stats_and_optimizer() {
     let g = golden();
-    let mut tr = SegTrainer::new(reference_model()).unwrap();
+    let mut tr = SegmentorTrainer::new(reference_model()).unwrap();
     tr.train_step(&g["x"], &g["y"], 1e-3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("seg.safetensors");
@@ -442,7 +447,7 @@ fn save_load_round_trip_keeps_weights_stats_and_optimizer() {
     assert_eq!(vec(&p0), vec(&p1));
     let (moments, opt_step) = loaded.optimizer.expect("optimizer state saved");
     assert_eq!(opt_step, 1);
-    let mut tr2 = SegTrainer::new(loaded.model).unwrap();
+    let mut tr2 = SegmentorTrainer::new(loaded.model).unwrap();
     tr2.opt.load_state(&moments, opt_step).unwrap();
     let a = tr.train_step(&g["x"], &g["y"], 1e-3).unwrap();
     let b = tr2.train_step(&g["x"], &g["y"], 1e-3).unwrap();

@@ -3,11 +3,12 @@
 //! and the NaN guard leaving the weights untouched.
 
 use candle_core::{Device, Result, Tensor, Var};
-use vasomim_core::nn::mae::{bce_with_logits, random_masking, Masking};
+use vasomim_core::nn::loss::bce_with_logits;
+use vasomim_core::nn::mae::{random_masking, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::nn::InitRng;
-use vasomim_core::pretrain::{guidance, patch_mass, Consistency, VesselSegmentor};
-use vasomim_core::train::{StepParams, Trainer};
+use vasomim_core::trainer::pretrain::{guidance, patch_mass, Consistency, VesselSegmentor};
+use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 /// A stand-in segmentor with a non-linear, input-dependent response: logits = a·tanh(Σ_c w_c x_c) + b.
 struct ToySeg {
@@ -38,9 +39,9 @@ fn randn(rng: &mut InitRng, dims: &[usize]) -> Tensor {
     Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
 }
 
-fn setup(b: usize) -> (Trainer, Tensor, Masking, Tensor) {
+fn setup(b: usize) -> (PretrainTrainer, Tensor, Masking, Tensor) {
     let cfg = MaeConfig::micro_test();
-    let tr = Trainer::create(&cfg, &Device::Cpu, 3).unwrap();
+    let tr = PretrainTrainer::create(&cfg, &Device::Cpu, 3).unwrap();
     let mut rng = InitRng::new(11);
     let s = cfg.img_size;
     let imgs = randn(&mut rng, &[b, cfg.in_chans, s, s]);

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { ModelConfigSchema } from './model.js';
-import { SegDataSchema } from './seg.js';
+import { SegmentationDataSchema } from './segmentation.js';
 
 export const FT_TASKS = ['vessel-seg', 'segment-seg', 'stenosis-seg'] as const;
 export type FtTask = (typeof FT_TASKS)[number];
@@ -27,7 +27,7 @@ export const FinetuneSchema = z
     /** Dataset folder or manifest with a train split (test is never read by fine-tuning). */
     data: z.string({ error: 'data must be a dataset path' }).min(1, 'data must be a dataset path'),
     /** Dataset adapter options (format, classes, masks, maskThreshold, splits). `task` comes from `task`. */
-    dataOptions: SegDataSchema.prefault({}),
+    dataOptions: SegmentationDataSchema.prefault({}),
     /** `scratch`, or a pre-trained checkpoint: ours, `encoder.safetensors` of `vasomim pretrain`, MAE .pth, timm safetensors. */
     init: z.string().min(1, 'init must be "scratch" or a checkpoint path').default('scratch'),
     /** Preset name for a bare checkpoint whose shapes match no preset (init only). */

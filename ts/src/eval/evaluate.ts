@@ -6,10 +6,10 @@ import { mkdirSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 
-import { EvaluateSchema, type EvaluateConfig, type EvaluateInput, type SplitName } from '../config/seg.js';
+import { EvaluateSchema, type EvaluateConfig, type EvaluateInput, type SplitName } from '../config/segmentation.js';
 import { parseOptions } from '../config/vessels.js';
 import { DatasetError } from '../data/dataset.js';
-import { checkSegSamples, loadSegSample, openSegDataset, splitSamples, type LoadedSample, type SegDataset, type SegSample } from '../seg/dataset.js';
+import { checkSegmentationSamples, loadSegmentationSample, openSegmentationDataset, splitSamples, type LoadedSample, type SegmentationDataset, type SegmentationSample } from '../segmentation/dataset.js';
 import { writeFileAtomic, writePng } from '../util/png.js';
 import { binaryMetrics, METRIC_NAMES, multiClassMetrics, summarize, type MetricName, type Stat } from './metrics.js';
 import type { Prediction, Predictor } from './predictor.js';
@@ -130,8 +130,8 @@ export function labelsOf(pred: Prediction, threshold: number): Uint8Array {
   return out;
 }
 
-async function predictSample(ds: SegDataset, predictor: Predictor, s: SegSample): Promise<{ x: LoadedSample; pred: Prediction }> {
-  const x = await loadSegSample(ds, s);
+async function predictSample(ds: SegmentationDataset, predictor: Predictor, s: SegmentationSample): Promise<{ x: LoadedSample; pred: Prediction }> {
+  const x = await loadSegmentationSample(ds, s);
   const pred = await predictor.predict({ width: x.width, height: x.height, pixels: x.image });
   const want = ds.kind === 'binary' ? 1 : ds.classes.length;
   if (pred.width !== x.width || pred.height !== x.height || pred.classes !== want || pred.probs.length !== pred.classes * x.width * x.height)
@@ -153,7 +153,7 @@ export async function evaluateSegmentation(
   onProgress?: (p: EvalProgress) => void,
 ): Promise<EvalSummary> {
   const cfg: EvaluateConfig = parseOptions(EvaluateSchema, options, 'evaluate options');
-  const ds = openSegDataset(dataPath, cfg.data);
+  const ds = openSegmentationDataset(dataPath, cfg.data);
   const jobs = cfg.jobs || availableParallelism();
   const binary = ds.kind === 'binary';
   const tuneNeeded = binary && cfg.threshold === undefined;
@@ -164,7 +164,7 @@ export async function evaluateSegmentation(
     throw new DatasetError(
       `${ds.root}: predictor ${predictor.name} outputs ${predictor.classes === 1 ? '1 map (binary)' : `${predictor.classes} classes`} but the dataset is ${binary ? 'binary' : `${want} classes (${ds.classes.length - 1} foreground)`}`,
     );
-  await checkSegSamples([...tuneSamples, ...evalSamples]);
+  await checkSegmentationSamples([...tuneSamples, ...evalSamples]);
   mkdirSync(cfg.out, { recursive: true });
 
   let threshold: ThresholdChoice | null = null;

@@ -6,7 +6,7 @@ import { basename, extname, join } from 'node:path';
 
 import { labelsOf } from './evaluate.js';
 import { palette } from './sheet.js';
-import { segModelPredictorFromFile } from '../model/segvit.js';
+import { segmentationPredictorFromFile } from '../model/segmentation.js';
 import { native } from '../native.js';
 import { writePng } from '../util/png.js';
 
@@ -48,7 +48,7 @@ export function overlay(grey: ArrayLike<number>, labels: Uint8Array, width: numb
 
 export async function predictFiles(model: string, images: string[], options: PredictOptions, onProgress?: (done: number, total: number) => void): Promise<PredictResult> {
   if (images.length === 0) throw new Error('no images to predict');
-  const { predictor, meta } = await segModelPredictorFromFile(model);
+  const { predictor, meta } = await segmentationPredictorFromFile(model);
   const threshold = options.threshold ?? meta.threshold;
   mkdirSync(options.out, { recursive: true });
   const files: PredictedFile[] = [];

@@ -1,7 +1,7 @@
 // What `evaluate` (and later `predict`) runs on each image: a Predictor turns a grey image into a
 // soft output at the image's size. The unsupervised vesselness baseline is one; the fine-tuned
 // ViT segmentor will be another (same interface: load the model once, predict per image).
-import { BaselineSchema, type BaselineInput } from '../config/seg.js';
+import { BaselineSchema, type BaselineInput } from '../config/segmentation.js';
 import { parseOptions } from '../config/vessels.js';
 import { vesselness } from '../vessels/api.js';
 

@@ -16,9 +16,9 @@ import { DatasetError, type DataSample } from '../data/dataset.js';
 import { openLoader } from '../data/loader.js';
 import { labelsOf } from '../eval/evaluate.js';
 import { dice, multiClassMetrics } from '../eval/metrics.js';
-import { segModelPredictor, type SegModel, type SegModelMeta } from '../model/segvit.js';
+import { segmentationPredictor, type SegmentationModel, type SegmentationModelMeta } from '../model/segmentation.js';
 import { native, packageVersion } from '../native.js';
-import { checkSegSamples, loadSegSample, openSegDataset, splitSamples, type SegDataset, type SegSample } from '../seg/dataset.js';
+import { checkSegmentationSamples, loadSegmentationSample, openSegmentationDataset, splitSamples, type SegmentationDataset, type SegmentationSample } from '../segmentation/dataset.js';
 import { writePng } from '../util/png.js';
 import { RunDir } from './rundir.js';
 import { lrAt, type LrSchedule } from './schedule.js';
@@ -72,7 +72,7 @@ export interface FinetuneResult {
  * The validation images: the dataset's val split when it has one, else `count` training images
  * evenly spaced in name order (indices round((j + ½)·n / count)), which leave the training set.
  */
-export function holdOut(train: SegSample[], count: number): { train: SegSample[]; val: SegSample[] } {
+export function holdOut(train: SegmentationSample[], count: number): { train: SegmentationSample[]; val: SegmentationSample[] } {
   if (count === 0) return { train, val: [] };
   if (count >= train.length) throw new DatasetError(`valCount ${count} leaves no training images (train has ${train.length})`);
   const pick = new Set<number>();
@@ -88,11 +88,11 @@ export function imageDsc(labels: Uint8Array, truth: Uint8Array, width: number, h
 }
 
 /** Mean validation DSC of `model` on `samples`. */
-export async function validate(ds: SegDataset, model: SegModel, meta: SegModelMeta, samples: SegSample[], onDone?: (n: number) => void): Promise<number> {
-  const predictor = segModelPredictor(model, meta);
+export async function validate(ds: SegmentationDataset, model: SegmentationModel, meta: SegmentationModelMeta, samples: SegmentationSample[], onDone?: (n: number) => void): Promise<number> {
+  const predictor = segmentationPredictor(model, meta);
   let sum = 0;
   for (let i = 0; i < samples.length; i++) {
-    const x = await loadSegSample(ds, samples[i]!);
+    const x = await loadSegmentationSample(ds, samples[i]!);
     const pred = await predictor.predict({ width: x.width, height: x.height, pixels: x.image });
     sum += imageDsc(labelsOf(pred, meta.threshold), x.truth, x.width, x.height, pred.classes);
     onDone?.(i + 1);
@@ -101,11 +101,11 @@ export async function validate(ds: SegDataset, model: SegModel, meta: SegModelMe
 }
 
 /** Masks as the loader reads them: binary 0/255, multi-class the class id as grey value. */
-async function writeMasks(ds: SegDataset, samples: SegSample[], dir: string): Promise<DataSample[]> {
+async function writeMasks(ds: SegmentationDataset, samples: SegmentationSample[], dir: string): Promise<DataSample[]> {
   mkdirSync(dir, { recursive: true });
   const out: DataSample[] = [];
   for (let i = 0; i < samples.length; i++) {
-    const x = await loadSegSample(ds, samples[i]!);
+    const x = await loadSegmentationSample(ds, samples[i]!);
     const data = ds.kind === 'binary' ? x.truth.map((v) => v * 255) : x.truth;
     const map = join(dir, `${String(i).padStart(5, '0')}.png`);
     writePng(map, { width: x.width, height: x.height, data });
@@ -142,7 +142,7 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   }
   const c: FinetuneConfig = parseOptions(FinetuneSchema, input, 'finetune config');
   const log = events.onLog ?? (() => {});
-  const ds = openSegDataset(c.data, c.dataOptions);
+  const ds = openSegmentationDataset(c.data, c.dataOptions);
   const wantMulti = c.task === 'segment-seg';
   if (wantMulti !== (ds.kind === 'multiclass'))
     throw new DatasetError(
@@ -151,7 +151,7 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const numClasses = ds.kind === 'binary' ? 1 : ds.classes.length;
   const all = splitSamples(ds, 'train');
   const split = ds.splits.val.length > 0 ? { train: all, val: ds.splits.val } : holdOut(all, c.valCount);
-  await checkSegSamples([...split.train, ...split.val]);
+  await checkSegmentationSamples([...split.train, ...split.val]);
 
   const run = resumed ?? RunDir.create(c.runs, c.name);
   log(`run folder ${run.path}`);
@@ -182,7 +182,7 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
     augment: { size: enc.imgSize, randomCrop: true, scale: c.scale, hflip: c.hflip, channels: enc.inChans as 1 | 3 },
   });
   const aug = loader.config.augment;
-  const meta: SegModelMeta = {
+  const meta: SegmentationModelMeta = {
     task: c.task,
     classes: ds.classes,
     mean: aug.mean,

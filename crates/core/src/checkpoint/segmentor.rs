@@ -20,7 +20,7 @@ pub const PREFIX: &str = "seg_model.";
 
 /// What loading found.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct SegLoadReport {
+pub struct SegmentorLoadReport {
     /// Model tensors absent from the file (left at their initial values).
     pub missing: Vec<String>,
     /// File tensors the model has no use for.
@@ -31,7 +31,7 @@ pub struct SegLoadReport {
     pub config_source: String,
 }
 
-impl SegLoadReport {
+impl SegmentorLoadReport {
     /// One line per problem, for error messages.
     pub fn describe(&self) -> String {
         let list = |v: &[String]| {
@@ -52,9 +52,9 @@ impl SegLoadReport {
     }
 }
 
-pub struct SegLoaded {
+pub struct SegmentorLoaded {
     pub model: UNext,
-    pub report: SegLoadReport,
+    pub report: SegmentorLoadReport,
     /// Adam moments and their step, when the file has them.
     pub optimizer: Option<(HashMap<String, Tensor>, u64)>,
     pub step: u64,
@@ -88,9 +88,9 @@ fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
 /// error listing every such key; missing and unexpected keys are reported (an absent
 /// `num_batches_tracked`, as in files from old PyTorch versions, counts as 0, not missing).
 /// With `strict`, missing or unexpected keys are an error too.
-pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegLoaded> {
+pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoaded> {
     let (tensors, meta) = read_tensors(path)?;
-    let mut report = SegLoadReport::default();
+    let mut report = SegmentorLoadReport::default();
     let tensors: HashMap<String, Tensor> = if tensors.keys().any(|k| k.starts_with(PREFIX)) {
         report.ignored_outside_prefix = tensors.keys().filter(|k| !k.starts_with(PREFIX)).count();
         tensors
@@ -214,7 +214,7 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegLoaded> {
         (opt_tensors, s)
     });
     let step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(SegLoaded {
+    Ok(SegmentorLoaded {
         model,
         report,
         optimizer,

@@ -1,16 +1,14 @@
 //! The masked autoencoder: encoder on the kept patches, a light decoder on all patches, and the
-//! losses of VASOMIM.md §7. Steps are named as in MAE's `models_mae.py`: `patchify`,
+//! reconstruction loss of VASOMIM.md §7 (the loss functions live in [`super::loss`]). Steps are named as in MAE's `models_mae.py`: `patchify`,
 //! `unpatchify`, `random_masking`, `forward_encoder`, `forward_decoder`, `forward_loss`.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 
+use super::loss::{masked_patch_mse, norm_pix};
 use super::pos_embed::sincos_2d_tensor;
 use super::presets::MaeConfig;
 use super::vit::VisionTransformer;
 use super::{Block, Init, InitRng, LayerNorm, Linear, ParamBuilder, ParamStore};
-
-/// Normalisation epsilon of the norm-pix target: (T − μ)/sqrt(σ² + 1e-6).
-pub const NORM_PIX_EPS: f64 = 1e-6;
 
 #[derive(Clone, Debug)]
 pub struct MaskedAutoencoder {
@@ -125,8 +123,7 @@ impl MaskedAutoencoder {
         } else {
             target
         };
-        let per_patch = (pred - target)?.sqr()?.mean(D::Minus1)?; // [B, L]
-        (per_patch * mask)?.sum_all()?.div(&mask.sum_all()?)
+        masked_patch_mse(pred, &target, mask)
     }
 
     pub fn forward(&self, imgs: &Tensor, m: &Masking) -> Result<MaeOutput> {
@@ -171,37 +168,6 @@ pub fn unpatchify(x: &Tensor, p: usize, c: usize) -> Result<Tensor> {
         .permute((0, 5, 1, 3, 2, 4))?
         .contiguous()?
         .reshape((b, c, g * p, g * p))
-}
-
-/// Per-patch normalisation of a (B, L, P) target with the unbiased variance: returns
-/// ((T − μ)/σ, μ, σ) with σ = sqrt(var + 1e-6).
-pub fn norm_pix(t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let n = t.dim(D::Minus1)?;
-    let mean = t.mean_keepdim(D::Minus1)?;
-    let centred = t.broadcast_sub(&mean)?;
-    let var = (centred.sqr()?.sum_keepdim(D::Minus1)? / (n as f64 - 1.0))?;
-    let std = (var + NORM_PIX_EPS)?.sqrt()?;
-    Ok((centred.broadcast_div(&std)?, mean, std))
-}
-
-/// Mean binary cross-entropy with logits over all elements, in the overflow-free form
-/// max(x, 0) − x·t + log(1 + exp(−|x|)) (as `F.binary_cross_entropy_with_logits`).
-pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let l =
-        ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    l.mean_all()
-}
-
-/// Soft Dice loss on sigmoid probabilities, per image then averaged over the batch:
-/// 1 − (2Σpt + s)/(Σp + Σt + s) with smoothing s = 1 (empty/empty scores 0 loss).
-pub fn soft_dice_loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let b = logits.dim(0)?;
-    let p = candle_nn::ops::sigmoid(logits)?.reshape((b, ()))?;
-    let t = targets.reshape((b, ()))?;
-    let inter = (&p * &t)?.sum(1)?;
-    let denom = (p.sum(1)? + t.sum(1)?)?;
-    let dice = ((inter * 2.0)? + 1.0)?.div(&(denom + 1.0)?)?;
-    (1.0 - dice)?.mean_all()
 }
 
 /// MAE `random_masking` decided on the host: per image a random permutation (from `rng`), the
@@ -297,20 +263,5 @@ mod tests {
             }
             assert_eq!(mask[b].iter().sum::<f32>(), 12.0);
         }
-    }
-
-    #[test]
-    fn bce_and_dice_known_values() {
-        let dev = Device::Cpu;
-        let x = Tensor::new(&[[0.0f32, 2.0], [-3.0, 100.0]], &dev).unwrap();
-        let t = Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0]], &dev).unwrap();
-        let bce = bce_with_logits(&x, &t).unwrap().to_scalar::<f32>().unwrap();
-        let expect = (2f64.ln() + (1.0 + 2f64.exp()).ln() + (1.0 + (-3f64).exp()).ln() + 0.0) / 4.0;
-        assert!((bce as f64 - expect).abs() < 1e-6, "{bce} vs {expect}");
-        let dice = soft_dice_loss(&x, &t).unwrap().to_scalar::<f32>().unwrap();
-        let s = |v: f64| 1.0 / (1.0 + (-v).exp());
-        let d0 = 1.0 - (2.0 * s(0.0) + 1.0) / (s(0.0) + s(2.0) + 1.0 + 1.0);
-        let d1 = 1.0 - (2.0 * s(100.0) + 1.0) / (s(-3.0) + s(100.0) + 1.0 + 1.0);
-        assert!((dice as f64 - (d0 + d1) / 2.0).abs() < 1e-6);
     }
 }

@@ -13,11 +13,12 @@
 //! whose path (`pb.pp("blocks").pp(i)`) *is* the checkpoint key, so the code is the key map.
 
 pub mod conv;
+pub mod loss;
 pub mod mae;
 pub mod ops;
 pub mod pos_embed;
 pub mod presets;
-pub mod segvit;
+pub mod segmentation;
 pub mod simd;
 pub mod unext;
 pub mod vit;

@@ -1,11 +1,11 @@
 // `vasomim evaluate --baseline sato|frangi --data <dataset> --out <dir>`: segmentation metrics of a
 // predictor on a dataset's test split, the threshold chosen on its train split.
 import { formatZodError } from '../../config/vessels.js';
-import { BaselineSchema, EvaluateSchema, type EvaluateInput } from '../../config/seg.js';
+import { BaselineSchema, EvaluateSchema, type EvaluateInput } from '../../config/segmentation.js';
 import { evaluateSegmentation, type EvalProgress } from '../../eval/evaluate.js';
 import { formatStat, METRIC_NAMES } from '../../eval/metrics.js';
 import { vesselnessPredictor, type Predictor } from '../../eval/predictor.js';
-import { segModelPredictorFromFile } from '../../model/segvit.js';
+import { segmentationPredictorFromFile } from '../../model/segmentation.js';
 import { defined, helpText, num, numList, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 
@@ -125,7 +125,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   let predictor: Predictor;
   if (modelPath) {
-    const m = await segModelPredictorFromFile(modelPath);
+    const m = await segmentationPredictorFromFile(modelPath);
     predictor = m.predictor;
     // models: the threshold saved with them (0.5), no tuning on the data
     if (parsed.data.threshold === undefined && m.model.config.numClasses === 1) parsed.data.threshold = m.meta.threshold;

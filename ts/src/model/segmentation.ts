@@ -5,10 +5,10 @@ import { basename } from 'node:path';
 import type { Predictor } from '../eval/predictor.js';
 import { native } from '../native.js';
 
-export type SegModel = InstanceType<typeof native.SegModel>;
+export type SegmentationModel = InstanceType<typeof native.SegModel>;
 
 /** What `vasomim finetune` stores in a checkpoint's `extra` metadata. */
-export interface SegModelMeta {
+export interface SegmentationModelMeta {
   task: string;
   /** Class names by label; classes[0] is the background (binary: background, foreground). */
   classes: string[];
@@ -28,12 +28,12 @@ export class ModelFileError extends Error {
   override name = 'ModelFileError';
 }
 
-export function modelMeta(model: SegModel, path = 'model'): SegModelMeta {
+export function modelMeta(model: SegmentationModel, path = 'model'): SegmentationModelMeta {
   const raw = model.extra;
-  let meta: Partial<SegModelMeta> = {};
+  let meta: Partial<SegmentationModelMeta> = {};
   if (raw) {
     try {
-      meta = JSON.parse(raw) as Partial<SegModelMeta>;
+      meta = JSON.parse(raw) as Partial<SegmentationModelMeta>;
     } catch (e) {
       throw new ModelFileError(`${path}: bad metadata (${(e as Error).message})`);
     }
@@ -48,12 +48,12 @@ export function modelMeta(model: SegModel, path = 'model'): SegModelMeta {
     std: meta.std ?? grey.std,
     threshold: meta.threshold ?? 0.5,
     ...meta,
-  } as SegModelMeta;
+  } as SegmentationModelMeta;
 }
 
 /** Load a fine-tuned model; a file of another kind is a ModelFileError naming it. */
-export async function loadSegModel(path: string): Promise<{ model: SegModel; meta: SegModelMeta }> {
-  let model: SegModel;
+export async function loadSegmentationModel(path: string): Promise<{ model: SegmentationModel; meta: SegmentationModelMeta }> {
+  let model: SegmentationModel;
   try {
     model = await native.SegModel.load(path);
   } catch (e) {
@@ -68,7 +68,7 @@ export async function loadSegModel(path: string): Promise<{ model: SegModel; met
  * size bilinearly (all in Rust). Binary: one foreground probability map; K ≥ 2 classes:
  * class-major softmax maps.
  */
-export function segModelPredictor(model: SegModel, meta: SegModelMeta, name = 'segvit', describe: Record<string, unknown> = {}): Predictor {
+export function segmentationPredictor(model: SegmentationModel, meta: SegmentationModelMeta, name = 'segvit', describe: Record<string, unknown> = {}): Predictor {
   const k = model.config.numClasses;
   return {
     name,
@@ -94,7 +94,7 @@ export function segModelPredictor(model: SegModel, meta: SegModelMeta, name = 's
 }
 
 /** Load a checkpoint and wrap it as a Predictor named after the file. */
-export async function segModelPredictorFromFile(path: string): Promise<{ predictor: Predictor; model: SegModel; meta: SegModelMeta }> {
-  const { model, meta } = await loadSegModel(path);
-  return { predictor: segModelPredictor(model, meta, basename(path), { checkpoint: path }), model, meta };
+export async function segmentationPredictorFromFile(path: string): Promise<{ predictor: Predictor; model: SegmentationModel; meta: SegmentationModelMeta }> {
+  const { model, meta } = await loadSegmentationModel(path);
+  return { predictor: segmentationPredictor(model, meta, basename(path), { checkpoint: path }), model, meta };
 }

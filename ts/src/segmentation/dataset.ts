@@ -1,12 +1,12 @@
 // Segmentation datasets with explicit train / val / test splits: paired image/mask folders
 // (incl. fercer-xca80's `N.png` + `N_gt.png`), ARCADE (COCO polygons → masks for the vessel,
 // segment and stenosis tasks) and CSV/JSONL manifests. Indexing reads names and JSON only;
-// `checkSegSplits` reads every header (sizes) before a long job; `loadSegSample` decodes.
+// `checkSegmentationSplits` reads every header (sizes) before a long job; `loadSegmentationSample` decodes.
 // Every problem is one DatasetError naming the file.
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, extname, isAbsolute, join, relative, resolve } from 'node:path';
 
-import { SegDataSchema, SPLITS, type SegDataConfig, type SegDataInput, type SplitName } from '../config/seg.js';
+import { SegmentationDataSchema, SPLITS, type SegmentationDataConfig, type SegmentationDataInput, type SplitName } from '../config/segmentation.js';
 import { parseOptions } from '../config/vessels.js';
 import { DatasetError, splitCsv } from '../data/dataset.js';
 import { native } from '../native.js';
@@ -22,7 +22,7 @@ export interface CocoShape {
   polygons: number[][];
 }
 
-export interface SegSample {
+export interface SegmentationSample {
   /** Stable name: the image path relative to the dataset root. */
   id: string;
   split: SplitName;
@@ -33,19 +33,19 @@ export interface SegSample {
   coco?: { file: string; width: number; height: number; shapes: CocoShape[] };
 }
 
-export interface SegDataset {
+export interface SegmentationDataset {
   root: string;
   format: 'paired' | 'arcade' | 'manifest';
   /** binary: 0/1 truth; multiclass: labels 0 (background) .. classes.length - 1. */
   kind: 'binary' | 'multiclass';
   /** Class names by label; classes[0] is the background. */
   classes: string[];
-  splits: Record<SplitName, SegSample[]>;
-  config: SegDataConfig;
+  splits: Record<SplitName, SegmentationSample[]>;
+  config: SegmentationDataConfig;
 }
 
 export interface LoadedSample {
-  sample: SegSample;
+  sample: SegmentationSample;
   width: number;
   height: number;
   /** Grey in 8-bit units. */
@@ -57,8 +57,8 @@ export interface LoadedSample {
 const natural = (a: string, b: string) => a.localeCompare(b, 'en', { numeric: true });
 
 /** Index a segmentation dataset (folder or manifest); see docs/SEGMENTATION.md for layouts. */
-export function openSegDataset(path: string, options: SegDataInput = {}): SegDataset {
-  const cfg = parseOptions(SegDataSchema, options, 'dataset options');
+export function openSegmentationDataset(path: string, options: SegmentationDataInput = {}): SegmentationDataset {
+  const cfg = parseOptions(SegmentationDataSchema, options, 'dataset options');
   const st = statSync(path, { throwIfNoEntry: false });
   if (!st) throw new DatasetError(`${path}: no such file or folder`);
   let format = cfg.format;
@@ -72,7 +72,7 @@ export function openSegDataset(path: string, options: SegDataInput = {}): SegDat
 }
 
 /** The samples of one split, or a DatasetError saying it is empty. */
-export function splitSamples(ds: SegDataset, split: SplitName, limit?: number): SegSample[] {
+export function splitSamples(ds: SegmentationDataset, split: SplitName, limit?: number): SegmentationSample[] {
   const s = ds.splits[split];
   if (s.length === 0) {
     const have = SPLITS.filter((k) => ds.splits[k].length > 0).map((k) => `${k} ${ds.splits[k].length}`);
@@ -96,7 +96,7 @@ function listDir(dir: string) {
   return readdirSync(dir, { withFileTypes: true }).filter((e) => !e.name.startsWith('.'));
 }
 
-function fromPairedFolders(root: string, cfg: SegDataConfig): SegDataset {
+function fromPairedFolders(root: string, cfg: SegmentationDataConfig): SegmentationDataset {
   const folders: Partial<Record<SplitName, string>> = {};
   if (cfg.splits) {
     for (const k of SPLITS) {
@@ -120,19 +120,19 @@ function fromPairedFolders(root: string, cfg: SegDataConfig): SegDataset {
         `${root}: no split folders (a subfolder named like train/training, val/validation, test/testing); name them with splits (--train-dir/--val-dir/--test-dir)`,
       );
   }
-  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegSample[]>;
+  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   for (const k of SPLITS) if (folders[k]) splits[k] = pairsIn(root, folders[k], k);
   const classes = cfg.masks === 'labels' ? labelClasses(cfg, root) : ['background', 'vessel'];
   return { root, format: 'paired', kind: cfg.masks === 'labels' ? 'multiclass' : 'binary', classes, splits, config: cfg };
 }
 
-function labelClasses(cfg: SegDataConfig, where: string): string[] {
+function labelClasses(cfg: SegmentationDataConfig, where: string): string[] {
   if (cfg.classes === undefined) throw new DatasetError(`${where}: label masks need the number of classes (classes / --classes)`);
   return ['background', ...Array.from({ length: cfg.classes }, (_, i) => `class ${i + 1}`)];
 }
 
 /** Image/mask pairs in one split folder: `images/` + `masks/` (same stem), or `x.png` + `x_gt.png`. */
-function pairsIn(root: string, dir: string, split: SplitName): SegSample[] {
+function pairsIn(root: string, dir: string, split: SplitName): SegmentationSample[] {
   const entries = listDir(dir);
   const imgDir = IMAGE_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(Boolean);
   const maskDir = MASK_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(Boolean);
@@ -153,7 +153,7 @@ function pairsIn(root: string, dir: string, split: SplitName): SegSample[] {
   }
   images.sort(natural);
   const seen = new Set<string>();
-  const out: SegSample[] = [];
+  const out: SegmentationSample[] = [];
   for (const image of images) {
     const s = stem(image);
     if (seen.has(s)) throw new DatasetError(`${image}: another image in ${dirname(image)} has the stem "${s}" (masks are matched by stem)`);
@@ -192,7 +192,7 @@ interface CocoJson {
   categories?: unknown;
 }
 
-function fromArcade(root: string, cfg: SegDataConfig): SegDataset {
+function fromArcade(root: string, cfg: SegmentationDataConfig): SegmentationDataset {
   const dirs = arcadeTaskDirs(root);
   const self = isArcadeTaskDir(root);
   const task = cfg.task ?? (dirs.has('syntax') || (self && basename(root) !== 'stenosis') ? 'vessel' : 'stenosis');
@@ -200,7 +200,7 @@ function fromArcade(root: string, cfg: SegDataConfig): SegDataset {
   const taskDir = dirs.get(want) ?? (self ? root : undefined);
   if (!taskDir)
     throw new DatasetError(`${root}: no ARCADE ${want}/ folder with <split>/annotations/<split>.json (task ${task}${dirs.size ? `; found ${[...dirs.keys()].join(', ')}/` : ''})`);
-  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegSample[]>;
+  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   let classes: string[] | undefined;
   let classesFrom = '';
   for (const split of SPLITS) {
@@ -226,7 +226,7 @@ function fromArcade(root: string, cfg: SegDataConfig): SegDataset {
   };
 }
 
-function readCoco(root: string, file: string, imageDir: string, split: SplitName, task: 'vessel' | 'segment' | 'stenosis', cfg: SegDataConfig) {
+function readCoco(root: string, file: string, imageDir: string, split: SplitName, task: 'vessel' | 'segment' | 'stenosis', cfg: SegmentationDataConfig) {
   let json: CocoJson;
   try {
     json = JSON.parse(readFileSync(file, 'utf8')) as CocoJson;
@@ -254,7 +254,7 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
     else if (task === 'stenosis') labelOf.set(c.id, c === stenosis ? 1 : 0);
     else labelOf.set(c.id, c === stenosis ? 0 : 1); // vessel: every segment, not stenosis regions
   });
-  const byId = new Map<number, SegSample & { coco: NonNullable<SegSample['coco']> }>();
+  const byId = new Map<number, SegmentationSample & { coco: NonNullable<SegmentationSample['coco']> }>();
   const listed = new Set<string>();
   for (const [i, im] of (json.images as { id?: unknown; file_name?: unknown; width?: unknown; height?: unknown }[]).entries()) {
     if (typeof im?.id !== 'number' || typeof im.file_name !== 'string' || !Number.isInteger(im.width) || !Number.isInteger(im.height))
@@ -293,7 +293,7 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
 
 // ---- manifests --------------------------------------------------------------------------------
 
-function fromManifest(path: string, cfg: SegDataConfig): SegDataset {
+function fromManifest(path: string, cfg: SegmentationDataConfig): SegmentationDataset {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -329,7 +329,7 @@ function fromManifest(path: string, cfg: SegDataConfig): SegDataset {
       rows.push({ image: f[col.image!] ?? '', mask: f[col.mask!] ?? '', split: f[col.split!] ?? '', line: i + 2 });
     });
   }
-  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegSample[]>;
+  const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   const seen = new Map<string, number>();
   for (const r of rows) {
     if (!r.image) throw new DatasetError(`${path}:${r.line}: empty image path`);
@@ -351,7 +351,7 @@ function fromManifest(path: string, cfg: SegDataConfig): SegDataset {
  * the first unreadable file, mask of another size than its image, or image of another size than
  * its COCO entry declares.
  */
-export async function checkSegSamples(samples: SegSample[], jobs = 0): Promise<void> {
+export async function checkSegmentationSamples(samples: SegmentationSample[], jobs = 0): Promise<void> {
   const paths: string[] = [];
   for (const s of samples) {
     paths.push(s.image);
@@ -374,7 +374,7 @@ export async function checkSegSamples(samples: SegSample[], jobs = 0): Promise<v
 }
 
 /** Decode a sample: the grey image and its truth (labels; binary 0/1). */
-export async function loadSegSample(ds: SegDataset, s: SegSample): Promise<LoadedSample> {
+export async function loadSegmentationSample(ds: SegmentationDataset, s: SegmentationSample): Promise<LoadedSample> {
   const img = await native.readImage(s.image).catch((e: Error) => {
     throw new DatasetError(`${s.image}: ${e.message}`);
   });

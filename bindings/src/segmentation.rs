@@ -9,10 +9,10 @@ use candle_core::{Device, Tensor};
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use vasomim_core::checkpoint::{self, segvit as ckpt, LoadOptions};
-use vasomim_core::finetune::{FineTuner, FtLoss, LAYER_DECAY};
+use vasomim_core::checkpoint::{self, segmentation as ckpt, LoadOptions};
 use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::nn::segvit::{SegConfig, SegViT};
+use vasomim_core::nn::segmentation::{SegmentationConfig, SegmentationViT};
+use vasomim_core::trainer::segmentation::{SegmentationLoss, SegmentationTrainer, LAYER_DECAY};
 
 use crate::data::Batch;
 use crate::model::{candle_message, ModelConfig};
@@ -31,8 +31,8 @@ pub struct SegModelConfig {
     pub drop_path: f64,
 }
 
-impl From<&SegConfig> for SegModelConfig {
-    fn from(c: &SegConfig) -> Self {
+impl From<&SegmentationConfig> for SegModelConfig {
+    fn from(c: &SegmentationConfig) -> Self {
         SegModelConfig {
             encoder: ModelConfig::from(&c.encoder),
             num_classes: c.num_classes as u32,
@@ -42,9 +42,9 @@ impl From<&SegConfig> for SegModelConfig {
     }
 }
 
-impl From<&SegModelConfig> for SegConfig {
+impl From<&SegModelConfig> for SegmentationConfig {
     fn from(c: &SegModelConfig) -> Self {
-        SegConfig {
+        SegmentationConfig {
             encoder: MaeConfig::from(&c.encoder),
             num_classes: c.num_classes as usize,
             head_scale: c.head_scale,
@@ -124,7 +124,7 @@ pub struct NormaliseOptions {
 }
 
 struct State {
-    tuner: FineTuner,
+    tuner: SegmentationTrainer,
     step: u64,
 }
 
@@ -162,13 +162,18 @@ fn layer_decay(v: Option<f64>) -> Result<f64> {
 #[napi]
 pub struct SegModel {
     state: Shared,
-    cfg: SegConfig,
+    cfg: SegmentationConfig,
     init: Option<SegInitInfo>,
     extra: Option<String>,
 }
 
 impl SegModel {
-    fn wrap(tuner: FineTuner, step: u64, init: Option<SegInitInfo>, extra: Option<String>) -> Self {
+    fn wrap(
+        tuner: SegmentationTrainer,
+        step: u64,
+        init: Option<SegInitInfo>,
+        extra: Option<String>,
+    ) -> Self {
         SegModel {
             cfg: tuner.model.cfg.clone(),
             state: Arc::new(Mutex::new(State { tuner, step })),
@@ -188,12 +193,13 @@ impl SegModel {
         seed: Option<i64>,
         options: Option<SegModelCreateOptions>,
     ) -> Result<SegModel> {
-        let cfg = SegConfig::from(&config);
+        let cfg = SegmentationConfig::from(&config);
         cfg.validate().map_err(invalid)?;
         let ld = layer_decay(options.and_then(|o| o.layer_decay))?;
         guarded("SegModel.create", || {
             let tuner =
-                FineTuner::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64, ld).map_err(err)?;
+                SegmentationTrainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64, ld)
+                    .map_err(err)?;
             Ok(SegModel::wrap(
                 tuner,
                 0,
@@ -466,7 +472,7 @@ impl Task for PretrainedTask {
                 .map_err(named)?
                 .model
                 .cfg;
-            let cfg = SegConfig {
+            let cfg = SegmentationConfig {
                 encoder,
                 num_classes: o.num_classes as usize,
                 head_scale: o.head_scale,
@@ -474,11 +480,11 @@ impl Task for PretrainedTask {
             };
             cfg.validate()
                 .map_err(|e| invalid(format!("{}: {e}", self.path.display())))?;
-            let mut model = SegViT::new(&cfg, &Device::Cpu, self.seed).map_err(err)?;
+            let mut model = SegmentationViT::new(&cfg, &Device::Cpu, self.seed).map_err(err)?;
             let r =
                 ckpt::init_encoder(&mut model, &self.path, o.preset.as_deref()).map_err(named)?;
-            let tuner =
-                FineTuner::new(model, layer_decay(o.layer_decay)?, self.seed).map_err(err)?;
+            let tuner = SegmentationTrainer::new(model, layer_decay(o.layer_decay)?, self.seed)
+                .map_err(err)?;
             Ok(SegModel::wrap(
                 tuner,
                 0,
@@ -545,7 +551,7 @@ pub struct StepTask {
 }
 
 impl Task for StepTask {
-    type Output = (FtLoss, u64);
+    type Output = (SegmentationLoss, u64);
     type JsValue = FtStepResult;
     fn compute(&mut self) -> Result<Self::Output> {
         guarded("SegModel.trainStep", || {

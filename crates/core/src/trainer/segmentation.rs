@@ -1,6 +1,6 @@
-//! Fine-tuning the segmentation ViT ([`SegViT`], VASOMIM.md §9): AdamW with layer-wise LR
+//! Fine-tuning the segmentation ViT ([`SegmentationViT`], VASOMIM.md §9): AdamW with layer-wise LR
 //! decay, weight decay on weights only, drop-path drawn from a per-step RNG, the loss of
-//! [`seg_loss`]. The learning-rate schedule (warm-up + cosine) is the caller's: each step takes
+//! [`segmentation_loss`]. The learning-rate schedule (warm-up + cosine) is the caller's: each step takes
 //! its lr.
 //!
 //! Targets come from the loader's maps (mask PNG / 255, nearest-resized with the image's crop
@@ -14,10 +14,11 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use crate::data::rng::key;
 use crate::data::transforms::{normalise_into, resize_bicubic, CropBox, View};
-use crate::nn::segvit::{layer_decay_scale, seg_loss, SegConfig, SegViT};
+use crate::nn::loss::segmentation_loss;
+use crate::nn::segmentation::{layer_decay_scale, SegmentationConfig, SegmentationViT};
 use crate::nn::InitRng;
 use crate::optim::{AdamW, AdamWParams};
-use crate::train::tune_allocator;
+use crate::trainer::tune_allocator;
 
 /// Default layer-wise LR decay (§9).
 pub const LAYER_DECAY: f64 = 0.75;
@@ -30,7 +31,7 @@ pub fn ft_decays(name: &str, rank: usize) -> bool {
 
 /// Loss terms of one step (before the update).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct FtLoss {
+pub struct SegmentationLoss {
     /// dice + ce.
     pub loss: f64,
     /// Soft-Dice loss term (1 − soft Dice).
@@ -39,23 +40,23 @@ pub struct FtLoss {
     pub ce: f64,
 }
 
-pub struct FineTuner {
-    pub model: SegViT,
+pub struct SegmentationTrainer {
+    pub model: SegmentationViT,
     pub opt: AdamW,
     pub layer_decay: f64,
     /// Seed of the drop-path draws (see the module doc).
     pub drop_seed: u64,
 }
 
-impl FineTuner {
+impl SegmentationTrainer {
     /// Trains every parameter except the unused final encoder norm, with LR multipliers
     /// `layer_decay^(depth + 1 − layer_id)`.
-    pub fn new(model: SegViT, layer_decay: f64, drop_seed: u64) -> Result<Self> {
+    pub fn new(model: SegmentationViT, layer_decay: f64, drop_seed: u64) -> Result<Self> {
         tune_allocator();
         if !(layer_decay > 0.0 && layer_decay <= 1.0) {
             candle_core::bail!("layerDecay = {layer_decay} must be in (0, 1]");
         }
-        let frozen: Vec<String> = crate::nn::segvit::FROZEN
+        let frozen: Vec<String> = crate::nn::segmentation::FROZEN
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -63,7 +64,7 @@ impl FineTuner {
         let depth = model.cfg.encoder.depth;
         opt.set_lr_scales(|n| layer_decay_scale(n, depth, layer_decay));
         opt.set_decays(ft_decays);
-        Ok(FineTuner {
+        Ok(SegmentationTrainer {
             model,
             opt,
             layer_decay,
@@ -71,11 +72,16 @@ impl FineTuner {
         })
     }
 
-    pub fn create(cfg: &SegConfig, device: &Device, seed: u64, layer_decay: f64) -> Result<Self> {
-        Self::new(SegViT::new(cfg, device, seed)?, layer_decay, seed)
+    pub fn create(
+        cfg: &SegmentationConfig,
+        device: &Device,
+        seed: u64,
+        layer_decay: f64,
+    ) -> Result<Self> {
+        Self::new(SegmentationViT::new(cfg, device, seed)?, layer_decay, seed)
     }
 
-    pub fn cfg(&self) -> &SegConfig {
+    pub fn cfg(&self) -> &SegmentationConfig {
         &self.model.cfg
     }
 
@@ -113,14 +119,14 @@ impl FineTuner {
         &self,
         images: &Tensor,
         targets: &Tensor,
-    ) -> Result<(FtLoss, Vec<Tensor>)> {
+    ) -> Result<(SegmentationLoss, Vec<Tensor>)> {
         let mut rng = InitRng::new(key(self.drop_seed, &[self.opt.step + 1]));
         let logits = self.model.forward(images, true, Some(&mut rng))?;
-        let (loss, dice, ce) = seg_loss(&logits, targets)?;
+        let (loss, dice, ce) = segmentation_loss(&logits, targets)?;
         let grads = self.opt.collect(&loss.backward()?)?;
         let s = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
         Ok((
-            FtLoss {
+            SegmentationLoss {
                 loss: s(&loss)?,
                 dice: s(&dice)?,
                 ce: s(&ce)?,
@@ -137,7 +143,7 @@ impl FineTuner {
         targets: &Tensor,
         lr: f64,
         weight_decay: f64,
-    ) -> Result<FtLoss> {
+    ) -> Result<SegmentationLoss> {
         let (loss, grads) = self.loss_and_grads(images, targets)?;
         if !loss.loss.is_finite() {
             candle_core::bail!("non-finite fine-tuning loss {}: step skipped", loss.loss);

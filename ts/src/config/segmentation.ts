@@ -7,7 +7,7 @@ import { FilterSchema } from './vessels.js';
 export const SPLITS = ['train', 'val', 'test'] as const;
 export type SplitName = (typeof SPLITS)[number];
 
-export const SegDataSchema = z
+export const SegmentationDataSchema = z
   .object({
     /** auto: a .csv/.jsonl file is a manifest, a folder with syntax/ or stenosis/ (or <split>/annotations/) is ARCADE, else paired folders. */
     format: z.enum(['auto', 'paired', 'arcade', 'manifest']).default('auto'),
@@ -27,8 +27,8 @@ export const SegDataSchema = z
   })
   .strict();
 
-export type SegDataInput = z.input<typeof SegDataSchema>;
-export type SegDataConfig = z.output<typeof SegDataSchema>;
+export type SegmentationDataInput = z.input<typeof SegmentationDataSchema>;
+export type SegmentationDataConfig = z.output<typeof SegmentationDataSchema>;
 
 export const BaselineSchema = z
   .object({
@@ -45,7 +45,7 @@ export const EvaluateSchema = z
   .object({
     /** Output folder: per-image.csv, summary.json, thresholds.csv, contact-sheet.png. */
     out: z.string().min(1, 'out must be a folder'),
-    data: SegDataSchema.prefault({}),
+    data: SegmentationDataSchema.prefault({}),
     /** Split the threshold is chosen on. */
     tuneSplit: z.enum(SPLITS).default('train'),
     /** Split the metrics are reported on. */

@@ -9,8 +9,8 @@
 //! channels (3→1: sum over channels; 1→3: repeat and divide by 3, which keeps the response to a
 //! grey image replicated over the channels).
 
+pub mod segmentation;
 pub mod segmentor;
-pub mod segvit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

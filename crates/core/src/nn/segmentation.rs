@@ -21,7 +21,7 @@
 //! complete timm encoder) but not used: the head reads the tokens before it, so it is frozen
 //! ([`FROZEN`]) — trained, it would never receive a gradient.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::conv::{upsample_nearest2x, BatchNorm2d, Conv2d};
@@ -34,7 +34,7 @@ pub const FROZEN: &[&str] = &["norm"];
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SegConfig {
+pub struct SegmentationConfig {
     /// Encoder shape (the decoder fields of an MAE config are ignored).
     pub encoder: MaeConfig,
     /// 1: binary (sigmoid); ≥ 2: classes with softmax (class 0 = background).
@@ -45,7 +45,7 @@ pub struct SegConfig {
     pub drop_path: f64,
 }
 
-impl SegConfig {
+impl SegmentationConfig {
     pub fn widths(&self) -> [usize; 5] {
         [512, 256, 128, 64, 32].map(|w| ((w as f64 * self.head_scale).round() as usize).max(4))
     }
@@ -113,8 +113,8 @@ impl DecoderBlock {
 }
 
 #[derive(Clone, Debug)]
-pub struct SegViT {
-    pub cfg: SegConfig,
+pub struct SegmentationViT {
+    pub cfg: SegmentationConfig,
     pub encoder: VisionTransformer,
     branch4: ConvBnAct,
     /// branches 3, 2, 1: 1, 2, 3 (upsample, conv) steps.
@@ -125,8 +125,8 @@ pub struct SegViT {
     pub params: ParamStore,
 }
 
-impl SegViT {
-    pub fn new(cfg: &SegConfig, device: &Device, seed: u64) -> Result<Self> {
+impl SegmentationViT {
+    pub fn new(cfg: &SegmentationConfig, device: &Device, seed: u64) -> Result<Self> {
         cfg.validate().map_err(candle_core::Error::msg)?;
         let pb = ParamBuilder::new(device, seed);
         let encoder = VisionTransformer::new(&pb, &cfg.encoder)?;
@@ -150,7 +150,7 @@ impl SegViT {
             .map(|i| DecoderBlock::new(&h.pp("decoder").pp(i), w[i] + w[i + 1], w[i + 1]))
             .collect::<Result<Vec<_>>>()?;
         let classifier = Conv2d::new(&h.pp("classifier"), w[4], cfg.num_classes, 1, 1, 0, true)?;
-        Ok(SegViT {
+        Ok(SegmentationViT {
             cfg: cfg.clone(),
             encoder,
             branch4,
@@ -283,56 +283,6 @@ fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Resul
         })
         .collect();
     x.broadcast_mul(&Tensor::from_vec(keep, (b * n, 1), x.device())?)
-}
-
-/// Segmentation loss: soft Dice + BCE-with-logits (binary, `targets` (B, 1, H, W) in {0, 1}) or
-/// soft Dice over the foreground classes + cross-entropy (multi-class, `targets` (B, H, W) u32
-/// class ids). Returns (total, dice term, bce/ce term).
-pub fn seg_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    let (b, k, h, w) = logits.dims4()?;
-    if k == 1 {
-        if targets.dims() != logits.dims() {
-            candle_core::bail!(
-                "seg_loss: binary targets {:?} must have the logits' shape {:?}",
-                targets.dims(),
-                logits.dims()
-            );
-        }
-        let bce = super::mae::bce_with_logits(logits, targets)?;
-        let dice = super::mae::soft_dice_loss(logits, targets)?;
-        return Ok(((&dice + &bce)?, dice, bce));
-    }
-    if targets.dims() != [b, h, w] || targets.dtype() != candle_core::DType::U32 {
-        candle_core::bail!(
-            "seg_loss: class targets must be u32 (B, H, W) = {:?}, got {:?} {:?}",
-            [b, h, w],
-            targets.dtype(),
-            targets.dims()
-        );
-    }
-    // log-softmax over classes, composed from differentiable primitives.
-    let m = logits.max_keepdim(1)?.detach();
-    let z = logits.broadcast_sub(&m)?;
-    let lse = z.exp()?.sum_keepdim(1)?.log()?;
-    let logp = z.broadcast_sub(&lse)?; // [B, K, H, W]
-    let one_hot = targets
-        .unsqueeze(1)?
-        .broadcast_as((b, k, h, w))?
-        .eq(&Tensor::arange(0u32, k as u32, logits.device())?
-            .reshape((1, k, 1, 1))?
-            .broadcast_as((b, k, h, w))?)?
-        .to_dtype(logits.dtype())?;
-    let ce = (logp.mul(&one_hot)?.sum(1)?.mean_all()? * -1.0)?;
-    // soft Dice per image and foreground class, smoothing 1, averaged
-    let p = logp
-        .exp()?
-        .narrow(1, 1, k - 1)?
-        .reshape((b, k - 1, h * w))?;
-    let t = one_hot.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
-    let inter = (&p * &t)?.sum(D::Minus1)?;
-    let denom = (p.sum(D::Minus1)? + t.sum(D::Minus1)?)?;
-    let dice = (1.0 - (((inter * 2.0)? + 1.0)? / (denom + 1.0)?)?)?.mean_all()?;
-    Ok(((&dice + &ce)?, dice, ce))
 }
 
 /// Layer id for layer-wise LR decay (BEiT / MAE fine-tuning): 0 for the patch embed, position

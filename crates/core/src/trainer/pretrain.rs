@@ -2,18 +2,98 @@
 //!
 //! 1. [`guidance`]: P = σ(S(img)) from the frozen segmentor (no gradient), the co-guidance map
 //!    G = η·B + (1 − η)·P and its per-patch mass, which the TypeScript masking policy samples from.
-//! 2. [`Trainer::pretrain_step`]: encoder on the kept patches, L_rec, the de-normalised
+//! 2. [`PretrainTrainer::pretrain_step`]: encoder on the kept patches, L_rec, the de-normalised
 //!    reconstruction, L_cons = BCE-with-logits(S(recon), stop_grad(P)) with gradients flowing
 //!    *through* the frozen segmentor into the MAE, total L = L_rec + w·L_cons, AdamW.
 //!
 //! The segmentor enters through the [`VesselSegmentor`] trait so that this file needs nothing of
 //! its architecture (UNeXt-S lives in `nn::unext`).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
-use crate::nn::mae::{bce_with_logits, Masking};
-use crate::optim::{clip_grad_norm, global_norm};
-use crate::train::{StepParams, Trainer};
+use crate::nn::loss::bce_with_logits;
+use crate::nn::mae::{MaskedAutoencoder, Masking};
+use crate::nn::presets::MaeConfig;
+use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWParams};
+
+use super::tune_allocator;
+
+#[derive(Clone, Debug)]
+pub struct StepParams {
+    pub adamw: AdamWParams,
+    /// Clip the global gradient norm to this value (MAE pre-training uses none).
+    pub clip_grad: Option<f64>,
+    /// Split the batch into this many micro-batches and accumulate their gradients: the update
+    /// equals the full batch's, with less activation memory.
+    pub micro_batches: usize,
+}
+
+impl Default for StepParams {
+    fn default() -> Self {
+        StepParams {
+            adamw: AdamWParams::default(),
+            clip_grad: None,
+            micro_batches: 1,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StepStats {
+    /// Norm-pix reconstruction loss of the whole batch (before the update).
+    pub loss_rec: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+pub struct PretrainTrainer {
+    pub model: MaskedAutoencoder,
+    pub opt: AdamW,
+}
+
+impl PretrainTrainer {
+    pub fn new(model: MaskedAutoencoder, frozen: &[String]) -> Result<Self> {
+        tune_allocator();
+        let opt = AdamW::new(&model.params, frozen)?;
+        Ok(PretrainTrainer { model, opt })
+    }
+
+    pub fn create(cfg: &MaeConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::new(MaskedAutoencoder::new(cfg, device, seed)?, &[])
+    }
+
+    /// Loss and summed gradients (slot order) without updating, over `micro_batches` chunks.
+    /// Each chunk's loss is weighted by its share of the masked patches, so the sum equals the
+    /// full-batch loss Σ mask·ℓ / Σ mask exactly (the MAE case of
+    /// [`PretrainTrainer::pretrain_loss_and_grads`]).
+    pub fn loss_and_grads(
+        &self,
+        imgs: &Tensor,
+        m: &Masking,
+        micro_batches: usize,
+    ) -> Result<(f64, Vec<Tensor>)> {
+        let (st, grads) = self.pretrain_loss_and_grads(imgs, m, None, micro_batches)?;
+        Ok((st.loss_rec, grads))
+    }
+
+    pub fn train_step(&mut self, imgs: &Tensor, m: &Masking, p: &StepParams) -> Result<StepStats> {
+        let (loss_rec, mut grads) = self.loss_and_grads(imgs, m, p.micro_batches)?;
+        let grad_norm = match p.clip_grad {
+            Some(c) => clip_grad_norm(&mut grads, c)?,
+            None => global_norm(&grads)?,
+        };
+        if !loss_rec.is_finite() || !grad_norm.is_finite() {
+            candle_core::bail!(
+                "non-finite loss {loss_rec} or gradient norm {grad_norm}: step skipped"
+            );
+        }
+        self.opt.step(&grads, &p.adamw)?;
+        Ok(StepStats {
+            loss_rec,
+            grad_norm,
+        })
+    }
+}
 
 /// A frozen vessel segmentor: logits (B, 1, H, W) of normalised images (B, C, H, W), in eval
 /// mode (BatchNorm running statistics), differentiable with respect to the input.
@@ -99,7 +179,7 @@ pub struct Consistency<'a> {
     pub weight: f64,
 }
 
-impl Trainer {
+impl PretrainTrainer {
     /// L and its gradients (slot order) over `micro_batches` chunks. L_rec of a chunk is weighted
     /// by its share of the masked patches and L_cons (a mean over pixels) by its share of the
     /// images, so the accumulated values equal the full batch's.

@@ -3,7 +3,7 @@
 //! File (safetensors): the encoder under timm's names (`patch_embed.proj.*`, `cls_token`,
 //! `pos_embed`, `blocks.{i}.*`, `norm.*`), the head under `head.*`, each head BatchNorm's
 //! `running_mean` / `running_var` / `num_batches_tracked` buffers, optionally the AdamW moments
-//! under `optimizer.*`; metadata `format` = "vasomim-segvit", `config` (the [`SegConfig`] JSON),
+//! under `optimizer.*`; metadata `format` = "vasomim-segvit", `config` (the [`SegmentationConfig`] JSON),
 //! `step`, `optimizer_step`, `layer_decay`, `drop_seed` and `extra` (an opaque JSON string of
 //! the caller: task, normalisation, threshold, validation scores …).
 //!
@@ -17,16 +17,16 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{err, read_tensors, write_safetensors, LoadOptions, LoadReport};
-use crate::finetune::FineTuner;
 use crate::nn::conv::BnRunning;
 use crate::nn::presets::MaeConfig;
-use crate::nn::segvit::{SegConfig, SegViT};
+use crate::nn::segmentation::{SegmentationConfig, SegmentationViT};
+use crate::trainer::segmentation::SegmentationTrainer;
 
 pub const FORMAT: &str = "vasomim-segvit";
 
 /// Save the model, its BatchNorm buffers, the optimizer (when it has stepped), config and
 /// training state, atomically.
-pub fn save(path: &Path, ft: &FineTuner, step: u64, extra: Option<&str>) -> Result<()> {
+pub fn save(path: &Path, ft: &SegmentationTrainer, step: u64, extra: Option<&str>) -> Result<()> {
     let mut tensors = ft.model.state_dict()?;
     let opt = Some(&ft.opt).filter(|o| o.step > 0);
     if let Some(o) = opt {
@@ -52,14 +52,14 @@ pub fn save(path: &Path, ft: &FineTuner, step: u64, extra: Option<&str>) -> Resu
 
 /// What loading found.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct SegVitLoadReport {
+pub struct SegmentationLoadReport {
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
 }
 
-pub struct SegVitLoaded {
-    pub tuner: FineTuner,
-    pub report: SegVitLoadReport,
+pub struct SegmentationLoaded {
+    pub tuner: SegmentationTrainer,
+    pub report: SegmentationLoadReport,
     pub step: u64,
     pub extra: Option<String>,
 }
@@ -71,7 +71,7 @@ fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
 /// Load a file written by [`save`]: weights, buffers, optimizer state (when present) and the
 /// training state. A file of another kind, a tensor of the wrong shape, or any missing tensor
 /// is an error naming the file.
-pub fn load(path: &Path, device: &Device) -> Result<SegVitLoaded> {
+pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
     let (tensors, meta) = read_tensors(path)?;
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
         candle_core::bail!(
@@ -81,16 +81,16 @@ pub fn load(path: &Path, device: &Device) -> Result<SegVitLoaded> {
             meta.get("format").cloned().unwrap_or_default()
         );
     }
-    let cfg: SegConfig = serde_json::from_str(meta.get("config").map_or("", |s| s))
+    let cfg: SegmentationConfig = serde_json::from_str(meta.get("config").map_or("", |s| s))
         .map_err(|e| err(format!("{}: bad config metadata: {e}", path.display())))?;
     let num = |k: &str| meta.get(k).and_then(|s| s.parse::<f64>().ok());
-    let layer_decay = num("layer_decay").unwrap_or(crate::finetune::LAYER_DECAY);
+    let layer_decay = num("layer_decay").unwrap_or(crate::trainer::segmentation::LAYER_DECAY);
     let drop_seed = meta
         .get("drop_seed")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
-    let mut model = SegViT::new(&cfg, device, 0)?;
-    let mut report = SegVitLoadReport::default();
+    let mut model = SegmentationViT::new(&cfg, device, 0)?;
+    let mut report = SegmentationLoadReport::default();
     let mut used = BTreeSet::new();
     let mut bad = Vec::new();
     for (name, var) in &model.params.entries {
@@ -171,7 +171,7 @@ pub fn load(path: &Path, device: &Device) -> Result<SegVitLoaded> {
         .cloned()
         .collect();
     report.unexpected.sort();
-    let mut tuner = FineTuner::new(model, layer_decay, drop_seed)?;
+    let mut tuner = SegmentationTrainer::new(model, layer_decay, drop_seed)?;
     let opt_tensors: HashMap<String, Tensor> = tensors
         .iter()
         .filter(|(k, _)| k.starts_with("optimizer."))
@@ -187,7 +187,7 @@ pub fn load(path: &Path, device: &Device) -> Result<SegVitLoaded> {
             .load_state(&opt_tensors, s)
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
     }
-    Ok(SegVitLoaded {
+    Ok(SegmentationLoaded {
         tuner,
         report,
         step: meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -201,7 +201,7 @@ pub fn encoder_config(path: &Path, opts: &LoadOptions) -> Result<MaeConfig> {
     Ok(super::load(path, opts, &Device::Cpu)?.model.cfg)
 }
 
-/// Encoder tensors of a SegViT (parameters and `pos_embed`).
+/// Encoder tensors of a SegmentationViT (parameters and `pos_embed`).
 fn is_encoder(name: &str) -> bool {
     name == "cls_token"
         || name == "pos_embed"
@@ -214,7 +214,11 @@ fn is_encoder(name: &str) -> bool {
 /// (embed dim, depth, patch size; the grid and channels are adapted). `missing`: encoder tensors
 /// the file lacks (left at their initial values); `unexpected`: file tensors not used (the MAE
 /// decoder, mask token, segmentor, classifier heads …).
-pub fn init_encoder(model: &mut SegViT, path: &Path, preset: Option<&str>) -> Result<LoadReport> {
+pub fn init_encoder(
+    model: &mut SegmentationViT,
+    path: &Path,
+    preset: Option<&str>,
+) -> Result<LoadReport> {
     let enc = &model.cfg.encoder;
     let opts = LoadOptions {
         preset: preset.map(str::to_string),
