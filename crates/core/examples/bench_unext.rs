@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
-use vasomim_core::nn::conv::dwconv3x3_nhwc;
+use vasomim_core::nn::kernels::conv::dwconv3x3_nhwc;
 use vasomim_core::nn::loss::segmentor_loss;
 use vasomim_core::nn::unext::UNextConfig;
 use vasomim_core::nn::InitRng;

@@ -7,6 +7,8 @@
 //! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
 //!   RandomResizedCrop sampling) and the deterministic prefetching loader.
 //! - [`finetune`]: fine-tuning the segmentation ViT (layer decay, drop-path, Dice + BCE/CE).
+//! - [`nn`]: the ViT / MAE, segmentation and UNeXt-S networks, their layers and their fused CPU
+//!   kernels (`nn::kernels`, one file per op family).
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
 //!   in parallel, one outcome per file.
 //!
@@ -22,5 +24,8 @@ pub mod nn;
 pub mod optim;
 pub mod trainer;
 pub mod vessels;
+
+// The kernels' run-time CPU dispatch lives in `frangi::simd`, shared with the filters.
+pub(crate) use frangi::multiversion;
 
 pub use io::{read_grey, GreyImage};

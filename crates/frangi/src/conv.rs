@@ -9,7 +9,8 @@
 //! Speed: an axis-0 pass for one output row is immediately followed by the axis-1 pass on that
 //! row (no full-image temporary), the phi and phi1 passes over the same input share their loads,
 //! and the inner loops work on blocks of `LANES` outputs so accumulators stay in vector
-//! registers. A copy compiled for AVX-512 or AVX2+FMA is picked at run time.
+//! registers. A copy compiled for AVX-512 or AVX2+FMA is picked at run time
+//! ([`multiversion!`](crate::multiversion)); those copies use fused multiply-adds.
 
 use crate::hessian::{reflect_index, SigmaKernels};
 use crate::Real;
@@ -39,54 +40,22 @@ impl<T: Real> Workspace<T> {
     }
 }
 
-/// Calls `f(i, H_rr[i], H_rc[i], H_cc[i])` for every row `i` of the Hessian of `img` at one sigma.
-pub(crate) fn hessian_rows<T: Real, F: FnMut(usize, &[T], &[T], &[T])>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    k: &SigmaKernels<T>,
-    ws: &mut Workspace<T>,
-    f: F,
-) {
-    #[cfg(target_arch = "x86_64")]
+crate::multiversion! {
+    /// Calls `f(i, H_rr[i], H_rc[i], H_cc[i])` for every row `i` of the Hessian of `img` at one
+    /// sigma.
+    pub(crate) fn hessian_rows<T, F>(
+        img: &[T],
+        h: usize,
+        w: usize,
+        k: &SigmaKernels<T>,
+        ws: &mut Workspace<T>,
+        f: F,
+    ) where
+        T: Real,
+        F: FnMut(usize, &[T], &[T], &[T]),
     {
-        use std::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx2") && has!("fma") {
-            // SAFETY: the CPU has the features this copy was compiled for.
-            return unsafe { hessian_rows_avx512(img, h, w, k, ws, f) };
-        }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: as above.
-            return unsafe { hessian_rows_avx2(img, h, w, k, ws, f) };
-        }
+        hessian_rows_impl::<T, F, FMA>(img, h, w, k, ws, f)
     }
-    hessian_rows_impl::<T, F, false>(img, h, w, k, ws, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn hessian_rows_avx512<T: Real, F: FnMut(usize, &[T], &[T], &[T])>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    k: &SigmaKernels<T>,
-    ws: &mut Workspace<T>,
-    f: F,
-) {
-    hessian_rows_impl::<T, F, true>(img, h, w, k, ws, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hessian_rows_avx2<T: Real, F: FnMut(usize, &[T], &[T], &[T])>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    k: &SigmaKernels<T>,
-    ws: &mut Workspace<T>,
-    f: F,
-) {
-    hessian_rows_impl::<T, F, true>(img, h, w, k, ws, f)
 }
 
 /// scipy's `gaussian_filter(order=[a, b])` filters axis 0, then axis 1 (`[axis-0 | axis-1]`):

@@ -105,108 +105,78 @@ impl VesselnessParams {
 pub fn vesselness<T: Real>(img: &[T], h: usize, w: usize, p: &VesselnessParams) -> Result<Vec<T>> {
     check_shape(img.len(), h, w)?;
     p.validate()?;
-    #[cfg(target_arch = "x86_64")]
+    vesselness_kernel(img, h, w, p)
+}
+
+crate::multiversion! {
+    /// [`vesselness`] after the checks, compiled for the CPU's vector units (the per-pixel
+    /// eigenvalues, Sato / Frangi and exp vectorise; the convolutions dispatch on their own).
+    fn vesselness_kernel<T>(img: &[T], h: usize, w: usize, p: &VesselnessParams) -> Result<Vec<T>>
+    where
+        T: Real,
     {
-        use std::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx2") && has!("fma") {
-            // SAFETY: the CPU has the features this copy was compiled for.
-            return unsafe { vesselness_avx512(img, h, w, p) };
-        }
-        if has!("avx2") && has!("fma") {
-            // SAFETY: as above.
-            return unsafe { vesselness_avx2(img, h, w, p) };
-        }
-    }
-    vesselness_impl(img, h, w, p)
-}
-
-// The per-pixel work (eigenvalues, Sato/Frangi, exp) compiled for the CPU's vector units, like
-// the convolutions in `conv.rs`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn vesselness_avx512<T: Real>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    p: &VesselnessParams,
-) -> Result<Vec<T>> {
-    vesselness_impl(img, h, w, p)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn vesselness_avx2<T: Real>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    p: &VesselnessParams,
-) -> Result<Vec<T>> {
-    vesselness_impl(img, h, w, p)
-}
-
-#[inline(always)]
-fn vesselness_impl<T: Real>(img: &[T], h: usize, w: usize, p: &VesselnessParams) -> Result<Vec<T>> {
-    let negated: Vec<T>;
-    let img = if p.black_ridges {
-        img
-    } else {
-        negated = img.iter().map(|&v| -v).collect();
-        &negated
-    };
-    let n = img.len();
-    let mut ws = Workspace::new(n);
-    let mut out = vec![T::ZERO; n];
-    // Frangi needs the whole image's eigenvalues before gamma is known: (l_a, l_b) per pixel.
-    let (mut la, mut lb) = match p.filter {
-        Filter::Frangi(_) => (vec![T::ZERO; n], vec![T::ZERO; n]),
-        Filter::Sato => (Vec::new(), Vec::new()),
-    };
-    let mut gamma = match &p.filter {
-        Filter::Frangi(f) => f.gamma,
-        Filter::Sato => None,
-    };
-    for &sigma in &p.sigmas {
-        let k = SigmaKernels::<T>::new(sigma)?;
-        match &p.filter {
-            Filter::Sato => {
-                let s2 = T::from_f64(sigma * sigma);
-                hessian_rows(img, h, w, &k, &mut ws, |i, rr, rc, cc| {
-                    let o = &mut out[i * w..(i + 1) * w];
-                    for j in 0..w {
-                        let (l0, _) = eigvals(rr[j], rc[j], cc[j]);
-                        o[j] = o[j].max(s2 * l0.max(T::ZERO));
+        let negated: Vec<T>;
+        let img = if p.black_ridges {
+            img
+        } else {
+            negated = img.iter().map(|&v| -v).collect();
+            &negated
+        };
+        let n = img.len();
+        let mut ws = Workspace::new(n);
+        let mut out = vec![T::ZERO; n];
+        // Frangi needs the whole image's eigenvalues before gamma is known: (l_a, l_b) per pixel.
+        let (mut la, mut lb) = match p.filter {
+            Filter::Frangi(_) => (vec![T::ZERO; n], vec![T::ZERO; n]),
+            Filter::Sato => (Vec::new(), Vec::new()),
+        };
+        let mut gamma = match &p.filter {
+            Filter::Frangi(f) => f.gamma,
+            Filter::Sato => None,
+        };
+        for &sigma in &p.sigmas {
+            let k = SigmaKernels::<T>::new(sigma)?;
+            match &p.filter {
+                Filter::Sato => {
+                    let s2 = T::from_f64(sigma * sigma);
+                    hessian_rows(img, h, w, &k, &mut ws, |i, rr, rc, cc| {
+                        let o = &mut out[i * w..(i + 1) * w];
+                        for j in 0..w {
+                            let (l0, _) = eigvals(rr[j], rc[j], cc[j]);
+                            o[j] = o[j].max(s2 * l0.max(T::ZERO));
+                        }
+                    });
+                }
+                Filter::Frangi(f) => {
+                    let scale = if f.frangi1998 {
+                        T::from_f64(sigma * sigma)
+                    } else {
+                        T::from_f64(1.0)
+                    };
+                    let mut s2_max = T::ZERO;
+                    hessian_rows(img, h, w, &k, &mut ws, |i, rr, rc, cc| {
+                        let (ra, rb) = (&mut la[i * w..(i + 1) * w], &mut lb[i * w..(i + 1) * w]);
+                        for j in 0..w {
+                            let (l0, l1) = eigvals(rr[j] * scale, rc[j] * scale, cc[j] * scale);
+                            // Sorted by magnitude; ties keep the decreasing order (numpy's argsort
+                            // of two elements is stable).
+                            let swap = l1.abs() < l0.abs();
+                            ra[j] = if swap { l1 } else { l0 };
+                            rb[j] = if swap { l0 } else { l1 };
+                        }
+                        s2_max = s2_max.max(max_sq_sum(ra, rb));
+                    });
+                    // max sqrt(x) == sqrt(max x): sqrt is monotonic and correctly rounded.
+                    let s_max = s2_max.sqrt();
+                    let g = frangi_scale(&la, &lb, s_max, f, gamma, &mut out);
+                    if !f.frangi1998 {
+                        gamma = Some(g);
                     }
-                });
-            }
-            Filter::Frangi(f) => {
-                let scale = if f.frangi1998 {
-                    T::from_f64(sigma * sigma)
-                } else {
-                    T::from_f64(1.0)
-                };
-                let mut s2_max = T::ZERO;
-                hessian_rows(img, h, w, &k, &mut ws, |i, rr, rc, cc| {
-                    let (ra, rb) = (&mut la[i * w..(i + 1) * w], &mut lb[i * w..(i + 1) * w]);
-                    for j in 0..w {
-                        let (l0, l1) = eigvals(rr[j] * scale, rc[j] * scale, cc[j] * scale);
-                        // Sorted by magnitude; ties keep the decreasing order (numpy's argsort
-                        // of two elements is stable).
-                        let swap = l1.abs() < l0.abs();
-                        ra[j] = if swap { l1 } else { l0 };
-                        rb[j] = if swap { l0 } else { l1 };
-                    }
-                    s2_max = s2_max.max(max_sq_sum(ra, rb));
-                });
-                // max sqrt(x) == sqrt(max x): sqrt is monotonic and correctly rounded.
-                let s_max = s2_max.sqrt();
-                let g = frangi_scale(&la, &lb, s_max, f, gamma, &mut out);
-                if !f.frangi1998 {
-                    gamma = Some(g);
                 }
             }
         }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// `sato(img, sigmas, black_ridges)` as scikit-image.

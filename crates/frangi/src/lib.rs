@@ -2,7 +2,8 @@
 //!
 //! Data flows `image -> hessian (per sigma) -> eigenvalues -> sato | frangi -> vessel map`.
 //! Everything works on row-major slices (`height x width`, axis 0 = rows) in `f32` or `f64`,
-//! knows nothing of files or ML, and is deterministic. [`batch`] runs many images in parallel.
+//! knows nothing of files or ML, and is deterministic. [`batch`] runs many images in parallel;
+//! [`simd`] holds the run-time CPU dispatch and fast `exp` (also used by `vasomim-core`).
 //!
 //! The semantics (kernel radii, borders, pass order, the gamma rule, numpy's percentile) are
 //! specified in `docs/FILTERS.md`; the golden tests in `tests/` hold them to scikit-image.
@@ -12,6 +13,7 @@ mod conv;
 pub mod filters;
 pub mod hessian;
 mod real;
+pub mod simd;
 pub mod vesselmap;
 
 pub use filters::{frangi, sato, vesselness, Filter, FrangiParams, VesselnessParams};

@@ -1,27 +1,55 @@
 //! The ViT encoder and MAE decoder of VasoMIM in candle, with layers whose gradients are right.
 //!
-//! - [`ops`]: LayerNorm, last-dim softmax, exact GELU as `CustomOp`s with fused CPU backward.
+//! - [`kernels`]: the CPU ops with fused forward and backward, one file per op family (norm,
+//!   linear, attention, activation, conv, resample) over one host-slice layer.
+//! - [`layers`]: the parameterised layers over them (`Linear`, `LayerNorm`, `Conv2d`,
+//!   `BatchNorm2d`).
 //! - [`pos_embed`]: fixed 2-D sin-cos position embeddings and their bicubic resampling.
 //! - [`presets`]: model sizes by name (micro for tests, tiny … huge).
-//! - [`vit`]: the encoder (timm's `VisionTransformer` names).
-//! - [`conv`]: convolutional building blocks (conv, BatchNorm, depthwise conv, pooling,
-//!   ×2 upsampling) with CPU forward and backward kernels.
-//! - [`unext`]: the UNeXt-S vessel segmentor (state-dict names of the authors' `unext.pth`).
-//! - [`mae`]: the decoder, `forward_loss` (norm-pix MSE), BCE-with-logits, soft Dice.
+//! - [`vit`]: the encoder and its `Attention`, `Mlp`, `Block` (timm's `VisionTransformer` names).
+//! - [`mae`]: the MAE decoder and `forward_loss`; [`loss`]: the losses (norm-pix MSE,
+//!   BCE-with-logits, soft Dice).
+//! - [`segmentation`]: the ViT segmentation network; [`unext`]: the UNeXt-S vessel segmentor
+//!   (state-dict names of the authors' `unext.pth`).
+//! - [`ops`], [`conv`]: the former homes of the ops and convolutional layers, re-exported.
+//! - Here: [`ParamStore`], [`ParamBuilder`], [`Init`], [`InitRng`], [`zeros_like`].
 //!
 //! Parameters are `Var`s registered under their timm / MAE state-dict names by a [`ParamBuilder`]
 //! whose path (`pb.pp("blocks").pp(i)`) *is* the checkpoint key, so the code is the key map.
 
-pub mod conv;
+pub mod kernels;
+pub mod layers;
 pub mod loss;
 pub mod mae;
-pub mod ops;
 pub mod pos_embed;
 pub mod presets;
 pub mod segmentation;
-pub mod simd;
 pub mod unext;
 pub mod vit;
+
+pub use layers::{LayerNorm, Linear, LN_EPS};
+pub use vit::{Attention, Block, Mlp};
+
+/// The ops under their former path `nn::ops` (now in [`kernels`]).
+pub mod ops {
+    pub use super::kernels::activation::gelu_erf;
+    pub use super::kernels::attention::attention_qkv;
+    pub use super::kernels::linear::{bias_add_residual, linear, Epilogue};
+    pub use super::kernels::norm::{layer_norm, layer_norm_composite};
+}
+
+/// The convolutional layers and ops under their former path `nn::conv` (now in [`layers`] and
+/// [`kernels`]).
+pub mod conv {
+    pub use super::kernels::conv::dwconv3x3_nhwc;
+    pub use super::kernels::resample::{
+        max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x, upsample_nearest2x,
+    };
+    pub use super::layers::{
+        bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, BN_EPS,
+        BN_MOMENTUM,
+    };
+}
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -153,205 +181,6 @@ impl ParamBuilder {
 
     pub fn into_store(self) -> ParamStore {
         self.store.borrow().clone()
-    }
-}
-
-/// `y = x Wᵀ + b` with PyTorch's (out, in) weight layout.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: Tensor,
-    pub bias: Tensor,
-}
-
-impl Linear {
-    pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = pb
-            .var("weight", &[out_dim, in_dim], Init::XavierUniform)?
-            .as_tensor()
-            .clone();
-        let bias = pb.var("bias", &[out_dim], Init::Zeros)?.as_tensor().clone();
-        Ok(Linear { weight, bias })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_act(x, ops::Epilogue::None)
-    }
-
-    /// `epilogue(x Wᵀ + b)` as one op ([`ops::linear`]), for any number of leading dims.
-    pub fn forward_act(&self, x: &Tensor, epilogue: ops::Epilogue) -> Result<Tensor> {
-        if x.rank() == 2 {
-            return ops::linear(x, &self.weight, &self.bias, epilogue);
-        }
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap_or(&1);
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = ops::linear(
-            &x.reshape((rows, in_dim))?,
-            &self.weight,
-            &self.bias,
-            epilogue,
-        )?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = self.weight.dim(0)?;
-        y.reshape(out)
-    }
-
-    /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
-    pub fn forward_with(
-        &self,
-        x: &Tensor,
-        epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        if x.rank() == 2 {
-            return epilogue(&x.matmul(&self.weight.t()?)?, &self.bias);
-        }
-        // Fold the leading dims into one so candle runs a single 2-D gemm with a transposed
-        // (stride-only) weight instead of a batched matmul over a broadcast copy.
-        let dims = x.dims().to_vec();
-        let in_dim = *dims.last().unwrap_or(&1);
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, in_dim))?;
-        let y = epilogue(&x2.matmul(&self.weight.t()?)?, &self.bias)?;
-        let mut out = dims;
-        *out.last_mut().unwrap() = self.weight.dim(0)?;
-        y.reshape(out)
-    }
-}
-
-/// LayerNorm with eps 1e-6 (all LayerNorms of the ViT and the MAE decoder).
-#[derive(Clone, Debug)]
-pub struct LayerNorm {
-    pub weight: Tensor,
-    pub bias: Tensor,
-}
-
-pub const LN_EPS: f64 = 1e-6;
-
-impl LayerNorm {
-    pub fn new(pb: &ParamBuilder, dim: usize) -> Result<Self> {
-        let weight = pb.var("weight", &[dim], Init::Ones)?.as_tensor().clone();
-        let bias = pb.var("bias", &[dim], Init::Zeros)?.as_tensor().clone();
-        Ok(LayerNorm { weight, bias })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, LN_EPS)
-    }
-}
-
-/// Multi-head self-attention with a fused qkv projection (timm `Attention`).
-#[derive(Clone, Debug)]
-pub struct Attention {
-    pub qkv: Linear,
-    pub proj: Linear,
-    pub num_heads: usize,
-}
-
-impl Attention {
-    pub fn new(pb: &ParamBuilder, dim: usize, num_heads: usize) -> Result<Self> {
-        Ok(Attention {
-            qkv: Linear::new(&pb.pp("qkv"), dim, 3 * dim)?,
-            proj: Linear::new(&pb.pp("proj"), dim, dim)?,
-            num_heads,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
-            .reshape((b, n, d))
-    }
-
-    /// Attention on tokens stored as rows, `x` (B·N, D) -> (B·N, D).
-    ///
-    /// Shape changes are graph nodes, and candle's backward zero-fills and accumulates a full
-    /// gradient for every node; keeping the residual stream 2-D and splitting / merging heads
-    /// inside [`ops::attention_qkv`] (strided reads of the fused qkv rows) removes them.
-    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
-        self.forward_rows_residual(x, b, n, None)
-    }
-
-    /// [`Self::forward_rows`] plus `residual`, added inside the output projection's epilogue.
-    pub fn forward_rows_residual(
-        &self,
-        x: &Tensor,
-        b: usize,
-        _n: usize,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let d = x.dim(1)?;
-        let hd = d / self.num_heads;
-        // [B·N, 3D] -> heads split, attended and merged inside one op -> [B·N, D]
-        let qkv = self.qkv.forward(x)?;
-        let y = ops::attention_qkv(&qkv, b, self.num_heads, (hd as f64).powf(-0.5))?;
-        match residual {
-            Some(r) => self
-                .proj
-                .forward_with(&y, |p, bias| ops::bias_add_residual(p, bias, r)),
-            None => self.proj.forward(&y),
-        }
-    }
-}
-
-/// fc1 → exact GELU → fc2 (timm `Mlp`).
-#[derive(Clone, Debug)]
-pub struct Mlp {
-    pub fc1: Linear,
-    pub fc2: Linear,
-}
-
-impl Mlp {
-    pub fn new(pb: &ParamBuilder, dim: usize, hidden: usize) -> Result<Self> {
-        Ok(Mlp {
-            fc1: Linear::new(&pb.pp("fc1"), dim, hidden)?,
-            fc2: Linear::new(&pb.pp("fc2"), hidden, dim)?,
-        })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward_act(x, ops::Epilogue::Gelu)?)
-    }
-
-    /// `residual + mlp(x)` with the residual added in fc2's epilogue.
-    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward_with(&self.fc1.forward_act(x, ops::Epilogue::Gelu)?, |p, bias| {
-                ops::bias_add_residual(p, bias, residual)
-            })
-    }
-}
-
-/// Pre-norm transformer block (timm `Block`, no layer scale, no drop-path).
-#[derive(Clone, Debug)]
-pub struct Block {
-    pub norm1: LayerNorm,
-    pub attn: Attention,
-    pub norm2: LayerNorm,
-    pub mlp: Mlp,
-}
-
-impl Block {
-    pub fn new(pb: &ParamBuilder, dim: usize, num_heads: usize, mlp_ratio: f64) -> Result<Self> {
-        Ok(Block {
-            norm1: LayerNorm::new(&pb.pp("norm1"), dim)?,
-            attn: Attention::new(&pb.pp("attn"), dim, num_heads)?,
-            norm2: LayerNorm::new(&pb.pp("norm2"), dim)?,
-            mlp: Mlp::new(&pb.pp("mlp"), dim, (dim as f64 * mlp_ratio) as usize)?,
-        })
-    }
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, d) = x.dims3()?;
-        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
-            .reshape((b, n, d))
-    }
-
-    /// The block on tokens stored as rows (B·N, D); see [`Attention::forward_rows`].
-    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
-        // Residual adds ride in the projections' bias epilogues: one pass and one graph node
-        // fewer each.
-        let x = self
-            .attn
-            .forward_rows_residual(&self.norm1.forward(x)?, b, n, Some(x))?;
-        self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }
 

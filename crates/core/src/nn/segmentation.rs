@@ -24,10 +24,12 @@
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv::{upsample_nearest2x, BatchNorm2d, Conv2d};
+use super::kernels::activation::gelu_erf;
+use super::kernels::resample::upsample_nearest2x;
+use super::layers::{bn_buffers, BatchNorm2d, Conv2d};
 use super::presets::MaeConfig;
 use super::vit::VisionTransformer;
-use super::{ops, InitRng, ParamBuilder, ParamStore};
+use super::{InitRng, ParamBuilder, ParamStore};
 
 /// Parameter prefixes that the forward pass does not use (the encoder's final LayerNorm).
 pub const FROZEN: &[&str] = &["norm"];
@@ -86,7 +88,7 @@ impl ConvBnAct {
         })
     }
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        ops::gelu_erf(&self.bn.forward(&self.conv.forward(x)?, train)?)
+        gelu_erf(&self.bn.forward(&self.conv.forward(x)?, train)?)
     }
 }
 
@@ -181,7 +183,7 @@ impl SegmentationViT {
     /// Running statistics of every BatchNorm as PyTorch buffers (`<bn>.running_mean`,
     /// `<bn>.running_var` f32 (C), `<bn>.num_batches_tracked` i64 0-dim).
     pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
-        super::conv::bn_buffers(self.batch_norms())
+        bn_buffers(self.batch_norms())
     }
 
     /// Parameters, the position-embedding buffer `pos_embed` and the BatchNorm buffers.

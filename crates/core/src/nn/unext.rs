@@ -13,11 +13,15 @@
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::conv::{
-    dwconv3x3_nhwc, max_pool2x2, nchw_to_tokens, shift_chunks_nhwc, tokens_to_nchw,
-    upsample_bilinear2x, BatchNorm2d, BnRunning, Conv2d,
+use super::kernels::activation::gelu_erf;
+use super::kernels::conv::dwconv3x3_nhwc;
+use super::kernels::linear::bias_add_residual;
+use super::kernels::norm::layer_norm;
+use super::kernels::resample::{max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x};
+use super::layers::{
+    bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, Linear,
 };
-use super::{ops, Init, Linear, ParamBuilder, ParamStore};
+use super::{Init, ParamBuilder, ParamStore};
 
 /// LayerNorm eps of UNeXt (PyTorch's default).
 pub const UNEXT_LN_EPS: f64 = 1e-5;
@@ -68,7 +72,7 @@ impl Ln {
         })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm(x, &self.weight, &self.bias, UNEXT_LN_EPS)
+        layer_norm(x, &self.weight, &self.bias, UNEXT_LN_EPS)
     }
 }
 
@@ -120,11 +124,11 @@ impl ShiftedBlock {
         let t = shift_chunks_nhwc(&t, 1)?.reshape((b * n, c))?;
         let t = self.fc1.forward(&t)?.reshape((b, h, w, c))?;
         let t = dwconv3x3_nhwc(&t, &self.dw_weight, &self.dw_bias)?;
-        let t = ops::gelu_erf(&t)?;
+        let t = gelu_erf(&t)?;
         let t = shift_chunks_nhwc(&t, 2)?.reshape((b * n, c))?;
         let r = x.reshape((b * n, c))?;
         self.fc2
-            .forward_with(&t, |p, bias| ops::bias_add_residual(p, bias, &r))?
+            .forward_with(&t, |p, bias| bias_add_residual(p, bias, &r))?
             .reshape((b, n, c))
     }
 }
@@ -270,7 +274,7 @@ impl UNext {
     /// Running statistics as PyTorch buffers: `<bn>.running_mean`, `<bn>.running_var` (f32,
     /// (C)) and `<bn>.num_batches_tracked` (i64, 0-dim).
     pub fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
-        super::conv::bn_buffers(self.batch_norms())
+        bn_buffers(self.batch_norms())
     }
 
     /// Parameters then buffers, under the authors' state-dict names (101 entries).

@@ -1,12 +1,16 @@
 //! The ViT encoder with timm's `VisionTransformer` parameter names (`cls_token`, `pos_embed`,
 //! `patch_embed.proj`, `blocks.{i}`, `norm`), run on the kept patches only when `ids_keep` is
-//! given (MAE `forward_encoder`).
+//! given (MAE `forward_encoder`), and its parts: [`Attention`], [`Mlp`] and the pre-norm
+//! [`Block`] (timm's names; the MAE decoder reuses [`Block`]).
 
 use candle_core::{Result, Tensor, D};
 
+use super::kernels::attention::attention_qkv;
+use super::kernels::linear::{bias_add_residual, linear, Epilogue};
+use super::layers::{LayerNorm, Linear};
 use super::pos_embed::sincos_2d_tensor;
 use super::presets::MaeConfig;
-use super::{Block, Init, LayerNorm, ParamBuilder};
+use super::{Init, ParamBuilder};
 
 #[derive(Clone, Debug)]
 pub struct VisionTransformer {
@@ -72,11 +76,11 @@ impl VisionTransformer {
             .reshape((b, gh * gw, c * p * p))?;
         let d = self.patch_embed_weight.dim(0)?;
         let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
-        super::ops::linear(
+        linear(
             &x.reshape((b * gh * gw, c * p * p))?,
             &wmat,
             &self.patch_embed_bias,
-            super::ops::Epilogue::None,
+            Epilogue::None,
         )?
         .reshape((b, gh * gw, d))
     }
@@ -134,5 +138,121 @@ impl VisionTransformer {
 
     pub fn embed_dim(&self) -> Result<usize> {
         self.cls_token.dim(D::Minus1)
+    }
+}
+
+/// Multi-head self-attention with a fused qkv projection (timm `Attention`).
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    pub fn new(pb: &ParamBuilder, dim: usize, num_heads: usize) -> Result<Self> {
+        Ok(Attention {
+            qkv: Linear::new(&pb.pp("qkv"), dim, 3 * dim)?,
+            proj: Linear::new(&pb.pp("proj"), dim, dim)?,
+            num_heads,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
+            .reshape((b, n, d))
+    }
+
+    /// Attention on tokens stored as rows, `x` (B·N, D) -> (B·N, D).
+    ///
+    /// Shape changes are graph nodes, and candle's backward zero-fills and accumulates a full
+    /// gradient for every node; keeping the residual stream 2-D and splitting / merging heads
+    /// inside [`attention_qkv`] (strided reads of the fused qkv rows) removes them.
+    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+        self.forward_rows_residual(x, b, n, None)
+    }
+
+    /// [`Self::forward_rows`] plus `residual`, added inside the output projection's epilogue.
+    pub fn forward_rows_residual(
+        &self,
+        x: &Tensor,
+        b: usize,
+        _n: usize,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let d = x.dim(1)?;
+        let hd = d / self.num_heads;
+        // [B·N, 3D] -> heads split, attended and merged inside one op -> [B·N, D]
+        let qkv = self.qkv.forward(x)?;
+        let y = attention_qkv(&qkv, b, self.num_heads, (hd as f64).powf(-0.5))?;
+        match residual {
+            Some(r) => self
+                .proj
+                .forward_with(&y, |p, bias| bias_add_residual(p, bias, r)),
+            None => self.proj.forward(&y),
+        }
+    }
+}
+
+/// fc1 → exact GELU → fc2 (timm `Mlp`).
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    pub fn new(pb: &ParamBuilder, dim: usize, hidden: usize) -> Result<Self> {
+        Ok(Mlp {
+            fc1: Linear::new(&pb.pp("fc1"), dim, hidden)?,
+            fc2: Linear::new(&pb.pp("fc2"), hidden, dim)?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward_act(x, Epilogue::Gelu)?)
+    }
+
+    /// `residual + mlp(x)` with the residual added in fc2's epilogue.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.fc2
+            .forward_with(&self.fc1.forward_act(x, Epilogue::Gelu)?, |p, bias| {
+                bias_add_residual(p, bias, residual)
+            })
+    }
+}
+
+/// Pre-norm transformer block (timm `Block`, no layer scale, no drop-path).
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+}
+
+impl Block {
+    pub fn new(pb: &ParamBuilder, dim: usize, num_heads: usize, mlp_ratio: f64) -> Result<Self> {
+        Ok(Block {
+            norm1: LayerNorm::new(&pb.pp("norm1"), dim)?,
+            attn: Attention::new(&pb.pp("attn"), dim, num_heads)?,
+            norm2: LayerNorm::new(&pb.pp("norm2"), dim)?,
+            mlp: Mlp::new(&pb.pp("mlp"), dim, (dim as f64 * mlp_ratio) as usize)?,
+        })
+    }
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
+            .reshape((b, n, d))
+    }
+
+    /// The block on tokens stored as rows (B·N, D); see [`Attention::forward_rows`].
+    pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
+        // Residual adds ride in the projections' bias epilogues: one pass and one graph node
+        // fewer each.
+        let x = self
+            .attn
+            .forward_rows_residual(&self.norm1.forward(x)?, b, n, Some(x))?;
+        self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }

@@ -1,0 +1,285 @@
+//! Multi-head self-attention as one op, forward and backward side by side:
+//!
+//! - [`attention_qkv`]: softmax(scale·q·kᵀ)·v for every head, read straight from the fused qkv
+//!   projection's rows and written as merged heads.
+//! - [`softmax_rows`] / [`softmax_bwd_rows`]: its row softmax (scale folded in) and the softmax
+//!   backward, g ← scale·y ⊙ (g − Σ g⊙y).
+//!
+//! candle runs the two batched matmuls as B·H small gemms, each split over threads (about half
+//! the throughput of a large gemm here), and its backward zero-fills and accumulates the
+//! (B, H, N, N) score and probability gradients. Here every image is one task on the rayon pool
+//! with single-threaded gemms, and the backward is the textbook one: dV = Pᵀ·dY, dP = dY·Vᵀ,
+//! dS = scale·P⊙(dP − rowsum(dP⊙P)), dQ = dS·K, dK = dSᵀ·Q.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use frangi::simd::{self, exp_f32};
+use rayon::prelude::*;
+
+use super::host::{f32_slice, use_cpu_kernel, with_f32};
+
+/// Multi-head attention core straight from the fused qkv projection: `qkv` (B·N, 3D) rows →
+/// (B·N, D) rows, heads read and written in place through strides: no reshape / transpose /
+/// copy nodes around the head split and merge (candle zero-fills and accumulates a gradient for
+/// each of them), and the backward returns d(qkv) directly. One rayon task per image; the
+/// probabilities are kept from the forward pass.
+pub fn attention_qkv(qkv: &Tensor, batch: usize, heads: usize, scale: f64) -> Result<Tensor> {
+    let (rows, three_d) = qkv.dims2()?;
+    if three_d % (3 * heads) != 0 || rows % batch != 0 {
+        candle_core::bail!(
+            "attention_qkv: qkv {:?} does not split into {batch} images and 3 x {heads} heads",
+            qkv.dims()
+        );
+    }
+    if use_cpu_kernel(&[qkv]) {
+        qkv.contiguous()?.apply_op1(AttentionQkvOp {
+            batch,
+            heads,
+            scale: scale as f32,
+            probs: Mutex::new(None),
+        })
+    } else {
+        let (n, d) = (rows / batch, three_d / 3);
+        let hd = d / heads;
+        let t = qkv
+            .reshape((batch, n, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (
+            t.get(0)?.contiguous()?,
+            t.get(1)?.contiguous()?,
+            t.get(2)?.contiguous()?,
+        );
+        let p = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?, D::Minus1)?;
+        let y = p.matmul(&v)?;
+        y.transpose(1, 2)?.contiguous()?.reshape((rows, d))
+    }
+}
+
+struct AttentionQkvOp {
+    batch: usize,
+    heads: usize,
+    scale: f32,
+    /// (B·H, N, N) probabilities of the forward pass.
+    probs: Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp1 for AttentionQkvOp {
+    fn name(&self) -> &'static str {
+        "vasomim-attention-qkv"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = f32_slice(st, l, "attention_qkv")?;
+        let (rows, three_d) = l.shape().dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, three_d / 3);
+        let hd = d / h;
+        let scale = self.scale;
+        let mut y = vec![0f32; rows * d];
+        let mut probs = vec![0f32; b * h * n * n];
+        y.par_chunks_mut(n * d)
+            .zip(probs.par_chunks_mut(h * n * n))
+            .enumerate()
+            .for_each(|(bi, (yb, pb))| {
+                let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
+                for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
+                    let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
+                    mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
+                    softmax_rows(ph, n, scale);
+                    mm_strided(
+                        n,
+                        hd,
+                        n,
+                        &mut yb[hh * hd..],
+                        d,
+                        false,
+                        ph,
+                        n,
+                        1,
+                        v,
+                        three_d,
+                        1,
+                    ); // Y = P·V
+                }
+            });
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))? = Some(probs);
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, d])))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (rows, three_d) = qkv.dims2()?;
+        let (b, h) = (self.batch, self.heads);
+        let (n, d) = (rows / b, three_d / 3);
+        let hd = d / h;
+        let scale = self.scale;
+        let guard = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))?;
+        let probs = guard
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
+        let dqkv = with_f32(&[qkv, grad], "attention_qkv backward", |s| {
+            let (x, g) = (s[0], s[1]);
+            let mut dqkv = vec![0f32; x.len()];
+            dqkv.par_chunks_mut(n * three_d)
+                .enumerate()
+                .for_each(|(bi, db)| {
+                    let xb = &x[bi * n * three_d..(bi + 1) * n * three_d];
+                    let gb = &g[bi * n * d..(bi + 1) * n * d];
+                    let mut ds = vec![0f32; n * n];
+                    for hh in 0..h {
+                        let ph = &probs[(bi * h + hh) * n * n..(bi * h + hh + 1) * n * n];
+                        let (q, k, v) =
+                            (&xb[hh * hd..], &xb[d + hh * hd..], &xb[2 * d + hh * hd..]);
+                        let gh = &gb[hh * hd..];
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[2 * d + hh * hd..],
+                            three_d,
+                            false,
+                            ph,
+                            1,
+                            n,
+                            gh,
+                            d,
+                            1,
+                        ); // dV = Pᵀ·dY
+                        mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
+                        softmax_bwd_rows(&mut ds, ph, n, scale);
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[hh * hd..],
+                            three_d,
+                            false,
+                            &ds,
+                            n,
+                            1,
+                            k,
+                            three_d,
+                            1,
+                        ); // dQ = dS·K
+                        mm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut db[d + hh * hd..],
+                            three_d,
+                            false,
+                            &ds,
+                            1,
+                            n,
+                            q,
+                            three_d,
+                            1,
+                        ); // dK = dSᵀ·Q
+                    }
+                });
+            Ok(dqkv)
+        })?;
+        Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
+    }
+}
+
+/// Row-major `dst (m×n) = [dst +] a·b` where `a` and `b` are given by (row stride, column
+/// stride), single-threaded.
+#[allow(clippy::too_many_arguments)]
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    mm_strided(m, n, k, dst, n, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
+}
+
+/// [`mm`] with a row stride for `dst` (a head's columns inside a wider row).
+#[allow(clippy::too_many_arguments)]
+fn mm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    assert!(
+        dst.len() > (m - 1) * dst_rs + n - 1
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+    );
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+frangi::multiversion! {
+    /// softmax(scale·x) of each `n`-wide row of `x`, in place (scale > 0).
+    pub(super) fn softmax_rows(x: &mut [f32], n: usize, scale: f32) {
+        for row in x.chunks_exact_mut(n) {
+            // scale > 0, so max(scale·x) = scale·max(x)
+            let max = simd::max(row);
+            for v in row.iter_mut() {
+                *v = exp_f32((*v - max) * scale);
+            }
+            let inv = 1.0 / simd::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+    }
+}
+
+frangi::multiversion! {
+    /// Softmax backward in place, row by row: g ← scale·y ⊙ (g − Σ g⊙y).
+    pub(super) fn softmax_bwd_rows(g: &mut [f32], y: &[f32], n: usize, scale: f32) {
+        for (gr, yr) in g.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+            let dot = simd::sum2(gr, yr, |a, b| a * b);
+            for (gv, yv) in gr.iter_mut().zip(yr) {
+                *gv = scale * yv * (*gv - dot);
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The host-slice layer every CPU kernel stands on:
+//!
+//! - [`f32_slice`]: the contiguous f32 data of a storage and layout (inside `cpu_fwd`).
+//! - [`with_f32`]: the contiguous f32 data of CPU tensors (inside `bwd`).
+//! - [`use_cpu_kernel`] / [`check_cpu_f32`]: whether a kernel applies, or an error saying why not.
+//! - [`for_rows`]: a closure over the rows of an output, on the rayon pool when the work is large.
+//! - [`rows_reduce`]: the same with one accumulator per thread (weight and bias gradients),
+//!   summed in a fixed order.
+//! - [`add_assign`]: `acc += x`, multiversioned.
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Work below this many output elements stays on the calling thread: spawning costs more.
+pub const PAR_MIN: usize = 1 << 14;
+
+/// The f32 data `layout` addresses in `storage`, which must be contiguous.
+pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(s) = storage else {
+        candle_core::bail!("{what}: expected f32 storage")
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&s[a..b]),
+        None => candle_core::bail!("{what}: input must be contiguous"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of CPU tensors (a strided tensor is copied first).
+pub fn with_f32<R>(
+    ts: &[&Tensor],
+    what: &str,
+    f: impl FnOnce(&[&[f32]]) -> Result<R>,
+) -> Result<R> {
+    let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(ts.len());
+    for (g, l) in &guards {
+        match &**g {
+            Storage::Cpu(s) => slices.push(f32_slice(s, l, what)?),
+            _ => candle_core::bail!("{what}: CPU tensors only"),
+        }
+    }
+    f(&slices)
+}
+
+/// Whether the CPU kernels apply (f32 tensors on the CPU); the ops fall back to candle
+/// primitives otherwise.
+pub fn use_cpu_kernel(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// An error naming the op unless every tensor is f32 on the CPU (ops without a fallback).
+pub fn check_cpu_f32(ts: &[&Tensor], what: &str) -> Result<()> {
+    for t in ts {
+        if !t.device().is_cpu() || t.dtype() != DType::F32 {
+            candle_core::bail!(
+                "{what}: f32 CPU tensors only (got {:?} on {:?})",
+                t.dtype(),
+                t.device()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `f(i, row)` over `dst` cut into rows of `width`, in parallel when the work is large.
+pub fn for_rows(dst: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if width == 0 {
+        return;
+    }
+    if dst.len() >= PAR_MIN {
+        dst.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    } else {
+        dst.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// `f(i, row, acc)` over `dst` cut into rows of `width`, one block of consecutive rows per
+/// thread, each block with its own accumulator of `acc_len` zeros; returns the accumulators
+/// summed in block order (deterministic for a thread count).
+pub fn rows_reduce(
+    dst: &mut [f32],
+    width: usize,
+    acc_len: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    let mut sum = vec![0f32; acc_len];
+    if width == 0 {
+        return sum;
+    }
+    let rows = dst.len() / width;
+    let block = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let partials: Vec<Vec<f32>> = dst
+        .par_chunks_mut(block * width)
+        .enumerate()
+        .map(|(c, blk)| {
+            let mut acc = vec![0f32; acc_len];
+            for (r, row) in blk.chunks_mut(width).enumerate() {
+                f(c * block + r, row, &mut acc);
+            }
+            acc
+        })
+        .collect();
+    for p in partials {
+        add_assign(&mut sum, &p);
+    }
+    sum
+}
+
+frangi::multiversion! {
+    /// acc += x.
+    pub fn add_assign(acc: &mut [f32], x: &[f32]) {
+        for (a, v) in acc.iter_mut().zip(x) {
+            *a += v;
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! Linear layers as single ops, forward and backward side by side:
+//!
+//! - [`linear`] with an [`Epilogue`]: `epilogue(x·Wᵀ + b)`, the bias and an optional exact GELU
+//!   fused after the gemm.
+//! - [`bias_add_residual`]: `y + b + r`, a Linear's bias add fused with the residual connection
+//!   that follows it (the projection after attention and fc2 of the MLP).
+//!
+//! Compared with candle's matmul + broadcast add (and the transpose node on W), the backward
+//! skips the zero-filled and accumulated gradient of the (rows, out) product and the strided copy
+//! of Wᵀ's gradient; candle's broadcast add is single-threaded and its backward reduces over the
+//! leading dims with a slow strided reduction. Bias gradients here are column sums in per-thread
+//! partials.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::activation::{gelu_bwd_rows, gelu_erf, gelu_slice};
+use super::host::{add_assign, f32_slice, for_rows, use_cpu_kernel, with_f32};
+
+/// What a [`linear`] applies after x·Wᵀ + b.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    /// Exact GELU ([`gelu_erf`]).
+    Gelu,
+}
+
+/// `epilogue(x·Wᵀ + b)` for x (rows, in), W (out, in) (PyTorch's layout), b (out): a Linear as
+/// one op. Its backward computes dx = dz·W, dW = dzᵀ·x, db = Σ_rows dz directly.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+    if use_cpu_kernel(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 {
+        x.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LinearOp {
+                epilogue,
+                pre: Mutex::new(None),
+            },
+        )
+    } else {
+        let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?;
+        match epilogue {
+            Epilogue::None => Ok(y),
+            Epilogue::Gelu => gelu_erf(&y),
+        }
+    }
+}
+
+struct LinearOp {
+    epilogue: Epilogue,
+    /// x·Wᵀ + b before the GELU, for the backward (GELU only).
+    pre: Mutex<Option<Vec<f32>>>,
+}
+
+/// `dst (m×n) = [dst +] a·b` on all threads (candle's own matmul parallelism), `a` and `b`
+/// given by (row stride, column stride), dst row-major contiguous.
+#[allow(clippy::too_many_arguments)]
+fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        dst.len() >= m * n
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+    );
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "vasomim-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "linear x")?;
+        let w = f32_slice(s2, l2, "linear weight")?;
+        let b = f32_slice(s3, l3, "linear bias")?;
+        let (rows, k) = l1.shape().dims2()?;
+        let (out, k2) = l2.shape().dims2()?;
+        if k2 != k || b.len() != out {
+            candle_core::bail!(
+                "linear: x {:?}, weight {:?}, bias {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let mut z = vec![0f32; rows * out];
+        gemm_par(rows, out, k, &mut z, false, x, k, 1, w, 1, k); // z = x·Wᵀ
+                                                                 // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
+        for_rows(&mut z, out, |_, r| add_assign(r, b));
+        let y = match self.epilogue {
+            Epilogue::None => z,
+            Epilogue::Gelu => {
+                let mut y = vec![0f32; z.len()];
+                for_rows(&mut y, out, |i, r| {
+                    gelu_slice(r, &z[i * out..(i + 1) * out])
+                });
+                *self
+                    .pre
+                    .lock()
+                    .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
+                y
+            }
+        };
+        Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, out])))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (rows, k) = x.dims2()?;
+        let out = w.dim(0)?;
+        let guard = self
+            .pre
+            .lock()
+            .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
+        let (dx, dw, db) = with_f32(&[x, w, grad], "linear backward", |s| {
+            let (x, w, g) = (s[0], s[1], s[2]);
+            // dz = g (no epilogue) or g ⊙ gelu'(z); db = Σ_rows dz in per-thread partials.
+            let gelu_dz;
+            let (dz, db): (&[f32], Vec<f32>) = match self.epilogue {
+                Epilogue::None => (g, column_sums(g, out)),
+                Epilogue::Gelu => {
+                    let z = guard.as_ref().ok_or_else(|| {
+                        candle_core::Error::msg("linear: backward before forward")
+                    })?;
+                    let (d, db) = gelu_bwd_rows(z, g, out);
+                    gelu_dz = d;
+                    (&gelu_dz[..], db)
+                }
+            };
+            let mut dx = vec![0f32; rows * k];
+            gemm_par(rows, k, out, &mut dx, false, dz, out, 1, w, k, 1); // dx = dz·W
+            let mut dw = vec![0f32; out * k];
+            gemm_par(out, k, rows, &mut dw, false, dz, 1, out, x, k, 1); // dW = dzᵀ·x
+            Ok((dx, dw, db))
+        })?;
+        let dev = x.device();
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            Some(Tensor::from_vec(dw, w.shape(), dev)?),
+            Some(Tensor::from_vec(db, b.shape(), dev)?),
+        ))
+    }
+}
+
+/// Σ over the rows of a row-major (rows, n) array: the gradient of a bias. Per-thread partial
+/// sums over contiguous row blocks, then added in block order (deterministic for a thread
+/// count), as [`rows_reduce`](super::host::rows_reduce) does for kernels that also write rows.
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let rows = g.len() / n;
+    let block = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(block * n)
+        .map(|c| {
+            let mut acc = vec![0f32; n];
+            for r in c.chunks(n) {
+                add_assign(&mut acc, r);
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; n];
+    for p in partials {
+        add_assign(&mut sum, &p);
+    }
+    sum
+}
+
+// ---------------------------------------------------------------- bias + residual
+
+/// `y + b + r` with `b` broadcast over the rows of the last dimension.
+pub fn bias_add_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[y, b, r]) && y.dims() == r.dims() {
+        y.contiguous()?
+            .apply_op3(b, &r.contiguous()?, BiasAddResidualOp)
+    } else {
+        y.broadcast_add(b)? + r
+    }
+}
+
+struct BiasAddResidualOp;
+
+impl CustomOp3 for BiasAddResidualOp {
+    fn name(&self) -> &'static str {
+        "vasomim-bias-add-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(s1, l1, "bias_add_residual y")?;
+        let b = f32_slice(s2, l2, "bias_add_residual bias")?;
+        let r = f32_slice(s3, l3, "bias_add_residual residual")?;
+        let n = *l1.dims().last().unwrap_or(&1);
+        if b.len() != n || r.len() != y.len() {
+            candle_core::bail!(
+                "bias_add_residual: y {:?}, bias {}, residual {:?}",
+                l1.dims(),
+                b.len(),
+                l3.dims()
+            );
+        }
+        let mut dst = vec![0f32; y.len()];
+        for_rows(&mut dst, n, |i, out| {
+            add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n])
+        });
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _r: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = b.elem_count();
+        let db = with_f32(&[grad], "bias_add_residual backward", |s| {
+            Ok(column_sums(s[0], n))
+        })?;
+        Ok((
+            Some(grad.clone()),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+            Some(grad.clone()),
+        ))
+    }
+}
+
+frangi::multiversion! {
+    /// out = y + b + r (in that order).
+    pub(super) fn add3_row(out: &mut [f32], y: &[f32], b: &[f32], r: &[f32]) {
+        for (o, (yv, (bv, rv))) in out.iter_mut().zip(y.iter().zip(b.iter().zip(r))) {
+            *o = yv + bv + rv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::kernels::testing::data;
+
+    /// The fused Linear (forward and all three gradients) against candle's composite f64
+    /// version, for odd shapes (gemm tails), both epilogues, and a transposed (strided) x.
+    #[test]
+    fn linear_matches_f64_reference() {
+        use candle_core::{DType, Device, Var};
+        let dev = Device::Cpu;
+        let mut seed = 20;
+        for &(rows, k, out, transposed) in &[
+            (1usize, 1usize, 1usize, false),
+            (37, 29, 13, false),
+            (37, 29, 13, true),
+            (99, 192, 576, false),
+            (65, 768, 33, true),
+        ] {
+            seed += 1;
+            let t = |d: &[usize], s: f64, seed: u64| {
+                let n: usize = d.iter().product();
+                let v: Vec<f32> = data(n, seed).iter().map(|x| x * s as f32).collect();
+                Tensor::from_vec(v, d, &dev).unwrap()
+            };
+            let x = if transposed {
+                t(&[k, rows], 1.0, seed).t().unwrap()
+            } else {
+                t(&[rows, k], 1.0, seed)
+            };
+            let (w, b, gy) = (
+                t(&[out, k], 0.1, seed + 100),
+                t(&[out], 0.1, seed + 200),
+                t(&[rows, out], 1.0, seed + 300),
+            );
+            for ep in [Epilogue::None, Epilogue::Gelu] {
+                let run = |dt: DType, fused: bool| -> Vec<Vec<f64>> {
+                    let v = |t: &Tensor| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap();
+                    let (x, w, b) = (v(&x), v(&w), v(&b));
+                    let y = if fused {
+                        linear(&x, &w, &b, ep).unwrap()
+                    } else {
+                        let z = x
+                            .matmul(&w.t().unwrap())
+                            .unwrap()
+                            .broadcast_add(&b)
+                            .unwrap();
+                        match ep {
+                            Epilogue::None => z,
+                            Epilogue::Gelu => z.gelu_erf().unwrap(),
+                        }
+                    };
+                    let l = (&y * gy.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap();
+                    let g = l.backward().unwrap();
+                    [
+                        &y,
+                        g.get(&x).unwrap(),
+                        g.get(&w).unwrap(),
+                        g.get(&b).unwrap(),
+                    ]
+                    .iter()
+                    .map(|t| {
+                        t.flatten_all()
+                            .unwrap()
+                            .to_dtype(DType::F64)
+                            .unwrap()
+                            .to_vec1::<f64>()
+                            .unwrap()
+                    })
+                    .collect()
+                };
+                let (ours, reference) = (run(DType::F32, true), run(DType::F64, false));
+                for (what, (a, r)) in ["y", "dx", "dw", "db"]
+                    .iter()
+                    .zip(ours.iter().zip(&reference))
+                {
+                    assert_eq!(a.len(), r.len());
+                    let m = r.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+                    let e = a
+                        .iter()
+                        .zip(r)
+                        .map(|(p, q)| (p - q).abs())
+                        .fold(0f64, f64::max)
+                        / m;
+                    assert!(
+                        e < 1e-5,
+                        "{ep:?} {rows}x{k}->{out} (x transposed: {transposed}): {what} error {e:e}"
+                    );
+                }
+            }
+        }
+    }
+}
