@@ -89,6 +89,21 @@ describe('evaluateSegmentation with a plugged-in predictor', () => {
     const wrong: Predictor = { ...darkness, predict: async ({ width, height }) => ({ width: width + 1, height, classes: 1, probs: new Float32Array((width + 1) * height) }) };
     await expect(evaluateSegmentation(root, wrong, { out, threshold: 0.5 })).rejects.toThrow(/predictor darkness returned 1x25x20 for .*0\.png \(24x20\)/);
   });
+
+  it('reports the first bad image in name order, whatever finishes first', async () => {
+    const root = join(tmp.path, 'synthetic');
+    // 0.png fails late, 1.png fails at once: the error is still 0.png's
+    const slowFirst: Predictor = {
+      name: 'slow',
+      describe: () => ({}),
+      async predict({ width }) {
+        await new Promise((r) => setTimeout(r, width === 24 ? 50 : 0));
+        throw new Error(`bad image of width ${width}`);
+      },
+    };
+    for (const jobs of [1, 2, 4])
+      await expect(evaluateSegmentation(root, slowFirst, { out: join(tmp.path, 'slow-out'), threshold: 0.5, jobs })).rejects.toThrow('bad image of width 24');
+  });
 });
 
 describe('vasomim evaluate --baseline', () => {

@@ -2,6 +2,7 @@
 // against exact probabilities, reference vectors and the paper's stated numbers.
 import { describe, expect, it } from 'vitest';
 
+import { randomMaskBatch } from '../src/model/index.js';
 import { batchMasks, guidedMasking, guidedTarget, maskCounts, randomMasking, type Mask } from '../src/train/masking.js';
 import { Rng } from '../src/train/rng.js';
 import { absoluteLr, accumulation, fractionalEpoch, lrAt } from '../src/train/schedule.js';
@@ -78,6 +79,20 @@ describe('randomMasking', () => {
     const counts = new Array(10).fill(0);
     for (let k = 0; k < n; k++) randomMasking(10, 0.3, r).mask.forEach((v, i) => (counts[i] += v));
     for (const c of counts) expectProportion(c, n, 0.3);
+  });
+
+  it('is what randomMaskBatch (the model API) draws per image', () => {
+    const r = Rng.forKeys(4);
+    const m = randomMaskBatch(3, 16, 0.75, () => r.uniform());
+    const again = Rng.forKeys(4);
+    const source = { int: (n: number) => Math.floor(again.uniform() * n) };
+    for (let b = 0; b < 3; b++) {
+      const one = randomMasking(16, 0.75, source);
+      checkMask(one, 16, 4);
+      expect(Array.from(m.idsKeep.subarray(4 * b, 4 * b + 4))).toEqual(Array.from(one.idsKeep));
+      expect(Array.from(m.idsRestore.subarray(16 * b, 16 * b + 16))).toEqual(Array.from(one.idsRestore));
+      expect(Array.from(m.mask.subarray(16 * b, 16 * b + 16))).toEqual(Array.from(one.mask));
+    }
   });
 });
 

@@ -59,20 +59,32 @@ export interface EvalSummary {
   contactSheet: { worst: string[]; best: string[] } | null;
 }
 
-/** Run `fn` over `items` with at most `jobs` in flight; results in input order. */
+/**
+ * Run `fn` over `items` with at most `jobs` in flight; results in input order. When items fail,
+ * no new one starts, the ones in flight finish, and the error of the first failed item in input
+ * order is thrown: items start in order, so that one has always run, and which error is reported
+ * does not depend on timing or `jobs`.
+ */
 async function pool<T, R>(items: T[], jobs: number, fn: (item: T, i: number) => Promise<R>, onDone: (n: number) => void): Promise<R[]> {
   const out = new Array<R>(items.length);
+  const failed = new Map<number, unknown>();
   let next = 0;
   let done = 0;
   const worker = async () => {
-    for (;;) {
+    while (failed.size === 0) {
       const i = next++;
       if (i >= items.length) return;
-      out[i] = await fn(items[i]!, i);
+      try {
+        out[i] = await fn(items[i]!, i);
+      } catch (e) {
+        failed.set(i, e);
+        return;
+      }
       onDone(++done);
     }
   };
   await Promise.all(Array.from({ length: Math.min(jobs, items.length) }, worker));
+  if (failed.size) throw failed.get(Math.min(...failed.keys()));
   return out;
 }
 
@@ -173,16 +185,17 @@ export async function evaluateSegmentation(
     const grid = thresholdGrid(cfg.steps);
     const sum = new Float64Array(grid.length);
     onProgress?.({ phase: 'tune', split: cfg.tuneSplit, done: 0, total: tuneSamples.length });
-    await pool(
+    const curves = await pool(
       tuneSamples,
       jobs,
       async (s) => {
         const { x, pred } = await predictSample(ds, predictor, s);
-        const c = diceCurve(pred.probs, x.truth, grid);
-        for (let j = 0; j < grid.length; j++) sum[j]! += c[j]!;
+        return diceCurve(pred.probs, x.truth, grid);
       },
       (done) => onProgress?.({ phase: 'tune', split: cfg.tuneSplit, done, total: tuneSamples.length }),
     );
+    // Summed in input order, not completion order, so the sums do not depend on `jobs`.
+    for (const c of curves) for (let j = 0; j < grid.length; j++) sum[j]! += c[j]!;
     let best = 0;
     for (let j = 1; j < grid.length; j++) if (sum[j]! > sum[best]!) best = j;
     const curve = grid.map((t, j) => [t, sum[j]! / tuneSamples.length] as [number, number]);

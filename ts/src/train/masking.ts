@@ -50,8 +50,11 @@ function finish(L: number, masked: Uint8Array, guided: number): Mask {
   return { idsKeep: Int32Array.from(keep), idsRestore, mask: masked, guided };
 }
 
+/** What uniform masking draws from: `Rng` (seeded), or any source of uniform integers in [0, n). */
+export type UniformInt = Pick<Rng, 'int'>;
+
 /** Fill `count` more masked patches uniformly from the unmasked ones. */
-function maskUniform(masked: Uint8Array, count: number, rng: Rng): void {
+function maskUniform(masked: Uint8Array, count: number, rng: UniformInt): void {
   const free: number[] = [];
   for (let i = 0; i < masked.length; i++) if (!masked[i]) free.push(i);
   // partial Fisher–Yates: the first `count` of a uniform permutation
@@ -64,7 +67,8 @@ function maskUniform(masked: Uint8Array, count: number, rng: Rng): void {
   }
 }
 
-export function randomMasking(numPatches: number, maskRatio: number, rng: Rng): Mask {
+/** MAE random masking of one image: num_mask patches chosen uniformly. */
+export function randomMasking(numPatches: number, maskRatio: number, rng: UniformInt): Mask {
   const { numMask } = maskCounts(numPatches, maskRatio);
   const masked = new Uint8Array(numPatches);
   maskUniform(masked, numMask, rng);

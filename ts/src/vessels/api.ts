@@ -131,6 +131,7 @@ export interface PrepareSummary {
   excluded: number;
   interrupted: boolean;
   seconds: number;
+  /** Files that failed, in name order. */
   failures: { input: string; error: string }[];
 }
 
@@ -236,6 +237,8 @@ export async function prepareVesselMaps(
       })),
     );
   }
+  // Failures arrive by kind (name clashes, folders, chunks of threads); list them in name order.
+  summary.failures.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
   summary.seconds = (performance.now() - t0) / 1000;
   return summary;
 }
