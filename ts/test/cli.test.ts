@@ -52,7 +52,7 @@ describe('vasomim vessels', () => {
     expect(f.stderr).toMatch(/--filter: unknown filter "gabor"/);
     const c = cli(['vessels', SAMPLES, '--cast', 'round']);
     expect(c.code).toBe(2);
-    expect(c.stderr).toMatch(/map\.cast/);
+    expect(c.stderr).toMatch(/--cast: unknown cast "round" \(expected clamp, wrap\)/);
   });
 
   it('reads a config file, lets flags override it, and names bad fields and files', () => {

@@ -1,7 +1,10 @@
-// A small declarative layer over node:util parseArgs: each command lists its options once, and
-// that list drives parsing, `--help` and the mapping onto the command's zod schema.
+// A small declarative layer over node:util parseArgs: a command lists the options that are not
+// config fields (positionals' companions, --config, --resume, ...) and takes the flags of its
+// config fields from its zod schemas (./schema-flags.ts); both lists drive parsing and `--help`.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+
+import type { FlagSpec } from './schema-flags.js';
 
 export interface OptionSpec {
   /** Flag name without dashes (kebab-case). */
@@ -21,6 +24,10 @@ export interface CommandSpec {
   usage: string;
   description?: string;
   options: OptionSpec[];
+  /** Flags of config fields, generated from the command's schema(s). */
+  flags?: FlagSpec[];
+  /** Heading of the generated flags in `--help`. */
+  flagsTitle?: string;
   examples?: string[];
 }
 
@@ -32,11 +39,13 @@ export class UsageError extends Error {
 const HELP: OptionSpec = { name: 'help', short: 'h', type: 'boolean', help: 'show this help' };
 
 export function parseCommand(spec: CommandSpec, argv: string[]) {
-  const options = Object.fromEntries(
-    [...spec.options, HELP].map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
-  );
+  const all = [...spec.options, ...(spec.flags ?? []), HELP];
+  const options = Object.fromEntries(all.map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]));
+  // A boolean config flag may stand alone (`--overwrite`) or take true|false (`--norm-pix-loss false`).
+  const booleans = new Set((spec.flags ?? []).filter((f) => f.kind === 'boolean').flatMap((f) => [`--${f.name}`, ...(f.short ? [`-${f.short}`] : [])]));
+  const args = argv.map((a, i) => (booleans.has(a) && !['true', 'false'].includes(argv[i + 1] ?? '') ? `${a}=true` : a));
   try {
-    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: values as Record<string, string | boolean | undefined>, positionals };
   } catch (e) {
     throw new UsageError((e as Error).message.replace(/^TypeError \[\w+\]: /, ''));
@@ -44,19 +53,24 @@ export function parseCommand(spec: CommandSpec, argv: string[]) {
 }
 
 export function helpText(spec: CommandSpec): string {
-  const rows = spec.options.map((o) => {
+  const row = (o: OptionSpec) => {
     const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.arg ? ` ${o.arg}` : ''}`;
     return [flag, o.help + (o.default !== undefined ? ` (default: ${o.default})` : '')] as const;
-  });
-  const width = Math.min(34, Math.max(...rows.map((r) => r[0].length)) + 2);
+  };
+  const sections: [string, (readonly [string, string])[]][] = [
+    ['options:', [...spec.options.map(row), ['-h, --help', 'show this help'] as const]],
+    ...(spec.flags?.length ? [[spec.flagsTitle ?? 'config fields (flags override --config):', spec.flags.map(row)] as [string, (readonly [string, string])[]]] : []),
+  ];
+  const width = Math.min(34, Math.max(...sections.flatMap(([, rows]) => rows.map((r) => r[0].length))) + 2);
   const lines = [`usage: ${spec.usage}`, '', spec.summary];
   if (spec.description) lines.push('', spec.description);
-  lines.push('', 'options:');
-  for (const [flag, help] of rows) {
-    const pad = flag.length >= width ? `\n${' '.repeat(width + 2)}` : ' '.repeat(width - flag.length);
-    lines.push(`  ${flag}${pad}${help}`);
+  for (const [title, rows] of sections) {
+    lines.push('', title);
+    for (const [flag, help] of rows) {
+      const pad = flag.length >= width ? `\n${' '.repeat(width + 2)}` : ' '.repeat(width - flag.length);
+      lines.push(`  ${flag}${pad}${help}`);
+    }
   }
-  lines.push(`  -h, --help${' '.repeat(Math.max(1, width - 10))}show this help`);
   if (spec.examples?.length) lines.push('', 'examples:', ...spec.examples.map((e) => `  ${e}`));
   return lines.join('\n') + '\n';
 }

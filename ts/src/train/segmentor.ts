@@ -24,19 +24,35 @@ const int = (what: string, min: number) => z.number({ error: `${what} must be a 
 
 export const SegmentorRunSchema = z
   .object({
-    preset: z.enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` }).default('demo'),
-    /** Dataset with vessel maps (tree with `<source>_frangi/`, folder, manifest); absent: the bundled angiograms. */
-    data: z.string().min(1).optional(),
-    runs: z.string().min(1).default('runs'),
-    name: z.string().regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only').optional(),
-    epochs: int('epochs', 1),
-    batchSize: int('batchSize', 2),
-    lr: z.number().finite().positive('lr must be > 0').default(1e-3),
-    imgSize: int('imgSize', 32).refine((v) => v % 32 === 0, 'imgSize must be divisible by 32').default(224),
-    inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).default(3),
-    seed: int('seed', 0).default(0),
-    workers: int('workers', 1).optional(),
-    checkpointEvery: int('checkpointEvery', 1).default(10),
+    preset: z
+      .enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` })
+      .default('demo')
+      .describe('run preset: every other field defaults to its value'),
+    data: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)'),
+    runs: z.string().min(1).default('runs').describe('folder for run folders'),
+    name: z
+      .string()
+      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
+      .optional()
+      .describe('run folder name (default: UTC timestamp)'),
+    epochs: int('epochs', 1).describe('epochs'),
+    batchSize: int('batchSize', 2).describe('batch size'),
+    lr: z.number().finite().positive('lr must be > 0').default(1e-3).describe('Adam learning rate at epoch 0'),
+    imgSize: int('imgSize', 32)
+      .refine((v) => v % 32 === 0, 'imgSize must be divisible by 32')
+      .default(224)
+      .describe('crop size (divisible by 32)'),
+    inChans: z
+      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+      .default(3)
+      .describe('input channels (3 = grey replicated, as pre-training)'),
+    seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
+    workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
+    checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
   })
   .strict();
 

@@ -2,12 +2,14 @@
 import { join } from 'node:path';
 
 import { formatZodError, VesselsJobSchema, type VesselsJobInput } from '../../config/vessels.js';
+import { mergeConfig } from '../../config/pretrain.js';
 import { packageRoot } from '../../native.js';
 import { prepareVesselMaps } from '../../vessels/api.js';
-import { defined, helpText, num, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
 import { onInterrupt } from '../interrupt.js';
 import { formatDuration, Progress } from '../progress.js';
-import { FILTER_FLAGS, filterFromFlags, INPUT_NOTE } from './filter-flags.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
+import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
   name: 'vessels',
@@ -24,45 +26,17 @@ export const spec: CommandSpec = {
     'Without <root>, maps the angiograms bundled with vasomim into runs/vessel-maps/.\n\n' +
     INPUT_NOTE,
   options: [
-    { name: 'out', short: 'o', type: 'string', arg: '<dir>', help: 'write map folders here, mirroring the tree (default: beside the sources)' },
-    ...FILTER_FLAGS,
-    { name: 'border', type: 'string', arg: '<px>', help: 'frame zeroed before thresholding', default: '20' },
-    { name: 'percentile', type: 'string', arg: '<p>', help: 'keep pixels >= this percentile of the uint8 response', default: '92' },
-    { name: 'cast', type: 'string', arg: '<mode>', help: 'uint8 cast: clamp, or wrap (modulo 256, bit-exact with the reference code)', default: 'clamp' },
-    { name: 'precision', type: 'string', arg: '<p>', help: 'f32 (faster) or f64 (bit-exact filter; on the 92 bundled frames both give identical maps)', default: 'f32' },
-    { name: 'jobs', short: 'j', type: 'string', arg: '<n>', help: 'worker threads, 0 = all cores', default: '0' },
-    { name: 'overwrite', type: 'boolean', help: 'recompute maps that already exist' },
-    { name: 'suffix', type: 'string', arg: '<s>', help: 'map folder suffix', default: '_frangi' },
-    { name: 'exclude', type: 'string', arg: '<globs>', help: 'comma-separated basename globs to skip', default: '*_gt.*,*_mask.*' },
     { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'job options as JSON (same fields as the Node API; flags override it)' },
     { name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' },
   ],
+  flags: schemaFlags(VesselsJobSchema, { short: { out: 'o', jobs: 'j' } }),
+  flagsTitle: 'job options (flags override --config):',
   examples: [
     'vasomim vessels                                 # the bundled sample angiograms',
     'vasomim vessels /data/XA-170K --jobs 16',
     'vasomim vessels frames/ --out maps/ --cast wrap  # bit-exact with the reference pipeline',
   ],
 };
-
-function jobFromFlags(values: Record<string, unknown>): VesselsJobInput {
-  const fromFile = values.config ? readConfigFile(values.config as string) : {};
-  const precision = values.precision as string | undefined;
-  const cast = values.cast as string | undefined;
-  const filterFile = (fromFile.filter ?? {}) as Record<string, unknown>;
-  const mapFile = (fromFile.map ?? {}) as Record<string, unknown>;
-  return {
-    ...fromFile,
-    ...defined({
-      out: values.out as string | undefined,
-      suffix: values.suffix as string | undefined,
-      exclude: values.exclude === undefined ? undefined : String(values.exclude).split(',').map((s) => s.trim()).filter(Boolean),
-      jobs: num(values, 'jobs'),
-      overwrite: values.overwrite === true ? true : undefined,
-    }),
-    filter: { ...filterFile, ...filterFromFlags(values), ...defined({ precision }) } as VesselsJobInput['filter'],
-    map: { ...mapFile, ...defined({ border: num(values, 'border'), percentile: num(values, 'percentile'), cast }) } as VesselsJobInput['map'],
-  };
-}
 
 export async function run(argv: string[]): Promise<number> {
   const { values, positionals } = parseCommand(spec, argv);
@@ -71,7 +45,8 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length > 1) throw new UsageError(`expected at most one root folder, got ${positionals.length}`);
-  const job = jobFromFlags(values);
+  const file = values.config ? readConfigFile(values.config as string) : {};
+  const job = mergeConfig(file, flagInput(spec.flags!, values)) as VesselsJobInput;
   let root = positionals[0];
   if (root === undefined) {
     root = join(packageRoot(), 'data', 'samples');
