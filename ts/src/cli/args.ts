@@ -59,7 +59,7 @@ export function helpText(spec: CommandSpec): string {
   };
   const sections: [string, (readonly [string, string])[]][] = [
     ['options:', [...spec.options.map(row), ['-h, --help', 'show this help'] as const]],
-    ...(spec.flags?.length ? [[spec.flagsTitle ?? 'config fields (flags override --config):', spec.flags.map(row)] as [string, (readonly [string, string])[]]] : []),
+    ...(spec.flags?.length ? [[spec.flagsTitle ?? 'options:', spec.flags.map(row)] as [string, (readonly [string, string])[]]] : []),
   ];
   const width = Math.min(34, Math.max(...sections.flatMap(([, rows]) => rows.map((r) => r[0].length))) + 2);
   const lines = [`usage: ${spec.usage}`, '', spec.summary];
@@ -84,17 +84,6 @@ export function num(values: Record<string, unknown>, name: string): number | und
   return n;
 }
 
-/** A comma-separated list of numbers, e.g. `--sigmas 1,2,3,4`. */
-export function numList(values: Record<string, unknown>, name: string): number[] | undefined {
-  const v = values[name];
-  if (v === undefined) return undefined;
-  const parts = String(v).split(',').map((s) => s.trim());
-  const out = parts.map(Number);
-  if (parts.some((p) => p === '') || out.some((n) => !Number.isFinite(n)))
-    throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a comma-separated list of numbers`);
-  return out;
-}
-
 /** Read a JSON config file; errors name the file. */
 export function readConfigFile(path: string): Record<string, unknown> {
   let text: string;
@@ -110,9 +99,4 @@ export function readConfigFile(path: string): Record<string, unknown> {
   } catch (e) {
     throw new UsageError(`--config ${path}: not valid JSON config (${(e as Error).message})`);
   }
-}
-
-/** Drop undefined entries so they do not override config-file values. */
-export function defined<T extends Record<string, unknown>>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -1,5 +1,5 @@
-// Options of downstream segmentation: the dataset adapters and `evaluate` (one zod schema each,
-// shared by the CLI flags, config files and the Node API).
+// Options of downstream segmentation: the dataset adapters, `evaluate` and `predict` (one zod
+// schema each, shared by the CLI flags, config files and the Node API).
 import { z } from 'zod';
 
 import { FilterSchema } from './vessels.js';
@@ -110,3 +110,23 @@ export const EvaluateSchema = z
 
 export type EvaluateInput = z.input<typeof EvaluateSchema>;
 export type EvaluateConfig = z.output<typeof EvaluateSchema>;
+
+export const PredictSchema = z
+  .object({
+    out: z.string().min(1, 'out must be a folder').describe('output folder'),
+    threshold: z
+      .number()
+      .min(0, 'threshold must be in [0, 1]')
+      .max(1, 'threshold must be in [0, 1]')
+      .optional()
+      .meta({ description: 'foreground threshold (binary models)', defaultText: "the model's (0.5)" }),
+    alpha: z
+      .number()
+      .min(0, 'alpha must be in [0, 1]')
+      .max(1, 'alpha must be in [0, 1]')
+      .default(0.5)
+      .describe('overlay opacity in [0, 1]'),
+  })
+  .strict();
+
+export type PredictInput = z.input<typeof PredictSchema>;

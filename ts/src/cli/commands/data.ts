@@ -1,7 +1,9 @@
 // `vasomim data check <root|manifest>`: counts, missing/extra maps, unreadable files, sizes.
 import { checkDataset, type DataReport } from '../../data/check.js';
-import { defined, helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { DatasetSchema } from '../../config/data.js';
+import { helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
 import { Progress } from '../progress.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'data',
@@ -16,16 +18,12 @@ export const spec: CommandSpec = {
   options: [
     { name: 'decode', type: 'boolean', help: 'decode pixels too (finds truncated files; slower)' },
     { name: 'jobs', short: 'j', type: 'string', arg: '<n>', help: 'threads, 0 = all cores', default: '0' },
-    { name: 'suffix', type: 'string', arg: '<s,…>', help: 'map folder suffixes, in order', default: '_frangi,_filter_92' },
-    { name: 'exclude', type: 'string', arg: '<globs>', help: 'comma-separated basename globs to skip', default: '*_gt.*,*_mask.*' },
     { name: 'json', type: 'boolean', help: 'print the report as one JSON line on stdout' },
   ],
+  flags: schemaFlags(DatasetSchema, { names: { mapSuffixes: 'suffix' } }),
+  flagsTitle: 'dataset options:',
   examples: ['vasomim data check /data/XA-170K', 'vasomim data check frames/manifest.csv --decode'],
 };
-
-function list(v: unknown): string[] | undefined {
-  return v === undefined ? undefined : String(v).split(',').map((s) => s.trim()).filter(Boolean);
-}
 
 export function formatReport(r: DataReport): string {
   const out = [`${r.kind === 'manifest' ? 'manifest' : 'dataset'} ${r.root}: ${r.images} image(s), ${r.withMaps} with a map, ${r.frames} frame(s)` + (r.excluded ? `, ${r.excluded} excluded` : '')];
@@ -52,7 +50,7 @@ export async function run(argv: string[]): Promise<number> {
   if (rest.length) throw new UsageError(`expected one dataset, got ${rest.length + 1}`);
   let progress: Progress | undefined;
   const report = await checkDataset(root, {
-    dataset: defined({ mapSuffixes: list(values.suffix), exclude: list(values.exclude) }),
+    dataset: flagInput(spec.flags!, values),
     decode: values.decode === true,
     jobs: num(values, 'jobs') ?? 0,
     onProgress: (d, t) => {

@@ -40,6 +40,7 @@ export const spec: CommandSpec = {
     help: { 'model.preset': 'encoder preset when training from scratch' },
     short: { data: 'd', init: 'i', epochs: 'e', batchSize: 'b', threshold: 't', seed: 's' },
   }),
+  flagsTitle: 'run config (--config, then these flags):',
   examples: [
     'vasomim finetune --task vessel-seg --data data/samples/fercer-xca80 --init runs/demo/encoder.safetensors',
     'vasomim finetune --task vessel-seg --data data/samples/fercer-xca80 --init scratch --seed 1',
