@@ -4,7 +4,9 @@
 import { z } from 'zod';
 
 import { ModelConfigSchema } from './model.js';
+import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
+import { parseOptions } from './vessels.js';
 
 export const FT_TASKS = ['vessel-seg', 'segment-seg', 'stenosis-seg'] as const;
 export type FtTask = (typeof FT_TASKS)[number];
@@ -98,3 +100,8 @@ export const FinetuneSchema = z
 
 export type FinetuneInput = z.input<typeof FinetuneSchema>;
 export type FinetuneConfig = z.output<typeof FinetuneSchema>;
+
+/** Resolve fine-tuning options: the layers (config file, flags) merged in order, then the schema. */
+export function resolveFinetuneConfig(...layers: Record<string, unknown>[]): FinetuneConfig {
+  return parseOptions(FinetuneSchema, layers.reduce((m, l) => mergeConfig(m, l), {}), 'finetune config');
+}

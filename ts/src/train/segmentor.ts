@@ -3,8 +3,8 @@
 // poly decay lr·(1 − epoch/E)^0.9 per epoch. One zod schema (presets `paper` and `demo`), a run
 // folder like pre-training's; a checkpoint at the end of every epoch, so an interrupted run
 // resumes at the epoch it was in (the step count in the checkpoint says which).
-import { copyFileSync, existsSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { copyFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 
 import { z } from 'zod';
 
@@ -16,7 +16,7 @@ import { packageVersion } from '../native.js';
 import { writePng } from '../util/png.js';
 import { demoSamples } from './demo.js';
 import { mergeConfig } from '../config/pretrain.js';
-import { RunDir } from './rundir.js';
+import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
 
@@ -92,30 +92,22 @@ export interface SegmentorResult {
   checkpoint?: string;
 }
 
-const LAST = 'last.safetensors';
-
 export async function trainSegmentor(
   layers: Record<string, unknown>[],
   options: { resume?: string; onStep?: (s: SegmentorStep, total: { images: number; done: number; here: number }) => void; onLog?: (l: string) => void; shouldStop?: () => boolean } = {},
 ): Promise<SegmentorResult> {
   const log = options.onLog ?? (() => {});
+  // workers belongs to this invocation, not to the run.
+  const plan = planRun({ layers, resume: options.resume, resolve: resolveSegmentorConfig, invocation: ['workers'] });
+  const cfg: SegmentorRunConfig = plan.config;
   let run: RunDir;
-  let cfg: SegmentorRunConfig;
   let seg: Segmentor;
-  if (options.resume) {
-    run = RunDir.open(options.resume);
-    const saved = run.readConfig() as { config?: Record<string, unknown> };
-    if (!saved.config) throw new Error(`${run.configPath}: no "config" entry`);
-    const over = Object.fromEntries(Object.entries(Object.assign({}, ...layers) as Record<string, unknown>).filter(([k]) => k === 'workers'));
-    cfg = resolveSegmentorConfig(saved.config, over);
-    const ckpt = join(run.checkpoints, LAST);
-    if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
-    seg = await loadSegmentor(ckpt);
+  if (plan.resumed) {
+    run = plan.resumed;
+    seg = await loadSegmentor(run.lastCheckpoint());
   } else {
-    cfg = resolveSegmentorConfig(...layers);
-    run = RunDir.create(cfg.runs, cfg.name);
-    const { workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
-    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: { vasomim: packageVersion(), node: process.version } });
+    run = plan.create();
+    plan.write(run, { versions: { vasomim: packageVersion(), node: process.version } });
     seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed);
     log(`run folder ${resolve(run.path)}`);
   }
@@ -153,14 +145,14 @@ export async function trainSegmentor(
         run.log({ ...rec });
         options.onStep?.(rec, { images: total, done: seg.step * cfg.batchSize, here });
         if (options.shouldStop?.() && batch.index + 1 < iters) {
-          checkpoint = join(run.checkpoints, LAST);
+          checkpoint = join(run.checkpoints, LAST_CHECKPOINT);
           await seg.save(checkpoint);
           return { run: run.path, status: 'interrupted', epoch, checkpoint };
         }
       }
       const done = epoch + 1;
       run.log({ step: seg.step, epoch, event: 'epoch', loss: count ? sum / count : null });
-      checkpoint = join(run.checkpoints, LAST);
+      checkpoint = join(run.checkpoints, LAST_CHECKPOINT);
       await seg.save(checkpoint);
       if (done % cfg.checkpointEvery === 0 || done === cfg.epochs) copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
       if (options.shouldStop?.() && done < cfg.epochs) return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
