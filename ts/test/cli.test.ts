@@ -31,7 +31,8 @@ describe('vasomim', () => {
   it.each(['vessels', 'vesselness'])('%s --help documents every option', (cmd) => {
     const r = cli([cmd, '--help']);
     expect(r.code).toBe(0);
-    for (const flag of ['--filter', '--sigmas', '--white-ridges', '--alpha', '--beta', '--gamma', '--config', '--help']) expect(r.stdout).toContain(flag);
+    for (const flag of ['--filter', '--sigmas', '--white-ridges', '--alpha', '--beta', '--gamma', '--config', '--help'])
+      expect(r.stdout).toContain(flag);
     expect(r.stdout).toMatch(/16-bit grey is\s+scaled/);
   });
 });
@@ -61,7 +62,19 @@ describe('vasomim vessels', () => {
     const bad = cli(['vessels', SAMPLES, '--config', cfg]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/map\.border: border must be >= 0/);
-    const ok = cli(['vessels', SAMPLES, '--config', cfg, '--border', '3', '--out', join(tmp.path, 'cfgout'), '--exclude', '*', '--json']);
+    const ok = cli([
+      'vessels',
+      SAMPLES,
+      '--config',
+      cfg,
+      '--border',
+      '3',
+      '--out',
+      join(tmp.path, 'cfgout'),
+      '--exclude',
+      '*',
+      '--json',
+    ]);
     expect(ok.stderr).toMatch(/no images found/); // every file excluded: the override reached the job
     const missing = cli(['vessels', SAMPLES, '--config', join(tmp.path, 'nope.json')]);
     expect(missing.code).toBe(2);

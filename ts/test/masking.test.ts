@@ -150,11 +150,19 @@ describe('guidedMasking', () => {
 });
 
 describe('batchMasks', () => {
-  const opts = { policy: 'vessel-guided' as const, maskRatio: 0.5, epoch: 799, epochs: 800, alpha0: 0, alphaT: 0.5, seed: 0 };
+  const opts = {
+    policy: 'vessel-guided' as const,
+    maskRatio: 0.5,
+    epoch: 799,
+    epochs: 800,
+    alpha0: 0,
+    alphaT: 0.5,
+    seed: 0,
+  };
   const L = 16;
   const massOf = (id: number) => Array.from({ length: L }, (_, i) => ((i * 7 + id) % 5) + (i % 3 === 0 ? 0 : 1));
 
-  it("gives each sample the same mask whatever batch it is in (keyed by seed, epoch, sample id)", () => {
+  it('gives each sample the same mask whatever batch it is in (keyed by seed, epoch, sample id)', () => {
     const both = batchMasks(opts, L, [3, 7], [...massOf(3), ...massOf(7)]);
     const alone = batchMasks(opts, L, [7], massOf(7));
     expect(both.mask.slice(L)).toEqual(alone.mask);

@@ -13,18 +13,30 @@ const Schema = z
     epochs: z.number().int().min(1).default(40).describe('epochs'),
     lr: z.number().positive().optional().describe('peak lr'),
     task: z.enum(['a', 'b']).default('a').describe('task'),
-    chans: z.union([z.literal(1), z.literal(3)]).default(3).describe('channels'),
+    chans: z
+      .union([z.literal(1), z.literal(3)])
+      .default(3)
+      .describe('channels'),
     scale: z.tuple([z.number(), z.number()]).default([0.5, 1]).describe('crop area'),
     overwrite: z.boolean().default(false).describe('overwrite'),
     inner: z
-      .object({ imgSize: z.number().int().default(224).describe('side'), globs: z.array(z.string()).default(['*_gt.*']).describe('globs') })
+      .object({
+        imgSize: z.number().int().default(224).describe('side'),
+        globs: z.array(z.string()).default(['*_gt.*']).describe('globs'),
+      })
       .prefault({}),
     free: z.record(z.string(), z.unknown()).default({}),
   })
   .strict()
   .transform((o) => o);
 
-const spec: CommandSpec = { name: 't', summary: 't', usage: 't', options: [], flags: schemaFlags(Schema, { short: { epochs: 'e' } }) };
+const spec: CommandSpec = {
+  name: 't',
+  summary: 't',
+  usage: 't',
+  options: [],
+  flags: schemaFlags(Schema, { short: { epochs: 'e' } }),
+};
 
 describe('schemaFlags', () => {
   it('derives names, kinds, placeholders and defaults from the schema', () => {
@@ -43,15 +55,39 @@ describe('schemaFlags', () => {
   });
 
   it('maps flags back onto the schema shape, booleans alone or with a value', () => {
-    const { values } = parseCommand(spec, ['-e', '3', '--task', 'b', '--chans', '1', '--scale', '0.2,1', '--overwrite', '--img-size', '64', '--globs', 'a,b']);
+    const { values } = parseCommand(spec, [
+      '-e',
+      '3',
+      '--task',
+      'b',
+      '--chans',
+      '1',
+      '--scale',
+      '0.2,1',
+      '--overwrite',
+      '--img-size',
+      '64',
+      '--globs',
+      'a,b',
+    ]);
     const input = flagInput(spec.flags!, values);
-    expect(input).toEqual({ epochs: 3, task: 'b', chans: 1, scale: [0.2, 1], overwrite: true, inner: { imgSize: 64, globs: ['a', 'b'] } });
+    expect(input).toEqual({
+      epochs: 3,
+      task: 'b',
+      chans: 1,
+      scale: [0.2, 1],
+      overwrite: true,
+      inner: { imgSize: 64, globs: ['a', 'b'] },
+    });
     expect(Schema.parse(input)).toMatchObject({ epochs: 3, chans: 1, free: {} });
     expect(flagInput(spec.flags!, parseCommand(spec, ['--overwrite', 'false']).values)).toEqual({ overwrite: false });
   });
 
   it('names the flag of a bad value', () => {
-    const bad = (...argv: string[]) => () => flagInput(spec.flags!, parseCommand(spec, argv).values);
+    const bad =
+      (...argv: string[]) =>
+      () =>
+        flagInput(spec.flags!, parseCommand(spec, argv).values);
     expect(bad('--epochs', 'many')).toThrow(new UsageError('--epochs: "many" is not a number'));
     expect(bad('--task', 'c')).toThrow('--task: unknown task "c" (expected a, b)');
     expect(bad('--chans', '2')).toThrow('--chans: unknown chans "2" (expected 1, 3)');
@@ -60,7 +96,12 @@ describe('schemaFlags', () => {
   });
 
   it('shows the defaults the schemas apply', () => {
-    const ft = Object.fromEntries(schemaFlags(FinetuneSchema, { nested: { model: z.object({ preset: z.string() }) }, omit: ['dataOptions.task'] }).map((f) => [f.name, f.default]));
+    const ft = Object.fromEntries(
+      schemaFlags(FinetuneSchema, {
+        nested: { model: z.object({ preset: z.string() }) },
+        omit: ['dataOptions.task'],
+      }).map((f) => [f.name, f.default]),
+    );
     const parsed = FinetuneSchema.parse({ data: 'x' });
     expect([ft['epochs'], ft['head-scale'], ft['scale'], ft['runs'], ft['preset']]).toEqual([
       String(parsed.epochs),

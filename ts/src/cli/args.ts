@@ -40,10 +40,18 @@ const HELP: OptionSpec = { name: 'help', short: 'h', type: 'boolean', help: 'sho
 
 export function parseCommand(spec: CommandSpec, argv: string[]) {
   const all = [...spec.options, ...(spec.flags ?? []), HELP];
-  const options = Object.fromEntries(all.map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]));
+  const options = Object.fromEntries(
+    all.map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+  );
   // A boolean config flag may stand alone (`--overwrite`) or take true|false (`--norm-pix-loss false`).
-  const booleans = new Set((spec.flags ?? []).filter((f) => f.kind === 'boolean').flatMap((f) => [`--${f.name}`, ...(f.short ? [`-${f.short}`] : [])]));
-  const args = argv.map((a, i) => (booleans.has(a) && !['true', 'false'].includes(argv[i + 1] ?? '') ? `${a}=true` : a));
+  const booleans = new Set(
+    (spec.flags ?? [])
+      .filter((f) => f.kind === 'boolean')
+      .flatMap((f) => [`--${f.name}`, ...(f.short ? [`-${f.short}`] : [])]),
+  );
+  const args = argv.map((a, i) =>
+    booleans.has(a) && !['true', 'false'].includes(argv[i + 1] ?? '') ? `${a}=true` : a,
+  );
   try {
     const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: values as Record<string, string | boolean | undefined>, positionals };
@@ -59,7 +67,9 @@ export function helpText(spec: CommandSpec): string {
   };
   const sections: [string, (readonly [string, string])[]][] = [
     ['options:', [...spec.options.map(row), ['-h, --help', 'show this help'] as const]],
-    ...(spec.flags?.length ? [[spec.flagsTitle ?? 'options:', spec.flags.map(row)] as [string, (readonly [string, string])[]]] : []),
+    ...(spec.flags?.length
+      ? [[spec.flagsTitle ?? 'options:', spec.flags.map(row)] as [string, (readonly [string, string])[]]]
+      : []),
   ];
   const width = Math.min(34, Math.max(...sections.flatMap(([, rows]) => rows.map((r) => r[0].length))) + 2);
   const lines = [`usage: ${spec.usage}`, '', spec.summary];
@@ -80,7 +90,8 @@ export function num(values: Record<string, unknown>, name: string): number | und
   const v = values[name];
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n))
+    throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
   return n;
 }
 
@@ -90,7 +101,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new UsageError(`--config ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    throw new UsageError(
+      `--config ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`,
+    );
   }
   try {
     const v = JSON.parse(text) as unknown;

@@ -88,13 +88,20 @@ export function fieldInfo(schema: z.ZodType): FieldInfo {
   }
   const d = defOf(s);
   const info: FieldInfo = { base: s, kind: 'other', description, default: dflt, defaultText };
-  const literals = (o: z.ZodType[]) => o.map((x) => defOf(x)).filter((x) => x.type === 'literal').flatMap((x) => x.values ?? []);
+  const literals = (o: z.ZodType[]) =>
+    o
+      .map((x) => defOf(x))
+      .filter((x) => x.type === 'literal')
+      .flatMap((x) => x.values ?? []);
   if (d.type === 'object') info.kind = 'object';
   else if (d.type === 'number')
-    info.kind = d.checks?.some((c) => c._zod.def.check === 'number_format' && c._zod.def.format?.includes('int')) ? 'integer' : 'number';
+    info.kind = d.checks?.some((c) => c._zod.def.check === 'number_format' && c._zod.def.format?.includes('int'))
+      ? 'integer'
+      : 'number';
   else if (d.type === 'boolean') info.kind = 'boolean';
   else if (d.type === 'string') info.kind = 'string';
-  else if (d.type === 'enum') Object.assign(info, { kind: 'enum', choices: Object.values(d.entries ?? {}).map(String) });
+  else if (d.type === 'enum')
+    Object.assign(info, { kind: 'enum', choices: Object.values(d.entries ?? {}).map(String) });
   else if (d.type === 'union' && d.options && literals(d.options).length === d.options.length)
     Object.assign(info, { kind: 'enum', choices: literals(d.options).map(String) });
   else if (d.type === 'array' && d.element) {
@@ -139,7 +146,10 @@ export function schemaFlags(schema: z.ZodType, options: SchemaFlagOptions = {}):
     const key = rel.at(-1)!;
     // A preset sits above the schema's defaults, so its values are the defaults a user sees.
     const presetValues = Object.entries(options.presets ?? {})
-      .map(([name, p]) => [name, showValue(rel.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], p))] as const)
+      .map(
+        ([name, p]) =>
+          [name, showValue(rel.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], p))] as const,
+      )
       .filter(([, v]) => v !== undefined);
     const presetCount = Object.keys(options.presets ?? {}).length;
     const same = presetValues.length === presetCount && presetValues.every(([, v]) => v === presetValues[0]![1]);
@@ -187,14 +197,17 @@ function flagValue(f: FlagSpec, text: string): unknown {
       return text === 'true';
     case 'enum': {
       if (!f.choices!.includes(text))
-        throw new UsageError(`--${f.name}: unknown ${f.path.at(-1)} ${JSON.stringify(text)} (expected ${f.choices!.join(', ')})`);
+        throw new UsageError(
+          `--${f.name}: unknown ${f.path.at(-1)} ${JSON.stringify(text)} (expected ${f.choices!.join(', ')})`,
+        );
       const n = Number(text);
       return f.choices!.every((c) => Number.isFinite(Number(c))) ? n : text;
     }
     case 'numbers': {
       const parts = text.split(',').map((s) => s.trim());
       const out = parts.map(Number);
-      if (parts.some((p) => p === '') || out.some((n) => !Number.isFinite(n))) throw bad('is not a comma-separated list of numbers');
+      if (parts.some((p) => p === '') || out.some((n) => !Number.isFinite(n)))
+        throw bad('is not a comma-separated list of numbers');
       if (f.length !== undefined && out.length !== f.length) throw bad(`must be ${f.length} comma-separated numbers`);
       return out;
     }

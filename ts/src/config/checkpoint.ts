@@ -60,7 +60,12 @@ export const SegmentationMetaSchema = z.object({
 export type SegmentationMeta = z.output<typeof SegmentationMetaSchema>;
 
 /** Parse JSON text saved in checkpoint `path` with `schema`; `what` says what it should be. */
-function parseSaved<S extends z.ZodType>(schema: S, text: string | null | undefined, path: string, what: string): z.output<S> {
+function parseSaved<S extends z.ZodType>(
+  schema: S,
+  text: string | null | undefined,
+  path: string,
+  what: string,
+): z.output<S> {
   if (!text) throw new Error(`${path}: no ${what}`);
   let value: unknown;
   try {
@@ -74,7 +79,12 @@ function parseSaved<S extends z.ZodType>(schema: S, text: string | null | undefi
 }
 
 /** The loop state of checkpoint `path` (written by `command`), or an Error naming the file. */
-export function parseLoopState<S extends z.ZodType>(schema: S, text: string | null | undefined, path: string, command: string): z.output<S> {
+export function parseLoopState<S extends z.ZodType>(
+  schema: S,
+  text: string | null | undefined,
+  path: string,
+  command: string,
+): z.output<S> {
   return parseSaved(schema, text, path, `loop state (not written by \`${command}\`?)`);
 }
 

@@ -17,7 +17,10 @@ const range = (what: string, lo: number, hi: number | undefined) =>
   z
     .tuple([z.number({ error: `${what} must be two numbers` }), z.number({ error: `${what} must be two numbers` })])
     .refine(([a, b]) => a > lo && a <= b && (hi === undefined || b <= hi) && Number.isFinite(b), {
-      message: hi === undefined ? `${what} must satisfy ${lo} < min <= max` : `${what} must satisfy ${lo} < min <= max <= ${hi}`,
+      message:
+        hi === undefined
+          ? `${what} must satisfy ${lo} < min <= max`
+          : `${what} must satisfy ${lo} < min <= max <= ${hi}`,
     });
 
 export const AugmentSchema = z
@@ -49,7 +52,11 @@ export const AugmentSchema = z
     const mean = o.mean ?? [...(o.channels === 3 ? IMAGENET_MEAN : GREY_MEAN)];
     const std = o.std ?? [...(o.channels === 3 ? IMAGENET_STD : GREY_STD)];
     if (mean.length !== o.channels || std.length !== o.channels)
-      ctx.addIssue({ code: 'custom', message: `mean and std need ${o.channels} value(s) each (channels = ${o.channels})`, path: ['mean'] });
+      ctx.addIssue({
+        code: 'custom',
+        message: `mean and std need ${o.channels} value(s) each (channels = ${o.channels})`,
+        path: ['mean'],
+      });
     return { ...o, mean, std };
   });
 
@@ -63,7 +70,10 @@ export const DatasetSchema = z
       .min(1)
       .default(['_frangi', '_filter_92'])
       .describe("map folder suffixes tried in order (XA-170K: _frangi; the authors' loader: _filter_92)"),
-    exclude: z.array(z.string()).default(DEFAULT_EXCLUDE).describe('basename globs (* and ?) of images to skip, comma-separated'),
+    exclude: z
+      .array(z.string())
+      .default(DEFAULT_EXCLUDE)
+      .describe('basename globs (* and ?) of images to skip, comma-separated'),
   })
   .strict();
 
@@ -74,7 +84,12 @@ const cores = () => Math.max(1, availableParallelism());
 
 export const LoaderSchema = z
   .object({
-    batchSize: z.number().int('batchSize must be an integer').min(1, 'batchSize must be >= 1').default(64).describe('batch size'),
+    batchSize: z
+      .number()
+      .int('batchSize must be an integer')
+      .min(1, 'batchSize must be >= 1')
+      .default(64)
+      .describe('batch size'),
     /** Integer seed: batches are a pure function of (seed, epoch, batch). */
     seed: z.number().int('seed must be an integer').min(0, 'seed must be >= 0').max(Number.MAX_SAFE_INTEGER).default(0),
     shuffle: z.boolean().default(true),
@@ -86,7 +101,10 @@ export const LoaderSchema = z
     workers: z.number().int('workers must be an integer').min(1, 'workers must be >= 1').max(256).optional(),
     /** Batches built ahead of the consumer (default 2 per worker). */
     prefetch: z.number().int('prefetch must be an integer').min(1, 'prefetch must be >= 1').optional(),
-    /** require: every image must have a map (pre-training); optional: use maps when all have one; ignore: images only. */
+    /**
+     * require: every image must have a map (pre-training); optional: use maps when all have one;
+     * ignore: images only.
+     */
     maps: z.enum(['require', 'optional', 'ignore']).default('require'),
     /** Before training, read every header: image/map size mismatches and unreadable files fail early. */
     verify: z.boolean().default(true),

@@ -18,10 +18,21 @@ export const TASK_DATA: Record<FtTask, 'vessel' | 'segment' | 'stenosis'> = {
   'stenosis-seg': 'stenosis',
 };
 
-const pos = (what: string) => z.number({ error: `${what} must be a number` }).finite().positive(`${what} must be > 0`);
+const pos = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .positive(`${what} must be > 0`);
 const int = (what: string, min: number) =>
-  z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).min(min, `${what} must be >= ${min}`);
-const unit = (what: string) => z.number({ error: `${what} must be a number` }).min(0, `${what} must be in [0, 1]`).max(1, `${what} must be in [0, 1]`);
+  z
+    .number({ error: `${what} must be a number` })
+    .int(`${what} must be an integer`)
+    .min(min, `${what} must be >= ${min}`);
+const unit = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .min(0, `${what} must be in [0, 1]`)
+    .max(1, `${what} must be in [0, 1]`);
 
 export const FinetuneSchema = z
   .object({
@@ -57,7 +68,9 @@ export const FinetuneSchema = z
       .describe("U-Net head width multiplier (1 = the paper's 512/256/128/64/32)"),
     epochs: int('epochs', 1).default(40).describe('epochs'),
     warmupEpochs: z.number().min(0, 'warmupEpochs must be >= 0').default(2).describe('linear warm-up epochs'),
-    lr: pos('lr').optional().describe('peak learning rate (default: blr * batchSize / 256 when blr is given, else 2e-3)'),
+    lr: pos('lr')
+      .optional()
+      .describe('peak learning rate (default: blr * batchSize / 256 when blr is given, else 2e-3)'),
     blr: pos('blr').optional().describe('base learning rate (lr = blr * batchSize / 256)'),
     minLr: z.number().min(0, 'minLr must be >= 0').default(1e-6).describe('final learning rate of the cosine'),
     layerDecay: pos('layerDecay').max(1, 'layerDecay must be in (0, 1]').default(0.75).describe('layer-wise LR decay'),
@@ -89,10 +102,19 @@ export const FinetuneSchema = z
   .transform((o, ctx) => {
     const lr = o.lr ?? (o.blr !== undefined ? (o.blr * o.batchSize) / 256 : 2e-3);
     if (o.warmupEpochs >= o.epochs && o.epochs > 1)
-      ctx.addIssue({ code: 'custom', message: `warmupEpochs (${o.warmupEpochs}) must be < epochs (${o.epochs})`, path: ['warmupEpochs'] });
-    const model = ModelConfigSchema.safeParse({ ...o.model, imgSize: o.imgSize, ...(o.inChans ? { inChans: o.inChans } : {}) });
+      ctx.addIssue({
+        code: 'custom',
+        message: `warmupEpochs (${o.warmupEpochs}) must be < epochs (${o.epochs})`,
+        path: ['warmupEpochs'],
+      });
+    const model = ModelConfigSchema.safeParse({
+      ...o.model,
+      imgSize: o.imgSize,
+      ...(o.inChans ? { inChans: o.inChans } : {}),
+    });
     if (!model.success) {
-      for (const i of model.error.issues) ctx.addIssue({ code: 'custom', message: i.message, path: ['model', ...i.path.map(String)] });
+      for (const i of model.error.issues)
+        ctx.addIssue({ code: 'custom', message: i.message, path: ['model', ...i.path.map(String)] });
       return z.NEVER;
     }
     return { ...o, lr, model: model.data, dataOptions: { ...o.dataOptions, task: TASK_DATA[o.task] } };
@@ -103,5 +125,9 @@ export type FinetuneConfig = z.output<typeof FinetuneSchema>;
 
 /** Resolve fine-tuning options: the layers (config file, flags) merged in order, then the schema. */
 export function resolveFinetuneConfig(...layers: Record<string, unknown>[]): FinetuneConfig {
-  return parseOptions(FinetuneSchema, layers.reduce((m, l) => mergeConfig(m, l), {}), 'finetune config');
+  return parseOptions(
+    FinetuneSchema,
+    layers.reduce((m, l) => mergeConfig(m, l), {}),
+    'finetune config',
+  );
 }

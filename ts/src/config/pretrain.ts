@@ -10,11 +10,26 @@ import { parseOptions } from './vessels.js';
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
 export type RunPreset = (typeof RUN_PRESETS)[number];
 
-const pos = (what: string) => z.number({ error: `${what} must be a number` }).finite().positive(`${what} must be > 0`);
-const nonneg = (what: string) => z.number({ error: `${what} must be a number` }).finite().min(0, `${what} must be >= 0`);
+const pos = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .positive(`${what} must be > 0`);
+const nonneg = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .min(0, `${what} must be >= 0`);
 const int = (what: string, min: number) =>
-  z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).min(min, `${what} must be >= ${min}`);
-const unit = (what: string) => z.number({ error: `${what} must be a number` }).min(0, `${what} must be in [0, 1]`).max(1, `${what} must be in [0, 1]`);
+  z
+    .number({ error: `${what} must be a number` })
+    .int(`${what} must be an integer`)
+    .min(min, `${what} must be >= ${min}`);
+const unit = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .min(0, `${what} must be in [0, 1]`)
+    .max(1, `${what} must be in [0, 1]`);
 
 export const PretrainSchema = z
   .object({
@@ -88,9 +103,21 @@ export const PretrainSchema = z
   })
   .strict()
   .superRefine((o, ctx) => {
-    if (o.warmupEpochs > o.epochs) ctx.addIssue({ code: 'custom', path: ['warmupEpochs'], message: `warmupEpochs (${o.warmupEpochs}) must be <= epochs (${o.epochs})` });
+    if (o.warmupEpochs > o.epochs)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['warmupEpochs'],
+        message: `warmupEpochs (${o.warmupEpochs}) must be <= epochs (${o.epochs})`,
+      });
     if (o.eta < 1 || o.consWeight > 0)
-      if (!o.segmentor) ctx.addIssue({ code: 'custom', path: ['segmentor'], message: 'eta < 1 and consWeight > 0 need a segmentor checkpoint (train one with `vasomim train-segmentor`, or set eta: 1 and consWeight: 0)' });
+      if (!o.segmentor)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['segmentor'],
+          message:
+            'eta < 1 and consWeight > 0 need a segmentor checkpoint (train one with `vasomim train-segmentor`, or ' +
+            'set eta: 1 and consWeight: 0)',
+        });
   });
 
 export type PretrainInput = z.input<typeof PretrainSchema>;
@@ -155,7 +182,15 @@ export function resolvePretrainConfig(...layers: Record<string, unknown>[]): Pre
   let merged: Record<string, unknown> = { ...PRESETS[preset], preset };
   for (const l of layers) merged = mergeConfig(merged, l);
   const base = parseOptions(PretrainSchema, merged, 'pre-training config');
-  const model = parseOptions(ModelConfigSchema, { ...base.model, normPixLoss: base.normPixLoss }, 'pre-training config (model)');
-  const augment = parseOptions(AugmentSchema, { ...base.augment, size: model.imgSize, channels: model.inChans }, 'pre-training config (augment)');
+  const model = parseOptions(
+    ModelConfigSchema,
+    { ...base.model, normPixLoss: base.normPixLoss },
+    'pre-training config (model)',
+  );
+  const augment = parseOptions(
+    AugmentSchema,
+    { ...base.augment, size: model.imgSize, channels: model.inChans },
+    'pre-training config (augment)',
+  );
   return { ...base, model, augment };
 }

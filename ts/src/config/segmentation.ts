@@ -13,13 +13,10 @@ export const SegmentationDataSchema = z
       .enum(['auto', 'paired', 'arcade', 'manifest'])
       .default('auto')
       .describe('auto: .csv/.jsonl = manifest, syntax/ or stenosis/ (or <split>/annotations/) = ARCADE, else paired'),
-    task: z
-      .enum(['vessel', 'segment', 'stenosis'])
-      .optional()
-      .meta({
-        description: 'ARCADE task: vessel (binary), segment (one class per category), stenosis (binary)',
-        defaultText: 'vessel (stenosis for a stenosis/ folder)',
-      }),
+    task: z.enum(['vessel', 'segment', 'stenosis']).optional().meta({
+      description: 'ARCADE task: vessel (binary), segment (one class per category), stenosis (binary)',
+      defaultText: 'vessel (stenosis for a stenosis/ folder)',
+    }),
     classes: z
       .number()
       .int('classes must be an integer')
@@ -81,7 +78,9 @@ export const EvaluateSchema = z
       .min(0, 'threshold must be in [0, 1]')
       .max(1, 'threshold must be in [0, 1]')
       .optional()
-      .describe("fixed threshold on the normalised output, no tuning (default: models: their own, 0.5; baselines: tuned)"),
+      .describe(
+        'fixed threshold on the normalised output, no tuning (default: models: their own, 0.5; baselines: tuned)',
+      ),
     steps: z
       .number()
       .int('steps must be an integer')
@@ -103,8 +102,18 @@ export const EvaluateSchema = z
       .max(1024, 'panel must be <= 1024')
       .default(192)
       .describe('side of one contact-sheet panel in pixels'),
-    limit: z.number().int('limit must be an integer').min(1, 'limit must be >= 1').optional().describe('only the first n images of each split'),
-    jobs: z.number().int('jobs must be an integer').min(0, 'jobs must be >= 0').default(0).describe('images in flight, 0 = all cores'),
+    limit: z
+      .number()
+      .int('limit must be an integer')
+      .min(1, 'limit must be >= 1')
+      .optional()
+      .describe('only the first n images of each split'),
+    jobs: z
+      .number()
+      .int('jobs must be an integer')
+      .min(0, 'jobs must be >= 0')
+      .default(0)
+      .describe('images in flight, 0 = all cores'),
   })
   .strict();
 

@@ -5,7 +5,11 @@ import { z } from 'zod';
 /** Sato with sigma 1..4 is the VasoMIM map filter; Frangi's defaults are scikit-image's. */
 export const DEFAULT_SIGMAS = { sato: [1, 2, 3, 4], frangi: [1, 3, 5, 7, 9], frangi1998: [1, 3, 5, 7, 9] } as const;
 
-const positive = (what: string) => z.number({ error: `${what} must be a number` }).finite().positive(`${what} must be > 0`);
+const positive = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .positive(`${what} must be > 0`);
 
 export const FilterSchema = z
   .object({
@@ -31,10 +35,10 @@ export const FilterSchema = z
      * Raw responses default to f64 (scikit-image to ~1e-15); maps default to f32 (about twice as
      * fast; on all 92 bundled frames its maps equal the f64 ones pixel for pixel).
      */
-    precision: z
-      .enum(['f32', 'f64'])
-      .optional()
-      .meta({ description: 'working precision: f32 (faster) or f64 (bit-exact filter)', defaultText: 'maps f32, raw responses f64' }),
+    precision: z.enum(['f32', 'f64']).optional().meta({
+      description: 'working precision: f32 (faster) or f64 (bit-exact filter)',
+      defaultText: 'maps f32, raw responses f64',
+    }),
   })
   .strict()
   .transform((o) => ({ ...o, sigmas: o.sigmas ?? [...DEFAULT_SIGMAS[o.filter]] }));
@@ -81,8 +85,16 @@ export const VesselsJobSchema = z
       .regex(/^[\w.-]+$/, 'suffix may contain letters, digits, _ . - only')
       .default('_frangi')
       .describe("suffix of map folders (XA-170K: _frangi; the authors' loader also reads _filter_92)"),
-    exclude: z.array(z.string()).default(DEFAULT_EXCLUDE).describe('basename globs (* and ?) of images to skip, comma-separated'),
-    jobs: z.number().int('jobs must be an integer').min(0, 'jobs must be >= 0').default(0).describe('worker threads, 0 = all cores'),
+    exclude: z
+      .array(z.string())
+      .default(DEFAULT_EXCLUDE)
+      .describe('basename globs (* and ?) of images to skip, comma-separated'),
+    jobs: z
+      .number()
+      .int('jobs must be an integer')
+      .min(0, 'jobs must be >= 0')
+      .default(0)
+      .describe('worker threads, 0 = all cores'),
     overwrite: z.boolean().default(false).describe('recompute maps that already exist'),
     filter: FilterSchema.prefault({}),
     map: MapSchema.prefault({}),

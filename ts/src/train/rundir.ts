@@ -37,7 +37,10 @@ export class RunDir {
     const n = name ?? new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
     const dir = new RunDir(join(root, n));
     if (existsSync(dir.path) && readdirSync(dir.path).length > 0)
-      throw new Error(`run folder ${dir.path} already exists and is not empty (use --resume ${dir.path} to continue it, or another --name)`);
+      throw new Error(
+        `run folder ${dir.path} already exists and is not empty (use --resume ${dir.path} to continue it, or ` +
+          `another --name)`,
+      );
     mkdirSync(dir.checkpoints, { recursive: true });
     mkdirSync(dir.samples, { recursive: true });
     return dir;
@@ -66,7 +69,10 @@ export class RunDir {
 
   /** Append one metrics record as a JSON line. Non-finite numbers are written as null. */
   log(record: Record<string, unknown>): void {
-    appendFileSync(this.metricsPath, JSON.stringify(record, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
+    appendFileSync(
+      this.metricsPath,
+      JSON.stringify(record, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n',
+    );
   }
 
   /** All records (a torn last line from a killed process is ignored). */
@@ -102,7 +108,11 @@ export class RunDir {
     if (!existsSync(this.checkpoints)) return undefined;
     const files = readdirSync(this.checkpoints).filter((f) => f.endsWith(ext) && !f.includes('vasomim-tmp'));
     const epochOf = (f: string) => Number(/-(\d+)\./.exec(f)?.[1] ?? -1);
-    files.sort((a, b) => epochOf(a) - epochOf(b) || statSync(join(this.checkpoints, a)).mtimeMs - statSync(join(this.checkpoints, b)).mtimeMs);
+    files.sort(
+      (a, b) =>
+        epochOf(a) - epochOf(b) ||
+        statSync(join(this.checkpoints, a)).mtimeMs - statSync(join(this.checkpoints, b)).mtimeMs,
+    );
     const last = files.at(-1);
     return last && join(this.checkpoints, last);
   }
@@ -144,7 +154,8 @@ export function planRun<C extends { runs: string; name?: string; preset?: string
   if (o.resume) {
     const resumed = RunDir.open(o.resume);
     const saved = (resumed.readConfig() as Record<string, unknown>)[key];
-    if (typeof saved !== 'object' || saved === null) throw new Error(`${resumed.configPath}: no "${key}" entry (not a run of this command)`);
+    if (typeof saved !== 'object' || saved === null)
+      throw new Error(`${resumed.configPath}: no "${key}" entry (not a run of this command)`);
     const config = o.resolve(saved as Record<string, unknown>, invocation);
     return {
       config,
@@ -161,7 +172,11 @@ export function planRun<C extends { runs: string; name?: string; preset?: string
     config,
     create: () => (run ??= RunDir.create(config.runs, config.name)),
     write: (r, extra = {}) => {
-      const pinned = { ...(config.preset !== undefined ? { preset: config.preset } : {}), runs: config.runs, name: basename(r.path) };
+      const pinned = {
+        ...(config.preset !== undefined ? { preset: config.preset } : {}),
+        runs: config.runs,
+        name: basename(r.path),
+      };
       r.writeConfig({ [key]: { ...user, ...pinned }, resolved: config, ...extra });
     },
   };

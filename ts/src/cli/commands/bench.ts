@@ -20,11 +20,34 @@ export const spec: CommandSpec = {
   options: [
     { name: 'workers', short: 'w', type: 'string', arg: '<n>', help: 'worker threads', default: '2' },
     { name: 'batches', short: 'n', type: 'string', arg: '<n>', help: 'batches timed', default: '20' },
-    { name: 'prepare', type: 'string', arg: '<dir>', help: 'only write the bundled benchmark dataset to <dir> and exit' },
+    {
+      name: 'prepare',
+      type: 'string',
+      arg: '<dir>',
+      help: 'only write the bundled benchmark dataset to <dir> and exit',
+    },
   ],
   // The loader fields a benchmark varies; the rest keep the loader's defaults.
   flags: schemaFlags(LoaderSchema, {
-    omit: ['seed', 'shuffle', 'dropLast', 'rank', 'world', 'workers', 'prefetch', 'maps', 'verify', 'minSide', 'dataset', 'augment.randomCrop', 'augment.scale', 'augment.ratio', 'augment.hflip', 'augment.mean', 'augment.std'],
+    omit: [
+      'seed',
+      'shuffle',
+      'dropLast',
+      'rank',
+      'world',
+      'workers',
+      'prefetch',
+      'maps',
+      'verify',
+      'minSide',
+      'dataset',
+      'augment.randomCrop',
+      'augment.scale',
+      'augment.ratio',
+      'augment.hflip',
+      'augment.mean',
+      'augment.std',
+    ],
     short: { batchSize: 'b' },
   }),
   flagsTitle: 'loader options:',
@@ -38,7 +61,10 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const [sub, root, ...rest] = positionals;
-  if (sub !== 'loader') throw new UsageError(sub === undefined ? 'give a benchmark: loader' : `unknown benchmark ${JSON.stringify(sub)} (known: loader)`);
+  if (sub !== 'loader')
+    throw new UsageError(
+      sub === undefined ? 'give a benchmark: loader' : `unknown benchmark ${JSON.stringify(sub)} (known: loader)`,
+    );
   if (rest.length) throw new UsageError('expected at most one dataset root');
   if (typeof values.prepare === 'string') {
     await prepareBenchData(values.prepare);
@@ -50,9 +76,15 @@ export async function run(argv: string[]): Promise<number> {
     const dir = root ?? join(await prepareBenchData(tmp!), 'angio');
     const workers = num(values, 'workers') ?? 2;
     const loader = flagInput(spec.flags!, values) as { batchSize?: number; augment?: AugmentInput };
-    const r = await benchLoader(dir, { workers, batchSize: loader.batchSize ?? 64, batches: num(values, 'batches') ?? 20, augment: loader.augment ?? {} });
+    const r = await benchLoader(dir, {
+      workers,
+      batchSize: loader.batchSize ?? 64,
+      batches: num(values, 'batches') ?? 20,
+      augment: loader.augment ?? {},
+    });
     process.stderr.write(
-      `loader: ${r.imagesPerSecond.toFixed(1)} img/s (${r.images} images in ${r.seconds.toFixed(2)} s, ${r.workers} worker(s), batch ${r.batchSize}, ${r.size}², ${r.distinctImages} distinct files)\n`,
+      `loader: ${r.imagesPerSecond.toFixed(1)} img/s (${r.images} images in ${r.seconds.toFixed(2)} s, ${r.workers} ` +
+        `worker(s), batch ${r.batchSize}, ${r.size}², ${r.distinctImages} distinct files)\n`,
     );
     process.stdout.write(JSON.stringify({ ours: r.imagesPerSecond, ...r }) + '\n');
     return 0;

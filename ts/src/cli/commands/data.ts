@@ -26,11 +26,18 @@ export const spec: CommandSpec = {
 };
 
 export function formatReport(r: DataReport): string {
-  const out = [`${r.kind === 'manifest' ? 'manifest' : 'dataset'} ${r.root}: ${r.images} image(s), ${r.withMaps} with a map, ${r.frames} frame(s)` + (r.excluded ? `, ${r.excluded} excluded` : '')];
+  const out = [
+    `${r.kind === 'manifest' ? 'manifest' : 'dataset'} ${r.root}: ${r.images} image(s), ${r.withMaps} with a map, ` +
+      `${r.frames} frame(s)` +
+      (r.excluded ? `, ${r.excluded} excluded` : ''),
+  ];
   const w = Math.max(6, ...r.sources.map((s) => s.source.length));
   if (r.sources.length) out.push(`  ${'source'.padEnd(w)}  images  maps  missing  extra`);
   for (const s of r.sources)
-    out.push(`  ${s.source.padEnd(w)}  ${String(s.images).padStart(6)}  ${String(s.withMap).padStart(4)}  ${String(s.missingMaps).padStart(7)}  ${String(s.extraMaps).padStart(5)}`);
+    out.push(
+      `  ${s.source.padEnd(w)}  ${String(s.images).padStart(6)}  ${String(s.withMap).padStart(4)}  ` +
+        `${String(s.missingMaps).padStart(7)}  ${String(s.extraMaps).padStart(5)}`,
+    );
   const sizes = Object.entries(r.sizes).sort((a, b) => b[1] - a[1]);
   if (sizes.length) out.push('  sizes: ' + sizes.map(([k, v]) => `${k} x${v}`).join(', '));
   for (const u of r.unreadable.slice(0, 20)) out.push(`  unreadable: ${u.path}: ${u.error}`);
@@ -45,7 +52,10 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const [sub, root, ...rest] = positionals;
-  if (sub !== 'check') throw new UsageError(sub === undefined ? 'give a subcommand: check' : `unknown subcommand ${JSON.stringify(sub)} (known: check)`);
+  if (sub !== 'check')
+    throw new UsageError(
+      sub === undefined ? 'give a subcommand: check' : `unknown subcommand ${JSON.stringify(sub)} (known: check)`,
+    );
   if (root === undefined) throw new UsageError('give the dataset root or a manifest');
   if (rest.length) throw new UsageError(`expected one dataset, got ${rest.length + 1}`);
   let progress: Progress | undefined;

@@ -16,12 +16,12 @@ const BASELINES = fieldInfo(FilterSchema.def.in.shape.filter).choices!;
 
 export const spec: CommandSpec = {
   name: 'evaluate',
-  summary: 'Segmentation metrics (DSC, clDice, IoU, precision, recall, AUC) of a predictor on a dataset\'s test split.',
+  summary: "Segmentation metrics (DSC, clDice, IoU, precision, recall, AUC) of a predictor on a dataset's test split.",
   usage: 'vasomim evaluate <model.safetensors> | --baseline <sato|frangi>  --data <dataset> --out <dir> [options]',
   description:
-    'Predictors: a fine-tuned model (`vasomim finetune` checkpoint: each image resized to the model\'s\n' +
-    'input, predicted, probabilities resized back bilinearly; threshold: the model\'s, 0.5, or --threshold;\n' +
-    'its class count must match the dataset\'s), or --baseline sato|frangi, the unsupervised vesselness\n' +
+    "Predictors: a fine-tuned model (`vasomim finetune` checkpoint: each image resized to the model's\n" +
+    "input, predicted, probabilities resized back bilinearly; threshold: the model's, 0.5, or --threshold;\n" +
+    "its class count must match the dataset's), or --baseline sato|frangi, the unsupervised vesselness\n" +
     'response divided by its per-image maximum, whose threshold is the one of the grid k/steps\n' +
     '(k = 1..steps-1) with the highest mean per-image DSC on the train split (ties: the smallest), then\n' +
     'applied to the test split. --threshold fixes it instead.\n\n' +
@@ -34,21 +34,39 @@ export const spec: CommandSpec = {
     'DSC per threshold) and contact-sheet.png (worst and best test images: image | truth | prediction;\n' +
     'white = true positive, red = false positive, blue = false negative). Exit 0 done, 2 bad input.',
   options: [
-    { name: 'baseline', short: 'b', type: 'string', arg: '<filter>', help: `${BASELINES.join(' | ')}: the unsupervised vesselness baseline` },
+    {
+      name: 'baseline',
+      short: 'b',
+      type: 'string',
+      arg: '<filter>',
+      help: `${BASELINES.join(' | ')}: the unsupervised vesselness baseline`,
+    },
     { name: 'data', short: 'd', type: 'string', arg: '<path>', help: 'dataset folder or manifest (.csv/.jsonl)' },
-    { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'options as JSON (Node API fields plus "dataset": path and "baseline": {filter, border}); flags override' },
+    {
+      name: 'config',
+      short: 'c',
+      type: 'string',
+      arg: '<file.json>',
+      help: 'options as JSON (Node API fields plus "dataset": path and "baseline": {filter, border}); flags override',
+    },
     { name: 'json', type: 'boolean', help: 'print summary.json as one line on stdout' },
   ],
   flags: [
     ...schemaFlags(EvaluateSchema, {
-      names: { evalSplit: 'split', 'data.splits.train': 'train-dir', 'data.splits.val': 'val-dir', 'data.splits.test': 'test-dir' },
+      names: {
+        evalSplit: 'split',
+        'data.splits.train': 'train-dir',
+        'data.splits.val': 'val-dir',
+        'data.splits.test': 'test-dir',
+      },
       short: { out: 'o', threshold: 't', jobs: 'j' },
     }),
     ...schemaFlags(BaselineSchema, { at: ['baseline'], omit: ['filter.filter'] }),
   ],
   flagsTitle: 'evaluation options (flags override --config):',
   examples: [
-    'vasomim evaluate runs/finetune/xca/checkpoints/best.safetensors --data data/samples/fercer-xca80 --out runs/eval/vit',
+    'vasomim evaluate runs/finetune/xca/checkpoints/best.safetensors --data data/samples/fercer-xca80 --out ' +
+      'runs/eval/vit',
     'vasomim evaluate --baseline sato --data data/samples/fercer-xca80 --out runs/eval/sato',
     'vasomim evaluate -b frangi -d /data/arcade --task vessel --out runs/eval/arcade-frangi',
     'vasomim evaluate -b sato -d pairs.csv --threshold 0.2 --out runs/eval/fixed',
@@ -69,25 +87,28 @@ export async function run(argv: string[]): Promise<number> {
     throw new UsageError(`--baseline: ${JSON.stringify(filterName)} (expected ${BASELINES.join(', ')})`);
   const modelPath = positionals[0];
   if (modelPath && (filterName || baselineFile)) throw new UsageError('give either a model or --baseline, not both');
-  if (!modelPath && !filterName && !baselineFile) throw new UsageError('say what to evaluate: a model checkpoint or --baseline sato|frangi');
+  if (!modelPath && !filterName && !baselineFile)
+    throw new UsageError('say what to evaluate: a model checkpoint or --baseline sato|frangi');
   const dataPath = (values.data as string | undefined) ?? (typeof dataset === 'string' ? dataset : undefined);
   if (!dataPath) throw new UsageError('--data <dataset folder or manifest> is required');
   const job = mergeConfig(jobFile, jobFlags) as EvaluateInput;
   if (!job.out) throw new UsageError('--out <dir> is required');
   const parsed = EvaluateSchema.safeParse(job);
   if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
-  const baseline = [baselineFile, baselineFlags, filterName ? { filter: { filter: filterName } } : {}].reduce<Record<string, unknown>>(
-    (m, l) => mergeConfig(m, (l ?? {}) as Record<string, unknown>),
-    {},
-  );
+  const baseline = [baselineFile, baselineFlags, filterName ? { filter: { filter: filterName } } : {}].reduce<
+    Record<string, unknown>
+  >((m, l) => mergeConfig(m, (l ?? {}) as Record<string, unknown>), {});
   let predictor: Predictor;
   if (modelPath) {
     const m = await segmentationPredictorFromFile(modelPath);
     predictor = m.predictor;
     // models: the threshold saved with them (0.5), no tuning on the data
-    if (parsed.data.threshold === undefined && m.model.config.numClasses === 1) parsed.data.threshold = m.meta.threshold;
+    if (parsed.data.threshold === undefined && m.model.config.numClasses === 1)
+      parsed.data.threshold = m.meta.threshold;
     process.stderr.write(
-      `model ${modelPath}: ${m.meta.task}, ${m.model.config.numClasses === 1 ? 'binary' : `${m.model.config.numClasses} classes`}, ${m.model.config.encoder.imgSize}² input${m.meta.epoch !== undefined ? `, epoch ${m.meta.epoch}` : ''}\n`,
+      `model ${modelPath}: ${m.meta.task}, ` +
+        `${m.model.config.numClasses === 1 ? 'binary' : `${m.model.config.numClasses} classes`}, ` +
+        `${m.model.config.encoder.imgSize}² input${m.meta.epoch !== undefined ? `, epoch ${m.meta.epoch}` : ''}\n`,
     );
   } else {
     const b = BaselineSchema.safeParse(baseline);
@@ -111,10 +132,20 @@ export async function run(argv: string[]): Promise<number> {
     progress = undefined;
     const t = s.threshold;
     const lines = [
-      `${predictor.name} on ${s.dataset.root} (${s.dataset.format}${s.dataset.task ? `, ${s.dataset.task}` : ''}), ${s.split} split, ${s.images} images`,
-      t ? (t.how === 'tuned' ? `threshold ${t.value} (best mean DSC ${t.meanDsc!.toFixed(4)} on ${t.images} ${t.split} images)` : `threshold ${t.value} (fixed)`) : 'labels: argmax',
-      ...METRIC_NAMES.map((k) => `  ${k.padEnd(9)} ${formatStat(s.metrics[k])}${s.metrics[k].n < s.images ? ` (${s.metrics[k].n} images)` : ''}`),
-      `${s.timing.imagesPerSecond.toFixed(1)} img/s (${formatDuration(s.timing.seconds)}, ${s.timing.jobs} in flight); wrote ${Object.values(s.files).filter(Boolean).join(', ')}`,
+      `${predictor.name} on ${s.dataset.root} (${s.dataset.format}${s.dataset.task ? `, ${s.dataset.task}` : ''}), ` +
+        `${s.split} split, ${s.images} images`,
+      t
+        ? t.how === 'tuned'
+          ? `threshold ${t.value} (best mean DSC ${t.meanDsc!.toFixed(4)} on ${t.images} ${t.split} images)`
+          : `threshold ${t.value} (fixed)`
+        : 'labels: argmax',
+      ...METRIC_NAMES.map(
+        (k) =>
+          `  ${k.padEnd(9)} ` +
+          `${formatStat(s.metrics[k])}${s.metrics[k].n < s.images ? ` (${s.metrics[k].n} images)` : ''}`,
+      ),
+      `${s.timing.imagesPerSecond.toFixed(1)} img/s (${formatDuration(s.timing.seconds)}, ${s.timing.jobs} in ` +
+        `flight); wrote ${Object.values(s.files).filter(Boolean).join(', ')}`,
     ];
     process.stderr.write(lines.join('\n') + '\n');
     if (values.json) process.stdout.write(JSON.stringify(s) + '\n');

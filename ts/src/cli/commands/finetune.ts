@@ -14,7 +14,7 @@ import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'finetune',
-  summary: 'Fine-tune the segmentation ViT (pre-trained encoder + U-Net adapter head) on a dataset\'s train split.',
+  summary: "Fine-tune the segmentation ViT (pre-trained encoder + U-Net adapter head) on a dataset's train split.",
   usage: 'vasomim finetune --task <task> --data <dataset> --init <checkpoint|scratch> [options]',
   description:
     'Tasks: vessel-seg (binary: Dice + BCE), stenosis-seg (binary), segment-seg (K classes: Dice + CE).\n' +
@@ -23,19 +23,46 @@ export const spec: CommandSpec = {
     'layer-wise LR decay (lr · decay^(depth+1-layer)), no weight decay on biases / norms / cls token,\n' +
     'drop-path, warm-up + cosine per iteration. Augmentation: RandomResizedCrop (--scale) + horizontal flip,\n' +
     'the masks cropped and flipped with their image.\n\n' +
-    'Validation: the dataset\'s val split, or --val-count training images (evenly spaced in name order) held\n' +
+    "Validation: the dataset's val split, or --val-count training images (evenly spaced in name order) held\n" +
     'out; the test split is never read. After every epoch: mean per-image DSC at the threshold (argmax for\n' +
     'classes) at the image size, checkpoints/last.safetensors, and checkpoints/best.safetensors when it\n' +
     'improves. Writes <runs>/<name>/{config.json, metrics.jsonl, masks/, checkpoints/}.\n' +
     'Exit 0 done, 2 bad input.',
   options: [
-    { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from checkpoints/last.safetensors (Ctrl-C writes it)' },
-    { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'any config field as JSON; flags override' },
+    {
+      name: 'resume',
+      type: 'string',
+      arg: '<run>',
+      help: 'continue a run folder from checkpoints/last.safetensors (Ctrl-C writes it)',
+    },
+    {
+      name: 'config',
+      short: 'c',
+      type: 'string',
+      arg: '<file.json>',
+      help: 'any config field as JSON; flags override',
+    },
     { name: 'json', type: 'boolean', help: 'print the result as one JSON line on stdout' },
   ],
   flags: schemaFlags(FinetuneSchema, {
     nested: { model: ModelConfigSchema },
-    omit: ['dataOptions.task', 'dataOptions.splits', ...['imgSize', 'inChans', 'patchSize', 'embedDim', 'depth', 'numHeads', 'decoderEmbedDim', 'decoderDepth', 'decoderNumHeads', 'mlpRatio', 'normPixLoss'].map((k) => `model.${k}`)],
+    omit: [
+      'dataOptions.task',
+      'dataOptions.splits',
+      ...[
+        'imgSize',
+        'inChans',
+        'patchSize',
+        'embedDim',
+        'depth',
+        'numHeads',
+        'decoderEmbedDim',
+        'decoderDepth',
+        'decoderNumHeads',
+        'mlpRatio',
+        'normPixLoss',
+      ].map((k) => `model.${k}`),
+    ],
     names: { 'model.preset': 'model' },
     help: { 'model.preset': 'encoder preset when training from scratch' },
     short: { data: 'd', init: 'i', epochs: 'e', batchSize: 'b', threshold: 't', seed: 's' },
@@ -54,7 +81,8 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(helpText(spec));
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
   const file = values.config ? readConfigFile(values.config as string) : {};
   const input = mergeConfig(file, flagInput(spec.flags!, values));
   const resume = values.resume as string | undefined;
@@ -72,33 +100,44 @@ export async function run(argv: string[]): Promise<number> {
     const r = await finetune(
       input as Parameters<typeof finetune>[0],
       {
-      shouldStop: interrupt.stopRequested,
-      onLog: log,
-      onStep: (s, t) => {
-        bar ??= new Progress('finetune', t.steps, 'step');
-        bar.update(t.stepsDone, t.stepsDone, `epoch ${s.epoch} loss ${s.loss.toFixed(4)} (dice ${s.dice.toFixed(3)} ce ${s.ce.toFixed(3)}) ${s.imgPerSec.toFixed(1)} img/s`);
-      },
-      onValidate: (done, total) => {
-        vbar ??= new Progress('  validate', total, 'img');
-        vbar.update(done, done);
-        if (done === total) {
-          vbar.end();
-          vbar = undefined;
-        }
-      },
-      onEpoch: (e) =>
-        log(`epoch ${e.epoch}: loss ${e.loss.toFixed(4)}, val DSC ${e.valDsc === null ? '-' : e.valDsc.toFixed(4)}${e.best ? ' (best)' : ''}, ${e.seconds.toFixed(0)} s`),
+        shouldStop: interrupt.stopRequested,
+        onLog: log,
+        onStep: (s, t) => {
+          bar ??= new Progress('finetune', t.steps, 'step');
+          bar.update(
+            t.stepsDone,
+            t.stepsDone,
+            `epoch ${s.epoch} loss ${s.loss.toFixed(4)} (dice ${s.dice.toFixed(3)} ce ${s.ce.toFixed(3)}) ` +
+              `${s.imgPerSec.toFixed(1)} img/s`,
+          );
+        },
+        onValidate: (done, total) => {
+          vbar ??= new Progress('  validate', total, 'img');
+          vbar.update(done, done);
+          if (done === total) {
+            vbar.end();
+            vbar = undefined;
+          }
+        },
+        onEpoch: (e) =>
+          log(
+            `epoch ${e.epoch}: loss ${e.loss.toFixed(4)}, val DSC ` +
+              `${e.valDsc === null ? '-' : e.valDsc.toFixed(4)}${e.best ? ' (best)' : ''}, ${e.seconds.toFixed(0)} s`,
+          ),
       },
       resume,
     );
     bar?.end();
     bar = undefined;
     if (r.status !== 'completed') {
-      process.stderr.write(`stopped at step ${r.steps}; checkpoint ${r.last}\nresume with: vasomim finetune --resume ${r.run}\n`);
+      process.stderr.write(
+        `stopped at step ${r.steps}; checkpoint ${r.last}\nresume with: vasomim finetune --resume ${r.run}\n`,
+      );
       if (r.status === 'interrupted') return 130;
     }
     process.stderr.write(
-      `done: ${r.steps} steps, ${r.epochs} epochs; best epoch ${r.bestEpoch} (val DSC ${r.bestValDsc === null ? '-' : r.bestValDsc.toFixed(4)})\nrun folder: ${resolve(r.run)}\nbest: ${r.best}\n`,
+      `done: ${r.steps} steps, ${r.epochs} epochs; best epoch ${r.bestEpoch} (val DSC ` +
+        `${r.bestValDsc === null ? '-' : r.bestValDsc.toFixed(4)})\nrun folder: ${resolve(r.run)}\nbest: ${r.best}\n`,
     );
     if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
     return 0;

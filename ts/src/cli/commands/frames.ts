@@ -19,7 +19,10 @@ export const spec: CommandSpec = {
   options: [{ name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' }],
   flags: schemaFlags(FramesSchema, { short: { out: 'o' } }),
   flagsTitle: 'extraction options:',
-  examples: ['vasomim frames run1.dcm run2.dcm --out frames/', 'vasomim frames /data/cine/*.dcm -o frames && vasomim vessels frames'],
+  examples: [
+    'vasomim frames run1.dcm run2.dcm --out frames/',
+    'vasomim frames /data/cine/*.dcm -o frames && vasomim vessels frames',
+  ],
 };
 
 export async function run(argv: string[]): Promise<number> {
@@ -36,7 +39,11 @@ export async function run(argv: string[]): Promise<number> {
   const s = await extractFrames(positionals, parsed.data, (input, n, error) => {
     process.stderr.write(error ? `error: ${error}\n` : `${input}: ${n} frame(s)\n`);
   });
-  process.stderr.write(`done: ${s.frames.length} frame(s) from ${positionals.length - s.failed.length} file(s), ${s.failed.length} failed; manifest ${s.manifest}\n`);
-  if (values.json) process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
+  process.stderr.write(
+    `done: ${s.frames.length} frame(s) from ${positionals.length - s.failed.length} file(s), ${s.failed.length} ` +
+      `failed; manifest ${s.manifest}\n`,
+  );
+  if (values.json)
+    process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
   return s.failed.length > 0 ? 1 : 0;
 }

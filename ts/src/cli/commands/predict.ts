@@ -12,13 +12,16 @@ export const spec: CommandSpec = {
   usage: 'vasomim predict <model.safetensors> <images...> --out <dir> [options]',
   description:
     'The model is a checkpoint of `vasomim finetune` (best.safetensors / last.safetensors). Each image is\n' +
-    'resized to the model\'s input, predicted, and the probabilities resized back to the image size.\n' +
+    "resized to the model's input, predicted, and the probabilities resized back to the image size.\n" +
     'Writes <out>/<name>_mask.png (binary: 0/255 at the threshold; classes: the class id as grey value)\n' +
     'and <out>/<name>_overlay.png (the image with the foreground tinted). Runs on the CPU.',
   options: [{ name: 'json', type: 'boolean', help: 'print the result as one JSON line on stdout' }],
   flags: schemaFlags(PredictSchema, { short: { out: 'o', threshold: 't' } }),
   flagsTitle: 'prediction options:',
-  examples: ['vasomim predict runs/finetune/xca/checkpoints/best.safetensors data/samples/fercer-xca80/Angios_40_testing/1.png --out runs/predict'],
+  examples: [
+    'vasomim predict runs/finetune/xca/checkpoints/best.safetensors ' +
+      'data/samples/fercer-xca80/Angios_40_testing/1.png --out runs/predict',
+  ],
 };
 
 export async function run(argv: string[]): Promise<number> {
@@ -42,7 +45,10 @@ export async function run(argv: string[]): Promise<number> {
     });
     bar?.end();
     bar = undefined;
-    process.stderr.write(`${r.files.length} image(s) in ${formatDuration(r.seconds)} (${r.imagesPerSecond.toFixed(2)} img/s); wrote masks and overlays to ${parsed.data.out}\n`);
+    process.stderr.write(
+      `${r.files.length} image(s) in ${formatDuration(r.seconds)} (${r.imagesPerSecond.toFixed(2)} img/s); wrote ` +
+        `masks and overlays to ${parsed.data.out}\n`,
+    );
     if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
     return 0;
   } finally {

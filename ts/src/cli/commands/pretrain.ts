@@ -11,7 +11,17 @@ import { Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
 /** Model fields a config file may set but that get no flag (the presets size the ViT). */
-const MODEL_FIELDS_NOT_FLAGS = ['patchSize', 'embedDim', 'depth', 'numHeads', 'decoderEmbedDim', 'decoderDepth', 'decoderNumHeads', 'mlpRatio', 'normPixLoss'];
+const MODEL_FIELDS_NOT_FLAGS = [
+  'patchSize',
+  'embedDim',
+  'depth',
+  'numHeads',
+  'decoderEmbedDim',
+  'decoderDepth',
+  'decoderNumHeads',
+  'mlpRatio',
+  'normPixLoss',
+];
 
 export const spec: CommandSpec = {
   name: 'pretrain',
@@ -27,7 +37,13 @@ export const spec: CommandSpec = {
     'Ctrl-C writes a checkpoint and exits (code 130); --resume continues exactly where it stopped.\n' +
     `Presets: ${RUN_PRESETS.map((p) => `${p} (${PRESETS[p].epochs} epochs, batch ${PRESETS[p].batchSize})`).join(', ')}.`,
   options: [
-    { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'JSON config (any field of the run config; flags override it)' },
+    {
+      name: 'config',
+      short: 'c',
+      type: 'string',
+      arg: '<file.json>',
+      help: 'JSON config (any field of the run config; flags override it)',
+    },
     { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from its last checkpoint' },
   ],
   flags: schemaFlags(PretrainSchema, {
@@ -52,7 +68,8 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(helpText(spec));
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
   const file = values.config ? readConfigFile(values.config as string) : {};
   const flags = flagInput(spec.flags!, values);
 
@@ -74,14 +91,21 @@ export async function run(argv: string[]): Promise<number> {
     bar?.end();
     const where = resolve(r.run);
     if (r.status === 'interrupted') {
-      process.stderr.write(`stopped at step ${r.step}; checkpoint ${r.checkpoint}\nresume with: vasomim pretrain --resume ${r.run}\n`);
+      process.stderr.write(
+        `stopped at step ${r.step}; checkpoint ${r.checkpoint}\nresume with: vasomim pretrain --resume ${r.run}\n`,
+      );
       return 130;
     }
     if (r.status === 'stopped') {
-      process.stdout.write(`stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ${where}\n`);
+      process.stdout.write(
+        `stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ` +
+          `${where}\n`,
+      );
       return 0;
     }
-    process.stdout.write(`done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`);
+    process.stdout.write(
+      `done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`,
+    );
     return 0;
   } finally {
     bar?.end();

@@ -1,11 +1,18 @@
 // `vasomim train-segmentor`: the frozen vessel segmentor (UNeXt-S) that pre-training uses.
 import { resolve } from 'node:path';
 
-import { SEGMENTOR_PRESET_VALUES, SEGMENTOR_PRESETS, SegmentorRunSchema, trainSegmentor } from '../../train/segmentor.js';
+import {
+  SEGMENTOR_PRESET_VALUES,
+  SEGMENTOR_PRESETS,
+  SegmentorRunSchema,
+  trainSegmentor,
+} from '../../train/segmentor.js';
 import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
 import { onInterrupt } from '../interrupt.js';
 import { Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
+
+const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
 export const spec: CommandSpec = {
   name: 'train-segmentor',
@@ -18,7 +25,7 @@ export const spec: CommandSpec = {
     'computed into the run folder. Writes runs/<name>/{config.json, metrics.jsonl, checkpoints/,\n' +
     'samples/predictions.png, segmentor.safetensors}; pass segmentor.safetensors to\n' +
     '`vasomim pretrain --segmentor`. Ctrl-C saves a checkpoint (exit 130); --resume continues.\n' +
-    `Presets: ${SEGMENTOR_PRESETS.map((p) => `${p} (${SEGMENTOR_PRESET_VALUES[p].epochs} epochs, batch ${SEGMENTOR_PRESET_VALUES[p].batchSize})`).join(', ')}.`,
+    `Presets: ${SEGMENTOR_PRESETS.map((p) => `${p} (${presetSummary(SEGMENTOR_PRESET_VALUES[p])})`).join(', ')}.`,
   options: [
     { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'JSON config (flags override it)' },
     { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from its last checkpoint' },
@@ -37,7 +44,8 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(helpText(spec));
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
   const file = values.config ? readConfigFile(values.config as string) : {};
   const flags = flagInput(spec.flags!, values);
   const interrupt = onInterrupt('writing a checkpoint after this step');
@@ -54,7 +62,10 @@ export async function run(argv: string[]): Promise<number> {
     });
     bar?.end();
     if (r.status === 'interrupted') {
-      process.stderr.write(`stopped in epoch ${r.epoch}; checkpoint ${r.checkpoint}\nresume with: vasomim train-segmentor --resume ${r.run}\n`);
+      process.stderr.write(
+        `stopped in epoch ${r.epoch}; checkpoint ${r.checkpoint}\nresume with: vasomim train-segmentor --resume ` +
+          `${r.run}\n`,
+      );
       return 130;
     }
     process.stdout.write(`done: ${r.epoch} epochs\nrun folder: ${resolve(r.run)}\nsegmentor: ${r.segmentor}\n`);

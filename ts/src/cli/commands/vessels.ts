@@ -17,7 +17,7 @@ export const spec: CommandSpec = {
   usage: 'vasomim vessels [root] [options]',
   description:
     'Every folder under <root> that holds images is a source; the map of <source>/x.png is written to\n' +
-    '<source>_frangi/x.png (XA-170K layout; --suffix _filter_92 for the authors\' loader). A single folder\n' +
+    "<source>_frangi/x.png (XA-170K layout; --suffix _filter_92 for the authors' loader). A single folder\n" +
     'of images works too. Map = Sato sigma 1..4 (dark vessels) -> uint8 -> zero a --border frame ->\n' +
     'keep >= the --percentile -> the 4-connected component of the strongest pixel.\n' +
     'Existing maps are skipped (an interrupted run resumes; --overwrite recomputes); writes are atomic;\n' +
@@ -26,7 +26,13 @@ export const spec: CommandSpec = {
     'Without <root>, maps the angiograms bundled with vasomim into runs/vessel-maps/.\n\n' +
     INPUT_NOTE,
   options: [
-    { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'job options as JSON (same fields as the Node API; flags override it)' },
+    {
+      name: 'config',
+      short: 'c',
+      type: 'string',
+      arg: '<file.json>',
+      help: 'job options as JSON (same fields as the Node API; flags override it)',
+    },
     { name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' },
   ],
   flags: schemaFlags(VesselsJobSchema, { short: { out: 'o', jobs: 'j' } }),
@@ -72,9 +78,11 @@ export async function run(argv: string[]): Promise<number> {
     const rate = summary.processed / Math.max(summary.seconds, 1e-9);
     const where = parsed.data.out ?? 'beside the sources';
     process.stderr.write(
-      `${summary.interrupted ? 'interrupted' : 'done'}: ${summary.processed} processed, ${summary.skipped} skipped, ${summary.failed} failed` +
+      `${summary.interrupted ? 'interrupted' : 'done'}: ${summary.processed} processed, ${summary.skipped} skipped, ` +
+        `${summary.failed} failed` +
         (summary.excluded ? `, ${summary.excluded} excluded` : '') +
-        ` in ${formatDuration(summary.seconds)} (${rate.toFixed(1)} img/s) from ${summary.sources.length} source folder(s); maps in ${where}\n`,
+        ` in ${formatDuration(summary.seconds)} (${rate.toFixed(1)} img/s) from ${summary.sources.length} source ` +
+        `folder(s); maps in ${where}\n`,
     );
     if (values.json) process.stdout.write(JSON.stringify({ ...summary, out: parsed.data.out ?? null }) + '\n');
     return summary.interrupted ? 130 : summary.failed > 0 ? 1 : 0;
