@@ -23,6 +23,8 @@ const MODEL_FIELDS_NOT_FLAGS = [
   'normPixLoss',
 ];
 
+const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
+
 export const spec: CommandSpec = {
   name: 'pretrain',
   summary: 'VasoMIM pre-training of a ViT (vessel-guided masking, consistency loss); resumable.',
@@ -35,7 +37,7 @@ export const spec: CommandSpec = {
     'reconstruction | + visible | vessel map | guidance grids, mask-frequency.png) and encoder.safetensors\n' +
     '(timm layout) at the end. Values come from the preset, then --config, then flags.\n' +
     'Ctrl-C writes a checkpoint and exits (code 130); --resume continues exactly where it stopped.\n' +
-    `Presets: ${RUN_PRESETS.map((p) => `${p} (${PRESETS[p].epochs} epochs, batch ${PRESETS[p].batchSize})`).join(', ')}.`,
+    `Presets: ${RUN_PRESETS.map((p) => `${p} (${presetSummary(PRESETS[p])})`).join(', ')}.`,
   options: [
     {
       name: 'config',
