@@ -41,7 +41,7 @@ describe('vasomim vessels', () => {
   it('rejects bad flags with exit 2 and a message naming them', () => {
     const p = cli(['vessels', SAMPLES, '--percentile', '150']);
     expect(p.code).toBe(2);
-    expect(p.stderr).toMatch(/map\.percentile: percentile must be in \[0, 100\]/);
+    expect(p.stderr).toMatch(/map\.percentile: percentile must be in \[0, 100\] \(--percentile 150\)/);
     const s = cli(['vessels', SAMPLES, '--sigmas', '1,x']);
     expect(s.code).toBe(2);
     expect(s.stderr).toMatch(/--sigmas: "1,x" is not a comma-separated list of numbers/);

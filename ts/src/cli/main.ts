@@ -5,11 +5,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { ConfigError } from '../config/vessels.js';
-import { UsageError } from './args.js';
+import { parseCommand, UsageError, type CommandSpec } from './args.js';
+import { withFlagNames } from './schema-flags.js';
 
 interface Command {
   summary: string;
-  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: { usage: string } }>;
+  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: CommandSpec }>;
 }
 
 const COMMANDS: Record<string, Command> = {
@@ -79,6 +80,15 @@ function usage(): string {
   ].join('\n');
 }
 
+/** The flags of a command line, or none when it does not parse (that error is the one reported). */
+function givenFlags(spec: CommandSpec, argv: string[]): Record<string, unknown> {
+  try {
+    return parseCommand(spec, argv).values;
+  } catch {
+    return {};
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
@@ -104,7 +114,8 @@ async function main(argv: string[]): Promise<number> {
       e instanceof ConfigError ||
       ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')
     ) {
-      process.stderr.write(`vasomim ${name}: ${(e as Error).message}\nusage: ${mod.spec.usage} (see --help)\n`);
+      const message = withFlagNames((e as Error).message, mod.spec.flags ?? [], givenFlags(mod.spec, rest));
+      process.stderr.write(`vasomim ${name}: ${message}\nusage: ${mod.spec.usage} (see --help)\n`);
       return 2;
     }
     process.stderr.write(`vasomim ${name}: ${(e as Error).message}\n`);

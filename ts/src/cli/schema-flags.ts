@@ -7,6 +7,7 @@
 //   schemaFlags(schema, options)  the flags of a schema's fields (nested objects flattened)
 //   flagInput(flags, values)      parsed flag values -> a partial input object of the schema(s)
 //   fieldInfo(schema)             the kind, choices, description and default of one field
+//   withFlagNames(message, ...)   a config error's `path: problem` lines with the flag that set the field
 import type { z } from 'zod';
 
 import { UsageError, type OptionSpec } from './args.js';
@@ -235,4 +236,19 @@ export function flagInput(flags: FlagSpec[], values: Record<string, unknown>): R
     o[f.path.at(-1)!] = flagValue(f, text);
   }
   return out;
+}
+
+/**
+ * A config error (`path: problem` per line, as `formatZodError` writes it) with the flag that
+ * set each field, so a bad flag value is named as typed: `map.percentile: ... (--percentile 150)`.
+ */
+export function withFlagNames(message: string, flags: FlagSpec[], values: Record<string, unknown>): string {
+  return message
+    .split('\n')
+    .map((line) => {
+      const path = /^([\w.]+): /.exec(line)?.[1];
+      const f = path && flags.find((f) => f.path.join('.') === path && typeof values[f.name] === 'string');
+      return f ? `${line} (--${f.name} ${String(values[f.name])})` : line;
+    })
+    .join('\n');
 }
