@@ -15,7 +15,10 @@ const XCA = join(SAMPLES, 'fercer-xca80');
 /** A fercer-style subset: training/ and testing/ with N.png + N_gt.png. */
 function subset(name: string, train: number[], test: number[]) {
   const root = join(tmp.path, name);
-  for (const [dir, src, ids] of [['training', 'Angios_40_training', train], ['testing', 'Angios_40_testing', test]] as const) {
+  for (const [dir, src, ids] of [
+    ['training', 'Angios_40_training', train],
+    ['testing', 'Angios_40_testing', test],
+  ] as const) {
     mkdirSync(join(root, dir), { recursive: true });
     for (const k of ids) {
       copyFileSync(join(XCA, src, `${k}.png`), join(root, dir, `${k}.png`));
@@ -59,7 +62,14 @@ describe('evaluateSegmentation with a plugged-in predictor', () => {
         const vessel = (x: number, y: number) => Math.abs(y - 10 - k) <= 1 || x === 5 + 3 * k;
         const img = Array.from({ length: w * h }, (_, i) => (vessel(i % w, Math.floor(i / w)) ? 10 : 200));
         writeFileSync(join(root, split, `${k}.png`), encodePng(w, h, img));
-        writeFileSync(join(root, split, `${k}_gt.png`), encodePng(w, h, img.map((v) => (v === 10 ? 255 : 0))));
+        writeFileSync(
+          join(root, split, `${k}_gt.png`),
+          encodePng(
+            w,
+            h,
+            img.map((v) => (v === 10 ? 255 : 0)),
+          ),
+        );
       }
     }
     const seen: number[] = [];
@@ -75,7 +85,8 @@ describe('evaluateSegmentation with a plugged-in predictor', () => {
     const s = await evaluateSegmentation(root, darkness, { out, jobs: 1, steps: 10, examples: 1 });
     expect(seen).toEqual([24, 32, 24, 32]); // train (tuning), then test
     expect(s.threshold!.how).toBe('tuned');
-    expect(s.threshold!.value).toBeCloseTo(0.3, 12); // background scores 0.216, vessels 0.961: the smallest grid point above 0.216
+    // background scores 0.216, vessels 0.961: the smallest grid point above 0.216
+    expect(s.threshold!.value).toBeCloseTo(0.3, 12);
     expect(s.threshold!.meanDsc).toBe(1);
     expect(s.metrics.dsc.mean).toBe(1);
     expect(s.metrics.cldice.mean).toBe(1);
@@ -86,8 +97,35 @@ describe('evaluateSegmentation with a plugged-in predictor', () => {
     expect(fixed.metrics.dsc.mean).toBe(0);
     expect(fixed.files.contactSheet).toBeNull();
 
-    const wrong: Predictor = { ...darkness, predict: async ({ width, height }) => ({ width: width + 1, height, classes: 1, probs: new Float32Array((width + 1) * height) }) };
-    await expect(evaluateSegmentation(root, wrong, { out, threshold: 0.5 })).rejects.toThrow(/predictor darkness returned 1x25x20 for .*0\.png \(24x20\)/);
+    const wrong: Predictor = {
+      ...darkness,
+      predict: async ({ width, height }) => ({
+        width: width + 1,
+        height,
+        classes: 1,
+        probs: new Float32Array((width + 1) * height),
+      }),
+    };
+    await expect(evaluateSegmentation(root, wrong, { out, threshold: 0.5 })).rejects.toThrow(
+      /predictor darkness returned 1x25x20 for .*0\.png \(24x20\)/,
+    );
+  });
+
+  it('reports the first bad image in name order, whatever finishes first', async () => {
+    const root = join(tmp.path, 'synthetic');
+    // 0.png fails late, 1.png fails at once: the error is still 0.png's
+    const slowFirst: Predictor = {
+      name: 'slow',
+      describe: () => ({}),
+      async predict({ width }) {
+        await new Promise((r) => setTimeout(r, width === 24 ? 50 : 0));
+        throw new Error(`bad image of width ${width}`);
+      },
+    };
+    for (const jobs of [1, 2, 4])
+      await expect(
+        evaluateSegmentation(root, slowFirst, { out: join(tmp.path, 'slow-out'), threshold: 0.5, jobs }),
+      ).rejects.toThrow('bad image of width 24');
   });
 });
 
@@ -95,22 +133,60 @@ describe('vasomim evaluate --baseline', () => {
   it('documents its options', () => {
     const r = cli(['evaluate', '--help']);
     expect(r.code).toBe(0);
-    for (const f of ['--baseline', '--data', '--out', '--task', '--threshold', '--steps', '--train-dir', '--limit', '--examples', '--json']) expect(r.stdout).toContain(f);
+    for (const f of [
+      '--baseline',
+      '--data',
+      '--out',
+      '--task',
+      '--threshold',
+      '--steps',
+      '--train-dir',
+      '--limit',
+      '--examples',
+      '--json',
+    ])
+      expect(r.stdout).toContain(f);
     expect(cli(['--help']).stdout).toMatch(/evaluate\s+segmentation metrics/);
   });
 
-  it('tunes on train, evaluates test and writes per-image CSV, summary, threshold curve and contact sheet', async () => {
+  it('tunes on train, evaluates test, writes per-image CSV, summary, threshold curve and contact sheet', async () => {
     const root = subset('xca-small', [1, 2, 3], [4, 5]);
     const out = join(tmp.path, 'out-sato');
-    const r = cli(['evaluate', '--baseline', 'sato', '--data', root, '--out', out, '--examples', '1', '--panel', '64', '--steps', '20', '--json']);
+    const r = cli([
+      'evaluate',
+      '--baseline',
+      'sato',
+      '--data',
+      root,
+      '--out',
+      out,
+      '--examples',
+      '1',
+      '--panel',
+      '64',
+      '--steps',
+      '20',
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/threshold 0\.\d+ \(best mean DSC 0\.\d{4} on 3 train images\)/);
     expect(r.stderr).toMatch(/img\/s/);
     const s = JSON.parse(readFileSync(join(out, 'summary.json'), 'utf8'));
     expect(JSON.parse(r.stdout.trim())).toEqual(s);
-    expect([s.images, s.split, s.dataset.format, s.predictor.name, s.threshold.split, s.threshold.images]).toEqual([2, 'test', 'paired', 'sato', 'train', 3]);
+    expect([s.images, s.split, s.dataset.format, s.predictor.name, s.threshold.split, s.threshold.images]).toEqual([
+      2,
+      'test',
+      'paired',
+      'sato',
+      'train',
+      3,
+    ]);
     // the chosen threshold is the best row of the curve; the summary means are the CSV's
-    const curve = readFileSync(join(out, 'thresholds.csv'), 'utf8').trim().split('\n').slice(1).map((l) => l.split(',').map(Number));
+    const curve = readFileSync(join(out, 'thresholds.csv'), 'utf8')
+      .trim()
+      .split('\n')
+      .slice(1)
+      .map((l) => l.split(',').map(Number));
     expect(curve).toHaveLength(19);
     const best = curve.reduce((a, b) => (b[1]! > a[1]! ? b : a));
     expect(s.threshold.value).toBe(best[0]);
@@ -144,7 +220,19 @@ describe('vasomim evaluate --baseline', () => {
     expect(empty.code).toBe(2);
     expect(empty.stderr).toMatch(/nothing-here: no such folder \(splits\.test\)/);
     mkdirSync(join(root, 'none'));
-    const noTest = cli(['evaluate', '-b', 'sato', '-d', root, '-o', out, '--train-dir', 'training', '--test-dir', 'none']);
+    const noTest = cli([
+      'evaluate',
+      '-b',
+      'sato',
+      '-d',
+      root,
+      '-o',
+      out,
+      '--train-dir',
+      'training',
+      '--test-dir',
+      'none',
+    ]);
     expect(noTest.code).toBe(2);
     expect(noTest.stderr).toMatch(/the test split is empty \(found train 1\)/);
     const model = cli(['evaluate', 'vit.safetensors', '-d', root, '-o', out]);

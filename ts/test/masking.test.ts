@@ -2,6 +2,7 @@
 // against exact probabilities, reference vectors and the paper's stated numbers.
 import { describe, expect, it } from 'vitest';
 
+import { randomMaskBatch } from '../src/model/index.js';
 import { batchMasks, guidedMasking, guidedTarget, maskCounts, randomMasking, type Mask } from '../src/train/masking.js';
 import { Rng } from '../src/train/rng.js';
 import { absoluteLr, accumulation, fractionalEpoch, lrAt } from '../src/train/schedule.js';
@@ -79,6 +80,20 @@ describe('randomMasking', () => {
     for (let k = 0; k < n; k++) randomMasking(10, 0.3, r).mask.forEach((v, i) => (counts[i] += v));
     for (const c of counts) expectProportion(c, n, 0.3);
   });
+
+  it('is what randomMaskBatch (the model API) draws per image', () => {
+    const r = Rng.forKeys(4);
+    const m = randomMaskBatch(3, 16, 0.75, () => r.uniform());
+    const again = Rng.forKeys(4);
+    const source = { int: (n: number) => Math.floor(again.uniform() * n) };
+    for (let b = 0; b < 3; b++) {
+      const one = randomMasking(16, 0.75, source);
+      checkMask(one, 16, 4);
+      expect(Array.from(m.idsKeep.subarray(4 * b, 4 * b + 4))).toEqual(Array.from(one.idsKeep));
+      expect(Array.from(m.idsRestore.subarray(16 * b, 16 * b + 16))).toEqual(Array.from(one.idsRestore));
+      expect(Array.from(m.mask.subarray(16 * b, 16 * b + 16))).toEqual(Array.from(one.mask));
+    }
+  });
 });
 
 describe('guidedMasking', () => {
@@ -135,11 +150,19 @@ describe('guidedMasking', () => {
 });
 
 describe('batchMasks', () => {
-  const opts = { policy: 'vessel-guided' as const, maskRatio: 0.5, epoch: 799, epochs: 800, alpha0: 0, alphaT: 0.5, seed: 0 };
+  const opts = {
+    policy: 'vessel-guided' as const,
+    maskRatio: 0.5,
+    epoch: 799,
+    epochs: 800,
+    alpha0: 0,
+    alphaT: 0.5,
+    seed: 0,
+  };
   const L = 16;
   const massOf = (id: number) => Array.from({ length: L }, (_, i) => ((i * 7 + id) % 5) + (i % 3 === 0 ? 0 : 1));
 
-  it("gives each sample the same mask whatever batch it is in (keyed by seed, epoch, sample id)", () => {
+  it('gives each sample the same mask whatever batch it is in (keyed by seed, epoch, sample id)', () => {
     const both = batchMasks(opts, L, [3, 7], [...massOf(3), ...massOf(7)]);
     const alone = batchMasks(opts, L, [7], massOf(7));
     expect(both.mask.slice(L)).toEqual(alone.mask);

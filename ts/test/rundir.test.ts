@@ -6,7 +6,9 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { readImage } from '../src/index.js';
 import { MaskFrequency } from '../src/train/maskfreq.js';
-import { RunDir } from '../src/train/rundir.js';
+import { parseCheckpointExtra, parseLoopState, PretrainLoopStateSchema } from '../src/config/checkpoint.js';
+import { mergeConfig } from '../src/config/pretrain.js';
+import { planRun, RunDir } from '../src/train/rundir.js';
 import { encodePng, writePng } from '../src/util/png.js';
 import { tempDir } from './helpers.js';
 
@@ -53,7 +55,9 @@ describe('PNG', () => {
     expect(Array.from((await readImage(join(tmp.path, 'c.png'))).pixels)).toEqual([76, 10]);
     expect(() => encodePng({ width: 2, height: 2, data: [1, 2, 3] })).toThrow(/3 samples, expected 2x2x1/);
     mkdirSync(join(tmp.path, 'x.png'));
-    expect(() => writePng(join(tmp.path, 'x.png'), { width: 1, height: 1, data: [0] })).toThrow(/cannot write .*x\.png/);
+    expect(() => writePng(join(tmp.path, 'x.png'), { width: 1, height: 1, data: [0] })).toThrow(
+      /cannot write .*x\.png/,
+    );
   });
 });
 
@@ -68,5 +72,94 @@ describe('MaskFrequency', () => {
     expect([img.width, img.height]).toEqual([8, 8]);
     expect([img.pixels[0], img.pixels[4], img.pixels[63]]).toEqual([255, 128, 0]);
     expect(() => mf.add([1, 0, 1])).toThrow(/not a multiple of 4/);
+  });
+});
+
+describe('planRun', () => {
+  // A toy command: defaults, then the layers; `workers` belongs to one invocation.
+  const resolveToy = (...layers: Record<string, unknown>[]) =>
+    layers.reduce((m, l) => mergeConfig(m, l), { runs: tmp.path, epochs: 3, workers: 1, opt: { lr: 1 } }) as {
+      runs: string;
+      name?: string;
+      epochs: number;
+      workers: number;
+      opt: { lr: number; wd?: number };
+    };
+
+  it('layers a new run, stores it, and resumes it with only the invocation keys changed', () => {
+    const layers = [
+      { name: 'toy', opt: { wd: 0.1 } },
+      { epochs: 5, workers: 4 },
+    ];
+    const plan = planRun({ layers, resolve: resolveToy, invocation: ['workers'] });
+    expect(plan.resumed).toBeUndefined();
+    expect(plan.config).toMatchObject({ epochs: 5, workers: 4, opt: { lr: 1, wd: 0.1 } });
+    const run = plan.create();
+    expect(plan.create()).toBe(run);
+    plan.write(run, { versions: { node: 'x' } });
+    const saved = JSON.parse(readFileSync(run.configPath, 'utf8'));
+    expect(saved.config).toEqual({ name: 'toy', opt: { wd: 0.1 }, epochs: 5, runs: tmp.path }); // no workers
+    expect(saved.versions).toEqual({ node: 'x' });
+
+    const again = planRun({
+      layers: [{ epochs: 99, workers: 2 }],
+      resume: run.path,
+      resolve: resolveToy,
+      invocation: ['workers'],
+    });
+    expect(again.resumed!.path).toBe(run.path);
+    expect(again.config).toMatchObject({ epochs: 5, workers: 2, opt: { lr: 1, wd: 0.1 } });
+    expect(() => again.resumed!.lastCheckpoint()).toThrow(
+      /no checkpoint to resume from .*last\.safetensors is missing/,
+    );
+    expect(() => planRun({ layers: [], resume: run.path, resolve: resolveToy, invocation: [], key: 'input' })).toThrow(
+      /config\.json: no "input" entry/,
+    );
+    expect(() => planRun({ layers: [], resume: join(tmp.path, 'nope'), resolve: resolveToy, invocation: [] })).toThrow(
+      /nope is not a run folder/,
+    );
+  });
+});
+
+describe('saved loop state and checkpoint metadata', () => {
+  it('parse with their schemas; a bad one is an error naming the file', () => {
+    const state = {
+      version: 1,
+      epoch: 2,
+      nextBatch: 1,
+      step: 9,
+      maskFrequency: { counts: [1, 0], images: 1, masked: 1, maskedWithVessel: 0 },
+      epochMasked: 3,
+      epochVessel: 1,
+    };
+    expect(parseLoopState(PretrainLoopStateSchema, JSON.stringify(state), 'a.safetensors', 'vasomim pretrain')).toEqual(
+      state,
+    );
+    expect(() => parseLoopState(PretrainLoopStateSchema, undefined, 'a.safetensors', 'vasomim pretrain')).toThrow(
+      /a\.safetensors: no loop state/,
+    );
+    expect(() => parseLoopState(PretrainLoopStateSchema, '{"version": 1', 'a.safetensors', 'vasomim pretrain')).toThrow(
+      /a\.safetensors: loop state .* is not JSON/,
+    );
+    expect(() =>
+      parseLoopState(
+        PretrainLoopStateSchema,
+        JSON.stringify({ ...state, step: -1 }),
+        'a.safetensors',
+        'vasomim pretrain',
+      ),
+    ).toThrow(/a\.safetensors: bad loop state[^]*step:/);
+    const meta = {
+      task: 'vessel-seg',
+      classes: ['background', 'vessel'],
+      mean: [0.5],
+      std: [0.2],
+      threshold: 0.5,
+      loop: { bestDsc: null, bestEpoch: -1 },
+    };
+    expect(parseCheckpointExtra(JSON.stringify(meta), 'b.safetensors')).toEqual(meta);
+    expect(() => parseCheckpointExtra(JSON.stringify({ ...meta, classes: 'x' }), 'b.safetensors')).toThrow(
+      /b\.safetensors: bad segmentation metadata[^]*classes:/,
+    );
   });
 });

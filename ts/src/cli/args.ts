@@ -1,7 +1,10 @@
-// A small declarative layer over node:util parseArgs: each command lists its options once, and
-// that list drives parsing, `--help` and the mapping onto the command's zod schema.
+// A small declarative layer over node:util parseArgs: a command lists the options that are not
+// config fields (positionals' companions, --config, --resume, ...) and takes the flags of its
+// config fields from its zod schemas (./schema-flags.ts); both lists drive parsing and `--help`.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+
+import type { FlagSpec } from './schema-flags.js';
 
 export interface OptionSpec {
   /** Flag name without dashes (kebab-case). */
@@ -21,6 +24,10 @@ export interface CommandSpec {
   usage: string;
   description?: string;
   options: OptionSpec[];
+  /** Flags of config fields, generated from the command's schema(s). */
+  flags?: FlagSpec[];
+  /** Heading of the generated flags in `--help`. */
+  flagsTitle?: string;
   examples?: string[];
 }
 
@@ -32,11 +39,21 @@ export class UsageError extends Error {
 const HELP: OptionSpec = { name: 'help', short: 'h', type: 'boolean', help: 'show this help' };
 
 export function parseCommand(spec: CommandSpec, argv: string[]) {
+  const all = [...spec.options, ...(spec.flags ?? []), HELP];
   const options = Object.fromEntries(
-    [...spec.options, HELP].map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+    all.map((o) => [o.name, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+  );
+  // A boolean config flag may stand alone (`--overwrite`) or take true|false (`--norm-pix-loss false`).
+  const booleans = new Set(
+    (spec.flags ?? [])
+      .filter((f) => f.kind === 'boolean')
+      .flatMap((f) => [`--${f.name}`, ...(f.short ? [`-${f.short}`] : [])]),
+  );
+  const args = argv.map((a, i) =>
+    booleans.has(a) && !['true', 'false'].includes(argv[i + 1] ?? '') ? `${a}=true` : a,
   );
   try {
-    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true });
     return { values: values as Record<string, string | boolean | undefined>, positionals };
   } catch (e) {
     throw new UsageError((e as Error).message.replace(/^TypeError \[\w+\]: /, ''));
@@ -44,19 +61,26 @@ export function parseCommand(spec: CommandSpec, argv: string[]) {
 }
 
 export function helpText(spec: CommandSpec): string {
-  const rows = spec.options.map((o) => {
+  const row = (o: OptionSpec) => {
     const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.arg ? ` ${o.arg}` : ''}`;
     return [flag, o.help + (o.default !== undefined ? ` (default: ${o.default})` : '')] as const;
-  });
-  const width = Math.min(34, Math.max(...rows.map((r) => r[0].length)) + 2);
+  };
+  const sections: [string, (readonly [string, string])[]][] = [
+    ['options:', [...spec.options.map(row), ['-h, --help', 'show this help'] as const]],
+    ...(spec.flags?.length
+      ? [[spec.flagsTitle ?? 'options:', spec.flags.map(row)] as [string, (readonly [string, string])[]]]
+      : []),
+  ];
+  const width = Math.min(34, Math.max(...sections.flatMap(([, rows]) => rows.map((r) => r[0].length))) + 2);
   const lines = [`usage: ${spec.usage}`, '', spec.summary];
   if (spec.description) lines.push('', spec.description);
-  lines.push('', 'options:');
-  for (const [flag, help] of rows) {
-    const pad = flag.length >= width ? `\n${' '.repeat(width + 2)}` : ' '.repeat(width - flag.length);
-    lines.push(`  ${flag}${pad}${help}`);
+  for (const [title, rows] of sections) {
+    lines.push('', title);
+    for (const [flag, help] of rows) {
+      const pad = flag.length >= width ? `\n${' '.repeat(width + 2)}` : ' '.repeat(width - flag.length);
+      lines.push(`  ${flag}${pad}${help}`);
+    }
   }
-  lines.push(`  -h, --help${' '.repeat(Math.max(1, width - 10))}show this help`);
   if (spec.examples?.length) lines.push('', 'examples:', ...spec.examples.map((e) => `  ${e}`));
   return lines.join('\n') + '\n';
 }
@@ -66,19 +90,9 @@ export function num(values: Record<string, unknown>, name: string): number | und
   const v = values[name];
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
+  if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n))
+    throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
   return n;
-}
-
-/** A comma-separated list of numbers, e.g. `--sigmas 1,2,3,4`. */
-export function numList(values: Record<string, unknown>, name: string): number[] | undefined {
-  const v = values[name];
-  if (v === undefined) return undefined;
-  const parts = String(v).split(',').map((s) => s.trim());
-  const out = parts.map(Number);
-  if (parts.some((p) => p === '') || out.some((n) => !Number.isFinite(n)))
-    throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a comma-separated list of numbers`);
-  return out;
 }
 
 /** Read a JSON config file; errors name the file. */
@@ -87,7 +101,9 @@ export function readConfigFile(path: string): Record<string, unknown> {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new UsageError(`--config ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    throw new UsageError(
+      `--config ${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`,
+    );
   }
   try {
     const v = JSON.parse(text) as unknown;
@@ -96,9 +112,4 @@ export function readConfigFile(path: string): Record<string, unknown> {
   } catch (e) {
     throw new UsageError(`--config ${path}: not valid JSON config (${(e as Error).message})`);
   }
-}
-
-/** Drop undefined entries so they do not override config-file values. */
-export function defined<T extends Record<string, unknown>>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

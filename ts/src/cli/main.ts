@@ -5,26 +5,63 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { ConfigError } from '../config/vessels.js';
-import { UsageError } from './args.js';
+import { parseCommand, UsageError, type CommandSpec } from './args.js';
+import { withFlagNames } from './schema-flags.js';
 
 interface Command {
   summary: string;
-  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: { usage: string } }>;
+  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: CommandSpec }>;
 }
 
 const COMMANDS: Record<string, Command> = {
-  vessels: { summary: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)', load: () => import('./commands/vessels.js') },
-  vesselness: { summary: 'raw Sato/Frangi response of one image (.npy or .png)', load: () => import('./commands/vesselness.js') },
-  'train-segmentor': { summary: 'train the UNeXt-S vessel segmentor (guidance and L_cons of pre-training)', load: () => import('./commands/train-segmentor.js') },
-  pretrain: { summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable', load: () => import('./commands/pretrain.js') },
-  export: { summary: 'export a checkpoint\'s encoder for timm (safetensors)', load: () => import('./commands/export.js') },
-  embed: { summary: 'encoder features (cls, mean patch token) of images as .npy', load: () => import('./commands/embed.js') },
-  finetune: { summary: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset', load: () => import('./commands/finetune.js') },
-  evaluate: { summary: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split', load: () => import('./commands/evaluate.js') },
-  predict: { summary: 'masks and overlays of images from a fine-tuned model', load: () => import('./commands/predict.js') },
-  frames: { summary: 'DICOM cine runs (or any images) to PNG frames with a manifest', load: () => import('./commands/frames.js') },
-  data: { summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes', load: () => import('./commands/data.js') },
-  bench: { summary: 'benchmarks: `bench loader` images/s of the data loader', load: () => import('./commands/bench.js') },
+  vessels: {
+    summary: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)',
+    load: () => import('./commands/vessels.js'),
+  },
+  vesselness: {
+    summary: 'raw Sato/Frangi response of one image (.npy or .png)',
+    load: () => import('./commands/vesselness.js'),
+  },
+  'train-segmentor': {
+    summary: 'train the UNeXt-S vessel segmentor (guidance and L_cons of pre-training)',
+    load: () => import('./commands/train-segmentor.js'),
+  },
+  pretrain: {
+    summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable',
+    load: () => import('./commands/pretrain.js'),
+  },
+  export: {
+    summary: "export a checkpoint's encoder for timm (safetensors)",
+    load: () => import('./commands/export.js'),
+  },
+  embed: {
+    summary: 'encoder features (cls, mean patch token) of images as .npy',
+    load: () => import('./commands/embed.js'),
+  },
+  finetune: {
+    summary: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset',
+    load: () => import('./commands/finetune.js'),
+  },
+  evaluate: {
+    summary: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split',
+    load: () => import('./commands/evaluate.js'),
+  },
+  predict: {
+    summary: 'masks and overlays of images from a fine-tuned model',
+    load: () => import('./commands/predict.js'),
+  },
+  frames: {
+    summary: 'DICOM cine runs (or any images) to PNG frames with a manifest',
+    load: () => import('./commands/frames.js'),
+  },
+  data: {
+    summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
+    load: () => import('./commands/data.js'),
+  },
+  bench: {
+    summary: 'benchmarks: `bench loader` images/s of the data loader',
+    load: () => import('./commands/bench.js'),
+  },
 };
 
 function usage(): string {
@@ -41,6 +78,15 @@ function usage(): string {
     'Run `vasomim <command> --help` for its options. `vasomim --version` prints the version.',
     '',
   ].join('\n');
+}
+
+/** The flags of a command line, or none when it does not parse (that error is the one reported). */
+function givenFlags(spec: CommandSpec, argv: string[]): Record<string, unknown> {
+  try {
+    return parseCommand(spec, argv).values;
+  } catch {
+    return {};
+  }
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -63,8 +109,13 @@ async function main(argv: string[]): Promise<number> {
   try {
     return await mod.run(rest);
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ConfigError || ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')) {
-      process.stderr.write(`vasomim ${name}: ${(e as Error).message}\nusage: ${mod.spec.usage} (see --help)\n`);
+    if (
+      e instanceof UsageError ||
+      e instanceof ConfigError ||
+      ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')
+    ) {
+      const message = withFlagNames((e as Error).message, mod.spec.flags ?? [], givenFlags(mod.spec, rest));
+      process.stderr.write(`vasomim ${name}: ${message}\nusage: ${mod.spec.usage} (see --help)\n`);
       return 2;
     }
     process.stderr.write(`vasomim ${name}: ${(e as Error).message}\n`);

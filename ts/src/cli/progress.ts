@@ -20,7 +20,9 @@ export class Progress {
     const left = this.total - done;
     const eta = rate > 0 ? formatDuration(left / rate) : '--:--';
     const frac = this.total > 0 ? done / this.total : 1;
-    const text = `${this.label} ${bar(frac, 24)} ${done}/${this.total} ${rate.toFixed(1)} ${this.unit}/s ETA ${eta}${extra ? ' ' + extra : ''}`;
+    const text =
+      `${this.label} ${bar(frac, 24)} ${done}/${this.total} ${rate.toFixed(1)} ${this.unit}/s ETA ${eta}` +
+      (extra ? ' ' + extra : '');
     if (this.tty) {
       this.stream.write(`\r\x1b[2K${text}`);
     } else if (now - this.lastLine > 5000 || done === this.total) {

@@ -17,13 +17,21 @@ const range = (what: string, lo: number, hi: number | undefined) =>
   z
     .tuple([z.number({ error: `${what} must be two numbers` }), z.number({ error: `${what} must be two numbers` })])
     .refine(([a, b]) => a > lo && a <= b && (hi === undefined || b <= hi) && Number.isFinite(b), {
-      message: hi === undefined ? `${what} must satisfy ${lo} < min <= max` : `${what} must satisfy ${lo} < min <= max <= ${hi}`,
+      message:
+        hi === undefined
+          ? `${what} must satisfy ${lo} < min <= max`
+          : `${what} must satisfy ${lo} < min <= max <= ${hi}`,
     });
 
 export const AugmentSchema = z
   .object({
-    /** Output side in pixels. */
-    size: z.number().int('size must be an integer').min(16, 'size must be >= 16').max(4096, 'size must be <= 4096').default(224),
+    size: z
+      .number()
+      .int('size must be an integer')
+      .min(16, 'size must be >= 16')
+      .max(4096, 'size must be <= 4096')
+      .default(224)
+      .describe('output side in pixels'),
     /** RandomResizedCrop (training); false resizes the whole image (evaluation). */
     randomCrop: z.boolean().default(true),
     /** RandomResizedCrop area fraction (VasoMIM: 0.2–1). */
@@ -32,8 +40,10 @@ export const AugmentSchema = z
     ratio: range('ratio', 0, undefined).default([3 / 4, 4 / 3]),
     /** Probability of the horizontal flip. */
     hflip: z.number().min(0, 'hflip must be in [0, 1]').max(1, 'hflip must be in [0, 1]').default(0.5),
-    /** 3: grey replicated (paper default, ImageNet statistics); 1: grey-native. */
-    channels: z.union([z.literal(1), z.literal(3)], { error: 'channels must be 1 or 3' }).default(3),
+    channels: z
+      .union([z.literal(1), z.literal(3)], { error: 'channels must be 1 or 3' })
+      .default(3)
+      .describe('output channels: 3 = grey replicated (paper, ImageNet statistics), 1 = grey-native'),
     mean: z.array(z.number()).optional(),
     std: z.array(z.number().positive('each std must be > 0')).optional(),
   })
@@ -42,7 +52,11 @@ export const AugmentSchema = z
     const mean = o.mean ?? [...(o.channels === 3 ? IMAGENET_MEAN : GREY_MEAN)];
     const std = o.std ?? [...(o.channels === 3 ? IMAGENET_STD : GREY_STD)];
     if (mean.length !== o.channels || std.length !== o.channels)
-      ctx.addIssue({ code: 'custom', message: `mean and std need ${o.channels} value(s) each (channels = ${o.channels})`, path: ['mean'] });
+      ctx.addIssue({
+        code: 'custom',
+        message: `mean and std need ${o.channels} value(s) each (channels = ${o.channels})`,
+        path: ['mean'],
+      });
     return { ...o, mean, std };
   });
 
@@ -51,10 +65,15 @@ export type AugmentConfig = z.output<typeof AugmentSchema>;
 
 export const DatasetSchema = z
   .object({
-    /** Map folder suffixes tried in order (XA-170K: _frangi; the authors' loader: _filter_92). */
-    mapSuffixes: z.array(z.string().regex(/^[\w.-]+$/, 'suffix may contain letters, digits, _ . - only')).min(1).default(['_frangi', '_filter_92']),
-    /** Basename globs (* and ?) of images to leave out. */
-    exclude: z.array(z.string()).default(DEFAULT_EXCLUDE),
+    mapSuffixes: z
+      .array(z.string().regex(/^[\w.-]+$/, 'suffix may contain letters, digits, _ . - only'))
+      .min(1)
+      .default(['_frangi', '_filter_92'])
+      .describe("map folder suffixes tried in order (XA-170K: _frangi; the authors' loader: _filter_92)"),
+    exclude: z
+      .array(z.string())
+      .default(DEFAULT_EXCLUDE)
+      .describe('basename globs (* and ?) of images to skip, comma-separated'),
   })
   .strict();
 
@@ -65,7 +84,12 @@ const cores = () => Math.max(1, availableParallelism());
 
 export const LoaderSchema = z
   .object({
-    batchSize: z.number().int('batchSize must be an integer').min(1, 'batchSize must be >= 1').default(64),
+    batchSize: z
+      .number()
+      .int('batchSize must be an integer')
+      .min(1, 'batchSize must be >= 1')
+      .default(64)
+      .describe('batch size'),
     /** Integer seed: batches are a pure function of (seed, epoch, batch). */
     seed: z.number().int('seed must be an integer').min(0, 'seed must be >= 0').max(Number.MAX_SAFE_INTEGER).default(0),
     shuffle: z.boolean().default(true),
@@ -77,7 +101,10 @@ export const LoaderSchema = z
     workers: z.number().int('workers must be an integer').min(1, 'workers must be >= 1').max(256).optional(),
     /** Batches built ahead of the consumer (default 2 per worker). */
     prefetch: z.number().int('prefetch must be an integer').min(1, 'prefetch must be >= 1').optional(),
-    /** require: every image must have a map (pre-training); optional: use maps when all have one; ignore: images only. */
+    /**
+     * require: every image must have a map (pre-training); optional: use maps when all have one;
+     * ignore: images only.
+     */
     maps: z.enum(['require', 'optional', 'ignore']).default('require'),
     /** Before training, read every header: image/map size mismatches and unreadable files fail early. */
     verify: z.boolean().default(true),
@@ -98,8 +125,8 @@ export type LoaderConfig = z.output<typeof LoaderSchema>;
 
 export const FramesSchema = z
   .object({
-    out: z.string().min(1, 'out must be a folder'),
-    overwrite: z.boolean().default(false),
+    out: z.string().min(1, 'out must be a folder').describe('output folder (required)'),
+    overwrite: z.boolean().default(false).describe('rewrite PNGs that exist'),
   })
   .strict();
 

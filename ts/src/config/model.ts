@@ -12,13 +12,13 @@ const count = (what: string) => z.number({ error: `${what} must be a number` }).
 
 export const ModelConfigSchema = z
   .object({
-    /** Sizes by name (micro is for tests); the other fields override it. */
-    preset: z.enum(PRESET_NAMES).default('base'),
-    /** Input side in pixels (divisible by patchSize). */
-    imgSize: count('imgSize').optional(),
+    preset: z.enum(PRESET_NAMES).default('base').describe('ViT size by name (micro is for tests); the other fields override it'),
+    imgSize: count('imgSize').optional().describe('input side in pixels (divisible by the patch size)'),
     patchSize: count('patchSize').optional(),
-    /** 1 (grey) or 3 (grey replicated, timm-compatible). */
-    inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).optional(),
+    inChans: z
+      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+      .optional()
+      .describe('input channels: 3 = grey replicated (paper, timm), 1 = grey-native'),
     embedDim: count('embedDim').optional(),
     depth: count('depth').optional(),
     numHeads: count('numHeads').optional(),

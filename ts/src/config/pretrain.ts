@@ -10,72 +10,114 @@ import { parseOptions } from './vessels.js';
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
 export type RunPreset = (typeof RUN_PRESETS)[number];
 
-const pos = (what: string) => z.number({ error: `${what} must be a number` }).finite().positive(`${what} must be > 0`);
-const nonneg = (what: string) => z.number({ error: `${what} must be a number` }).finite().min(0, `${what} must be >= 0`);
+const pos = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .positive(`${what} must be > 0`);
+const nonneg = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .finite()
+    .min(0, `${what} must be >= 0`);
 const int = (what: string, min: number) =>
-  z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).min(min, `${what} must be >= ${min}`);
-const unit = (what: string) => z.number({ error: `${what} must be a number` }).min(0, `${what} must be in [0, 1]`).max(1, `${what} must be in [0, 1]`);
+  z
+    .number({ error: `${what} must be a number` })
+    .int(`${what} must be an integer`)
+    .min(min, `${what} must be >= ${min}`);
+const unit = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .min(0, `${what} must be in [0, 1]`)
+    .max(1, `${what} must be in [0, 1]`);
 
 export const PretrainSchema = z
   .object({
-    /** Run preset: every field below defaults to its value. */
-    preset: z.enum(RUN_PRESETS, { error: `preset must be one of ${RUN_PRESETS.join(', ')}` }).default('demo'),
-    /** Dataset: an XA-170K-style tree with `<source>_frangi/` maps, a folder, or a .csv/.jsonl manifest. Absent: the bundled sample angiograms. */
-    data: z.string().min(1).optional(),
-    /** Folder that holds run folders. */
-    runs: z.string().min(1).default('runs'),
-    /** Run folder name (default: a UTC timestamp). */
-    name: z.string().regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only').optional(),
+    preset: z
+      .enum(RUN_PRESETS, { error: `preset must be one of ${RUN_PRESETS.join(', ')}` })
+      .default('demo')
+      .describe('run preset: every other field defaults to its value'),
+    data: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('dataset: tree with <source>_frangi/ maps, folder, or .csv/.jsonl manifest (default: bundled samples)'),
+    runs: z.string().min(1).default('runs').describe('folder for run folders'),
+    name: z
+      .string()
+      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
+      .optional()
+      .describe('run folder name (default: UTC timestamp)'),
+    /** Any model-config field (config/model.ts); the preset's model, then these. */
     model: z.record(z.string(), z.unknown()).default({}),
-    epochs: int('epochs', 1),
-    warmupEpochs: nonneg('warmupEpochs'),
-    /** Base learning rate; lr = blr · batchSize / 256 unless `lr` is given. */
-    blr: pos('blr'),
-    lr: pos('lr').optional(),
-    minLr: nonneg('minLr').default(0),
-    /** Effective batch (all devices, all accumulation steps). */
-    batchSize: int('batchSize', 1),
-    /** Largest micro-batch one forward/backward takes; the rest is gradient accumulation. */
-    maxMicroBatch: int('maxMicroBatch', 1),
-    weightDecay: nonneg('weightDecay').default(0.05),
-    beta1: unit('beta1').default(0.9),
-    beta2: unit('beta2').default(0.95),
-    clipGrad: pos('clipGrad').optional(),
-    maskRatio: z.number().min(0, 'maskRatio must be in [0, 1)').lt(1, 'maskRatio must be in [0, 1)').default(0.5),
-    normPixLoss: z.boolean().default(true),
-    /** Masking: random (MAE) or vessel-guided with the epoch schedule alpha0 -> alphaT. */
-    masking: z.enum(['random', 'vessel-guided'], { error: 'masking must be random or vessel-guided' }).default('vessel-guided'),
-    alpha0: unit('alpha0').default(0),
-    alphaT: unit('alphaT').default(0.5),
-    /** G = eta·B + (1 − eta)·P: weight of the offline map B against the segmentor's P (v1: 1). */
-    eta: unit('eta').default(0.5),
-    /** Weight of L_cons = BCE(S(recon), P); 0 turns it off. */
-    consWeight: nonneg('consWeight').default(1),
-    /** Frozen segmentor checkpoint (`vasomim train-segmentor`); `bundled` = the one shipped for the demo; `none` / null = no segmentor. */
+    epochs: int('epochs', 1).describe('epochs'),
+    warmupEpochs: nonneg('warmupEpochs').describe('linear warm-up epochs (then cosine)'),
+    blr: pos('blr').describe('base lr; lr = blr * batchSize / 256 unless lr is given'),
+    lr: pos('lr').optional().describe('absolute peak lr (overrides blr)'),
+    minLr: nonneg('minLr').default(0).describe('lr at the end of the cosine'),
+    batchSize: int('batchSize', 1).describe('effective batch size (all devices, all accumulation steps)'),
+    maxMicroBatch: int('maxMicroBatch', 1).describe(
+      'largest micro-batch per forward/backward (gradient accumulation above it)',
+    ),
+    weightDecay: nonneg('weightDecay').default(0.05).describe('AdamW weight decay (not on biases and norms)'),
+    beta1: unit('beta1').default(0.9).describe('AdamW beta1'),
+    beta2: unit('beta2').default(0.95).describe('AdamW beta2'),
+    clipGrad: pos('clipGrad').optional().describe('clip the global gradient norm (default: none)'),
+    maskRatio: z
+      .number()
+      .min(0, 'maskRatio must be in [0, 1)')
+      .lt(1, 'maskRatio must be in [0, 1)')
+      .default(0.5)
+      .describe('masked share of patches'),
+    normPixLoss: z.boolean().default(true).describe('per-patch normalised pixel targets (MAE norm_pix_loss)'),
+    masking: z
+      .enum(['random', 'vessel-guided'], { error: 'masking must be random or vessel-guided' })
+      .default('vessel-guided')
+      .describe('random (MAE) or vessel-guided with the epoch schedule alpha0 -> alphaT'),
+    alpha0: unit('alpha0').default(0).describe('guided share of masked patches at the start of the schedule'),
+    alphaT: unit('alphaT').default(0.5).describe('guided share of masked patches in the last epoch'),
+    eta: unit('eta')
+      .default(0.5)
+      .describe("G = eta*B + (1-eta)*P: weight of the offline map B against the segmentor's P (1: maps only)"),
+    consWeight: nonneg('consWeight').default(1).describe('weight of L_cons = BCE(S(recon), P) (0 = off)'),
     segmentor: z
       .string()
       .min(1)
       .nullable()
       .optional()
-      .transform((v) => (v === null || v === 'none' ? undefined : v)),
-    /** Checkpoint every N epochs (and at the end, and on Ctrl-C). */
-    checkpointEvery: int('checkpointEvery', 1),
-    /** Sample grid (input | masked | reconstruction | + visible | vessel map | guidance) every N epochs. */
-    sampleEvery: int('sampleEvery', 1),
-    /** Images in each sample grid. */
-    sampleImages: int('sampleImages', 1).max(16, 'sampleImages must be <= 16').default(4),
-    seed: int('seed', 0).default(0),
-    /** Loader worker threads (default: all cores, at most 8). */
-    workers: int('workers', 1).optional(),
+      .transform((v) => (v === null || v === 'none' ? undefined : v))
+      .describe('frozen UNeXt-S checkpoint (vasomim train-segmentor); "bundled": the demo one; "none"'),
+    checkpointEvery: int('checkpointEvery', 1).describe('checkpoint every n epochs (and at the end, and on Ctrl-C)'),
+    sampleEvery: int('sampleEvery', 1).describe('sample grid every n epochs (and at the end)'),
+    sampleImages: int('sampleImages', 1)
+      .max(16, 'sampleImages must be <= 16')
+      .default(4)
+      .describe('images per sample grid (<= 16)'),
+    seed: int('seed', 0).default(0).describe('seed of initialisation, batches and masks'),
+    workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
+    /** Any augmentation field (config/data.ts); size and channels come from the model. */
     augment: z.record(z.string(), z.unknown()).default({}),
-    /** Stop after this many optimizer steps in this invocation (tests, smoke runs); resumable. */
-    maxSteps: int('maxSteps', 1).optional(),
+    maxSteps: int('maxSteps', 1)
+      .optional()
+      .describe('stop (with a checkpoint) after n optimizer steps in this invocation; resumable'),
   })
   .strict()
   .superRefine((o, ctx) => {
-    if (o.warmupEpochs > o.epochs) ctx.addIssue({ code: 'custom', path: ['warmupEpochs'], message: `warmupEpochs (${o.warmupEpochs}) must be <= epochs (${o.epochs})` });
+    if (o.warmupEpochs > o.epochs)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['warmupEpochs'],
+        message: `warmupEpochs (${o.warmupEpochs}) must be <= epochs (${o.epochs})`,
+      });
     if (o.eta < 1 || o.consWeight > 0)
-      if (!o.segmentor) ctx.addIssue({ code: 'custom', path: ['segmentor'], message: 'eta < 1 and consWeight > 0 need a segmentor checkpoint (train one with `vasomim train-segmentor`, or set eta: 1 and consWeight: 0)' });
+      if (!o.segmentor)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['segmentor'],
+          message:
+            'eta < 1 and consWeight > 0 need a segmentor checkpoint (train one with `vasomim train-segmentor`, or ' +
+            'set eta: 1 and consWeight: 0)',
+        });
   });
 
 export type PretrainInput = z.input<typeof PretrainSchema>;
@@ -140,7 +182,15 @@ export function resolvePretrainConfig(...layers: Record<string, unknown>[]): Pre
   let merged: Record<string, unknown> = { ...PRESETS[preset], preset };
   for (const l of layers) merged = mergeConfig(merged, l);
   const base = parseOptions(PretrainSchema, merged, 'pre-training config');
-  const model = parseOptions(ModelConfigSchema, { ...base.model, normPixLoss: base.normPixLoss }, 'pre-training config (model)');
-  const augment = parseOptions(AugmentSchema, { ...base.augment, size: model.imgSize, channels: model.inChans }, 'pre-training config (augment)');
+  const model = parseOptions(
+    ModelConfigSchema,
+    { ...base.model, normPixLoss: base.normPixLoss },
+    'pre-training config (model)',
+  );
+  const augment = parseOptions(
+    AugmentSchema,
+    { ...base.augment, size: model.imgSize, channels: model.inChans },
+    'pre-training config (augment)',
+  );
   return { ...base, model, augment };
 }

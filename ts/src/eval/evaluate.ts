@@ -9,7 +9,15 @@ import { join } from 'node:path';
 import { EvaluateSchema, type EvaluateConfig, type EvaluateInput, type SplitName } from '../config/segmentation.js';
 import { parseOptions } from '../config/vessels.js';
 import { DatasetError } from '../data/dataset.js';
-import { checkSegmentationSamples, loadSegmentationSample, openSegmentationDataset, splitSamples, type LoadedSample, type SegmentationDataset, type SegmentationSample } from '../segmentation/dataset.js';
+import {
+  checkSegmentationSamples,
+  loadSegmentationSample,
+  openSegmentationDataset,
+  splitSamples,
+  type LoadedSample,
+  type SegmentationDataset,
+  type SegmentationSample,
+} from '../segmentation/dataset.js';
 import { writeFileAtomic, writePng } from '../util/png.js';
 import { binaryMetrics, METRIC_NAMES, multiClassMetrics, summarize, type MetricName, type Stat } from './metrics.js';
 import type { Prediction, Predictor } from './predictor.js';
@@ -59,20 +67,37 @@ export interface EvalSummary {
   contactSheet: { worst: string[]; best: string[] } | null;
 }
 
-/** Run `fn` over `items` with at most `jobs` in flight; results in input order. */
-async function pool<T, R>(items: T[], jobs: number, fn: (item: T, i: number) => Promise<R>, onDone: (n: number) => void): Promise<R[]> {
+/**
+ * Run `fn` over `items` with at most `jobs` in flight; results in input order. When items fail,
+ * no new one starts, the ones in flight finish, and the error of the first failed item in input
+ * order is thrown: items start in order, so that one has always run, and which error is reported
+ * does not depend on timing or `jobs`.
+ */
+async function pool<T, R>(
+  items: T[],
+  jobs: number,
+  fn: (item: T, i: number) => Promise<R>,
+  onDone: (n: number) => void,
+): Promise<R[]> {
   const out = new Array<R>(items.length);
+  const failed = new Map<number, unknown>();
   let next = 0;
   let done = 0;
   const worker = async () => {
-    for (;;) {
+    while (failed.size === 0) {
       const i = next++;
       if (i >= items.length) return;
-      out[i] = await fn(items[i]!, i);
+      try {
+        out[i] = await fn(items[i]!, i);
+      } catch (e) {
+        failed.set(i, e);
+        return;
+      }
       onDone(++done);
     }
   };
   await Promise.all(Array.from({ length: Math.min(jobs, items.length) }, worker));
+  if (failed.size) throw failed.get(Math.min(...failed.keys()));
   return out;
 }
 
@@ -130,13 +155,23 @@ export function labelsOf(pred: Prediction, threshold: number): Uint8Array {
   return out;
 }
 
-async function predictSample(ds: SegmentationDataset, predictor: Predictor, s: SegmentationSample): Promise<{ x: LoadedSample; pred: Prediction }> {
+async function predictSample(
+  ds: SegmentationDataset,
+  predictor: Predictor,
+  s: SegmentationSample,
+): Promise<{ x: LoadedSample; pred: Prediction }> {
   const x = await loadSegmentationSample(ds, s);
   const pred = await predictor.predict({ width: x.width, height: x.height, pixels: x.image });
   const want = ds.kind === 'binary' ? 1 : ds.classes.length;
-  if (pred.width !== x.width || pred.height !== x.height || pred.classes !== want || pred.probs.length !== pred.classes * x.width * x.height)
+  if (
+    pred.width !== x.width ||
+    pred.height !== x.height ||
+    pred.classes !== want ||
+    pred.probs.length !== pred.classes * x.width * x.height
+  )
     throw new Error(
-      `predictor ${predictor.name} returned ${pred.classes}x${pred.width}x${pred.height} for ${s.image} (${x.width}x${x.height}), expected ${want} class map(s) at the image size`,
+      `predictor ${predictor.name} returned ${pred.classes}x${pred.width}x${pred.height} for ${s.image} ` +
+        `(${x.width}x${x.height}), expected ${want} class map(s) at the image size`,
     );
   return { x, pred };
 }
@@ -162,7 +197,9 @@ export async function evaluateSegmentation(
   const want = binary ? 1 : ds.classes.length;
   if (predictor.classes !== undefined && predictor.classes !== want)
     throw new DatasetError(
-      `${ds.root}: predictor ${predictor.name} outputs ${predictor.classes === 1 ? '1 map (binary)' : `${predictor.classes} classes`} but the dataset is ${binary ? 'binary' : `${want} classes (${ds.classes.length - 1} foreground)`}`,
+      `${ds.root}: predictor ${predictor.name} outputs ` +
+        `${predictor.classes === 1 ? '1 map (binary)' : `${predictor.classes} classes`} but the dataset is ` +
+        `${binary ? 'binary' : `${want} classes (${ds.classes.length - 1} foreground)`}`,
     );
   await checkSegmentationSamples([...tuneSamples, ...evalSamples]);
   mkdirSync(cfg.out, { recursive: true });
@@ -173,16 +210,17 @@ export async function evaluateSegmentation(
     const grid = thresholdGrid(cfg.steps);
     const sum = new Float64Array(grid.length);
     onProgress?.({ phase: 'tune', split: cfg.tuneSplit, done: 0, total: tuneSamples.length });
-    await pool(
+    const curves = await pool(
       tuneSamples,
       jobs,
       async (s) => {
         const { x, pred } = await predictSample(ds, predictor, s);
-        const c = diceCurve(pred.probs, x.truth, grid);
-        for (let j = 0; j < grid.length; j++) sum[j]! += c[j]!;
+        return diceCurve(pred.probs, x.truth, grid);
       },
       (done) => onProgress?.({ phase: 'tune', split: cfg.tuneSplit, done, total: tuneSamples.length }),
     );
+    // Summed in input order, not completion order, so the sums do not depend on `jobs`.
+    for (const c of curves) for (let j = 0; j < grid.length; j++) sum[j]! += c[j]!;
     let best = 0;
     for (let j = 1; j < grid.length; j++) if (sum[j]! > sum[best]!) best = j;
     const curve = grid.map((t, j) => [t, sum[j]! / tuneSamples.length] as [number, number]);
@@ -213,7 +251,9 @@ export async function evaluateSegmentation(
       else {
         const per = multiClassMetrics(labels, x.truth, width, height, pred.classes, pred.probs);
         const present = per.filter((c) => c.present);
-        metrics = Object.fromEntries(METRIC_NAMES.map((k) => [k, present.length ? summarize(present.map((c) => c[k])).mean : 1])) as Record<MetricName, number>;
+        metrics = Object.fromEntries(
+          METRIC_NAMES.map((k) => [k, present.length ? summarize(present.map((c) => c[k])).mean : 1]),
+        ) as Record<MetricName, number>;
         classDsc = per.map((c) => (c.present ? c.dsc : NaN));
       }
       if (cfg.examples > 0)
@@ -236,25 +276,56 @@ export async function evaluateSegmentation(
     contactSheet: cfg.examples > 0 ? join(cfg.out, 'contact-sheet.png') : null,
   };
   const classNames = ds.classes.slice(1);
-  const header = ['id', 'width', 'height', ...METRIC_NAMES, ...(binary ? [] : classNames.map((n) => `dsc_${n.replace(/[^\w.-]+/g, '_')}`))];
+  const header = [
+    'id',
+    'width',
+    'height',
+    ...METRIC_NAMES,
+    ...(binary ? [] : classNames.map((n) => `dsc_${n.replace(/[^\w.-]+/g, '_')}`)),
+  ];
   const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(6) : '');
   const csvField = (s: string) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
-  const rows = results.map((r) => [csvField(r.id), r.width, r.height, ...METRIC_NAMES.map((k) => fmt(r.metrics[k])), ...(r.classDsc ?? []).map(fmt)].join(','));
+  const rows = results.map((r) =>
+    [
+      csvField(r.id),
+      r.width,
+      r.height,
+      ...METRIC_NAMES.map((k) => fmt(r.metrics[k])),
+      ...(r.classDsc ?? []).map(fmt),
+    ].join(','),
+  );
   writeFileAtomic(files.perImage, [header.join(','), ...rows].join('\n') + '\n');
   if (files.thresholds && threshold?.curve)
-    writeFileAtomic(files.thresholds, ['threshold,mean_dsc', ...threshold.curve.map(([t, d]) => `${t},${d.toFixed(6)}`)].join('\n') + '\n');
+    writeFileAtomic(
+      files.thresholds,
+      ['threshold,mean_dsc', ...threshold.curve.map(([t, d]) => `${t},${d.toFixed(6)}`)].join('\n') + '\n',
+    );
 
   let sheet: EvalSummary['contactSheet'] = null;
   if (files.contactSheet) {
-    const byDsc = [...results].sort((a, b) => a.metrics.dsc - b.metrics.dsc || a.id.localeCompare(b.id, 'en', { numeric: true }));
+    const byDsc = [...results].sort(
+      (a, b) => a.metrics.dsc - b.metrics.dsc || a.id.localeCompare(b.id, 'en', { numeric: true }),
+    );
     const k = Math.min(cfg.examples, Math.floor(byDsc.length / 2) || 1);
     const worst = byDsc.slice(0, k);
-    const best = byDsc.slice(-k).reverse().filter((r) => !worst.includes(r));
+    const best = byDsc
+      .slice(-k)
+      .reverse()
+      .filter((r) => !worst.includes(r));
     sheet = { worst: worst.map((r) => r.id), best: best.map((r) => r.id) };
-    writePng(files.contactSheet, contactSheet([...worst, ...best].map((r) => panels.get(r.id)!), cfg.panel, binary));
+    writePng(
+      files.contactSheet,
+      contactSheet(
+        [...worst, ...best].map((r) => panels.get(r.id)!),
+        cfg.panel,
+        binary,
+      ),
+    );
   }
 
-  const metrics = Object.fromEntries(METRIC_NAMES.map((k) => [k, summarize(results.map((r) => r.metrics[k]))])) as Record<MetricName, Stat>;
+  const metrics = Object.fromEntries(
+    METRIC_NAMES.map((k) => [k, summarize(results.map((r) => r.metrics[k]))]),
+  ) as Record<MetricName, Stat>;
   const summary: EvalSummary = {
     dataset: { root: ds.root, format: ds.format, task: ds.config.task ?? null, classes: ds.classes },
     predictor: { name: predictor.name, ...predictor.describe() },
@@ -268,7 +339,11 @@ export async function evaluateSegmentation(
     contactSheet: sheet,
   };
   if (!binary)
-    summary.perClass = classNames.map((name, c) => ({ label: c + 1, name, dsc: summarize(results.map((r) => r.classDsc![c]!)) }));
+    summary.perClass = classNames.map((name, c) => ({
+      label: c + 1,
+      name,
+      dsc: summarize(results.map((r) => r.classDsc![c]!)),
+    }));
   writeFileAtomic(files.summary, JSON.stringify(summary, null, 2) + '\n');
   return summary;
 }

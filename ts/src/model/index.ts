@@ -3,6 +3,7 @@
 import { ModelConfigSchema, StepOptionsSchema, type ModelConfigInput, type StepOptionsInput } from '../config/model.js';
 import { parseOptions } from '../config/vessels.js';
 import { native } from '../native.js';
+import { maskCounts, randomMasking } from '../train/masking.js';
 import type { Features, LoadInfo, Model, Reconstruction, StepResult } from '../native.js';
 
 export type { Features, LoadInfo, Model, Reconstruction, StepResult };
@@ -56,27 +57,19 @@ export function trainStep(model: Model, images: Float32Array, masks: Parameters<
 }
 
 /**
- * MAE random masking for `batch` images of `numPatches` patches: kept ids ascending (the order
- * VasoMIM feeds them), restore order, mask. `random` defaults to Math.random.
+ * MAE random masking for `batch` images of `numPatches` patches (`randomMasking` per image): kept
+ * ids ascending (the order VasoMIM feeds them), restore order, mask. `random` defaults to
+ * Math.random; pre-training draws seeded masks with `batchMasks`.
  */
 export function randomMaskBatch(batch: number, numPatches: number, maskRatio: number, random: () => number = Math.random): MaskBatch {
-  const keep = Math.floor(numPatches * (1 - maskRatio));
-  const idsKeep = new Uint32Array(batch * keep);
-  const idsRestore = new Uint32Array(batch * numPatches);
-  const mask = new Float32Array(batch * numPatches);
+  const { lenKeep } = maskCounts(numPatches, maskRatio);
+  const source = { int: (n: number) => Math.min(n - 1, Math.floor(random() * n)) };
+  const out = { idsKeep: new Int32Array(batch * lenKeep), idsRestore: new Int32Array(batch * numPatches), mask: new Uint8Array(batch * numPatches) };
   for (let b = 0; b < batch; b++) {
-    const perm = Array.from({ length: numPatches }, (_, i) => i);
-    for (let i = numPatches - 1; i > 0; i--) {
-      const j = Math.floor(random() * (i + 1));
-      [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-    }
-    const kept = perm.slice(0, keep).sort((x, y) => x - y);
-    const isKept = new Uint8Array(numPatches);
-    for (const k of kept) isKept[k] = 1;
-    const shuffle = [...kept, ...perm.filter((p) => !isKept[p]).sort((x, y) => x - y)];
-    shuffle.forEach((id, pos) => (idsRestore[b * numPatches + id] = pos));
-    kept.forEach((k, i) => (idsKeep[b * keep + i] = k));
-    for (let p = 0; p < numPatches; p++) mask[b * numPatches + p] = isKept[p] ? 0 : 1;
+    const m = randomMasking(numPatches, maskRatio, source);
+    out.idsKeep.set(m.idsKeep, b * lenKeep);
+    out.idsRestore.set(m.idsRestore, b * numPatches);
+    out.mask.set(m.mask, b * numPatches);
   }
-  return { idsKeep, idsRestore, mask };
+  return toMaskBatch(out);
 }

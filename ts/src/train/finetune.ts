@@ -7,11 +7,11 @@
 //     -> for each epoch, batch: lr = warm-up + cosine(epoch + it / iters); model.trainStepBatch
 //     -> per epoch: validation DSC (threshold 0.5 / argmax, per image, at the image size),
 //        checkpoints/last.safetensors, and checkpoints/best.safetensors when the DSC improves.
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
-import { FinetuneSchema, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
-import { parseOptions } from '../config/vessels.js';
+import { parseCheckpointExtra, type FinetuneLoopState } from '../config/checkpoint.js';
+import { resolveFinetuneConfig, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
 import { DatasetError, type DataSample } from '../data/dataset.js';
 import { openLoader } from '../data/loader.js';
 import { labelsOf } from '../eval/evaluate.js';
@@ -20,7 +20,7 @@ import { segmentationPredictor, type SegmentationModel, type SegmentationModelMe
 import { native, packageVersion } from '../native.js';
 import { checkSegmentationSamples, loadSegmentationSample, openSegmentationDataset, splitSamples, type SegmentationDataset, type SegmentationSample } from '../segmentation/dataset.js';
 import { writePng } from '../util/png.js';
-import { RunDir } from './rundir.js';
+import { LAST_CHECKPOINT, planRun } from './rundir.js';
 import { lrAt, type LrSchedule } from './schedule.js';
 
 export interface FtStepRecord {
@@ -114,33 +114,16 @@ async function writeMasks(ds: SegmentationDataset, samples: SegmentationSample[]
   return out;
 }
 
-/** The loop position saved with `last.safetensors` (beside the model metadata). */
-interface FtLoopState {
-  bestDsc: number | null;
-  bestEpoch: number;
-  /** Sum and count of the step losses so far in the current epoch (for its mean). */
-  epochLoss?: number;
-  epochSteps?: number;
-}
-
 /**
  * Fine-tune (or, with `resume` = a run folder, continue one from `checkpoints/last.safetensors`:
  * batches, drop-path draws and learning rates are functions of (seed, epoch, step), so the resumed
  * run repeats the uninterrupted one).
  */
 export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}, resume?: string): Promise<FinetuneResult> {
-  let resumed: RunDir | undefined;
-  if (resume) {
-    resumed = RunDir.open(resume);
-    const saved = resumed.readConfig() as { input?: FinetuneInput };
-    if (!saved.input) throw new Error(`${resumed.configPath}: no "input" entry (not a finetune run)`);
-    // The stored input is the run; only the loader's thread count and a step limit belong to
-    // this invocation.
-    const { workers: _w, maxSteps: _m, ...stored } = saved.input as FinetuneInput & { workers?: number; maxSteps?: number };
-    const now = input as { workers?: number; maxSteps?: number };
-    input = { ...stored, ...(now.workers !== undefined ? { workers: now.workers } : {}), ...(now.maxSteps !== undefined ? { maxSteps: now.maxSteps } : {}) } as FinetuneInput;
-  }
-  const c: FinetuneConfig = parseOptions(FinetuneSchema, input, 'finetune config');
+  // The loader's thread count and a step limit belong to this invocation, not to the run.
+  const plan = planRun({ layers: [input], resume, resolve: resolveFinetuneConfig, invocation: ['workers', 'maxSteps'], key: 'input' });
+  const c: FinetuneConfig = plan.config;
+  const resumed = plan.resumed;
   const log = events.onLog ?? (() => {});
   const ds = openSegmentationDataset(c.data, c.dataOptions);
   const wantMulti = c.task === 'segment-seg';
@@ -153,12 +136,11 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const split = ds.splits.val.length > 0 ? { train: all, val: ds.splits.val } : holdOut(all, c.valCount);
   await checkSegmentationSamples([...split.train, ...split.val]);
 
-  const run = resumed ?? RunDir.create(c.runs, c.name);
+  const run = resumed ?? plan.create();
   log(`run folder ${run.path}`);
   const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
 
-  const lastPath = join(run.checkpoints, 'last.safetensors');
-  if (resumed && !existsSync(lastPath)) throw new Error(`${run.path}: no checkpoint to resume from (${lastPath} is missing)`);
+  const lastPath = resumed ? resumed.lastCheckpoint() : join(run.checkpoints, LAST_CHECKPOINT);
   const model = resumed
     ? await native.SegModel.load(lastPath)
     : c.init === 'scratch'
@@ -195,8 +177,7 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   if (iters === 0) throw new DatasetError(`${ds.root}: ${split.train.length} training image(s) make no full batch of ${c.batchSize}`);
   const sched: LrSchedule = { lr: c.lr, minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
   if (!resumed)
-    run.writeConfig({
-    input,
+    plan.write(run, {
     resolved: { ...c, encoder: enc, numClasses, headScale: c.headScale },
     split: { train: split.train.map((s) => s.id), val: split.val.map((s) => s.id), valFrom: ds.splits.val.length > 0 ? 'val split' : `train hold-out (${c.valCount})` },
     init: info,
@@ -208,13 +189,13 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   );
 
   const best = join(run.checkpoints, 'best.safetensors');
-  const last = join(run.checkpoints, 'last.safetensors');
+  const last = join(run.checkpoints, LAST_CHECKPOINT);
   let bestDsc = -Infinity;
   let bestEpoch = -1;
   let step = model.step;
   let carried = { loss: 0, steps: 0 };
   if (resumed) {
-    const ls = (JSON.parse(model.extra ?? '{}') as { loop?: FtLoopState }).loop;
+    const ls = parseCheckpointExtra(model.extra, lastPath).loop;
     if (!ls) throw new Error(`${lastPath}: no loop state (not written by \`vasomim finetune\`)`);
     bestDsc = ls.bestDsc ?? -Infinity;
     bestEpoch = ls.bestEpoch;
@@ -225,7 +206,7 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const totalSteps = c.maxSteps !== undefined ? Math.min(c.maxSteps, c.epochs * iters) : c.epochs * iters;
   let epochsDone = Math.floor(step / iters);
   const extra = (e: number, v: number | null, partial = { loss: 0, steps: 0 }) =>
-    JSON.stringify({ ...meta, epoch: e, valDsc: v, loop: { bestDsc: Number.isFinite(bestDsc) ? bestDsc : null, bestEpoch, epochLoss: partial.loss, epochSteps: partial.steps } satisfies FtLoopState });
+    JSON.stringify({ ...meta, epoch: e, valDsc: v, loop: { bestDsc: Number.isFinite(bestDsc) ? bestDsc : null, bestEpoch, epochLoss: partial.loss, epochSteps: partial.steps } satisfies FinetuneLoopState });
   const result = (status: FinetuneResult['status']): FinetuneResult => ({
     run: run.path,
     best,

@@ -24,7 +24,8 @@ export interface Mask {
 
 /** len_keep = floor(L (1 - ratio)), num_mask = L - len_keep (MAE's rounding). */
 export function maskCounts(numPatches: number, maskRatio: number): { lenKeep: number; numMask: number } {
-  if (!Number.isInteger(numPatches) || numPatches < 1) throw new Error(`numPatches = ${numPatches} must be a positive integer`);
+  if (!Number.isInteger(numPatches) || numPatches < 1)
+    throw new Error(`numPatches = ${numPatches} must be a positive integer`);
   if (!(maskRatio >= 0 && maskRatio < 1)) throw new Error(`maskRatio = ${maskRatio} must be in [0, 1)`);
   const lenKeep = Math.floor(numPatches * (1 - maskRatio));
   return { lenKeep, numMask: numPatches - lenKeep };
@@ -50,8 +51,11 @@ function finish(L: number, masked: Uint8Array, guided: number): Mask {
   return { idsKeep: Int32Array.from(keep), idsRestore, mask: masked, guided };
 }
 
+/** What uniform masking draws from: `Rng` (seeded), or any source of uniform integers in [0, n). */
+export type UniformInt = Pick<Rng, 'int'>;
+
 /** Fill `count` more masked patches uniformly from the unmasked ones. */
-function maskUniform(masked: Uint8Array, count: number, rng: Rng): void {
+function maskUniform(masked: Uint8Array, count: number, rng: UniformInt): void {
   const free: number[] = [];
   for (let i = 0; i < masked.length; i++) if (!masked[i]) free.push(i);
   // partial Fisher–Yates: the first `count` of a uniform permutation
@@ -64,7 +68,8 @@ function maskUniform(masked: Uint8Array, count: number, rng: Rng): void {
   }
 }
 
-export function randomMasking(numPatches: number, maskRatio: number, rng: Rng): Mask {
+/** MAE random masking of one image: num_mask patches chosen uniformly. */
+export function randomMasking(numPatches: number, maskRatio: number, rng: UniformInt): Mask {
   const { numMask } = maskCounts(numPatches, maskRatio);
   const masked = new Uint8Array(numPatches);
   maskUniform(masked, numMask, rng);
@@ -81,7 +86,8 @@ export function guidedMasking(mass: ArrayLike<number>, maskRatio: number, nTarge
   let total = 0;
   for (let i = 0; i < L; i++) {
     const m = mass[i]!;
-    if (!(m >= 0) || !Number.isFinite(m)) throw new Error(`guidance mass of patch ${i} is ${m}: must be finite and >= 0`);
+    if (!(m >= 0) || !Number.isFinite(m))
+      throw new Error(`guidance mass of patch ${i} is ${m}: must be finite and >= 0`);
     total += m;
   }
   const masked = new Uint8Array(L);
@@ -131,12 +137,19 @@ export interface BatchMasks {
  * image's draw comes from Rng.forKeys(seed, epoch, sampleId), so masks do not depend on batch
  * composition, worker count or where a run was resumed. `mass` is (B, L) for the guided policy.
  */
-export function batchMasks(o: BatchMaskOptions, numPatches: number, sampleIds: ArrayLike<number>, mass?: ArrayLike<number>): BatchMasks {
+export function batchMasks(
+  o: BatchMaskOptions,
+  numPatches: number,
+  sampleIds: ArrayLike<number>,
+  mass?: ArrayLike<number>,
+): BatchMasks {
   const B = sampleIds.length;
   const L = numPatches;
   const { lenKeep, numMask } = maskCounts(L, o.maskRatio);
   if (o.policy === 'vessel-guided' && (!mass || mass.length !== B * L))
-    throw new Error(`vessel-guided masking needs the (B, L) = (${B}, ${L}) guidance mass; got ${mass ? mass.length : 'none'} values`);
+    throw new Error(
+      `vessel-guided masking needs the (B, L) = (${B}, ${L}) guidance mass; got ${mass ? mass.length : 'none'} values`,
+    );
   const nTarget = o.policy === 'vessel-guided' ? guidedTarget(numMask, o.epoch, o.epochs, o.alpha0, o.alphaT) : 0;
   const out: BatchMasks = {
     idsKeep: new Int32Array(B * lenKeep),

@@ -11,16 +11,17 @@
 // and learning rates of (epoch, iteration), and a checkpoint holds weights, AdamW moments and
 // the loop position in one file: a resumed run repeats the uninterrupted one exactly.
 import { existsSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 
-import { mergeConfig, resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
+import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as LoopState } from '../config/checkpoint.js';
+import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
 import { batchMasks, guidedAlpha, maskCounts } from './masking.js';
 import { MaskFrequency } from './maskfreq.js';
-import { RunDir } from './rundir.js';
+import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 import { sampleGrid } from './samples.js';
 import { absoluteLr, lrAt, type LrSchedule } from './schedule.js';
 
@@ -65,20 +66,6 @@ export class NonFiniteLossError extends Error {
   override name = 'NonFiniteLossError';
 }
 
-/** Position of the loop saved in every checkpoint. */
-interface LoopState {
-  version: 1;
-  /** Epoch to continue and the first batch of it not yet trained. */
-  epoch: number;
-  nextBatch: number;
-  step: number;
-  maskFrequency: ReturnType<MaskFrequency['toJSON']>;
-  /** Masked patches and those containing vessel so far in the current epoch. */
-  epochMasked: number;
-  epochVessel: number;
-}
-
-const LAST = 'last.safetensors';
 
 function schedule(c: PretrainConfig): LrSchedule {
   return { lr: c.lr ?? absoluteLr(c.blr, c.batchSize), minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
@@ -90,31 +77,22 @@ function schedule(c: PretrainConfig): LrSchedule {
  */
 export async function pretrain(layers: Record<string, unknown>[], options: { resume?: string } & PretrainEvents = {}): Promise<PretrainResult> {
   const log = options.onLog ?? (() => {});
+  // maxSteps and workers belong to this invocation, not to the run.
+  const plan = planRun({ layers, resume: options.resume, resolve: resolvePretrainConfig, invocation: ['maxSteps', 'workers'] });
+  const cfg: PretrainConfig = plan.config;
   let run: RunDir;
-  let cfg: PretrainConfig;
   let model: Model;
   let state: LoopState | undefined;
-  if (options.resume) {
-    run = RunDir.open(options.resume);
-    const saved = run.readConfig() as { config?: Record<string, unknown> };
-    if (!saved.config) throw new Error(`${run.configPath}: no "config" entry`);
-    // The stored config is the run; only what does not change the result may be overridden.
-    const over = Object.fromEntries(Object.entries(Object.assign({}, ...layers) as Record<string, unknown>).filter(([k]) => ['maxSteps', 'workers'].includes(k)));
-    cfg = resolvePretrainConfig(saved.config, over);
-    const ckpt = join(run.checkpoints, LAST);
-    if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
+  if (plan.resumed) {
+    run = plan.resumed;
+    const ckpt = run.lastCheckpoint();
     model = await loadModel(ckpt);
-    const ls = model.loadInfo?.loopState;
-    if (!ls) throw new Error(`${ckpt}: no loop state (not written by \`vasomim pretrain\`)`);
-    state = JSON.parse(ls) as LoopState;
+    state = parseLoopState(PretrainLoopStateSchema, model.loadInfo?.loopState, ckpt, 'vasomim pretrain');
     run.truncateMetrics(state.step);
     log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})`);
   } else {
-    cfg = resolvePretrainConfig(...layers);
-    run = RunDir.create(cfg.runs, cfg.name);
-    // maxSteps and workers belong to this invocation, not to the run.
-    const { maxSteps: _m, workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
-    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: versions(), device: 'cpu' });
+    run = plan.create();
+    plan.write(run, { versions: versions(), device: 'cpu' });
     model = native.Model.create(cfg.model, cfg.seed, []);
     log(`run folder ${resolve(run.path)}`);
   }
@@ -155,11 +133,11 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   let stopping: 'interrupted' | 'stopped' | undefined;
   let imagesHere = 0;
   const t0 = performance.now();
-  let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST) : undefined;
+  let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST_CHECKPOINT) : undefined;
 
   const save = async (ep: number, nextBatch: number, periodic: boolean) => {
     const ls: LoopState = { version: 1, epoch: ep, nextBatch, step, maskFrequency: freq.toJSON(), epochMasked: nextBatch ? epochMasked : 0, epochVessel: nextBatch ? epochVessel : 0 };
-    const last = join(run.checkpoints, LAST);
+    const last = join(run.checkpoints, LAST_CHECKPOINT);
     await model.saveTraining(last, JSON.stringify(ls));
     if (periodic) {
       const p = join(run.checkpoints, `checkpoint-${String(ep).padStart(4, '0')}.safetensors`);

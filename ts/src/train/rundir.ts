@@ -5,10 +5,19 @@
 //   runs/<name>/samples/         PNG pictures
 // Appends to metrics.jsonl are whole lines; on resume, lines past the checkpoint's step are
 // dropped so the file reads like an uninterrupted run.
+//
+//   RunDir     the folder: create / open, config.json, metrics.jsonl, checkpoints
+//   planRun    create-or-resume shared by pretrain, train-segmentor and finetune: the layered
+//              config (preset -> config file -> flags) of a new run, or the stored one of a
+//              resumed run, and the run folder
 import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
+import { mergeConfig } from '../config/pretrain.js';
 import { writeFileAtomic } from '../util/png.js';
+
+/** The checkpoint a run resumes from (rewritten at every save). */
+export const LAST_CHECKPOINT = 'last.safetensors';
 
 export class RunDir {
   readonly checkpoints: string;
@@ -28,7 +37,10 @@ export class RunDir {
     const n = name ?? new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
     const dir = new RunDir(join(root, n));
     if (existsSync(dir.path) && readdirSync(dir.path).length > 0)
-      throw new Error(`run folder ${dir.path} already exists and is not empty (use --resume ${dir.path} to continue it, or another --name)`);
+      throw new Error(
+        `run folder ${dir.path} already exists and is not empty (use --resume ${dir.path} to continue it, or ` +
+          `another --name)`,
+      );
     mkdirSync(dir.checkpoints, { recursive: true });
     mkdirSync(dir.samples, { recursive: true });
     return dir;
@@ -57,7 +69,10 @@ export class RunDir {
 
   /** Append one metrics record as a JSON line. Non-finite numbers are written as null. */
   log(record: Record<string, unknown>): void {
-    appendFileSync(this.metricsPath, JSON.stringify(record, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n');
+    appendFileSync(
+      this.metricsPath,
+      JSON.stringify(record, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n',
+    );
   }
 
   /** All records (a torn last line from a killed process is ignored). */
@@ -81,13 +96,88 @@ export class RunDir {
     writeFileAtomic(this.metricsPath, kept.map((r) => JSON.stringify(r) + '\n').join(''));
   }
 
+  /** `checkpoints/last.safetensors` of a run being resumed; an Error naming it when it is missing. */
+  lastCheckpoint(): string {
+    const ckpt = join(this.checkpoints, LAST_CHECKPOINT);
+    if (!existsSync(ckpt)) throw new Error(`${this.path}: no checkpoint to resume from (${ckpt} is missing)`);
+    return ckpt;
+  }
+
   /** Checkpoint files `<prefix>-<epoch>.<ext>` and the newest one (by epoch, then mtime). */
   latestCheckpoint(ext = '.safetensors'): string | undefined {
     if (!existsSync(this.checkpoints)) return undefined;
     const files = readdirSync(this.checkpoints).filter((f) => f.endsWith(ext) && !f.includes('vasomim-tmp'));
     const epochOf = (f: string) => Number(/-(\d+)\./.exec(f)?.[1] ?? -1);
-    files.sort((a, b) => epochOf(a) - epochOf(b) || statSync(join(this.checkpoints, a)).mtimeMs - statSync(join(this.checkpoints, b)).mtimeMs);
+    files.sort(
+      (a, b) =>
+        epochOf(a) - epochOf(b) ||
+        statSync(join(this.checkpoints, a)).mtimeMs - statSync(join(this.checkpoints, b)).mtimeMs,
+    );
     const last = files.at(-1);
     return last && join(this.checkpoints, last);
   }
+}
+
+export interface RunPlanOptions<C> {
+  /** Config layers in order (config file, then flags); a new run resolves them over the defaults. */
+  layers: Record<string, unknown>[];
+  /** A run folder to resume: its stored config is the run, `layers` only give `invocation` keys. */
+  resume?: string;
+  /** Layers -> the resolved config (preset, then the layers); throws naming a bad field. */
+  resolve: (...layers: Record<string, unknown>[]) => C;
+  /** Keys that belong to one invocation, not to the run (loader threads, a step limit). */
+  invocation: readonly string[];
+  /** Entry of config.json that stores the user's layers (default `config`). */
+  key?: string;
+}
+
+export interface RunPlan<C> {
+  config: C;
+  /** The reopened folder when resuming; undefined for a new run (see `create`). */
+  resumed?: RunDir;
+  /** A new run's folder `<runs>/<name>`; created on the first call, so a run that fails its checks leaves none. */
+  create(): RunDir;
+  /** config.json: the layers (with preset, runs and the folder name pinned), the resolved config and `extra`. */
+  write(run: RunDir, extra?: Record<string, unknown>): void;
+}
+
+/**
+ * Create-or-resume. A new run: `resolve(...layers)`. A resumed run: the layers stored in its
+ * config.json, with only the `invocation` keys taken from `layers` (what does not change the
+ * result), so a resumed run repeats the uninterrupted one.
+ */
+export function planRun<C extends { runs: string; name?: string; preset?: string }>(o: RunPlanOptions<C>): RunPlan<C> {
+  const key = o.key ?? 'config';
+  const merged = o.layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
+  const invocation = Object.fromEntries(Object.entries(merged).filter(([k]) => o.invocation.includes(k)));
+  const user = Object.fromEntries(Object.entries(merged).filter(([k]) => !o.invocation.includes(k)));
+  if (o.resume) {
+    const resumed = RunDir.open(o.resume);
+    const saved = (resumed.readConfig() as Record<string, unknown>)[key];
+    if (typeof saved !== 'object' || saved === null)
+      throw new Error(`${resumed.configPath}: no "${key}" entry (not a run of this command)`);
+    const config = o.resolve(saved as Record<string, unknown>, invocation);
+    return {
+      config,
+      resumed,
+      create: () => resumed,
+      write: () => {
+        throw new Error(`${resumed.configPath}: a resumed run keeps its config`);
+      },
+    };
+  }
+  const config = o.resolve(...o.layers);
+  let run: RunDir | undefined;
+  return {
+    config,
+    create: () => (run ??= RunDir.create(config.runs, config.name)),
+    write: (r, extra = {}) => {
+      const pinned = {
+        ...(config.preset !== undefined ? { preset: config.preset } : {}),
+        runs: config.runs,
+        name: basename(r.path),
+      };
+      r.writeConfig({ [key]: { ...user, ...pinned }, resolved: config, ...extra });
+    },
+  };
 }

@@ -3,8 +3,8 @@
 // poly decay lr·(1 − epoch/E)^0.9 per epoch. One zod schema (presets `paper` and `demo`), a run
 // folder like pre-training's; a checkpoint at the end of every epoch, so an interrupted run
 // resumes at the epoch it was in (the step count in the checkpoint says which).
-import { copyFileSync, existsSync } from 'node:fs';
-import { basename, join, resolve } from 'node:path';
+import { copyFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 
 import { z } from 'zod';
 
@@ -16,7 +16,7 @@ import { packageVersion } from '../native.js';
 import { writePng } from '../util/png.js';
 import { demoSamples } from './demo.js';
 import { mergeConfig } from '../config/pretrain.js';
-import { RunDir } from './rundir.js';
+import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
 
@@ -24,19 +24,35 @@ const int = (what: string, min: number) => z.number({ error: `${what} must be a 
 
 export const SegmentorRunSchema = z
   .object({
-    preset: z.enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` }).default('demo'),
-    /** Dataset with vessel maps (tree with `<source>_frangi/`, folder, manifest); absent: the bundled angiograms. */
-    data: z.string().min(1).optional(),
-    runs: z.string().min(1).default('runs'),
-    name: z.string().regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only').optional(),
-    epochs: int('epochs', 1),
-    batchSize: int('batchSize', 2),
-    lr: z.number().finite().positive('lr must be > 0').default(1e-3),
-    imgSize: int('imgSize', 32).refine((v) => v % 32 === 0, 'imgSize must be divisible by 32').default(224),
-    inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).default(3),
-    seed: int('seed', 0).default(0),
-    workers: int('workers', 1).optional(),
-    checkpointEvery: int('checkpointEvery', 1).default(10),
+    preset: z
+      .enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` })
+      .default('demo')
+      .describe('run preset: every other field defaults to its value'),
+    data: z
+      .string()
+      .min(1)
+      .optional()
+      .describe('dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)'),
+    runs: z.string().min(1).default('runs').describe('folder for run folders'),
+    name: z
+      .string()
+      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
+      .optional()
+      .describe('run folder name (default: UTC timestamp)'),
+    epochs: int('epochs', 1).describe('epochs'),
+    batchSize: int('batchSize', 2).describe('batch size'),
+    lr: z.number().finite().positive('lr must be > 0').default(1e-3).describe('Adam learning rate at epoch 0'),
+    imgSize: int('imgSize', 32)
+      .refine((v) => v % 32 === 0, 'imgSize must be divisible by 32')
+      .default(224)
+      .describe('crop size (divisible by 32)'),
+    inChans: z
+      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+      .default(3)
+      .describe('input channels (3 = grey replicated, as pre-training)'),
+    seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
+    workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
+    checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
   })
   .strict();
 
@@ -76,30 +92,22 @@ export interface SegmentorResult {
   checkpoint?: string;
 }
 
-const LAST = 'last.safetensors';
-
 export async function trainSegmentor(
   layers: Record<string, unknown>[],
   options: { resume?: string; onStep?: (s: SegmentorStep, total: { images: number; done: number; here: number }) => void; onLog?: (l: string) => void; shouldStop?: () => boolean } = {},
 ): Promise<SegmentorResult> {
   const log = options.onLog ?? (() => {});
+  // workers belongs to this invocation, not to the run.
+  const plan = planRun({ layers, resume: options.resume, resolve: resolveSegmentorConfig, invocation: ['workers'] });
+  const cfg: SegmentorRunConfig = plan.config;
   let run: RunDir;
-  let cfg: SegmentorRunConfig;
   let seg: Segmentor;
-  if (options.resume) {
-    run = RunDir.open(options.resume);
-    const saved = run.readConfig() as { config?: Record<string, unknown> };
-    if (!saved.config) throw new Error(`${run.configPath}: no "config" entry`);
-    const over = Object.fromEntries(Object.entries(Object.assign({}, ...layers) as Record<string, unknown>).filter(([k]) => k === 'workers'));
-    cfg = resolveSegmentorConfig(saved.config, over);
-    const ckpt = join(run.checkpoints, LAST);
-    if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
-    seg = await loadSegmentor(ckpt);
+  if (plan.resumed) {
+    run = plan.resumed;
+    seg = await loadSegmentor(run.lastCheckpoint());
   } else {
-    cfg = resolveSegmentorConfig(...layers);
-    run = RunDir.create(cfg.runs, cfg.name);
-    const { workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
-    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: { vasomim: packageVersion(), node: process.version } });
+    run = plan.create();
+    plan.write(run, { versions: { vasomim: packageVersion(), node: process.version } });
     seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed);
     log(`run folder ${resolve(run.path)}`);
   }
@@ -137,14 +145,14 @@ export async function trainSegmentor(
         run.log({ ...rec });
         options.onStep?.(rec, { images: total, done: seg.step * cfg.batchSize, here });
         if (options.shouldStop?.() && batch.index + 1 < iters) {
-          checkpoint = join(run.checkpoints, LAST);
+          checkpoint = join(run.checkpoints, LAST_CHECKPOINT);
           await seg.save(checkpoint);
           return { run: run.path, status: 'interrupted', epoch, checkpoint };
         }
       }
       const done = epoch + 1;
       run.log({ step: seg.step, epoch, event: 'epoch', loss: count ? sum / count : null });
-      checkpoint = join(run.checkpoints, LAST);
+      checkpoint = join(run.checkpoints, LAST_CHECKPOINT);
       await seg.save(checkpoint);
       if (done % cfg.checkpointEvery === 0 || done === cfg.epochs) copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
       if (options.shouldStop?.() && done < cfg.epochs) return { run: run.path, status: 'interrupted', epoch: done, checkpoint };

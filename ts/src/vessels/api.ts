@@ -59,7 +59,9 @@ async function pixelsOf(image: string | GreyImage): Promise<{ width: number; hei
 }
 
 /** Decode an image file (PNG/JPEG/BMP/TIFF, 8/16-bit, grey or RGB) to grey in 8-bit units. */
-export async function readImage(path: string): Promise<GreyImage & { pixels: Float32Array; bitDepth: number; channels: number }> {
+export async function readImage(
+  path: string,
+): Promise<GreyImage & { pixels: Float32Array; bitDepth: number; channels: number }> {
   return native.readImage(path);
 }
 
@@ -100,7 +102,13 @@ export async function writeVesselMaps(
   const f = parseOptions(FilterSchema, options.filter ?? {}, 'filter options');
   const m = parseOptions(MapSchema, options.map ?? {}, 'map options');
   const out = await native.vesselMapFiles(pairs, nativeFilter(f, 'f32'), m, options.jobs ?? 0);
-  return out.map((o) => ({ input: o.input, output: o.output, status: o.ok ? 'written' : 'failed', error: o.error ?? undefined, millis: o.millis }));
+  return out.map((o) => ({
+    input: o.input,
+    output: o.output,
+    status: o.ok ? 'written' : 'failed',
+    error: o.error ?? undefined,
+    millis: o.millis,
+  }));
 }
 
 export interface PrepareProgress {
@@ -131,6 +139,7 @@ export interface PrepareSummary {
   excluded: number;
   interrupted: boolean;
   seconds: number;
+  /** Files that failed, in name order. */
   failures: { input: string; error: string }[];
 }
 
@@ -184,10 +193,24 @@ export async function prepareVesselMaps(
       }
     }
     done += recent.length;
-    onProgress?.({ total, done, processed: summary.processed, skipped: summary.skipped, failed: summary.failed, recent });
+    onProgress?.({
+      total,
+      done,
+      processed: summary.processed,
+      skipped: summary.skipped,
+      failed: summary.failed,
+      recent,
+    });
   };
 
-  report(found.collisions.map((c) => ({ input: c.input, output: c.output, status: 'failed', error: `output ${c.output} is also the map of ${c.other}` })));
+  report(
+    found.collisions.map((c) => ({
+      input: c.input,
+      output: c.output,
+      status: 'failed',
+      error: `output ${c.output} is also the map of ${c.other}`,
+    })),
+  );
 
   // Output folders: create, and clear temporary files a killed run may have left.
   const dirErrors = new Map<string, string>();
@@ -236,6 +259,8 @@ export async function prepareVesselMaps(
       })),
     );
   }
+  // Failures arrive by kind (name clashes, folders, chunks of threads); list them in name order.
+  summary.failures.sort((a, b) => (a.input < b.input ? -1 : a.input > b.input ? 1 : 0));
   summary.seconds = (performance.now() - t0) / 1000;
   return summary;
 }

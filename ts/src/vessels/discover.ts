@@ -24,7 +24,10 @@ export interface Discovery {
 
 /** Glob with * and ? on a basename, case-sensitive. */
 export function globToRegExp(glob: string): RegExp {
-  const esc = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
+  const esc = glob
+    .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+    .replace(/\*/g, '.*')
+    .replace(/\?/g, '.');
   return new RegExp(`^${esc}$`);
 }
 
@@ -39,7 +42,9 @@ export function discover(root: string, opts: { out?: string; suffix: string; exc
   const excludes = opts.exclude.map(globToRegExp);
   const out: Discovery = { tasks: [], sources: [], collisions: [], excluded: 0 };
   const walk = (dir: string) => {
-    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const entries = readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    );
     const images = entries.filter((e) => (e.isFile() || e.isSymbolicLink()) && isImageFile(e.name));
     const kept = images.filter((e) => !excludes.some((r) => r.test(e.name)));
     out.excluded += images.length - kept.length;

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { benchLoader, prepareBenchData } from '../../data/bench.js';
+import { LoaderSchema, type AugmentInput } from '../../config/data.js';
 import { helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'bench',
@@ -17,12 +19,38 @@ export const spec: CommandSpec = {
     'runs the torchvision/PIL peer on the same files and adds "peer" and "ratio".',
   options: [
     { name: 'workers', short: 'w', type: 'string', arg: '<n>', help: 'worker threads', default: '2' },
-    { name: 'batch-size', short: 'b', type: 'string', arg: '<n>', help: 'batch size', default: '64' },
     { name: 'batches', short: 'n', type: 'string', arg: '<n>', help: 'batches timed', default: '20' },
-    { name: 'size', type: 'string', arg: '<px>', help: 'output side', default: '224' },
-    { name: 'channels', type: 'string', arg: '<1|3>', help: 'output channels', default: '3' },
-    { name: 'prepare', type: 'string', arg: '<dir>', help: 'only write the bundled benchmark dataset to <dir> and exit' },
+    {
+      name: 'prepare',
+      type: 'string',
+      arg: '<dir>',
+      help: 'only write the bundled benchmark dataset to <dir> and exit',
+    },
   ],
+  // The loader fields a benchmark varies; the rest keep the loader's defaults.
+  flags: schemaFlags(LoaderSchema, {
+    omit: [
+      'seed',
+      'shuffle',
+      'dropLast',
+      'rank',
+      'world',
+      'workers',
+      'prefetch',
+      'maps',
+      'verify',
+      'minSide',
+      'dataset',
+      'augment.randomCrop',
+      'augment.scale',
+      'augment.ratio',
+      'augment.hflip',
+      'augment.mean',
+      'augment.std',
+    ],
+    short: { batchSize: 'b' },
+  }),
+  flagsTitle: 'loader options:',
   examples: ['vasomim bench loader --workers 2', 'vasomim bench loader /data/XA-170K -w 16 -b 256'],
 };
 
@@ -33,7 +61,10 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const [sub, root, ...rest] = positionals;
-  if (sub !== 'loader') throw new UsageError(sub === undefined ? 'give a benchmark: loader' : `unknown benchmark ${JSON.stringify(sub)} (known: loader)`);
+  if (sub !== 'loader')
+    throw new UsageError(
+      sub === undefined ? 'give a benchmark: loader' : `unknown benchmark ${JSON.stringify(sub)} (known: loader)`,
+    );
   if (rest.length) throw new UsageError('expected at most one dataset root');
   if (typeof values.prepare === 'string') {
     await prepareBenchData(values.prepare);
@@ -44,16 +75,16 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const dir = root ?? join(await prepareBenchData(tmp!), 'angio');
     const workers = num(values, 'workers') ?? 2;
-    const channels = num(values, 'channels') ?? 3;
-    if (channels !== 1 && channels !== 3) throw new UsageError('--channels must be 1 or 3');
+    const loader = flagInput(spec.flags!, values) as { batchSize?: number; augment?: AugmentInput };
     const r = await benchLoader(dir, {
       workers,
-      batchSize: num(values, 'batch-size') ?? 64,
+      batchSize: loader.batchSize ?? 64,
       batches: num(values, 'batches') ?? 20,
-      augment: { size: num(values, 'size') ?? 224, channels },
+      augment: loader.augment ?? {},
     });
     process.stderr.write(
-      `loader: ${r.imagesPerSecond.toFixed(1)} img/s (${r.images} images in ${r.seconds.toFixed(2)} s, ${r.workers} worker(s), batch ${r.batchSize}, ${r.size}², ${r.distinctImages} distinct files)\n`,
+      `loader: ${r.imagesPerSecond.toFixed(1)} img/s (${r.images} images in ${r.seconds.toFixed(2)} s, ${r.workers} ` +
+        `worker(s), batch ${r.batchSize}, ${r.size}², ${r.distinctImages} distinct files)\n`,
     );
     process.stdout.write(JSON.stringify({ ours: r.imagesPerSecond, ...r }) + '\n');
     return 0;

@@ -1,7 +1,9 @@
 // `vasomim data check <root|manifest>`: counts, missing/extra maps, unreadable files, sizes.
 import { checkDataset, type DataReport } from '../../data/check.js';
-import { defined, helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { DatasetSchema } from '../../config/data.js';
+import { helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
 import { Progress } from '../progress.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'data',
@@ -16,23 +18,26 @@ export const spec: CommandSpec = {
   options: [
     { name: 'decode', type: 'boolean', help: 'decode pixels too (finds truncated files; slower)' },
     { name: 'jobs', short: 'j', type: 'string', arg: '<n>', help: 'threads, 0 = all cores', default: '0' },
-    { name: 'suffix', type: 'string', arg: '<s,…>', help: 'map folder suffixes, in order', default: '_frangi,_filter_92' },
-    { name: 'exclude', type: 'string', arg: '<globs>', help: 'comma-separated basename globs to skip', default: '*_gt.*,*_mask.*' },
     { name: 'json', type: 'boolean', help: 'print the report as one JSON line on stdout' },
   ],
+  flags: schemaFlags(DatasetSchema, { names: { mapSuffixes: 'suffix' } }),
+  flagsTitle: 'dataset options:',
   examples: ['vasomim data check /data/XA-170K', 'vasomim data check frames/manifest.csv --decode'],
 };
 
-function list(v: unknown): string[] | undefined {
-  return v === undefined ? undefined : String(v).split(',').map((s) => s.trim()).filter(Boolean);
-}
-
 export function formatReport(r: DataReport): string {
-  const out = [`${r.kind === 'manifest' ? 'manifest' : 'dataset'} ${r.root}: ${r.images} image(s), ${r.withMaps} with a map, ${r.frames} frame(s)` + (r.excluded ? `, ${r.excluded} excluded` : '')];
+  const out = [
+    `${r.kind === 'manifest' ? 'manifest' : 'dataset'} ${r.root}: ${r.images} image(s), ${r.withMaps} with a map, ` +
+      `${r.frames} frame(s)` +
+      (r.excluded ? `, ${r.excluded} excluded` : ''),
+  ];
   const w = Math.max(6, ...r.sources.map((s) => s.source.length));
   if (r.sources.length) out.push(`  ${'source'.padEnd(w)}  images  maps  missing  extra`);
   for (const s of r.sources)
-    out.push(`  ${s.source.padEnd(w)}  ${String(s.images).padStart(6)}  ${String(s.withMap).padStart(4)}  ${String(s.missingMaps).padStart(7)}  ${String(s.extraMaps).padStart(5)}`);
+    out.push(
+      `  ${s.source.padEnd(w)}  ${String(s.images).padStart(6)}  ${String(s.withMap).padStart(4)}  ` +
+        `${String(s.missingMaps).padStart(7)}  ${String(s.extraMaps).padStart(5)}`,
+    );
   const sizes = Object.entries(r.sizes).sort((a, b) => b[1] - a[1]);
   if (sizes.length) out.push('  sizes: ' + sizes.map(([k, v]) => `${k} x${v}`).join(', '));
   for (const u of r.unreadable.slice(0, 20)) out.push(`  unreadable: ${u.path}: ${u.error}`);
@@ -47,12 +52,15 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   const [sub, root, ...rest] = positionals;
-  if (sub !== 'check') throw new UsageError(sub === undefined ? 'give a subcommand: check' : `unknown subcommand ${JSON.stringify(sub)} (known: check)`);
+  if (sub !== 'check')
+    throw new UsageError(
+      sub === undefined ? 'give a subcommand: check' : `unknown subcommand ${JSON.stringify(sub)} (known: check)`,
+    );
   if (root === undefined) throw new UsageError('give the dataset root or a manifest');
   if (rest.length) throw new UsageError(`expected one dataset, got ${rest.length + 1}`);
   let progress: Progress | undefined;
   const report = await checkDataset(root, {
-    dataset: defined({ mapSuffixes: list(values.suffix), exclude: list(values.exclude) }),
+    dataset: flagInput(spec.flags!, values),
     decode: values.decode === true,
     jobs: num(values, 'jobs') ?? 0,
     onProgress: (d, t) => {

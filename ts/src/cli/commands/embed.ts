@@ -8,9 +8,9 @@ export const spec: CommandSpec = {
   usage: 'vasomim embed <checkpoint> <image...> --out <features.npy> [options]',
   description:
     'Row 0 of each image is the cls token after the final norm, row 1 the mean of the patch tokens\n' +
-    'after the final norm; no masking. Images of the model\'s input size are used as they are,\n' +
+    "after the final norm; no masking. Images of the model's input size are used as they are,\n" +
     'others are resized bicubically (antialiased); grey values are scaled to [0, 1], replicated to\n' +
-    'the model\'s channels and normalised with the ImageNet mean/std, as in pre-training.',
+    "the model's channels and normalised with the ImageNet mean/std, as in pre-training.",
   options: [
     { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (float32, shape (N, 2, D))' },
     { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config' },

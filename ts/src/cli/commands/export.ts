@@ -4,18 +4,32 @@ import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js
 
 export const spec: CommandSpec = {
   name: 'export',
-  summary: 'Export a checkpoint\'s encoder for timm (safetensors, timm key names).',
+  summary: "Export a checkpoint's encoder for timm (safetensors, timm key names).",
   usage: 'vasomim export <checkpoint> --format timm --out <file.safetensors> [options]',
   description:
     'Reads our checkpoints, timm safetensors files and MAE-style PyTorch .pth state dicts. The\n' +
     'output loads with timm.create_model("vit_<size>_patch16_224", num_classes=0) and\n' +
     'load_state_dict(..., strict=True); the decoder and optimizer state are left out.',
   options: [
-    { name: 'format', short: 'f', type: 'string', arg: '<fmt>', help: 'output format; only timm for now', default: 'timm' },
+    {
+      name: 'format',
+      short: 'f',
+      type: 'string',
+      arg: '<fmt>',
+      help: 'output format; only timm for now',
+      default: 'timm',
+    },
     { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .safetensors file' },
-    { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config (micro|tiny|small|base|large|huge)' },
+    {
+      name: 'preset',
+      type: 'string',
+      arg: '<name>',
+      help: 'preset of a checkpoint without a config (micro|tiny|small|base|large|huge)',
+    },
   ],
-  examples: ['vasomim export runs/pretrain/checkpoint-799.safetensors --format timm --out vit_base_vasomim.safetensors'],
+  examples: [
+    'vasomim export runs/pretrain/checkpoint-799.safetensors --format timm --out vit_base_vasomim.safetensors',
+  ],
 };
 
 export async function run(argv: string[]): Promise<number> {
@@ -35,7 +49,8 @@ export async function run(argv: string[]): Promise<number> {
   await model.exportTimm(out);
   const c = model.config;
   process.stdout.write(
-    `wrote ${out} (timm encoder: embed ${c.embedDim}, depth ${c.depth}, heads ${c.numHeads}, patch ${c.patchSize}, ${c.imgSize}px, ${c.inChans} channel${c.inChans > 1 ? 's' : ''})\n`,
+    `wrote ${out} (timm encoder: embed ${c.embedDim}, depth ${c.depth}, heads ${c.numHeads}, patch ${c.patchSize}, ` +
+      `${c.imgSize}px, ${c.inChans} channel${c.inChans > 1 ? 's' : ''})\n`,
   );
   return 0;
 }

@@ -1,6 +1,9 @@
 // `vasomim frames <file…> --out <dir>`: DICOM cine runs to PNG frames plus a manifest.
 import { extractFrames } from '../../data/frames.js';
+import { FramesSchema } from '../../config/data.js';
+import { formatZodError } from '../../config/vessels.js';
 import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'frames',
@@ -13,12 +16,13 @@ export const spec: CommandSpec = {
     'JPEG baseline/extended/lossless (JPEG-LS and JPEG 2000 are reported as unsupported).\n' +
     '<dir>/manifest.csv (image,source,frame,width,height) is a dataset manifest for `data check` and\n' +
     'training. Existing PNGs are kept unless --overwrite. Exit 1 if any input failed.',
-  options: [
-    { name: 'out', short: 'o', type: 'string', arg: '<dir>', help: 'output folder (required)' },
-    { name: 'overwrite', type: 'boolean', help: 'rewrite PNGs that exist' },
-    { name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' },
+  options: [{ name: 'json', type: 'boolean', help: 'print the summary as one JSON line on stdout' }],
+  flags: schemaFlags(FramesSchema, { short: { out: 'o' } }),
+  flagsTitle: 'extraction options:',
+  examples: [
+    'vasomim frames run1.dcm run2.dcm --out frames/',
+    'vasomim frames /data/cine/*.dcm -o frames && vasomim vessels frames',
   ],
-  examples: ['vasomim frames run1.dcm run2.dcm --out frames/', 'vasomim frames /data/cine/*.dcm -o frames && vasomim vessels frames'],
 };
 
 export async function run(argv: string[]): Promise<number> {
@@ -28,11 +32,18 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length === 0) throw new UsageError('give at least one input file');
-  if (typeof values.out !== 'string') throw new UsageError('--out <dir> is required');
-  const s = await extractFrames(positionals, { out: values.out, overwrite: values.overwrite === true }, (input, n, error) => {
+  const options = flagInput(spec.flags!, values);
+  if (!options.out) throw new UsageError('--out <dir> is required');
+  const parsed = FramesSchema.safeParse(options);
+  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const s = await extractFrames(positionals, parsed.data, (input, n, error) => {
     process.stderr.write(error ? `error: ${error}\n` : `${input}: ${n} frame(s)\n`);
   });
-  process.stderr.write(`done: ${s.frames.length} frame(s) from ${positionals.length - s.failed.length} file(s), ${s.failed.length} failed; manifest ${s.manifest}\n`);
-  if (values.json) process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
+  process.stderr.write(
+    `done: ${s.frames.length} frame(s) from ${positionals.length - s.failed.length} file(s), ${s.failed.length} ` +
+      `failed; manifest ${s.manifest}\n`,
+  );
+  if (values.json)
+    process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
   return s.failed.length > 0 ? 1 : 0;
 }

@@ -1,10 +1,18 @@
 // `vasomim train-segmentor`: the frozen vessel segmentor (UNeXt-S) that pre-training uses.
 import { resolve } from 'node:path';
 
-import { SEGMENTOR_PRESET_VALUES, SEGMENTOR_PRESETS, trainSegmentor } from '../../train/segmentor.js';
-import { defined, helpText, num, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import {
+  SEGMENTOR_PRESET_VALUES,
+  SEGMENTOR_PRESETS,
+  SegmentorRunSchema,
+  trainSegmentor,
+} from '../../train/segmentor.js';
+import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
 import { onInterrupt } from '../interrupt.js';
 import { Progress } from '../progress.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
+
+const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
 export const spec: CommandSpec = {
   name: 'train-segmentor',
@@ -17,23 +25,16 @@ export const spec: CommandSpec = {
     'computed into the run folder. Writes runs/<name>/{config.json, metrics.jsonl, checkpoints/,\n' +
     'samples/predictions.png, segmentor.safetensors}; pass segmentor.safetensors to\n' +
     '`vasomim pretrain --segmentor`. Ctrl-C saves a checkpoint (exit 130); --resume continues.\n' +
-    `Presets: ${SEGMENTOR_PRESETS.map((p) => `${p} (${SEGMENTOR_PRESET_VALUES[p].epochs} epochs, batch ${SEGMENTOR_PRESET_VALUES[p].batchSize})`).join(', ')}.`,
+    `Presets: ${SEGMENTOR_PRESETS.map((p) => `${p} (${presetSummary(SEGMENTOR_PRESET_VALUES[p])})`).join(', ')}.`,
   options: [
-    { name: 'data', short: 'd', type: 'string', arg: '<path>', help: 'dataset with vessel maps (default: bundled samples)' },
-    { name: 'preset', type: 'string', arg: '<name>', help: 'demo | paper', default: 'demo' },
     { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'JSON config (flags override it)' },
     { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from its last checkpoint' },
-    { name: 'runs', type: 'string', arg: '<dir>', help: 'folder for run folders', default: 'runs' },
-    { name: 'name', type: 'string', arg: '<name>', help: 'run folder name (default: UTC timestamp)' },
-    { name: 'epochs', type: 'string', arg: '<n>', help: 'epochs' },
-    { name: 'batch-size', short: 'b', type: 'string', arg: '<n>', help: 'batch size' },
-    { name: 'lr', type: 'string', arg: '<x>', help: 'Adam learning rate at epoch 0', default: '1e-3' },
-    { name: 'img-size', type: 'string', arg: '<px>', help: 'crop size (divisible by 32)', default: '224' },
-    { name: 'in-chans', type: 'string', arg: '<1|3>', help: 'input channels (3 = grey replicated, as pre-training)', default: '3' },
-    { name: 'seed', type: 'string', arg: '<n>', help: 'seed of initialisation and batches', default: '0' },
-    { name: 'workers', short: 'j', type: 'string', arg: '<n>', help: 'loader threads' },
-    { name: 'checkpoint-every', type: 'string', arg: '<n>', help: 'keep a numbered checkpoint every n epochs' },
   ],
+  flags: schemaFlags(SegmentorRunSchema, {
+    short: { data: 'd', batchSize: 'b', workers: 'j' },
+    presets: SEGMENTOR_PRESET_VALUES,
+  }),
+  flagsTitle: 'run config (the preset, then --config, then these flags):',
   examples: ['vasomim train-segmentor', 'vasomim train-segmentor --preset paper --data /data/XA-170K --name unext'],
 };
 
@@ -43,22 +44,10 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(helpText(spec));
     return 0;
   }
-  if (positionals.length) throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
   const file = values.config ? readConfigFile(values.config as string) : {};
-  const flags = defined({
-    preset: values.preset as string | undefined,
-    data: values.data as string | undefined,
-    runs: values.runs as string | undefined,
-    name: values.name as string | undefined,
-    epochs: num(values, 'epochs'),
-    batchSize: num(values, 'batch-size'),
-    lr: num(values, 'lr'),
-    imgSize: num(values, 'img-size'),
-    inChans: num(values, 'in-chans'),
-    seed: num(values, 'seed'),
-    workers: num(values, 'workers'),
-    checkpointEvery: num(values, 'checkpoint-every'),
-  });
+  const flags = flagInput(spec.flags!, values);
   const interrupt = onInterrupt('writing a checkpoint after this step');
   let bar: Progress | undefined;
   try {
@@ -73,7 +62,10 @@ export async function run(argv: string[]): Promise<number> {
     });
     bar?.end();
     if (r.status === 'interrupted') {
-      process.stderr.write(`stopped in epoch ${r.epoch}; checkpoint ${r.checkpoint}\nresume with: vasomim train-segmentor --resume ${r.run}\n`);
+      process.stderr.write(
+        `stopped in epoch ${r.epoch}; checkpoint ${r.checkpoint}\nresume with: vasomim train-segmentor --resume ` +
+          `${r.run}\n`,
+      );
       return 130;
     }
     process.stdout.write(`done: ${r.epoch} epochs\nrun folder: ${resolve(r.run)}\nsegmentor: ${r.segmentor}\n`);

@@ -1,8 +1,10 @@
 // `vasomim vesselness <image> --out <file.npy|file.png>`: the raw filter response of one image.
+import { mergeConfig } from '../../config/pretrain.js';
 import { FilterSchema, formatZodError } from '../../config/vessels.js';
 import { vesselnessToFile } from '../../vessels/api.js';
-import { defined, helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { FILTER_FLAGS, filterFromFlags, INPUT_NOTE } from './filter-flags.js';
+import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
+import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
   name: 'vesselness',
@@ -10,15 +12,28 @@ export const spec: CommandSpec = {
   usage: 'vasomim vesselness <image> --out <file.npy|file.png> [options]',
   description:
     'The filters reproduce scikit-image >= 0.20 (sato, frangi): within 1e-6 of its float64 output\n' +
-    '(float32: 1e-4), relative to the image\'s largest response. The .png is the response scaled so\n' +
+    "(float32: 1e-4), relative to the image's largest response. The .png is the response scaled so\n" +
     'that its maximum is 255.\n\n' +
     INPUT_NOTE,
   options: [
     { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (raw) or .png (display)' },
-    ...FILTER_FLAGS,
-    { name: 'dtype', type: 'string', arg: '<type>', help: 'float64 (scikit-image parity) or float32 (faster)', default: 'float64' },
-    { name: 'config', short: 'c', type: 'string', arg: '<file.json>', help: 'filter options as JSON (flags override it)' },
+    {
+      name: 'dtype',
+      type: 'string',
+      arg: '<type>',
+      help: 'float64 (scikit-image parity) or float32 (faster)',
+      default: 'float64',
+    },
+    {
+      name: 'config',
+      short: 'c',
+      type: 'string',
+      arg: '<file.json>',
+      help: 'filter options as JSON (flags override it)',
+    },
   ],
+  flags: schemaFlags(FilterSchema, { omit: ['precision'] }),
+  flagsTitle: 'filter options (flags override --config):',
   examples: [
     'vasomim vesselness frame.png --out frame.sato.npy',
     'vasomim vesselness frame.png --filter frangi --out frame.frangi.png',
@@ -37,14 +52,22 @@ export async function run(argv: string[]): Promise<number> {
   if (!/\.(npy|png)$/i.test(out)) throw new UsageError(`--out ${out}: must end in .npy or .png`);
   const dtype = values.dtype as string | undefined;
   const precision = dtype === undefined ? undefined : { float32: 'f32', f32: 'f32', float64: 'f64', f64: 'f64' }[dtype];
-  if (dtype !== undefined && !precision) throw new UsageError(`--dtype: ${JSON.stringify(dtype)} (expected float32 or float64)`);
+  if (dtype !== undefined && !precision)
+    throw new UsageError(`--dtype: ${JSON.stringify(dtype)} (expected float32 or float64)`);
   const fromFile = values.config ? readConfigFile(values.config as string) : {};
-  const merged = { ...fromFile, ...filterFromFlags(values), ...defined({ precision }) };
+  const merged = { ...mergeConfig(fromFile, flagInput(spec.flags!, values)), ...(precision ? { precision } : {}) };
   const parsed = FilterSchema.safeParse(merged);
   if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
   const image = positionals[0]!;
   const r = await vesselnessToFile(image, out, parsed.data);
-  const kind = out.toLowerCase().endsWith('.npy') ? (parsed.data.precision === 'f32' ? 'float32' : 'float64') : 'display PNG';
-  process.stdout.write(`wrote ${out} (${r.height}x${r.width} ${kind}, ${parsed.data.filter} sigmas ${parsed.data.sigmas.join(',')}, max ${r.max.toPrecision(6)})\n`);
+  const kind = out.toLowerCase().endsWith('.npy')
+    ? parsed.data.precision === 'f32'
+      ? 'float32'
+      : 'float64'
+    : 'display PNG';
+  process.stdout.write(
+    `wrote ${out} (${r.height}x${r.width} ${kind}, ${parsed.data.filter} sigmas ${parsed.data.sigmas.join(',')}, ` +
+      `max ${r.max.toPrecision(6)})\n`,
+  );
   return 0;
 }
