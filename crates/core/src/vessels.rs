@@ -166,7 +166,10 @@ pub fn write_response(
     w: usize,
     r: &Response,
 ) -> Result<(), String> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     match ext.as_deref() {
         Some("npy") => write_response_npy(path, h, w, r),
         Some("png") => write_png_grey8(path, w, h, &r.display_u8()),

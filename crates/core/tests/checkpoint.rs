@@ -348,7 +348,8 @@ fn frozen_tensors_are_not_optimized() {
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
         .collect();
-    tr.pretrain_step(&x, &m, None, &StepParams::default()).unwrap();
+    tr.pretrain_step(&x, &m, None, &StepParams::default())
+        .unwrap();
     for ((n, b), (_, v)) in before.iter().zip(&tr.model.params.entries) {
         let frozen = n.starts_with("patch_embed.") || n.starts_with("blocks.0.");
         let moved = max_abs_diff(b, v.as_tensor()) > 0.0;

@@ -62,7 +62,10 @@ impl StepParams {
             ("weightDecay", a.weight_decay),
             ("consWeight", self.cons_weight),
         ];
-        if let Some((name, v)) = finite_nonneg.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+        if let Some((name, v)) = finite_nonneg
+            .iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
             candle_core::bail!("{name} ({v}) must be finite and >= 0");
         }
         if let Some((name, v)) = [("beta1", a.beta1), ("beta2", a.beta2)]
@@ -244,7 +247,12 @@ impl PretrainTrainer {
         if k == 0 || !k.is_multiple_of(b) || k / b > l {
             candle_core::bail!("idsKeep has {k} values: expected B*K with B = {b}, 1 <= K <= {l}");
         }
-        if let Some(bad) = m.ids_keep.iter().chain(m.ids_restore).find(|&&i| i as usize >= l) {
+        if let Some(bad) = m
+            .ids_keep
+            .iter()
+            .chain(m.ids_restore)
+            .find(|&&i| i as usize >= l)
+        {
             candle_core::bail!("patch index {bad} out of range 0..{l}");
         }
         Ok(())
@@ -279,14 +287,22 @@ impl PretrainTrainer {
     pub fn images(&self, images: &[f32]) -> Result<Tensor> {
         let b = self.batch_of(images.len())?;
         let c = &self.model.cfg;
-        Tensor::from_slice(images, (b, c.in_chans, c.img_size, c.img_size), &self.device)
+        Tensor::from_slice(
+            images,
+            (b, c.in_chans, c.img_size, c.img_size),
+            &self.device,
+        )
     }
 
     fn loader_tensors(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
         self.check_loader_batch(b)?;
         let imgs = self.images(&b.images)?;
         let maps = match &b.maps {
-            Some(m) => Some(Tensor::from_slice(m, (b.n, 1, b.size, b.size), &self.device)?),
+            Some(m) => Some(Tensor::from_slice(
+                m,
+                (b.n, 1, b.size, b.size),
+                &self.device,
+            )?),
             None => None,
         };
         Ok((imgs, maps))
@@ -321,12 +337,20 @@ impl PretrainTrainer {
             _ => None,
         };
         let Some(seg) = self.segmentor.take() else {
-            candle_core::bail!("consWeight > 0 needs a segmentor: attach one (or set consWeight to 0)");
+            candle_core::bail!(
+                "consWeight > 0 needs a segmentor: attach one (or set consWeight to 0)"
+            );
         };
         let prob = match cached {
             Some(prob) => Ok(prob),
-            None => guidance(Some(seg.as_ref()), imgs, None, 0.0, self.model.cfg.patch_size)
-                .map(|g| g.prob.expect("a segmentor gives P")),
+            None => guidance(
+                Some(seg.as_ref()),
+                imgs,
+                None,
+                0.0,
+                self.model.cfg.patch_size,
+            )
+            .map(|g| g.prob.expect("a segmentor gives P")),
         };
         let out = prob.and_then(|prob| {
             let cons = Consistency {
@@ -341,14 +365,24 @@ impl PretrainTrainer {
     }
 
     /// One step on flat arrays: images (B, C, S, S) normalised and the caller's masking.
-    pub fn step(&mut self, images: &[f32], masks: MaskArrays, p: &StepParams) -> Result<PretrainStats> {
+    pub fn step(
+        &mut self,
+        images: &[f32],
+        masks: MaskArrays,
+        p: &StepParams,
+    ) -> Result<PretrainStats> {
         let x = self.images(images)?;
         let m = self.masking(x.dim(0)?, masks)?;
         self.step_on(&x, &m, None, p)
     }
 
     /// One step on a loader batch (images never leave Rust) with the caller's masking.
-    pub fn step_batch(&mut self, batch: &Batch, masks: MaskArrays, p: &StepParams) -> Result<PretrainStats> {
+    pub fn step_batch(
+        &mut self,
+        batch: &Batch,
+        masks: MaskArrays,
+        p: &StepParams,
+    ) -> Result<PretrainStats> {
         let (x, _) = self.loader_tensors(batch)?;
         let m = self.masking(batch.n, masks)?;
         self.step_on(&x, &m, Some(BatchKey::of(batch)), p)
@@ -361,7 +395,10 @@ impl PretrainTrainer {
         let m = self.masking(x.dim(0)?, masks)?;
         let out = self.model.forward(&x, &m)?;
         let rec = self.model.reconstruct(&x, &out.pred)?;
-        Ok((rec.flatten_all()?.to_vec1::<f32>()?, out.loss.to_scalar::<f32>()? as f64))
+        Ok((
+            rec.flatten_all()?.to_vec1::<f32>()?,
+            out.loss.to_scalar::<f32>()? as f64,
+        ))
     }
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).

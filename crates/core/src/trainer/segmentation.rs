@@ -20,8 +20,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use crate::checkpoint::{segmentation as ckpt, LoadOptions, LoadReport};
 use crate::data::rng::key;
-use crate::data::Batch;
 use crate::data::transforms::{normalise_into, resize_bicubic, CropBox, View};
+use crate::data::Batch;
 use crate::nn::loss::segmentation_loss;
 use crate::nn::segmentation::{layer_decay_scale, SegmentationConfig, SegmentationViT};
 use crate::nn::InitRng;
@@ -120,7 +120,11 @@ impl SegmentationTrainer {
         let p = path.display().to_string();
         let named = |e: candle_core::Error| {
             let m = e.to_string();
-            candle_core::Error::msg(if m.contains(&p) { m } else { format!("{p}: {m}") })
+            candle_core::Error::msg(if m.contains(&p) {
+                m
+            } else {
+                format!("{p}: {m}")
+            })
         };
         let opts = LoadOptions {
             preset: init.preset.clone(),
@@ -134,7 +138,8 @@ impl SegmentationTrainer {
             head_scale: init.head_scale,
             drop_path: init.drop_path,
         };
-        cfg.validate().map_err(|e| candle_core::Error::msg(format!("{p}: {e}")))?;
+        cfg.validate()
+            .map_err(|e| candle_core::Error::msg(format!("{p}: {e}")))?;
         let mut model = SegmentationViT::new(&cfg, device, seed)?;
         let report = ckpt::init_encoder(&mut model, path, init.preset.as_deref()).map_err(named)?;
         Ok((Self::new(model, init.layer_decay, seed)?, report))
@@ -212,7 +217,11 @@ impl SegmentationTrainer {
     fn images(&self, images: &[f32]) -> Result<Tensor> {
         let b = self.batch_of(images)?;
         let e = &self.model.cfg.encoder;
-        Tensor::from_slice(images, (b, e.in_chans, e.img_size, e.img_size), self.device())
+        Tensor::from_slice(
+            images,
+            (b, e.in_chans, e.img_size, e.img_size),
+            self.device(),
+        )
     }
 
     /// One step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in [0, 1]
@@ -240,7 +249,12 @@ impl SegmentationTrainer {
     }
 
     /// One step on a loader batch: its images and maps.
-    pub fn step_batch(&mut self, batch: &Batch, lr: f64, weight_decay: f64) -> Result<SegmentationLoss> {
+    pub fn step_batch(
+        &mut self,
+        batch: &Batch,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<SegmentationLoss> {
         self.check_loader_batch(batch)?;
         let maps = batch.maps.as_deref().unwrap_or_default();
         self.step_arrays(&batch.images, maps, lr, weight_decay)
@@ -248,7 +262,9 @@ impl SegmentationTrainer {
 
     /// Eval-mode probabilities (B, K, S, S) of flat normalised images (B, C, S, S), flat.
     pub fn predict_arrays(&self, images: &[f32]) -> Result<Vec<f32>> {
-        self.predict(&self.images(images)?)?.flatten_all()?.to_vec1::<f32>()
+        self.predict(&self.images(images)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()
     }
 
     pub fn cfg(&self) -> &SegmentationConfig {

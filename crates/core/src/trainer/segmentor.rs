@@ -124,11 +124,7 @@ impl SegmentorTrainer {
 
     /// Load our safetensors or a PyTorch state dict (see [`ckpt::load`]) onto `device`, with
     /// the Adam moments and step when the file has them.
-    pub fn load(
-        path: &Path,
-        device: &Device,
-        strict: bool,
-    ) -> Result<(Self, SegmentorLoadReport)> {
+    pub fn load(path: &Path, device: &Device, strict: bool) -> Result<(Self, SegmentorLoadReport)> {
         let l = ckpt::load(path, device, strict)?;
         let mut t = Self::new(l.model)?;
         if let Some((state, s)) = &l.optimizer {
@@ -143,8 +139,13 @@ impl SegmentorTrainer {
     /// Save weights, BatchNorm running stats, config, step and (with `with_optimizer`) the Adam
     /// moments, atomically.
     pub fn save(&self, path: &Path, with_optimizer: bool) -> Result<()> {
-        ckpt::save(path, &self.model, with_optimizer.then_some(&self.opt), self.step)
-            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
+        ckpt::save(
+            path,
+            &self.model,
+            with_optimizer.then_some(&self.opt),
+            self.step,
+        )
+        .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
     }
 
     pub fn cfg(&self) -> &UNextConfig {
@@ -183,7 +184,13 @@ impl SegmentorTrainer {
         image_dims(b.size, None)
     }
 
-    fn tensors(&self, images: &[f32], masks: &[f32], h: usize, w: usize) -> Result<(Tensor, Tensor)> {
+    fn tensors(
+        &self,
+        images: &[f32],
+        masks: &[f32],
+        h: usize,
+        w: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let b = self.batch_of(images, h, w)?;
         check_masks(masks, b, h, w)?;
         let c = self.model.cfg.in_chans;
