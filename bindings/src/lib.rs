@@ -341,6 +341,13 @@ pub fn vessel_map_files(
     }))
 }
 
+/// Throws (InvalidArg) when this build cannot run on `device` (`cpu` | `cuda` | `cuda:N`),
+/// with a message that says how to get a build that can.
+#[napi]
+pub fn check_device(device: String) -> Result<()> {
+    crate::device(Some(device)).map(|_| ())
+}
+
 /// Suffix of temporary files an interrupted write may leave (safe to delete).
 #[napi]
 pub fn temp_marker() -> String {

@@ -57,8 +57,8 @@ export {
   createSegmentor,
   loadSegmentor,
   polyLr,
-  type SegLoadInfo,
-  type SegStepResult,
+  type SegmentorLoadInfo,
+  type SegmentorStepResult,
   type Segmentor,
   type SegmentorConfig,
 } from './model/segmentor.js';

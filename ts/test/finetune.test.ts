@@ -1,4 +1,4 @@
-// Fine-tuning the segmentation ViT: the SegModel handle, a micro `finetune` run (binary and
+// Fine-tuning the segmentation ViT: the SegmentationModel handle, a micro `finetune` run (binary and
 // multi-class), `evaluate <model>` and `predict`, and the errors for bad input.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -29,9 +29,9 @@ function subset(name: string, train: number[], test: number[]) {
 const MICRO = { model: { preset: 'micro' }, imgSize: 64, headScale: 0.125, batchSize: 2, epochs: 2, warmupEpochs: 1, lr: 1e-3, workers: 1 } as const;
 const micro = { encoder: { ...native.presetConfig('micro'), imgSize: 64 }, numClasses: 1, headScale: 0.125, dropPath: 0.1 };
 
-describe('SegModel', () => {
+describe('SegmentationModel', () => {
   it('layer-decay groups, save/load round trip, predictImages equals predict on loader-normalised input', async () => {
-    const m = native.SegModel.create(micro, 3);
+    const m = native.SegmentationModel.create(micro, 3);
     const groups = m.paramGroups();
     const depth = micro.encoder.depth;
     const byName = new Map(groups.map((g) => [g.name, g]));
@@ -52,7 +52,7 @@ describe('SegModel', () => {
     expect(r.loss).toBeCloseTo(r.dice + r.ce, 5);
     const path = join(tmp.path, 'segmodel.safetensors');
     await m.save(path, JSON.stringify({ task: 'vessel-seg', threshold: 0.4 }));
-    const back = await native.SegModel.load(path);
+    const back = await native.SegmentationModel.load(path);
     expect(back.step).toBe(1);
     expect(JSON.parse(back.extra!).threshold).toBe(0.4);
     expect(Array.from(await back.predict(images))).toEqual(Array.from(await m.predict(images)));
@@ -74,11 +74,11 @@ describe('SegModel', () => {
   });
 
   it('rejects bad arguments with one clear error', async () => {
-    const m = native.SegModel.create(micro, 0);
+    const m = native.SegmentationModel.create(micro, 0);
     expect(() => m.predict(new Float32Array(10))).toThrow(/not a positive multiple of C\*S\*S/);
     expect(() => m.trainStep(new Float32Array(3 * 64 * 64), new Float32Array(64 * 64).fill(2), { lr: 1e-3, weightDecay: 0 })).toThrow(/outside \[0, 1\]/);
-    expect(() => native.SegModel.create({ ...micro, encoder: { ...micro.encoder, patchSize: 8 } })).toThrow(/patch size must be 16/);
-    await expect(native.SegModel.load(join(XCA, 'Angios_40_training', '1.png'))).rejects.toThrow(/1\.png/);
+    expect(() => native.SegmentationModel.create({ ...micro, encoder: { ...micro.encoder, patchSize: 8 } })).toThrow(/patch size must be 16/);
+    await expect(native.SegmentationModel.load(join(XCA, 'Angios_40_training', '1.png'))).rejects.toThrow(/1\.png/);
   });
 });
 

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { createModel, loadModel, parseModelConfig, randomMaskBatch, trainStep } from '../src/index.js';
+import { createModel, loadModel, parseModelConfig, randomMaskBatch, StepOptionsSchema, trainStep } from '../src/index.js';
 
 const MICRO = { preset: 'micro', imgSize: 32, patchSize: 8, inChans: 1, embedDim: 32, decoderEmbedDim: 32 } as const;
 
@@ -92,11 +92,11 @@ describe('Model', () => {
   it('rejects mis-sized buffers and missing files with clear errors', async () => {
     const model = createModel(MICRO);
     const m = randomMaskBatch(2, 16, 0.75);
-    await expect(async () => model.trainStep(new Float32Array(10), m.idsKeep, m.idsRestore, m.mask, { lr: 1e-3, weightDecay: 0 })).rejects.toThrow(
+    await expect(async () => model.trainStep(new Float32Array(10), m.idsKeep, m.idsRestore, m.mask, StepOptionsSchema.parse({ lr: 1e-3, weightDecay: 0 }))).rejects.toThrow(
       /images has 10 values, not a multiple of C\*S\*S = 1024/,
     );
     const bad = { ...m, idsKeep: Uint32Array.from(m.idsKeep, () => 99) };
-    await expect(async () => model.trainStep(batch(2, 32, 1), bad.idsKeep, m.idsRestore, m.mask, { lr: 1e-3, weightDecay: 0 })).rejects.toThrow(
+    await expect(async () => model.trainStep(batch(2, 32, 1), bad.idsKeep, m.idsRestore, m.mask, StepOptionsSchema.parse({ lr: 1e-3, weightDecay: 0 }))).rejects.toThrow(
       /patch index 99 out of range 0..16/,
     );
     await expect(loadModel(join(tmp(), 'nope.safetensors'))).rejects.toThrow(/nope.safetensors/);

@@ -3,7 +3,7 @@
 // a quarter-width U-Net head, 224², batch 4, lr 2e-3, 40 epochs); `headScale: 1` is the paper's head.
 import { z } from 'zod';
 
-import { ModelConfigSchema } from './model.js';
+import { DeviceSchema, ModelConfigSchema } from './model.js';
 import { SegmentationDataSchema } from './segmentation.js';
 
 export const FT_TASKS = ['vessel-seg', 'segment-seg', 'stenosis-seg'] as const;
@@ -58,6 +58,8 @@ export const FinetuneSchema = z
     /** Foreground threshold on the sigmoid output (binary tasks). */
     threshold: unit('threshold').default(0.5),
     seed: int('seed', 0).default(0),
+    /** Where the model runs: cpu | cuda | cuda:N. */
+    device: DeviceSchema,
     /** Parent folder of run folders. */
     runs: z.string().min(1).default('runs/finetune'),
     /** Run folder name (default: a UTC timestamp). */

@@ -31,7 +31,7 @@ export const ModelConfigSchema = z
   })
   .strict()
   .transform(({ preset, ...over }) => {
-    const base = native.presetConfig(preset);
+    const base = native.presetConfig(preset) as NativeModelConfig;
     const cleaned = Object.fromEntries(Object.entries(over).filter(([, v]) => v !== undefined));
     return { ...base, ...cleaned } as typeof base;
   });
@@ -39,6 +39,38 @@ export const ModelConfigSchema = z
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
 export type ModelConfig = z.output<typeof ModelConfigSchema>;
 
+/** Model config fields as the native side takes and returns them (camelCase). */
+export interface NativeModelConfig {
+  imgSize: number;
+  patchSize: number;
+  inChans: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  decoderEmbedDim: number;
+  decoderDepth: number;
+  decoderNumHeads: number;
+  mlpRatio: number;
+  normPixLoss: boolean;
+}
+
+/**
+ * Where a model runs: `cpu` (default), `cuda` (the first GPU) or `cuda:N`. Checked against the
+ * native build at parse time, so an unavailable device is a config error (CLI exit 2), never a
+ * silent CPU run.
+ */
+export const DeviceSchema = z
+  .string()
+  .default('cpu')
+  .superRefine((v, ctx) => {
+    try {
+      native.checkDevice(v);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    }
+  });
+
+/** AdamW and step settings of pre-training: the one place their defaults live. */
 export const StepOptionsSchema = z
   .object({
     /** Learning rate of this step (the schedule is the caller's). */
@@ -51,6 +83,8 @@ export const StepOptionsSchema = z
     clipGrad: z.number().positive('clipGrad must be > 0').optional(),
     /** Accumulate gradients over this many micro-batches (same update, less memory). */
     microBatches: z.number().int().positive('microBatches must be > 0').default(1),
+    /** Weight of L_cons = BCE(S(recon), P) in every step (0: off; > 0 needs an attached segmentor). */
+    consWeight: z.number().finite().min(0, 'consWeight must be >= 0').default(0),
   })
   .strict();
 

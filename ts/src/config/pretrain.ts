@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
-import { ModelConfigSchema } from './model.js';
+import { DeviceSchema, ModelConfigSchema } from './model.js';
 import { parseOptions } from './vessels.js';
 
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
@@ -65,6 +65,8 @@ export const PretrainSchema = z
     /** Images in each sample grid. */
     sampleImages: int('sampleImages', 1).max(16, 'sampleImages must be <= 16').default(4),
     seed: int('seed', 0).default(0),
+    /** Where the model runs: cpu | cuda | cuda:N. */
+    device: DeviceSchema,
     /** Loader worker threads (default: all cores, at most 8). */
     workers: int('workers', 1).optional(),
     augment: z.record(z.string(), z.unknown()).default({}),

@@ -2,6 +2,7 @@
 // shared by the CLI flags, config files and the Node API).
 import { z } from 'zod';
 
+import { DeviceSchema } from './model.js';
 import { FilterSchema } from './vessels.js';
 
 export const SPLITS = ['train', 'val', 'test'] as const;
@@ -62,6 +63,8 @@ export const EvaluateSchema = z
     limit: z.number().int('limit must be an integer').min(1, 'limit must be >= 1').optional(),
     /** Images processed concurrently (0 = cores). */
     jobs: z.number().int('jobs must be an integer').min(0, 'jobs must be >= 0').default(0),
+    /** Where the model runs: cpu | cuda | cuda:N. */
+    device: DeviceSchema,
   })
   .strict();
 

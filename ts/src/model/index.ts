@@ -11,8 +11,8 @@ export type { Features, LoadInfo, Model, Reconstruction, StepResult };
  * A freshly initialised model (MAE init; deterministic in `seed`). `frozen` lists state-dict
  * names or prefixes (e.g. `patch_embed`, `blocks.0`) that training leaves unchanged.
  */
-export function createModel(config: ModelConfigInput = {}, seed = 0, frozen: string[] = []): Model {
-  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed, frozen);
+export function createModel(config: ModelConfigInput = {}, seed = 0, frozen: string[] = [], device = 'cpu'): Model {
+  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed, frozen, device);
 }
 
 export interface LoadModelOptions {
@@ -23,6 +23,8 @@ export interface LoadModelOptions {
   inChans?: 1 | 3;
   /** State-dict names or prefixes that training leaves unchanged. */
   frozen?: string[];
+  /** Where the model runs: cpu (default) | cuda | cuda:N. */
+  device?: string;
 }
 
 /** Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. */
@@ -48,7 +50,10 @@ export function toMaskBatch(m: {
   return { idsKeep: u32(m.idsKeep), idsRestore: u32(m.idsRestore), mask: m.mask instanceof Float32Array ? m.mask : Float32Array.from(m.mask) };
 }
 
-/** One pre-training step; `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`. */
+/**
+ * One pre-training step (the same step as a run's, L_cons included when `consWeight` > 0);
+ * `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`.
+ */
 export function trainStep(model: Model, images: Float32Array, masks: Parameters<typeof toMaskBatch>[0], options: StepOptionsInput): Promise<StepResult> {
   const o = parseOptions(StepOptionsSchema, options, 'step options');
   const m = toMaskBatch(masks);

@@ -160,12 +160,12 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const lastPath = join(run.checkpoints, 'last.safetensors');
   if (resumed && !existsSync(lastPath)) throw new Error(`${run.path}: no checkpoint to resume from (${lastPath} is missing)`);
   const model = resumed
-    ? await native.SegModel.load(lastPath)
+    ? await native.SegmentationModel.load(lastPath, c.device)
     : c.init === 'scratch'
-      ? native.SegModel.create({ encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath }, c.seed, { layerDecay: c.layerDecay })
-      : await native.SegModel.fromPretrained(
+      ? native.SegmentationModel.create({ encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath }, c.seed, { layerDecay: c.layerDecay, device: c.device })
+      : await native.SegmentationModel.fromPretrained(
           c.init,
-          { numClasses, headScale: c.headScale, dropPath: c.dropPath, imgSize: c.imgSize, inChans: c.inChans, preset: c.initPreset, layerDecay: c.layerDecay },
+          { numClasses, headScale: c.headScale, dropPath: c.dropPath, imgSize: c.imgSize, inChans: c.inChans, preset: c.initPreset, layerDecay: c.layerDecay, device: c.device },
           c.seed,
         );
   const enc = model.config.encoder;

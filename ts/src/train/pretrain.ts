@@ -16,6 +16,7 @@ import { basename, join, resolve } from 'node:path';
 import { mergeConfig, resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
+import { StepOptionsSchema } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
 import { batchMasks, guidedAlpha, maskCounts } from './masking.js';
@@ -103,7 +104,7 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
     cfg = resolvePretrainConfig(saved.config, over);
     const ckpt = join(run.checkpoints, LAST);
     if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
-    model = await loadModel(ckpt);
+    model = await loadModel(ckpt, { device: cfg.device });
     const ls = model.loadInfo?.loopState;
     if (!ls) throw new Error(`${ckpt}: no loop state (not written by \`vasomim pretrain\`)`);
     state = JSON.parse(ls) as LoopState;
@@ -114,8 +115,8 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
     run = RunDir.create(cfg.runs, cfg.name);
     // maxSteps and workers belong to this invocation, not to the run.
     const { maxSteps: _m, workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
-    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: versions(), device: 'cpu' });
-    model = native.Model.create(cfg.model, cfg.seed, []);
+    run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: versions(), device: cfg.device });
+    model = native.Model.create(cfg.model, cfg.seed, [], cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
 
@@ -190,15 +191,8 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
         const mask = Float32Array.from(masks.mask);
         let r;
         try {
-          r = await model.trainBatch(batch, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), mask, {
-            lr,
-            weightDecay: cfg.weightDecay,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            clipGrad: cfg.clipGrad,
-            microBatches,
-            consWeight: cfg.consWeight,
-          });
+          const stepOptions = StepOptionsSchema.parse({ lr, weightDecay: cfg.weightDecay, beta1: cfg.beta1, beta2: cfg.beta2, clipGrad: cfg.clipGrad, microBatches, consWeight: cfg.consWeight });
+          r = await model.trainBatch(batch, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), mask, stepOptions);
         } catch (e) {
           const msg = (e as Error).message;
           if (!msg.includes('non-finite')) throw e;

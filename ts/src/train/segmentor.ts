@@ -9,6 +9,7 @@ import { basename, join, resolve } from 'node:path';
 import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
+import { DeviceSchema } from '../config/model.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -35,6 +36,8 @@ export const SegmentorRunSchema = z
     imgSize: int('imgSize', 32).refine((v) => v % 32 === 0, 'imgSize must be divisible by 32').default(224),
     inChans: z.union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' }).default(3),
     seed: int('seed', 0).default(0),
+    /** Where the segmentor runs: cpu | cuda | cuda:N. */
+    device: DeviceSchema,
     workers: int('workers', 1).optional(),
     checkpointEvery: int('checkpointEvery', 1).default(10),
   })
@@ -94,13 +97,13 @@ export async function trainSegmentor(
     cfg = resolveSegmentorConfig(saved.config, over);
     const ckpt = join(run.checkpoints, LAST);
     if (!existsSync(ckpt)) throw new Error(`${run.path}: no checkpoint to resume from (${ckpt} is missing)`);
-    seg = await loadSegmentor(ckpt);
+    seg = await loadSegmentor(ckpt, { device: cfg.device });
   } else {
     cfg = resolveSegmentorConfig(...layers);
     run = RunDir.create(cfg.runs, cfg.name);
     const { workers: _w, ...user } = layers.reduce((m, l) => mergeConfig(m, l), {} as Record<string, unknown>);
     run.writeConfig({ config: { ...user, preset: cfg.preset, runs: cfg.runs, name: basename(run.path) }, resolved: cfg, versions: { vasomim: packageVersion(), node: process.version } });
-    seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed);
+    seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed, cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
   const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
