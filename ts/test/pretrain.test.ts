@@ -278,3 +278,30 @@ describe('vasomim pretrain', () => {
     expect(demo.augment.size).toBe(112);
   });
 });
+
+describe('device', () => {
+  it('asking this CPU build for cuda exits 2 with how to get a CUDA build, and writes no run', () => {
+    const dir = tempDir();
+    try {
+      const cfg = join(dir.path, 'cuda.json');
+      writeFileSync(cfg, JSON.stringify({ device: 'cuda' }));
+      const r = cli(['pretrain', '--config', cfg, '--runs', join(dir.path, 'runs')]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/device cuda:0: this build of vasomim has no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/);
+      expect(existsSync(join(dir.path, 'runs'))).toBe(false);
+      const bad = join(dir.path, 'bad.json');
+      writeFileSync(bad, JSON.stringify({ device: 'gpu' }));
+      expect(cli(['pretrain', '--config', bad, '--runs', join(dir.path, 'runs')]).stderr).toMatch(/expected cpu, cuda or cuda:N/);
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  it('the native handles take the device and refuse one this build lacks', async () => {
+    const { native } = await import('../src/native.js');
+    expect(() => native.checkDevice('cpu')).not.toThrow();
+    expect(() => native.Segmentor.create({ inChans: 1 }, 0, 'cuda:1')).toThrow(/device cuda:1: this build of vasomim has no CUDA support/);
+    expect(() => native.Segmentor.create({ inChans: 2 })).toThrow(/inChans must be 1 or 3, got 2/);
+    expect(() => native.Segmentor.create({ channels: 1 })).toThrow(/unknown field `channels`/);
+  });
+});
