@@ -289,6 +289,9 @@ describe('device', () => {
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(/device cuda:0: this build of vasomim has no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/);
       expect(existsSync(join(dir.path, 'runs'))).toBe(false);
+      const flag = cli(['pretrain', '--device', 'cuda', '--runs', join(dir.path, 'runs')]);
+      expect(flag.code).toBe(2);
+      expect(flag.stderr).toMatch(/no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/);
       const bad = join(dir.path, 'bad.json');
       writeFileSync(bad, JSON.stringify({ device: 'gpu' }));
       expect(cli(['pretrain', '--config', bad, '--runs', join(dir.path, 'runs')]).stderr).toMatch(/expected cpu, cuda or cuda:N/);

@@ -55,6 +55,7 @@ export const spec: CommandSpec = {
     { name: 'checkpoint-every', type: 'string', arg: '<n>', help: 'checkpoint every n epochs (and at the end)' },
     { name: 'sample-every', type: 'string', arg: '<n>', help: 'sample grid every n epochs (and at the end)' },
     { name: 'sample-images', type: 'string', arg: '<n>', help: 'images per sample grid (<= 16)', default: '4' },
+    { name: 'device', type: 'string', arg: '<cpu|cuda|cuda:N>', help: 'where the model runs (cuda needs a CUDA build, see docs/CUDA.md)', default: 'cpu' },
     { name: 'max-steps', type: 'string', arg: '<n>', help: 'stop (with a checkpoint) after n steps in this invocation' },
   ],
   examples: [
@@ -111,6 +112,7 @@ export async function run(argv: string[]): Promise<number> {
     sampleEvery: num(values, 'sample-every'),
     sampleImages: num(values, 'sample-images'),
     maxSteps: num(values, 'max-steps'),
+    device: values.device as string | undefined,
     ...(Object.keys(model).length ? { model } : {}),
   });
 
