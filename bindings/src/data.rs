@@ -11,7 +11,7 @@ use vasomim_core::data::check::probe_many;
 use vasomim_core::data::{self as core, EpochIter};
 use vasomim_core::frames::extract_frames;
 
-use crate::{failed, invalid, job, Job};
+use crate::{failed, invalid, job, Pending};
 
 // ---- probes ------------------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ pub fn probe_images(
     paths: Vec<String>,
     decode: bool,
     threads: u32,
-) -> AsyncTask<Job<Probes, Vec<ProbeResult>>> {
+) -> Pending<Probes, Vec<ProbeResult>> {
     job("probeImages", probe_results, move || {
         let files = paths.iter().map(PathBuf::from).collect();
         let out = probe_many(files, decode, threads as usize).map_err(invalid)?;
@@ -107,7 +107,7 @@ pub fn extract_frames_to_png(
     out_dir: String,
     stem: String,
     overwrite: bool,
-) -> AsyncTask<Job<Vec<vasomim_core::frames::FrameFile>, Vec<FrameFile>>> {
+) -> Pending<Vec<vasomim_core::frames::FrameFile>, Vec<FrameFile>> {
     job("extractFrames", frame_files, move || {
         extract_frames(input.as_ref(), out_dir.as_ref(), &stem, overwrite)
             .map_err(|e| failed(format!("{input}: {e}")))
@@ -119,7 +119,7 @@ pub fn extract_frames_to_png(
 pub fn read_frame(
     path: String,
     frame: u32,
-) -> AsyncTask<Job<vasomim_core::GreyImage, crate::DecodedImage>> {
+) -> Pending<vasomim_core::GreyImage, crate::DecodedImage> {
     crate::read_frame_job(path, frame as usize)
 }
 
@@ -368,7 +368,7 @@ impl Loader {
 
     /// The next batch of the current epoch, or null at its end.
     #[napi(ts_return_type = "Promise<Batch | null>")]
-    pub fn next(&self) -> AsyncTask<Job<Option<core::Batch>, Option<Batch>>> {
+    pub fn next(&self) -> Pending<Option<core::Batch>, Option<Batch>> {
         let iter = self.iter.clone();
         job("Loader.next", batch, move || {
             let mut slot = iter.lock().map_err(|_| failed("loader state poisoned"))?;
@@ -381,11 +381,7 @@ impl Loader {
 
     /// Build batch `index` of `epoch` on the calling pool thread (no prefetch; for checks).
     #[napi(ts_return_type = "Promise<Batch>")]
-    pub fn batch_at(
-        &self,
-        epoch: u32,
-        index: u32,
-    ) -> AsyncTask<Job<Option<core::Batch>, Option<Batch>>> {
+    pub fn batch_at(&self, epoch: u32, index: u32) -> Pending<Option<core::Batch>, Option<Batch>> {
         let loader = self.inner.clone();
         job("Loader.batchAt", batch, move || {
             loader

@@ -105,12 +105,15 @@ impl<O: Send + 'static, J: ToNapiValue + TypeName> Task for Job<O, J> {
     }
 }
 
+/// A Promise of JS value `J` computed as `O` on the pool.
+pub type Pending<O, J> = AsyncTask<Job<O, J>>;
+
 /// A [`Job`] as the `AsyncTask` napi returns to JS.
 pub(crate) fn job<O: Send + 'static, J: ToNapiValue + TypeName>(
     name: &'static str,
     to_js: fn(O) -> Result<J>,
     work: impl FnOnce() -> Result<O> + Send + 'static,
-) -> AsyncTask<Job<O, J>> {
+) -> Pending<O, J> {
     AsyncTask::new(Job {
         name,
         work: Some(Box::new(work)),
@@ -211,7 +214,7 @@ fn decoded(img: vasomim_core::GreyImage) -> Result<DecodedImage> {
 pub(crate) fn read_frame_job(
     path: String,
     frame: usize,
-) -> AsyncTask<Job<vasomim_core::GreyImage, DecodedImage>> {
+) -> Pending<vasomim_core::GreyImage, DecodedImage> {
     job("readImage", decoded, move || {
         vasomim_core::io::read_frame(path.as_ref(), frame)
             .map_err(|e| failed(format!("{path}: {e}")))
@@ -220,7 +223,7 @@ pub(crate) fn read_frame_job(
 
 /// Decode an image file to grey (8-bit units).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_image(path: String) -> AsyncTask<Job<vasomim_core::GreyImage, DecodedImage>> {
+pub fn read_image(path: String) -> Pending<vasomim_core::GreyImage, DecodedImage> {
     read_frame_job(path, 0)
 }
 
@@ -246,7 +249,7 @@ pub fn vesselness(
     width: u32,
     height: u32,
     options: FilterOptions,
-) -> Result<AsyncTask<Job<(Response, u32, u32), VesselnessResult>>> {
+) -> Result<Pending<(Response, u32, u32), VesselnessResult>> {
     check_pixels(pixels.len(), width, height)?;
     let (params, prec, px) = (
         filter_params(&options)?,
@@ -267,7 +270,7 @@ pub fn vesselness_file(
     input: String,
     output: String,
     options: FilterOptions,
-) -> Result<AsyncTask<Job<FileResult, FileResult>>> {
+) -> Result<Pending<FileResult, FileResult>> {
     let (params, prec) = (filter_params(&options)?, precision(&options.precision)?);
     Ok(job("vesselnessFile", Ok, move || {
         let (w, h, max) =
@@ -296,7 +299,7 @@ pub fn vessel_map(
     height: u32,
     filter: FilterOptions,
     map: MapOptions,
-) -> Result<AsyncTask<Job<Vec<u8>, Uint8Array>>> {
+) -> Result<Pending<Vec<u8>, Uint8Array>> {
     check_pixels(pixels.len(), width, height)?;
     let (job_, px) = (map_job(&filter, &map)?, pixels.to_vec());
     Ok(job(
@@ -330,7 +333,7 @@ pub fn vessel_map_files(
     filter: FilterOptions,
     map: MapOptions,
     threads: u32,
-) -> Result<AsyncTask<Job<Vec<vasomim_core::vessels::Outcome>, Vec<MapOutcome>>>> {
+) -> Result<Pending<Vec<vasomim_core::vessels::Outcome>, Vec<MapOutcome>>> {
     let job_ = map_job(&filter, &map)?;
     let pairs: Vec<(PathBuf, PathBuf)> = pairs
         .into_iter()

@@ -11,7 +11,9 @@ use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
 use vasomim_core::trainer::pretrain::{MaskArrays, PretrainStats, PretrainTrainer, StepParams};
 
-use crate::{config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Job};
+use crate::{
+    config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Pending,
+};
 
 #[napi(object)]
 pub struct LoadModelOptions {
@@ -180,7 +182,7 @@ impl Model {
         name: &'static str,
         to_js: fn(O) -> Result<J>,
         f: impl FnOnce(&mut PretrainTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> AsyncTask<Job<O, J>>
+    ) -> Pending<O, J>
     where
         O: Send + 'static,
         J: ToNapiValue + TypeName,
@@ -230,10 +232,7 @@ impl Model {
 
     /// Load a checkpoint (ours, timm safetensors, MAE `.pth`); see `loadInfo`.
     #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
-    pub fn load(
-        path: String,
-        options: Option<LoadModelOptions>,
-    ) -> Result<AsyncTask<Job<Model, Model>>> {
+    pub fn load(path: String, options: Option<LoadModelOptions>) -> Result<Pending<Model, Model>> {
         let o = options.unwrap_or(LoadModelOptions {
             preset: None,
             img_size: None,
@@ -287,13 +286,13 @@ impl Model {
 
     /// Save parameters, position buffers, optimizer state, config and step (safetensors).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String) -> AsyncTask<Job<(), ()>> {
+    pub fn save(&self, path: String) -> Pending<(), ()> {
         self.task("Model.save", Ok, move |t| t.save(Path::new(&path), None))
     }
 
     /// Save like `save`, with the training loop's state (a JSON string) in the same file.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save_training(&self, path: String, loop_state: String) -> AsyncTask<Job<(), ()>> {
+    pub fn save_training(&self, path: String, loop_state: String) -> Pending<(), ()> {
         self.task("Model.saveTraining", Ok, move |t| {
             t.save(Path::new(&path), Some(&loop_state))
         })
@@ -301,7 +300,7 @@ impl Model {
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn export_timm(&self, path: String) -> AsyncTask<Job<(), ()>> {
+    pub fn export_timm(&self, path: String) -> Pending<(), ()> {
         self.task("Model.exportTimm", Ok, move |t| {
             t.export_timm(Path::new(&path))
         })
@@ -310,7 +309,7 @@ impl Model {
     /// Attach the frozen vessel segmentor S (a UNeXt-S checkpoint: ours, the authors'
     /// `unext.pth`, or one under `seg_model.`), used in eval mode for the guidance map and L_cons.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn attach_segmentor(&self, path: String) -> AsyncTask<Job<(), ()>> {
+    pub fn attach_segmentor(&self, path: String) -> Pending<(), ()> {
         self.task("Model.attachSegmentor", Ok, move |t| {
             t.attach_segmentor(Path::new(&path))
         })
@@ -327,7 +326,7 @@ impl Model {
         ids_restore: Uint32Array,
         mask: Float32Array,
         options: StepOptions,
-    ) -> Result<AsyncTask<Job<StepResult, StepResult>>> {
+    ) -> Result<Pending<StepResult, StepResult>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
         let (p, images) = (step_params(&options)?, images.to_vec());
         Ok(self.task("Model.trainStep", Ok, move |t| {
@@ -346,7 +345,7 @@ impl Model {
         ids_restore: Uint32Array,
         mask: Float32Array,
         options: StepOptions,
-    ) -> Result<AsyncTask<Job<StepResult, StepResult>>> {
+    ) -> Result<Pending<StepResult, StepResult>> {
         lock(&self.state)?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
@@ -367,7 +366,7 @@ impl Model {
         batch: &crate::data::Batch,
         eta: f64,
         with_prob: Option<bool>,
-    ) -> Result<AsyncTask<Job<GuidanceOut, GuidanceResult>>> {
+    ) -> Result<Pending<GuidanceOut, GuidanceResult>> {
         lock(&self.state)?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
@@ -399,7 +398,7 @@ impl Model {
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-    ) -> Result<AsyncTask<Job<(Vec<f32>, f64), Reconstruction>>> {
+    ) -> Result<Pending<(Vec<f32>, f64), Reconstruction>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
         let images = images.to_vec();
         let to_js = |(v, loss): (Vec<f32>, f64)| {
@@ -415,10 +414,7 @@ impl Model {
 
     /// Features (N, 2, D) of normalised images (N, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Features>")]
-    pub fn embed(
-        &self,
-        images: Float32Array,
-    ) -> Result<AsyncTask<Job<(Vec<f32>, usize), Features>>> {
+    pub fn embed(&self, images: Float32Array) -> Result<Pending<(Vec<f32>, usize), Features>> {
         self.batch_of(images.len())?;
         let (images, d) = (images.to_vec(), self.cfg.embed_dim);
         Ok(self.task(
@@ -435,7 +431,7 @@ impl Model {
         &self,
         paths: Vec<String>,
         out: Option<String>,
-    ) -> Result<AsyncTask<Job<(Vec<f32>, usize), Features>>> {
+    ) -> Result<Pending<(Vec<f32>, usize), Features>> {
         if paths.is_empty() {
             return Err(invalid("no images given"));
         }

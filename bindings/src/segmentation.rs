@@ -13,7 +13,9 @@ use vasomim_core::trainer::segmentation::{
 };
 
 use crate::data::Batch;
-use crate::{config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Job};
+use crate::{
+    config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Pending,
+};
 
 #[napi(object)]
 pub struct SegmentationCreateOptions {
@@ -148,7 +150,7 @@ impl SegmentationModel {
         name: &'static str,
         to_js: fn(O) -> Result<J>,
         f: impl FnOnce(&mut SegmentationTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> AsyncTask<Job<O, J>>
+    ) -> Pending<O, J>
     where
         O: Send + 'static,
         J: ToNapiValue + TypeName,
@@ -198,7 +200,7 @@ impl SegmentationModel {
         path: String,
         options: PretrainedOptions,
         seed: Option<i64>,
-    ) -> Result<AsyncTask<Job<SegmentationModel, SegmentationModel>>> {
+    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
         let o = options;
         let init = PretrainedInit {
             num_classes: o.num_classes as usize,
@@ -229,7 +231,7 @@ impl SegmentationModel {
     pub fn load(
         path: String,
         device: Option<String>,
-    ) -> Result<AsyncTask<Job<SegmentationModel, SegmentationModel>>> {
+    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
         let dev = crate::device(device)?;
         Ok(job("SegmentationModel.load", Ok, move || {
             let (t, extra) =
@@ -288,7 +290,7 @@ impl SegmentationModel {
     /// Save weights (encoder in timm names, head under `head.*`), BatchNorm buffers, AdamW state,
     /// config, step and `extra` (any JSON string) to a temporary file renamed into place.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, extra: Option<String>) -> AsyncTask<Job<(), ()>> {
+    pub fn save(&self, path: String, extra: Option<String>) -> Pending<(), ()> {
         self.task("SegmentationModel.save", Ok, move |t| {
             t.save(Path::new(&path), extra.as_deref())
         })
@@ -301,7 +303,7 @@ impl SegmentationModel {
         &self,
         batch: &Batch,
         options: SegmentationStepOptions,
-    ) -> Result<AsyncTask<Job<(SegmentationLoss, u64), SegmentationStepResult>>> {
+    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
         check_step(&options)?;
         lock(&self.state)?
             .check_loader_batch(&batch.inner)
@@ -322,7 +324,7 @@ impl SegmentationModel {
         images: Float32Array,
         maps: Float32Array,
         options: SegmentationStepOptions,
-    ) -> Result<AsyncTask<Job<(SegmentationLoss, u64), SegmentationStepResult>>> {
+    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
         check_step(&options)?;
         {
             let s = lock(&self.state)?;
@@ -339,7 +341,7 @@ impl SegmentationModel {
 
     /// Eval-mode probabilities (B, K, S, S) of normalised images (B, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn predict(&self, images: Float32Array) -> Result<AsyncTask<Job<Vec<f32>, Float32Array>>> {
+    pub fn predict(&self, images: Float32Array) -> Result<Pending<Vec<f32>, Float32Array>> {
         lock(&self.state)?.batch_of(&images).map_err(rejected)?;
         let x = images.to_vec();
         Ok(self.task(
@@ -357,7 +359,7 @@ impl SegmentationModel {
         &self,
         images: Vec<GreyImageInput>,
         options: NormaliseOptions,
-    ) -> Result<AsyncTask<Job<Vec<Vec<f32>>, Vec<Float32Array>>>> {
+    ) -> Result<Pending<Vec<Vec<f32>>, Vec<Float32Array>>> {
         let c = self.cfg.encoder.in_chans;
         let o = &options;
         if o.mean.len() != c || o.std.len() != c || o.std.iter().any(|v| v.is_nan() || *v <= 0.0) {

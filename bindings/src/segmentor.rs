@@ -13,7 +13,7 @@ use vasomim_core::trainer::segmentor::{
 };
 
 use crate::data::Batch;
-use crate::{device, failed, guarded, job, rejected, Job};
+use crate::{device, failed, guarded, job, rejected, Pending};
 
 /// Spatial size of a batch passed as a flat array: `size` × `size`, or `size` (height) ×
 /// `width`. Both must be multiples of 32.
@@ -106,7 +106,7 @@ impl Segmentor {
         name: &'static str,
         to_js: fn(O) -> Result<J>,
         f: impl FnOnce(&mut SegmentorTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> AsyncTask<Job<O, J>>
+    ) -> Pending<O, J>
     where
         O: Send + 'static,
         J: ToNapiValue + TypeName,
@@ -146,7 +146,7 @@ impl Segmentor {
     pub fn load(
         path: String,
         options: Option<SegmentorLoadOptions>,
-    ) -> Result<AsyncTask<Job<Segmentor, Segmentor>>> {
+    ) -> Result<Pending<Segmentor, Segmentor>> {
         let (strict, dev) = match options {
             Some(o) => (o.strict.unwrap_or(true), device(o.device)?),
             None => (true, device(None)?),
@@ -191,7 +191,7 @@ impl Segmentor {
     /// to a temporary file and renamed). `withOptimizer: false` leaves the Adam moments out (a
     /// third of the size: for a frozen segmentor that is only used, not trained further).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, with_optimizer: Option<bool>) -> AsyncTask<Job<(), ()>> {
+    pub fn save(&self, path: String, with_optimizer: Option<bool>) -> Pending<(), ()> {
         let with_opt = with_optimizer.unwrap_or(true);
         self.task("Segmentor.save", Ok, move |t| {
             t.save(Path::new(&path), with_opt)
@@ -206,7 +206,7 @@ impl Segmentor {
         images: Float32Array,
         masks: Float32Array,
         options: SegmentorStepOptions,
-    ) -> Result<AsyncTask<Job<(SegmentorLoss, u64), SegmentorStepResult>>> {
+    ) -> Result<Pending<(SegmentorLoss, u64), SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
         let size = options
             .size
@@ -229,7 +229,7 @@ impl Segmentor {
         &self,
         batch: &Batch,
         options: SegmentorStepOptions,
-    ) -> Result<AsyncTask<Job<(SegmentorLoss, u64), SegmentorStepResult>>> {
+    ) -> Result<Pending<(SegmentorLoss, u64), SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
         lock(&self.state)?
             .check_loader_batch(&batch.inner)
@@ -248,7 +248,7 @@ impl Segmentor {
         &self,
         images: Float32Array,
         options: SegmentorImageOptions,
-    ) -> Result<AsyncTask<Job<Vec<f32>, Float32Array>>> {
+    ) -> Result<Pending<Vec<f32>, Float32Array>> {
         let hw = dims(options.size, options.width)?;
         lock(&self.state)?
             .batch_of(&images, hw.0, hw.1)
