@@ -9,19 +9,19 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::Device;
-use frangi_params::{filter_params, map_params, precision};
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
 use serde::{de::DeserializeOwned, Serialize};
 use vasomim_core::vessels::{
-    map_of, response_of, vessel_maps, vesselness_file as core_file, MapJob, Response,
+    self as vessels_core, map_of, response_of, vessel_maps, vesselness_file as core_file, MapJob,
+    Precision, Response,
 };
 
 pub mod data;
-mod frangi_params;
 pub mod model;
 pub mod segmentation;
 pub mod segmentor;
@@ -102,6 +102,45 @@ impl<O: Send + 'static, J: ToNapiValue + TypeName> Task for Job<O, J> {
     }
     fn resolve(&mut self, _env: Env, out: O) -> Result<J> {
         (self.to_js)(out)
+    }
+}
+
+/// A core object shared by a JS handle and its running Promises; the mutex serialises
+/// overlapping calls.
+pub(crate) struct Shared<T> {
+    inner: Arc<Mutex<T>>,
+    what: &'static str,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    pub(crate) fn new(t: T, what: &'static str) -> Self {
+        Shared {
+            inner: Arc::new(Mutex::new(t)),
+            what,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, T>> {
+        self.inner.lock().map_err(|_| {
+            failed(format!(
+                "{} state is poisoned by an earlier panic",
+                self.what
+            ))
+        })
+    }
+
+    /// A Promise of `f` on the locked object; core errors reject it.
+    pub(crate) fn task<O: Send + 'static, J: ToNapiValue + TypeName>(
+        &self,
+        name: &'static str,
+        to_js: fn(O) -> Result<J>,
+        f: impl FnOnce(&mut T) -> candle_core::Result<O> + Send + 'static,
+    ) -> Pending<O, J> {
+        let me = Shared {
+            inner: self.inner.clone(),
+            what: self.what,
+        };
+        job(name, to_js, move || f(&mut *me.lock()?).map_err(err))
     }
 }
 
@@ -189,6 +228,20 @@ pub struct MapOutcome {
     pub height: u32,
     pub vessel_pixels: u32,
     pub millis: f64,
+}
+
+fn filter_params(o: &FilterOptions) -> Result<frangi::VesselnessParams> {
+    let frangi = (o.alpha, o.beta, o.gamma);
+    vessels_core::filter_params(&o.filter, o.sigmas.clone(), o.black_ridges, frangi)
+        .map_err(invalid)
+}
+
+fn map_params(o: &MapOptions) -> Result<frangi::MapParams> {
+    vessels_core::map_params(o.border as usize, o.percentile, &o.cast).map_err(invalid)
+}
+
+fn precision(p: &str) -> Result<Precision> {
+    Precision::parse(p).map_err(invalid)
 }
 
 fn check_pixels(len: usize, width: u32, height: u32) -> Result<()> {

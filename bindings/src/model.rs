@@ -2,7 +2,6 @@
 //! counter, device and frozen segmentor) behind a mutex, so overlapping Promises serialise.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -12,10 +11,11 @@ use vasomim_core::optim::AdamWParams;
 use vasomim_core::trainer::pretrain::{MaskArrays, PretrainStats, PretrainTrainer, StepParams};
 
 use crate::{
-    config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Pending,
+    config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared,
 };
 
 #[napi(object)]
+#[derive(Default)]
 pub struct LoadModelOptions {
     /// Preset name for a file without a config whose shapes match several presets' encoders.
     pub preset: Option<String>,
@@ -108,13 +108,6 @@ pub struct Features {
     pub shape: Vec<u32>,
 }
 
-type Shared = Arc<Mutex<PretrainTrainer>>;
-
-fn lock(s: &Shared) -> Result<MutexGuard<'_, PretrainTrainer>> {
-    s.lock()
-        .map_err(|_| failed("model state is poisoned by an earlier panic"))
-}
-
 /// Owned copies of the caller's masking (the arrays cannot cross to the pool thread).
 struct Masks(Vec<u32>, Vec<u32>, Vec<f32>);
 
@@ -163,7 +156,7 @@ fn load_info(r: LoadReport, step: u64, loop_state: Option<String>) -> LoadInfo {
 /// A VasoMIM masked autoencoder (ViT encoder + decoder) with its training state.
 #[napi]
 pub struct Model {
-    state: Shared,
+    state: Shared<PretrainTrainer>,
     cfg: MaeConfig,
     load_info: Option<LoadInfo>,
 }
@@ -172,37 +165,22 @@ impl Model {
     fn wrap(t: PretrainTrainer, load_info: Option<LoadInfo>) -> Self {
         Model {
             cfg: t.cfg().clone(),
-            state: Arc::new(Mutex::new(t)),
+            state: Shared::new(t, "model"),
             load_info,
         }
     }
 
-    fn task<O, J>(
-        &self,
-        name: &'static str,
-        to_js: fn(O) -> Result<J>,
-        f: impl FnOnce(&mut PretrainTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> Pending<O, J>
-    where
-        O: Send + 'static,
-        J: ToNapiValue + TypeName,
-    {
-        let state = self.state.clone();
-        job(name, to_js, move || {
-            f(&mut *lock(&state)?).map_err(crate::err)
-        })
-    }
-
     fn masks(&self, b: usize, k: &[u32], r: &[u32], m: &[f32]) -> Result<Masks> {
         let masks = Masks::new(k, r, m);
-        lock(&self.state)?
+        self.state
+            .lock()?
             .check_masking(b, masks.arrays())
             .map_err(rejected)?;
         Ok(masks)
     }
 
     fn batch_of(&self, len: usize) -> Result<usize> {
-        lock(&self.state)?.batch_of(len).map_err(rejected)
+        self.state.lock()?.batch_of(len).map_err(rejected)
     }
 }
 
@@ -233,13 +211,7 @@ impl Model {
     /// Load a checkpoint (ours, timm safetensors, MAE `.pth`); see `loadInfo`.
     #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
     pub fn load(path: String, options: Option<LoadModelOptions>) -> Result<Pending<Model, Model>> {
-        let o = options.unwrap_or(LoadModelOptions {
-            preset: None,
-            img_size: None,
-            in_chans: None,
-            frozen: None,
-            device: None,
-        });
+        let o = options.unwrap_or_default();
         let dev = device(o.device)?;
         let opts = LoadOptions {
             preset: o.preset,
@@ -270,30 +242,31 @@ impl Model {
     /// Number of trainable parameters.
     #[napi(getter)]
     pub fn num_params(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.model.params.num_elements() as i64)
+        Ok(self.state.lock()?.model.params.num_elements() as i64)
     }
 
     #[napi(getter)]
     pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.step as i64)
+        Ok(self.state.lock()?.step as i64)
     }
 
     /// Whether a frozen vessel segmentor is attached (needed for η < 1 and for L_cons).
     #[napi(getter)]
     pub fn has_segmentor(&self) -> Result<bool> {
-        Ok(lock(&self.state)?.has_segmentor())
+        Ok(self.state.lock()?.has_segmentor())
     }
 
     /// Save parameters, position buffers, optimizer state, config and step (safetensors).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String) -> Pending<(), ()> {
-        self.task("Model.save", Ok, move |t| t.save(Path::new(&path), None))
+        self.state
+            .task("Model.save", Ok, move |t| t.save(Path::new(&path), None))
     }
 
     /// Save like `save`, with the training loop's state (a JSON string) in the same file.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save_training(&self, path: String, loop_state: String) -> Pending<(), ()> {
-        self.task("Model.saveTraining", Ok, move |t| {
+        self.state.task("Model.saveTraining", Ok, move |t| {
             t.save(Path::new(&path), Some(&loop_state))
         })
     }
@@ -301,7 +274,7 @@ impl Model {
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn export_timm(&self, path: String) -> Pending<(), ()> {
-        self.task("Model.exportTimm", Ok, move |t| {
+        self.state.task("Model.exportTimm", Ok, move |t| {
             t.export_timm(Path::new(&path))
         })
     }
@@ -310,7 +283,7 @@ impl Model {
     /// `unext.pth`, or one under `seg_model.`), used in eval mode for the guidance map and L_cons.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn attach_segmentor(&self, path: String) -> Pending<(), ()> {
-        self.task("Model.attachSegmentor", Ok, move |t| {
+        self.state.task("Model.attachSegmentor", Ok, move |t| {
             t.attach_segmentor(Path::new(&path))
         })
     }
@@ -329,7 +302,7 @@ impl Model {
     ) -> Result<Pending<StepResult, StepResult>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
         let (p, images) = (step_params(&options)?, images.to_vec());
-        Ok(self.task("Model.trainStep", Ok, move |t| {
+        Ok(self.state.task("Model.trainStep", Ok, move |t| {
             let s = t.step(&images, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
         }))
@@ -346,12 +319,13 @@ impl Model {
         mask: Float32Array,
         options: StepOptions,
     ) -> Result<Pending<StepResult, StepResult>> {
-        lock(&self.state)?
+        self.state
+            .lock()?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
         let masks = self.masks(batch.inner.n, &ids_keep, &ids_restore, &mask)?;
         let (p, b) = (step_params(&options)?, batch.inner.clone());
-        Ok(self.task("Model.trainBatch", Ok, move |t| {
+        Ok(self.state.task("Model.trainBatch", Ok, move |t| {
             let s = t.step_batch(&b, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
         }))
@@ -367,27 +341,30 @@ impl Model {
         eta: f64,
         with_prob: Option<bool>,
     ) -> Result<Pending<GuidanceOut, GuidanceResult>> {
-        lock(&self.state)?
+        self.state
+            .lock()?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
         if !(0.0..=1.0).contains(&eta) {
             return Err(invalid(format!("eta = {eta} must be in [0, 1]")));
         }
         let (b, with_prob) = (batch.inner.clone(), with_prob.unwrap_or(false));
-        Ok(self.task("Model.guidance", guidance_result, move |t| {
-            let g = t.guidance_of(&b, eta)?;
-            let flat = |x: &candle_core::Tensor| x.flatten_all()?.to_vec1::<f32>();
-            Ok(GuidanceOut {
-                mass: flat(&g.mass)?,
-                vessel: g.vessel.as_ref().map(flat).transpose()?,
-                prob: g
-                    .prob
-                    .as_ref()
-                    .filter(|_| with_prob)
-                    .map(flat)
-                    .transpose()?,
-            })
-        }))
+        Ok(self
+            .state
+            .task("Model.guidance", guidance_result, move |t| {
+                let g = t.guidance_of(&b, eta)?;
+                let flat = |x: &candle_core::Tensor| x.flatten_all()?.to_vec1::<f32>();
+                Ok(GuidanceOut {
+                    mass: flat(&g.mass)?,
+                    vessel: g.vessel.as_ref().map(flat).transpose()?,
+                    prob: g
+                        .prob
+                        .as_ref()
+                        .filter(|_| with_prob)
+                        .map(flat)
+                        .transpose()?,
+                })
+            }))
     }
 
     /// Reconstruction (B, C, S, S) and loss for a masked batch, without training.
@@ -407,7 +384,7 @@ impl Model {
                 loss,
             })
         };
-        Ok(self.task("Model.reconstruct", to_js, move |t| {
+        Ok(self.state.task("Model.reconstruct", to_js, move |t| {
             t.reconstruct(&images, masks.arrays())
         }))
     }
@@ -417,7 +394,7 @@ impl Model {
     pub fn embed(&self, images: Float32Array) -> Result<Pending<(Vec<f32>, usize), Features>> {
         self.batch_of(images.len())?;
         let (images, d) = (images.to_vec(), self.cfg.embed_dim);
-        Ok(self.task(
+        Ok(self.state.task(
             "Model.embed",
             |(v, d)| features(v, d),
             move |t| Ok((t.embed(&images)?, d)),
@@ -436,7 +413,7 @@ impl Model {
             return Err(invalid("no images given"));
         }
         let d = self.cfg.embed_dim;
-        Ok(self.task(
+        Ok(self.state.task(
             "Model.embedFiles",
             |(v, d)| features(v, d),
             move |t| {

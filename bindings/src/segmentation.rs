@@ -3,21 +3,21 @@
 //! mutex.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use vasomim_core::nn::segmentation::SegmentationConfig;
 use vasomim_core::trainer::segmentation::{
-    PretrainedInit, SegmentationLoss, SegmentationTrainer, LAYER_DECAY,
+    check_step_options, PretrainedInit, SegmentationLoss, SegmentationTrainer, LAYER_DECAY,
 };
 
 use crate::data::Batch;
 use crate::{
-    config_from_js, config_to_js, device, failed, guarded, invalid, job, rejected, Pending,
+    config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared,
 };
 
 #[napi(object)]
+#[derive(Default)]
 pub struct SegmentationCreateOptions {
     /// Layer-wise LR decay (default 0.75).
     pub layer_decay: Option<f64>,
@@ -98,13 +98,6 @@ pub struct ParamGroup {
     pub decay: bool,
 }
 
-type Shared = Arc<Mutex<SegmentationTrainer>>;
-
-fn lock(s: &Shared) -> Result<MutexGuard<'_, SegmentationTrainer>> {
-    s.lock()
-        .map_err(|_| failed("segmentation model state is poisoned by an earlier panic"))
-}
-
 fn layer_decay(v: Option<f64>) -> Result<f64> {
     let d = v.unwrap_or(LAYER_DECAY);
     if !(d > 0.0 && d <= 1.0) {
@@ -125,7 +118,7 @@ fn step_result((l, step): (SegmentationLoss, u64)) -> Result<SegmentationStepRes
 /// The segmentation ViT of VASOMIM.md §9 with its training state.
 #[napi]
 pub struct SegmentationModel {
-    state: Shared,
+    state: Shared<SegmentationTrainer>,
     cfg: SegmentationConfig,
     init: Option<SegmentationInitInfo>,
     extra: Option<String>,
@@ -139,26 +132,10 @@ impl SegmentationModel {
     ) -> Self {
         SegmentationModel {
             cfg: t.model.cfg.clone(),
-            state: Arc::new(Mutex::new(t)),
+            state: Shared::new(t, "segmentation model"),
             init,
             extra,
         }
-    }
-
-    fn task<O, J>(
-        &self,
-        name: &'static str,
-        to_js: fn(O) -> Result<J>,
-        f: impl FnOnce(&mut SegmentationTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> Pending<O, J>
-    where
-        O: Send + 'static,
-        J: ToNapiValue + TypeName,
-    {
-        let state = self.state.clone();
-        job(name, to_js, move || {
-            f(&mut *lock(&state)?).map_err(crate::err)
-        })
     }
 }
 
@@ -175,10 +152,8 @@ impl SegmentationModel {
     ) -> Result<SegmentationModel> {
         let cfg: SegmentationConfig = config_from_js(config, "segmentation config")?;
         cfg.validate().map_err(invalid)?;
-        let (ld, dev) = match options {
-            Some(o) => (layer_decay(o.layer_decay)?, device(o.device)?),
-            None => (LAYER_DECAY, device(None)?),
-        };
+        let o = options.unwrap_or_default();
+        let (ld, dev) = (layer_decay(o.layer_decay)?, device(o.device)?);
         guarded("SegmentationModel.create", || {
             let t = SegmentationTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64, ld)
                 .map_err(crate::err)?;
@@ -260,23 +235,23 @@ impl SegmentationModel {
 
     #[napi(getter)]
     pub fn num_params(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.model.params.num_elements() as i64)
+        Ok(self.state.lock()?.model.params.num_elements() as i64)
     }
 
     #[napi(getter)]
     pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.step as i64)
+        Ok(self.state.lock()?.step as i64)
     }
 
     #[napi(getter)]
     pub fn layer_decay(&self) -> Result<f64> {
-        Ok(lock(&self.state)?.layer_decay)
+        Ok(self.state.lock()?.layer_decay)
     }
 
     /// Per trained tensor: name, lr multiplier, whether weight decay applies.
     #[napi]
     pub fn param_groups(&self) -> Result<Vec<ParamGroup>> {
-        let s = lock(&self.state)?;
+        let s = self.state.lock()?;
         let groups = s.opt.lr_scales().into_iter().zip(s.opt.groups());
         Ok(groups
             .map(|((name, lr_scale), (_, decay))| ParamGroup {
@@ -291,7 +266,7 @@ impl SegmentationModel {
     /// config, step and `extra` (any JSON string) to a temporary file renamed into place.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String, extra: Option<String>) -> Pending<(), ()> {
-        self.task("SegmentationModel.save", Ok, move |t| {
+        self.state.task("SegmentationModel.save", Ok, move |t| {
             t.save(Path::new(&path), extra.as_deref())
         })
     }
@@ -304,16 +279,17 @@ impl SegmentationModel {
         batch: &Batch,
         options: SegmentationStepOptions,
     ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
-        check_step(&options)?;
-        lock(&self.state)?
+        check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
+        self.state
+            .lock()?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
         let (b, o) = (batch.inner.clone(), options);
-        Ok(
-            self.task("SegmentationModel.trainStepBatch", step_result, move |t| {
+        Ok(self
+            .state
+            .task("SegmentationModel.trainStepBatch", step_result, move |t| {
                 Ok((t.step_batch(&b, o.lr, o.weight_decay)?, t.step))
-            }),
-        )
+            }))
     }
 
     /// One training step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in
@@ -325,26 +301,26 @@ impl SegmentationModel {
         maps: Float32Array,
         options: SegmentationStepOptions,
     ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
-        check_step(&options)?;
+        check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
         {
-            let s = lock(&self.state)?;
+            let s = self.state.lock()?;
             let b = s.batch_of(&images).map_err(rejected)?;
             s.check_maps(&maps, b).map_err(rejected)?;
         }
         let (x, m, o) = (images.to_vec(), maps.to_vec(), options);
-        Ok(
-            self.task("SegmentationModel.trainStep", step_result, move |t| {
+        Ok(self
+            .state
+            .task("SegmentationModel.trainStep", step_result, move |t| {
                 Ok((t.step_arrays(&x, &m, o.lr, o.weight_decay)?, t.step))
-            }),
-        )
+            }))
     }
 
     /// Eval-mode probabilities (B, K, S, S) of normalised images (B, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
     pub fn predict(&self, images: Float32Array) -> Result<Pending<Vec<f32>, Float32Array>> {
-        lock(&self.state)?.batch_of(&images).map_err(rejected)?;
+        self.state.lock()?.batch_of(&images).map_err(rejected)?;
         let x = images.to_vec();
-        Ok(self.task(
+        Ok(self.state.task(
             "SegmentationModel.predict",
             |v| Ok(Float32Array::new(v)),
             move |t| t.predict_arrays(&x),
@@ -360,32 +336,20 @@ impl SegmentationModel {
         images: Vec<GreyImageInput>,
         options: NormaliseOptions,
     ) -> Result<Pending<Vec<Vec<f32>>, Vec<Float32Array>>> {
-        let c = self.cfg.encoder.in_chans;
+        let data: Vec<(Vec<u8>, usize, usize)> = images
+            .iter()
+            .map(|im| {
+                let px = im.pixels.iter().map(|v| v.round().clamp(0.0, 255.0) as u8);
+                (px.collect(), im.width as usize, im.height as usize)
+            })
+            .collect();
         let o = &options;
-        if o.mean.len() != c || o.std.len() != c || o.std.iter().any(|v| v.is_nan() || *v <= 0.0) {
-            return Err(invalid(format!(
-                "mean and std need {c} value(s) each (std > 0)"
-            )));
-        }
-        let mut data = Vec::with_capacity(images.len());
-        for (i, im) in images.iter().enumerate() {
-            let (w, h) = (im.width as usize, im.height as usize);
-            if w == 0 || h == 0 || im.pixels.len() != w * h {
-                let n = im.pixels.len();
-                return Err(invalid(format!("images[{i}]: {n} pixels for {w}x{h}")));
-            }
-            let px: Vec<u8> = im
-                .pixels
-                .iter()
-                .map(|v| v.round().clamp(0.0, 255.0) as u8)
-                .collect();
-            data.push((px, w, h));
-        }
         let mean: Vec<f32> = o.mean.iter().map(|&v| v as f32).collect();
         let std: Vec<f32> = o.std.iter().map(|&v| v as f32).collect();
         let to_js = |v: Vec<Vec<f32>>| Ok(v.into_iter().map(Float32Array::new).collect());
-        Ok(
-            self.task("SegmentationModel.predictImages", to_js, move |t| {
+        Ok(self
+            .state
+            .task("SegmentationModel.predictImages", to_js, move |t| {
                 if data.is_empty() {
                     return Ok(vec![]);
                 }
@@ -394,17 +358,6 @@ impl SegmentationModel {
                     .map(|(p, w, h)| (p.as_slice(), *w, *h))
                     .collect();
                 t.predict_grey(&views, &mean, &std)
-            }),
-        )
+            }))
     }
-}
-
-fn check_step(o: &SegmentationStepOptions) -> Result<()> {
-    if let Some((name, v)) = [("lr", o.lr), ("weightDecay", o.weight_decay)]
-        .into_iter()
-        .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
-    {
-        return Err(invalid(format!("{name} ({v}) must be finite and >= 0")));
-    }
-    Ok(())
 }

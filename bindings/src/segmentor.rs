@@ -2,7 +2,6 @@
 //! counter and device) behind a mutex.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -13,7 +12,7 @@ use vasomim_core::trainer::segmentor::{
 };
 
 use crate::data::Batch;
-use crate::{device, failed, guarded, job, rejected, Pending};
+use crate::{device, guarded, job, rejected, Pending, Shared};
 
 /// Spatial size of a batch passed as a flat array: `size` × `size`, or `size` (height) ×
 /// `width`. Both must be multiples of 32.
@@ -45,6 +44,7 @@ pub struct SegmentorStepResult {
 }
 
 #[napi(object)]
+#[derive(Default)]
 pub struct SegmentorLoadOptions {
     /// Fail on missing or unexpected keys (default true).
     pub strict: Option<bool>,
@@ -61,13 +61,6 @@ pub struct SegmentorLoadInfo {
     pub ignored_outside_prefix: u32,
     pub config_source: String,
     pub step: i64,
-}
-
-type Shared = Arc<Mutex<SegmentorTrainer>>;
-
-fn lock(s: &Shared) -> Result<MutexGuard<'_, SegmentorTrainer>> {
-    s.lock()
-        .map_err(|_| failed("segmentor state is poisoned by an earlier panic"))
 }
 
 fn dims(size: u32, width: Option<u32>) -> Result<(usize, usize)> {
@@ -87,7 +80,7 @@ fn step_result((l, step): (SegmentorLoss, u64)) -> Result<SegmentorStepResult> {
 /// and eval-mode vessel probabilities.
 #[napi]
 pub struct Segmentor {
-    state: Shared,
+    state: Shared<SegmentorTrainer>,
     cfg: UNextConfig,
     load_info: Option<SegmentorLoadInfo>,
 }
@@ -96,25 +89,9 @@ impl Segmentor {
     fn wrap(t: SegmentorTrainer, load_info: Option<SegmentorLoadInfo>) -> Self {
         Segmentor {
             cfg: t.cfg().clone(),
-            state: Arc::new(Mutex::new(t)),
+            state: Shared::new(t, "segmentor"),
             load_info,
         }
-    }
-
-    fn task<O, J>(
-        &self,
-        name: &'static str,
-        to_js: fn(O) -> Result<J>,
-        f: impl FnOnce(&mut SegmentorTrainer) -> candle_core::Result<O> + Send + 'static,
-    ) -> Pending<O, J>
-    where
-        O: Send + 'static,
-        J: ToNapiValue + TypeName,
-    {
-        let state = self.state.clone();
-        job(name, to_js, move || {
-            f(&mut *lock(&state)?).map_err(crate::err)
-        })
     }
 }
 
@@ -147,10 +124,8 @@ impl Segmentor {
         path: String,
         options: Option<SegmentorLoadOptions>,
     ) -> Result<Pending<Segmentor, Segmentor>> {
-        let (strict, dev) = match options {
-            Some(o) => (o.strict.unwrap_or(true), device(o.device)?),
-            None => (true, device(None)?),
-        };
+        let o = options.unwrap_or_default();
+        let (strict, dev) = (o.strict.unwrap_or(true), device(o.device)?);
         Ok(job("Segmentor.load", Ok, move || {
             let (t, r) =
                 SegmentorTrainer::load(Path::new(&path), &dev, strict).map_err(crate::err)?;
@@ -179,12 +154,12 @@ impl Segmentor {
 
     #[napi(getter)]
     pub fn num_params(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.model.params.num_elements() as i64)
+        Ok(self.state.lock()?.model.params.num_elements() as i64)
     }
 
     #[napi(getter)]
     pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.step as i64)
+        Ok(self.state.lock()?.step as i64)
     }
 
     /// Save weights, BatchNorm running stats, Adam state, config and step (safetensors, written
@@ -193,7 +168,7 @@ impl Segmentor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String, with_optimizer: Option<bool>) -> Pending<(), ()> {
         let with_opt = with_optimizer.unwrap_or(true);
-        self.task("Segmentor.save", Ok, move |t| {
+        self.state.task("Segmentor.save", Ok, move |t| {
             t.save(Path::new(&path), with_opt)
         })
     }
@@ -212,14 +187,18 @@ impl Segmentor {
             .size
             .ok_or_else(|| crate::invalid("size: the image side of flat arrays is required"))?;
         let hw = dims(size, options.width)?;
-        let b = lock(&self.state)?
+        let b = self
+            .state
+            .lock()?
             .batch_of(&images, hw.0, hw.1)
             .map_err(rejected)?;
         check_masks(&masks, b, hw.0, hw.1).map_err(rejected)?;
         let (x, y, lr) = (images.to_vec(), masks.to_vec(), options.lr);
-        Ok(self.task("Segmentor.trainStep", step_result, move |t| {
-            Ok((t.step_arrays(&x, &y, hw, lr)?, t.step))
-        }))
+        Ok(self
+            .state
+            .task("Segmentor.trainStep", step_result, move |t| {
+                Ok((t.step_arrays(&x, &y, hw, lr)?, t.step))
+            }))
     }
 
     /// One training step on a loader `Batch` (its images and vessel maps, without copying
@@ -231,15 +210,16 @@ impl Segmentor {
         options: SegmentorStepOptions,
     ) -> Result<Pending<(SegmentorLoss, u64), SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
-        lock(&self.state)?
+        self.state
+            .lock()?
             .check_loader_batch(&batch.inner)
             .map_err(rejected)?;
         let (b, lr) = (batch.inner.clone(), options.lr);
-        Ok(
-            self.task("Segmentor.trainStepBatch", step_result, move |t| {
+        Ok(self
+            .state
+            .task("Segmentor.trainStepBatch", step_result, move |t| {
                 Ok((t.step_batch(&b, lr)?, t.step))
-            }),
-        )
+            }))
     }
 
     /// Eval-mode vessel probabilities (B, 1, H, W) of images (B, C, H, W).
@@ -250,11 +230,12 @@ impl Segmentor {
         options: SegmentorImageOptions,
     ) -> Result<Pending<Vec<f32>, Float32Array>> {
         let hw = dims(options.size, options.width)?;
-        lock(&self.state)?
+        self.state
+            .lock()?
             .batch_of(&images, hw.0, hw.1)
             .map_err(rejected)?;
         let x = images.to_vec();
-        Ok(self.task(
+        Ok(self.state.task(
             "Segmentor.predict",
             |v| Ok(Float32Array::new(v)),
             move |t| t.predict_arrays(&x, hw),

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use frangi::{vessel_map, vesselness, Filter, MapParams, VesselnessParams};
+use frangi::{vessel_map, vesselness, Cast, Filter, FrangiParams, MapParams, VesselnessParams};
 use rayon::prelude::*;
 
 use crate::io::{read_grey, write_npy, write_png_grey8};
@@ -15,6 +15,77 @@ use crate::io::{read_grey, write_npy, write_png_grey8};
 pub enum Precision {
     F32,
     F64,
+}
+
+impl Precision {
+    /// `f32` | `f64`; any other name is an error naming the field.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "f32" => Ok(Precision::F32),
+            "f64" => Ok(Precision::F64),
+            other => Err(format!(
+                "precision: unknown precision {other:?} (expected f32 or f64)"
+            )),
+        }
+    }
+}
+
+/// Filter parameters from their user-facing names: `filter` is `sato`, `frangi` or `frangi1998`
+/// (α, β, γ used by the Frangi filters). Errors name the field.
+pub fn filter_params(
+    filter: &str,
+    sigmas: Vec<f64>,
+    black_ridges: bool,
+    (alpha, beta, gamma): (f64, f64, Option<f64>),
+) -> Result<VesselnessParams, String> {
+    let frangi = |frangi1998| {
+        Filter::Frangi(FrangiParams {
+            alpha,
+            beta,
+            gamma,
+            frangi1998,
+        })
+    };
+    let filter = match filter {
+        "sato" => Filter::Sato,
+        "frangi" => frangi(false),
+        "frangi1998" => frangi(true),
+        other => {
+            return Err(format!(
+                "filter: unknown filter {other:?} (expected sato, frangi or frangi1998)"
+            ))
+        }
+    };
+    let p = VesselnessParams {
+        filter,
+        sigmas,
+        black_ridges,
+    };
+    p.validate().map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+/// Map post-processing from its user-facing names: `cast` is `clamp` or `wrap`, `percentile`
+/// in [0, 100]. Errors name the field.
+pub fn map_params(border: usize, percentile: f64, cast: &str) -> Result<MapParams, String> {
+    let cast = match cast {
+        "clamp" => Cast::Clamp,
+        "wrap" => Cast::Wrap,
+        other => {
+            return Err(format!(
+                "cast: unknown cast {other:?} (expected clamp or wrap)"
+            ))
+        }
+    };
+    if !(percentile.is_finite() && (0.0..=100.0).contains(&percentile)) {
+        return Err(format!("percentile: {percentile} is not in [0, 100]"));
+    }
+    Ok(MapParams {
+        border,
+        percentile,
+        cast,
+        scale: 1.0,
+    })
 }
 
 /// Everything that defines a map besides the image.
@@ -197,6 +268,31 @@ pub fn vesselness_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn option_names_are_checked_and_errors_name_the_field() {
+        assert_eq!(Precision::parse("f64"), Ok(Precision::F64));
+        assert!(Precision::parse("f16")
+            .unwrap_err()
+            .starts_with("precision:"));
+        let f = filter_params("frangi1998", vec![1.0, 2.0], true, (0.5, 0.5, None)).unwrap();
+        assert!(matches!(
+            f.filter,
+            Filter::Frangi(FrangiParams {
+                frangi1998: true,
+                ..
+            })
+        ));
+        let e = filter_params("hessian", vec![1.0], true, (0.5, 0.5, None)).unwrap_err();
+        assert!(e.starts_with("filter: unknown filter \"hessian\""), "{e}");
+        assert!(map_params(0, 94.0, "wrap").is_ok());
+        assert!(map_params(0, 94.0, "round")
+            .unwrap_err()
+            .starts_with("cast:"));
+        assert!(map_params(0, 101.0, "clamp")
+            .unwrap_err()
+            .starts_with("percentile:"));
+    }
 
     #[test]
     fn display_image_scales_the_max_to_255() {

@@ -233,12 +233,7 @@ impl SegmentationTrainer {
         lr: f64,
         weight_decay: f64,
     ) -> Result<SegmentationLoss> {
-        if let Some((name, v)) = [("lr", lr), ("weightDecay", weight_decay)]
-            .into_iter()
-            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
-        {
-            candle_core::bail!("{name} ({v}) must be finite and >= 0");
-        }
+        check_step_options(lr, weight_decay)?;
         let x = self.images(images)?;
         let b = x.dim(0)?;
         self.check_maps(maps, b)?;
@@ -357,9 +352,9 @@ impl SegmentationTrainer {
     ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.model.cfg.encoder;
         let (s, c) = (cfg.img_size, cfg.in_chans);
-        if mean.len() != c || std.len() != c {
+        if mean.len() != c || std.len() != c || std.iter().any(|v| !(*v > 0.0)) {
             candle_core::bail!(
-                "mean / std have {} / {} values, the model takes {c} channel(s)",
+                "mean / std have {} / {} values, the model takes {c} channel(s) (std > 0)",
                 mean.len(),
                 std.len()
             );
@@ -399,6 +394,17 @@ impl SegmentationTrainer {
             })
             .collect())
     }
+}
+
+/// The learning rate and weight decay of a step must be finite and >= 0.
+pub fn check_step_options(lr: f64, weight_decay: f64) -> Result<()> {
+    if let Some((name, v)) = [("lr", lr), ("weightDecay", weight_decay)]
+        .into_iter()
+        .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+    {
+        candle_core::bail!("{name} ({v}) must be finite and >= 0");
+    }
+    Ok(())
 }
 
 /// AdamW with the fine-tuning betas (BEiT / MAE fine-tuning: β = (0.9, 0.999), ε = 1e-8).
