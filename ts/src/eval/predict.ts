@@ -16,6 +16,8 @@ export interface PredictOptions {
   threshold?: number;
   /** Opacity of the overlay colour (0..1). */
   alpha?: number;
+  /** Where the model runs: cpu (default) | cuda | cuda:N. */
+  device?: string;
 }
 
 export interface PredictedFile {
@@ -48,7 +50,7 @@ export function overlay(grey: ArrayLike<number>, labels: Uint8Array, width: numb
 
 export async function predictFiles(model: string, images: string[], options: PredictOptions, onProgress?: (done: number, total: number) => void): Promise<PredictResult> {
   if (images.length === 0) throw new Error('no images to predict');
-  const { predictor, meta } = await segmentationPredictorFromFile(model);
+  const { predictor, meta } = await segmentationPredictorFromFile(model, options.device);
   const threshold = options.threshold ?? meta.threshold;
   mkdirSync(options.out, { recursive: true });
   const files: PredictedFile[] = [];
