@@ -352,7 +352,7 @@ impl SegmentationTrainer {
     ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.model.cfg.encoder;
         let (s, c) = (cfg.img_size, cfg.in_chans);
-        if mean.len() != c || std.len() != c || std.iter().any(|v| !(*v > 0.0)) {
+        if mean.len() != c || std.len() != c || std.iter().any(|v| v.is_nan() || *v <= 0.0) {
             candle_core::bail!(
                 "mean / std have {} / {} values, the model takes {c} channel(s) (std > 0)",
                 mean.len(),
