@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
 use napi_derive::napi;
 use vasomim_core::data::check::probe_many;
 use vasomim_core::data::{self as core, EpochIter};
 use vasomim_core::frames::extract_frames;
 
-use crate::{failed, guarded, invalid};
+use crate::{failed, invalid, job, Pending};
 
 // ---- probes ------------------------------------------------------------------------------
 
@@ -27,61 +26,55 @@ pub struct ProbeResult {
     pub format: String,
 }
 
-pub struct ProbeTask {
-    paths: Vec<String>,
-    decode: bool,
-    threads: usize,
+fn probe_results(
+    (out, paths): (
+        Vec<std::result::Result<vasomim_core::io::ImageInfo, String>>,
+        Vec<String>,
+    ),
+) -> Result<Vec<ProbeResult>> {
+    Ok(out
+        .into_iter()
+        .zip(paths)
+        .map(|(r, path)| match r {
+            Ok(i) => ProbeResult {
+                path,
+                ok: true,
+                error: None,
+                width: i.width as u32,
+                height: i.height as u32,
+                frames: i.frames as u32,
+                format: i.format,
+            },
+            Err(e) => ProbeResult {
+                path,
+                ok: false,
+                error: Some(e),
+                width: 0,
+                height: 0,
+                frames: 0,
+                format: String::new(),
+            },
+        })
+        .collect())
 }
 
-impl Task for ProbeTask {
-    type Output = Vec<Result<vasomim_core::io::ImageInfo>>;
-    type JsValue = Vec<ProbeResult>;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("probeImages", || {
-            let paths = self.paths.iter().map(PathBuf::from).collect();
-            Ok(probe_many(paths, self.decode, self.threads)
-                .map_err(invalid)?
-                .into_iter()
-                .map(|r| r.map_err(failed))
-                .collect())
-        })
-    }
-    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
-        Ok(out
-            .into_iter()
-            .zip(&self.paths)
-            .map(|(r, p)| match r {
-                Ok(i) => ProbeResult {
-                    path: p.clone(),
-                    ok: true,
-                    error: None,
-                    width: i.width as u32,
-                    height: i.height as u32,
-                    frames: i.frames as u32,
-                    format: i.format,
-                },
-                Err(e) => ProbeResult {
-                    path: p.clone(),
-                    ok: false,
-                    error: Some(e.reason.clone()),
-                    width: 0,
-                    height: 0,
-                    frames: 0,
-                    format: String::new(),
-                },
-            })
-            .collect())
-    }
-}
+type Probes = (
+    Vec<std::result::Result<vasomim_core::io::ImageInfo, String>>,
+    Vec<String>,
+);
 
 /// Image size and frame count of every file from its header (`decode`: also decode the first
 /// frame's pixels), on `threads` workers (0 = all cores). One result per path, in order.
 #[napi(catch_unwind, ts_return_type = "Promise<Array<ProbeResult>>")]
-pub fn probe_images(paths: Vec<String>, decode: bool, threads: u32) -> AsyncTask<ProbeTask> {
-    AsyncTask::new(ProbeTask {
-        paths,
-        decode,
-        threads: threads as usize,
+pub fn probe_images(
+    paths: Vec<String>,
+    decode: bool,
+    threads: u32,
+) -> Pending<Probes, Vec<ProbeResult>> {
+    job("probeImages", probe_results, move || {
+        let files = paths.iter().map(PathBuf::from).collect();
+        let out = probe_many(files, decode, threads as usize).map_err(invalid)?;
+        Ok((out, paths))
     })
 }
 
@@ -95,33 +88,16 @@ pub struct FrameFile {
     pub height: u32,
 }
 
-pub struct FramesTask {
-    input: PathBuf,
-    out_dir: PathBuf,
-    stem: String,
-    overwrite: bool,
-}
-
-impl Task for FramesTask {
-    type Output = Vec<vasomim_core::frames::FrameFile>;
-    type JsValue = Vec<FrameFile>;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("extractFrames", || {
-            extract_frames(&self.input, &self.out_dir, &self.stem, self.overwrite)
-                .map_err(|e| failed(format!("{}: {e}", self.input.display())))
+fn frame_files(out: Vec<vasomim_core::frames::FrameFile>) -> Result<Vec<FrameFile>> {
+    Ok(out
+        .into_iter()
+        .map(|f| FrameFile {
+            frame: f.frame as u32,
+            path: f.path.to_string_lossy().into_owned(),
+            width: f.width as u32,
+            height: f.height as u32,
         })
-    }
-    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
-        Ok(out
-            .into_iter()
-            .map(|f| FrameFile {
-                frame: f.frame as u32,
-                path: f.path.to_string_lossy().into_owned(),
-                width: f.width as u32,
-                height: f.height as u32,
-            })
-            .collect())
-    }
+        .collect())
 }
 
 /// Every frame of `input` (DICOM cine or any image) as 8-bit PNG `<outDir>/<stem>_<k>.png`.
@@ -131,22 +107,20 @@ pub fn extract_frames_to_png(
     out_dir: String,
     stem: String,
     overwrite: bool,
-) -> AsyncTask<FramesTask> {
-    AsyncTask::new(FramesTask {
-        input: input.into(),
-        out_dir: out_dir.into(),
-        stem,
-        overwrite,
+) -> Pending<Vec<vasomim_core::frames::FrameFile>, Vec<FrameFile>> {
+    job("extractFrames", frame_files, move || {
+        extract_frames(input.as_ref(), out_dir.as_ref(), &stem, overwrite)
+            .map_err(|e| failed(format!("{input}: {e}")))
     })
 }
 
 /// Decode frame `frame` of a file to grey (8-bit units; DICOM display mapping).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_frame(path: String, frame: u32) -> AsyncTask<crate::ReadImageTask> {
-    AsyncTask::new(crate::ReadImageTask {
-        path: path.into(),
-        frame: frame as usize,
-    })
+pub fn read_frame(
+    path: String,
+    frame: u32,
+) -> Pending<vasomim_core::GreyImage, crate::DecodedImage> {
+    crate::read_frame_job(path, frame as usize)
 }
 
 // ---- loader ------------------------------------------------------------------------------
@@ -287,28 +261,8 @@ pub struct Loader {
     iter: IterSlot,
 }
 
-pub struct NextTask {
-    iter: IterSlot,
-}
-
-impl Task for NextTask {
-    type Output = Option<core::Batch>;
-    type JsValue = Option<Batch>;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("Loader.next", || {
-            let mut slot = self
-                .iter
-                .lock()
-                .map_err(|_| failed("loader state poisoned"))?;
-            let it = slot.as_mut().ok_or_else(|| {
-                invalid("no epoch started: call startEpoch(epoch, startBatch) first")
-            })?;
-            it.next().transpose().map_err(failed)
-        })
-    }
-    fn resolve(&mut self, _env: Env, b: Self::Output) -> Result<Self::JsValue> {
-        Ok(b.map(|b| Batch { inner: Arc::new(b) }))
-    }
+fn batch(b: Option<core::Batch>) -> Result<Option<Batch>> {
+    Ok(b.map(|b| Batch { inner: Arc::new(b) }))
 }
 
 /// Drop an epoch iterator off the JS thread: it joins workers finishing their batch.
@@ -414,19 +368,26 @@ impl Loader {
 
     /// The next batch of the current epoch, or null at its end.
     #[napi(ts_return_type = "Promise<Batch | null>")]
-    pub fn next(&self) -> AsyncTask<NextTask> {
-        AsyncTask::new(NextTask {
-            iter: self.iter.clone(),
+    pub fn next(&self) -> Pending<Option<core::Batch>, Option<Batch>> {
+        let iter = self.iter.clone();
+        job("Loader.next", batch, move || {
+            let mut slot = iter.lock().map_err(|_| failed("loader state poisoned"))?;
+            let it = slot.as_mut().ok_or_else(|| {
+                invalid("no epoch started: call startEpoch(epoch, startBatch) first")
+            })?;
+            it.next().transpose().map_err(failed)
         })
     }
 
     /// Build batch `index` of `epoch` on the calling pool thread (no prefetch; for checks).
     #[napi(ts_return_type = "Promise<Batch>")]
-    pub fn batch_at(&self, epoch: u32, index: u32) -> AsyncTask<BatchAtTask> {
-        AsyncTask::new(BatchAtTask {
-            loader: self.inner.clone(),
-            epoch: epoch as u64,
-            index: index as usize,
+    pub fn batch_at(&self, epoch: u32, index: u32) -> Pending<Option<core::Batch>, Option<Batch>> {
+        let loader = self.inner.clone();
+        job("Loader.batchAt", batch, move || {
+            loader
+                .batch(epoch as u64, index as usize)
+                .map(Some)
+                .map_err(invalid)
         })
     }
 
@@ -434,24 +395,5 @@ impl Loader {
     #[napi]
     pub fn close(&self) -> Result<()> {
         drop_later(&self.iter, None)
-    }
-}
-
-pub struct BatchAtTask {
-    loader: Arc<core::Loader>,
-    epoch: u64,
-    index: usize,
-}
-
-impl Task for BatchAtTask {
-    type Output = core::Batch;
-    type JsValue = Batch;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("Loader.batchAt", || {
-            self.loader.batch(self.epoch, self.index).map_err(invalid)
-        })
-    }
-    fn resolve(&mut self, _env: Env, b: Self::Output) -> Result<Self::JsValue> {
-        Ok(Batch { inner: Arc::new(b) })
     }
 }

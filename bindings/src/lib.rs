@@ -1,21 +1,27 @@
-//! N-API adapters over `vasomim-core`: argument checking, async tasks, conversions.
-//! No algorithm lives here. Every long call is an `AsyncTask` (a Promise in JS); a Rust panic
-//! inside one becomes a rejected Promise with code `Panic`, never a crashed process.
+//! N-API adapters over `vasomim-core`: conversions, Promises and error codes. No algorithm
+//! lives here. Every long call is a [`Job`] (a Promise in JS) on the libuv pool; a Rust panic
+//! inside one becomes a rejected Promise naming the call, never a crashed process. Input errors
+//! found before the Promise starts have code `InvalidArg` (the CLI's exit code 2).
+//!
+//! - this file: errors, [`Job`], the device and config conversions, vesselness and vessel maps.
+//! - [`data`]: header probes, DICOM frames, the `Loader` / `Batch` handles.
+//! - [`model`], [`segmentor`], [`segmentation`]: one handle per core trainer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use frangi_params::{filter_params, map_params, precision};
+use candle_core::Device;
 use napi::bindgen_prelude::*;
 use napi::{Env, Task};
 use napi_derive::napi;
-use vasomim_core::io::{read_grey, write_png_grey8};
+use serde::{de::DeserializeOwned, Serialize};
 use vasomim_core::vessels::{
-    map_of, response_of, vessel_maps, write_response_npy, MapJob, Precision, Response,
+    self as vessels_core, map_of, response_of, vessel_maps, vesselness_file as core_file, MapJob,
+    Precision, Response,
 };
 
 pub mod data;
-mod frangi_params;
 pub mod model;
 pub mod segmentation;
 pub mod segmentor;
@@ -28,6 +34,40 @@ pub(crate) fn failed(msg: impl Into<String>) -> Error {
     Error::new(Status::GenericFailure, msg.into())
 }
 
+/// A candle error's message only (candle appends a backtrace when RUST_BACKTRACE is set, which
+/// means nothing to a JS caller).
+fn candle_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        e => e.to_string(),
+    }
+}
+
+/// A core error inside a running job.
+pub(crate) fn err(e: candle_core::Error) -> Error {
+    failed(candle_message(e))
+}
+
+/// A core input check that failed before the job started (bad argument).
+pub(crate) fn rejected(e: candle_core::Error) -> Error {
+    invalid(candle_message(e))
+}
+
+/// The device named by the caller (`cpu` when absent); an unknown or unavailable one is a bad
+/// argument, never a silent CPU run.
+pub(crate) fn device(name: Option<String>) -> Result<Device> {
+    vasomim_core::device::resolve(name.as_deref().unwrap_or("cpu")).map_err(rejected)
+}
+
+/// A model config from its camelCase JSON object; errors name `what` and the field.
+pub(crate) fn config_from_js<T: DeserializeOwned>(v: serde_json::Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).map_err(|e| invalid(format!("{what}: {e}")))
+}
+
+pub(crate) fn config_to_js<T: Serialize>(c: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(c).map_err(|e| failed(e.to_string()))
+}
+
 /// Run `f`, turning a panic into an error that names it.
 pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
@@ -36,10 +76,87 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
             .cloned()
             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        Err(Error::new(
-            Status::GenericFailure,
-            format!("internal error in {what}: {msg}"),
-        ))
+        Err(failed(format!("internal error in {what}: {msg}")))
+    })
+}
+
+type Work<O> = Box<dyn FnOnce() -> Result<O> + Send>;
+
+/// One Promise: `work` runs once on the libuv pool (guarded, named), `to_js` turns its output
+/// into the JS value on the main thread.
+pub struct Job<O, J> {
+    name: &'static str,
+    work: Option<Work<O>>,
+    to_js: fn(O) -> Result<J>,
+}
+
+impl<O: Send + 'static, J: ToNapiValue + TypeName> Task for Job<O, J> {
+    type Output = O;
+    type JsValue = J;
+    fn compute(&mut self) -> Result<O> {
+        let work = self
+            .work
+            .take()
+            .ok_or_else(|| failed(format!("{} ran twice", self.name)))?;
+        guarded(self.name, work)
+    }
+    fn resolve(&mut self, _env: Env, out: O) -> Result<J> {
+        (self.to_js)(out)
+    }
+}
+
+/// A core object shared by a JS handle and its running Promises; the mutex serialises
+/// overlapping calls.
+pub(crate) struct Shared<T> {
+    inner: Arc<Mutex<T>>,
+    what: &'static str,
+}
+
+impl<T: Send + 'static> Shared<T> {
+    pub(crate) fn new(t: T, what: &'static str) -> Self {
+        Shared {
+            inner: Arc::new(Mutex::new(t)),
+            what,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, T>> {
+        self.inner.lock().map_err(|_| {
+            failed(format!(
+                "{} state is poisoned by an earlier panic",
+                self.what
+            ))
+        })
+    }
+
+    /// A Promise of `f` on the locked object; core errors reject it.
+    pub(crate) fn task<O: Send + 'static, J: ToNapiValue + TypeName>(
+        &self,
+        name: &'static str,
+        to_js: fn(O) -> Result<J>,
+        f: impl FnOnce(&mut T) -> candle_core::Result<O> + Send + 'static,
+    ) -> Pending<O, J> {
+        let me = Shared {
+            inner: self.inner.clone(),
+            what: self.what,
+        };
+        job(name, to_js, move || f(&mut *me.lock()?).map_err(err))
+    }
+}
+
+/// A Promise of JS value `J` computed as `O` on the pool.
+pub type Pending<O, J> = AsyncTask<Job<O, J>>;
+
+/// A [`Job`] as the `AsyncTask` napi returns to JS.
+pub(crate) fn job<O: Send + 'static, J: ToNapiValue + TypeName>(
+    name: &'static str,
+    to_js: fn(O) -> Result<J>,
+    work: impl FnOnce() -> Result<O> + Send + 'static,
+) -> Pending<O, J> {
+    AsyncTask::new(Job {
+        name,
+        work: Some(Box::new(work)),
+        to_js,
     })
 }
 
@@ -113,6 +230,20 @@ pub struct MapOutcome {
     pub millis: f64,
 }
 
+fn filter_params(o: &FilterOptions) -> Result<frangi::VesselnessParams> {
+    let frangi = (o.alpha, o.beta, o.gamma);
+    vessels_core::filter_params(&o.filter, o.sigmas.clone(), o.black_ridges, frangi)
+        .map_err(invalid)
+}
+
+fn map_params(o: &MapOptions) -> Result<frangi::MapParams> {
+    vessels_core::map_params(o.border as usize, o.percentile, &o.cast).map_err(invalid)
+}
+
+fn precision(p: &str) -> Result<Precision> {
+    Precision::parse(p).map_err(invalid)
+}
+
 fn check_pixels(len: usize, width: u32, height: u32) -> Result<()> {
     if width == 0 || height == 0 || (width as usize) * (height as usize) != len {
         return Err(invalid(format!(
@@ -122,90 +253,46 @@ fn check_pixels(len: usize, width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-fn response_max(r: &Response) -> f64 {
-    match r {
-        Response::F32(v) => v.iter().fold(0.0f64, |m, &x| m.max(x as f64)),
-        Response::F64(v) => v.iter().fold(0.0f64, |m, &x| m.max(x)),
-    }
+fn decoded(img: vasomim_core::GreyImage) -> Result<DecodedImage> {
+    Ok(DecodedImage {
+        width: img.width as u32,
+        height: img.height as u32,
+        bit_depth: img.bit_depth as u32,
+        channels: img.channels as u32,
+        pixels: Float32Array::new(img.pixels),
+    })
 }
 
-// ---- readImage ---------------------------------------------------------------------------
-
-/// Decodes one frame of a file (frame 0 for every non-DICOM format); behind `readImage` and
-/// `readFrame`.
-pub struct ReadImageTask {
-    pub(crate) path: PathBuf,
-    pub(crate) frame: usize,
-}
-
-impl Task for ReadImageTask {
-    type Output = vasomim_core::GreyImage;
-    type JsValue = DecodedImage;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("readImage", || {
-            vasomim_core::io::read_frame(&self.path, self.frame)
-                .map_err(|e| failed(format!("{}: {e}", self.path.display())))
-        })
-    }
-    fn resolve(&mut self, _env: Env, img: Self::Output) -> Result<Self::JsValue> {
-        Ok(DecodedImage {
-            width: img.width as u32,
-            height: img.height as u32,
-            bit_depth: img.bit_depth as u32,
-            channels: img.channels as u32,
-            pixels: Float32Array::new(img.pixels),
-        })
-    }
+/// Frame `frame` of a file as a Promise of its grey image; behind `readImage` and `readFrame`.
+pub(crate) fn read_frame_job(
+    path: String,
+    frame: usize,
+) -> Pending<vasomim_core::GreyImage, DecodedImage> {
+    job("readImage", decoded, move || {
+        vasomim_core::io::read_frame(path.as_ref(), frame)
+            .map_err(|e| failed(format!("{path}: {e}")))
+    })
 }
 
 /// Decode an image file to grey (8-bit units).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_image(path: String) -> AsyncTask<ReadImageTask> {
-    AsyncTask::new(ReadImageTask {
-        path: path.into(),
-        frame: 0,
+pub fn read_image(path: String) -> Pending<vasomim_core::GreyImage, DecodedImage> {
+    read_frame_job(path, 0)
+}
+
+fn vesselness_result((r, width, height): (Response, u32, u32)) -> Result<VesselnessResult> {
+    let max = r.max();
+    let (dtype, data) = match r {
+        Response::F32(v) => ("float32", Either::A(Float32Array::new(v))),
+        Response::F64(v) => ("float64", Either::B(Float64Array::new(v))),
+    };
+    Ok(VesselnessResult {
+        width,
+        height,
+        dtype: dtype.into(),
+        data,
+        max,
     })
-}
-
-// ---- vesselness on pixels ----------------------------------------------------------------
-
-pub struct VesselnessTask {
-    pixels: Vec<f32>,
-    width: usize,
-    height: usize,
-    params: frangi::VesselnessParams,
-    precision: Precision,
-}
-
-impl Task for VesselnessTask {
-    type Output = Response;
-    type JsValue = VesselnessResult;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselness", || {
-            response_of(
-                &self.pixels,
-                self.height,
-                self.width,
-                &self.params,
-                self.precision,
-            )
-            .map_err(invalid)
-        })
-    }
-    fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
-        let max = response_max(&r);
-        let (dtype, data) = match r {
-            Response::F32(v) => ("float32", Either::A(Float32Array::new(v))),
-            Response::F64(v) => ("float64", Either::B(Float64Array::new(v))),
-        };
-        Ok(VesselnessResult {
-            width: self.width as u32,
-            height: self.height as u32,
-            dtype: dtype.into(),
-            data,
-            max,
-        })
-    }
 }
 
 /// Raw vesselness response of a grey image given as pixels (row-major, 8-bit units).
@@ -215,121 +302,38 @@ pub fn vesselness(
     width: u32,
     height: u32,
     options: FilterOptions,
-) -> Result<AsyncTask<VesselnessTask>> {
+) -> Result<Pending<(Response, u32, u32), VesselnessResult>> {
     check_pixels(pixels.len(), width, height)?;
-    Ok(AsyncTask::new(VesselnessTask {
-        pixels: pixels.to_vec(),
-        width: width as usize,
-        height: height as usize,
-        params: filter_params(&options)?,
-        precision: precision(&options.precision)?,
+    let (params, prec, px) = (
+        filter_params(&options)?,
+        precision(&options.precision)?,
+        pixels.to_vec(),
+    );
+    Ok(job("vesselness", vesselness_result, move || {
+        let r =
+            response_of(&px, height as usize, width as usize, &params, prec).map_err(invalid)?;
+        Ok((r, width, height))
     }))
 }
 
-// ---- vesselness of a file to .npy / .png -------------------------------------------------
-
-pub struct VesselnessFileTask {
-    input: PathBuf,
-    output: PathBuf,
-    params: frangi::VesselnessParams,
-    precision: Precision,
-}
-
-impl Task for VesselnessFileTask {
-    type Output = FileResult;
-    type JsValue = FileResult;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselnessFile", || {
-            let img = read_grey(&self.input)
-                .map_err(|e| failed(format!("{}: {e}", self.input.display())))?;
-            let (h, w) = (img.height, img.width);
-            let r =
-                response_of(&img.pixels, h, w, &self.params, self.precision).map_err(invalid)?;
-            let max = response_max(&r);
-            write_response(&self.output, h, w, &r, max).map_err(failed)?;
-            Ok(FileResult {
-                width: w as u32,
-                height: h as u32,
-                max,
-            })
-        })
-    }
-    fn resolve(&mut self, _env: Env, r: Self::Output) -> Result<Self::JsValue> {
-        Ok(r)
-    }
-}
-
-/// `.npy`: the raw response in its precision. `.png`: a display image, response / max * 255.
-fn write_response(
-    path: &Path,
-    h: usize,
-    w: usize,
-    r: &Response,
-    max: f64,
-) -> std::result::Result<(), String> {
-    match path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("npy") => write_response_npy(path, h, w, r),
-        Some("png") => {
-            let k = if max > 0.0 { 255.0 / max } else { 0.0 };
-            let px: Vec<u8> = match r {
-                Response::F32(v) => v
-                    .iter()
-                    .map(|&x| (x as f64 * k).round().clamp(0.0, 255.0) as u8)
-                    .collect(),
-                Response::F64(v) => v
-                    .iter()
-                    .map(|&x| (x * k).round().clamp(0.0, 255.0) as u8)
-                    .collect(),
-            };
-            write_png_grey8(path, w, h, &px)
-        }
-        _ => Err(format!(
-            "{}: output must end in .npy (raw response) or .png (display image)",
-            path.display()
-        )),
-    }
-}
-
-/// Read `input`, filter it, write the response to `output` (.npy raw or .png display).
+/// Read `input`, filter it, write the response to `output` (.npy raw or .png display image,
+/// response / max · 255).
 #[napi(catch_unwind, ts_return_type = "Promise<FileResult>")]
 pub fn vesselness_file(
     input: String,
     output: String,
     options: FilterOptions,
-) -> Result<AsyncTask<VesselnessFileTask>> {
-    Ok(AsyncTask::new(VesselnessFileTask {
-        input: input.into(),
-        output: output.into(),
-        params: filter_params(&options)?,
-        precision: precision(&options.precision)?,
-    }))
-}
-
-// ---- vessel maps -------------------------------------------------------------------------
-
-pub struct VesselMapTask {
-    pixels: Vec<f32>,
-    width: usize,
-    height: usize,
-    job: MapJob,
-}
-
-impl Task for VesselMapTask {
-    type Output = Vec<u8>;
-    type JsValue = Uint8Array;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselMap", || {
-            map_of(&self.pixels, self.height, self.width, &self.job).map_err(invalid)
+) -> Result<Pending<FileResult, FileResult>> {
+    let (params, prec) = (filter_params(&options)?, precision(&options.precision)?);
+    Ok(job("vesselnessFile", Ok, move || {
+        let (w, h, max) =
+            core_file(input.as_ref(), output.as_ref(), &params, prec).map_err(failed)?;
+        Ok(FileResult {
+            width: w as u32,
+            height: h as u32,
+            max,
         })
-    }
-    fn resolve(&mut self, _env: Env, m: Self::Output) -> Result<Self::JsValue> {
-        Ok(Uint8Array::new(m))
-    }
+    }))
 }
 
 fn map_job(f: &FilterOptions, m: &MapOptions) -> Result<MapJob> {
@@ -348,45 +352,30 @@ pub fn vessel_map(
     height: u32,
     filter: FilterOptions,
     map: MapOptions,
-) -> Result<AsyncTask<VesselMapTask>> {
+) -> Result<Pending<Vec<u8>, Uint8Array>> {
     check_pixels(pixels.len(), width, height)?;
-    Ok(AsyncTask::new(VesselMapTask {
-        pixels: pixels.to_vec(),
-        width: width as usize,
-        height: height as usize,
-        job: map_job(&filter, &map)?,
-    }))
+    let (job_, px) = (map_job(&filter, &map)?, pixels.to_vec());
+    Ok(job(
+        "vesselMap",
+        |m| Ok(Uint8Array::new(m)),
+        move || map_of(&px, height as usize, width as usize, &job_).map_err(invalid),
+    ))
 }
 
-pub struct VesselMapFilesTask {
-    pairs: Vec<(PathBuf, PathBuf)>,
-    job: MapJob,
-    threads: usize,
-}
-
-impl Task for VesselMapFilesTask {
-    type Output = Vec<vasomim_core::vessels::Outcome>;
-    type JsValue = Vec<MapOutcome>;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("vesselMapFiles", || {
-            vessel_maps(std::mem::take(&mut self.pairs), &self.job, self.threads).map_err(invalid)
+fn map_outcomes(out: Vec<vasomim_core::vessels::Outcome>) -> Result<Vec<MapOutcome>> {
+    Ok(out
+        .into_iter()
+        .map(|o| MapOutcome {
+            input: o.input.to_string_lossy().into_owned(),
+            output: o.output.to_string_lossy().into_owned(),
+            ok: o.error.is_none(),
+            error: o.error,
+            width: o.width as u32,
+            height: o.height as u32,
+            vessel_pixels: o.vessel_pixels as u32,
+            millis: o.millis,
         })
-    }
-    fn resolve(&mut self, _env: Env, out: Self::Output) -> Result<Self::JsValue> {
-        Ok(out
-            .into_iter()
-            .map(|o| MapOutcome {
-                input: o.input.to_string_lossy().into_owned(),
-                output: o.output.to_string_lossy().into_owned(),
-                ok: o.error.is_none(),
-                error: o.error,
-                width: o.width as u32,
-                height: o.height as u32,
-                vessel_pixels: o.vessel_pixels as u32,
-                millis: o.millis,
-            })
-            .collect())
-    }
+        .collect())
 }
 
 /// Vessel maps for many files on `threads` workers (0 = all cores); one outcome per pair,
@@ -397,15 +386,22 @@ pub fn vessel_map_files(
     filter: FilterOptions,
     map: MapOptions,
     threads: u32,
-) -> Result<AsyncTask<VesselMapFilesTask>> {
-    Ok(AsyncTask::new(VesselMapFilesTask {
-        pairs: pairs
-            .into_iter()
-            .map(|p| (p.input.into(), p.output.into()))
-            .collect(),
-        job: map_job(&filter, &map)?,
-        threads: threads as usize,
+) -> Result<Pending<Vec<vasomim_core::vessels::Outcome>, Vec<MapOutcome>>> {
+    let job_ = map_job(&filter, &map)?;
+    let pairs: Vec<(PathBuf, PathBuf)> = pairs
+        .into_iter()
+        .map(|p| (p.input.into(), p.output.into()))
+        .collect();
+    Ok(job("vesselMapFiles", map_outcomes, move || {
+        vessel_maps(pairs, &job_, threads as usize).map_err(invalid)
     }))
+}
+
+/// Throws (InvalidArg) when this build cannot run on `device` (`cpu` | `cuda` | `cuda:N`),
+/// with a message that says how to get a build that can.
+#[napi]
+pub fn check_device(device: String) -> Result<()> {
+    crate::device(Some(device)).map(|_| ())
 }
 
 /// Suffix of temporary files an interrupted write may leave (safe to delete).

@@ -1,62 +1,28 @@
-//! The `SegModel` handle: the segmentation ViT (pre-trained encoder + U-Net adapter head) and its
-//! fine-tuning state, owned by Rust. Same conventions as `Model` / `Segmentor`: long calls are
-//! `AsyncTask`s, the state sits behind a mutex, panics become errors that name the call.
+//! The `SegmentationModel` handle: one `SegmentationTrainer` of the core (the segmentation ViT —
+//! pre-trained encoder + U-Net adapter head — its AdamW state, step counter and device) behind a
+//! mutex.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 
-use candle_core::{Device, Tensor};
 use napi::bindgen_prelude::*;
-use napi::{Env, Task};
 use napi_derive::napi;
-use vasomim_core::checkpoint::{self, segmentation as ckpt, LoadOptions};
-use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::nn::segmentation::{SegmentationConfig, SegmentationViT};
-use vasomim_core::trainer::segmentation::{SegmentationLoss, SegmentationTrainer, LAYER_DECAY};
+use vasomim_core::nn::segmentation::SegmentationConfig;
+use vasomim_core::trainer::segmentation::{
+    check_step_options, PretrainedInit, SegmentationLoss, SegmentationTrainer, LAYER_DECAY,
+};
 
 use crate::data::Batch;
-use crate::model::{candle_message, ModelConfig};
-use crate::{failed, guarded, invalid};
+use crate::{
+    config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared,
+};
 
 #[napi(object)]
-#[derive(Clone)]
-pub struct SegModelConfig {
-    /// Encoder shape (decoder fields ignored); `imgSize` is the model's input side.
-    pub encoder: ModelConfig,
-    /// 1: binary (sigmoid); K ≥ 2: classes 0..K−1 with softmax (0 = background).
-    pub num_classes: u32,
-    /// Multiplier of the head widths (512, 256, 128, 64, 32); 1 = the paper's head.
-    pub head_scale: f64,
-    /// Drop-path rate of the last block (linear over depth).
-    pub drop_path: f64,
-}
-
-impl From<&SegmentationConfig> for SegModelConfig {
-    fn from(c: &SegmentationConfig) -> Self {
-        SegModelConfig {
-            encoder: ModelConfig::from(&c.encoder),
-            num_classes: c.num_classes as u32,
-            head_scale: c.head_scale,
-            drop_path: c.drop_path,
-        }
-    }
-}
-
-impl From<&SegModelConfig> for SegmentationConfig {
-    fn from(c: &SegModelConfig) -> Self {
-        SegmentationConfig {
-            encoder: MaeConfig::from(&c.encoder),
-            num_classes: c.num_classes as usize,
-            head_scale: c.head_scale,
-            drop_path: c.drop_path,
-        }
-    }
-}
-
-#[napi(object)]
-pub struct SegModelCreateOptions {
+#[derive(Default)]
+pub struct SegmentationCreateOptions {
     /// Layer-wise LR decay (default 0.75).
     pub layer_decay: Option<f64>,
+    /// `cpu` (default), `cuda` or `cuda:N`.
+    pub device: Option<String>,
 }
 
 /// Fine-tuning from a pre-trained checkpoint: the encoder's shape comes from the file.
@@ -72,11 +38,13 @@ pub struct PretrainedOptions {
     /// Preset name for a bare file whose shapes do not name one.
     pub preset: Option<String>,
     pub layer_decay: Option<f64>,
+    /// `cpu` (default), `cuda` or `cuda:N`.
+    pub device: Option<String>,
 }
 
 #[napi(object)]
 #[derive(Clone)]
-pub struct SegInitInfo {
+pub struct SegmentationInitInfo {
     /// "scratch", or the file the encoder came from.
     pub source: String,
     /// Encoder tensors the file lacks (left at their initial values).
@@ -89,7 +57,7 @@ pub struct SegInitInfo {
 }
 
 #[napi(object)]
-pub struct FtStepOptions {
+pub struct SegmentationStepOptions {
     /// Base learning rate of this step (the schedule is the caller's); tensors get
     /// lr · layerDecay^(depth + 1 − layer id).
     pub lr: f64,
@@ -98,7 +66,7 @@ pub struct FtStepOptions {
 }
 
 #[napi(object)]
-pub struct FtStepResult {
+pub struct SegmentationStepResult {
     /// dice + ce, before the update.
     pub loss: f64,
     /// Soft-Dice loss term (1 − soft Dice; multi-class: mean over the foreground classes).
@@ -123,31 +91,11 @@ pub struct NormaliseOptions {
     pub std: Vec<f64>,
 }
 
-struct State {
-    tuner: SegmentationTrainer,
-    step: u64,
-}
-
-type Shared = Arc<Mutex<State>>;
-
-fn lock(s: &Shared) -> Result<std::sync::MutexGuard<'_, State>> {
-    s.lock()
-        .map_err(|_| failed("segmentation model state is poisoned by an earlier panic"))
-}
-
-fn err(e: candle_core::Error) -> Error {
-    failed(candle_message(e))
-}
-
-fn check_step(o: &FtStepOptions) -> Result<()> {
-    let ok = |v: f64| v.is_finite() && v >= 0.0;
-    if !ok(o.lr) || !ok(o.weight_decay) {
-        return Err(invalid(format!(
-            "lr ({}) and weightDecay ({}) must be finite and >= 0",
-            o.lr, o.weight_decay
-        )));
-    }
-    Ok(())
+#[napi(object)]
+pub struct ParamGroup {
+    pub name: String,
+    pub lr_scale: f64,
+    pub decay: bool,
 }
 
 fn layer_decay(v: Option<f64>) -> Result<f64> {
@@ -158,25 +106,33 @@ fn layer_decay(v: Option<f64>) -> Result<f64> {
     Ok(d)
 }
 
-/// The segmentation ViT of VASOMIM.md §9 with its AdamW state.
+fn step_result((l, step): (SegmentationLoss, u64)) -> Result<SegmentationStepResult> {
+    Ok(SegmentationStepResult {
+        loss: l.loss,
+        dice: l.dice,
+        ce: l.ce,
+        step: step as i64,
+    })
+}
+
+/// The segmentation ViT of METHOD.md §9 with its training state.
 #[napi]
-pub struct SegModel {
-    state: Shared,
+pub struct SegmentationModel {
+    state: Shared<SegmentationTrainer>,
     cfg: SegmentationConfig,
-    init: Option<SegInitInfo>,
+    init: Option<SegmentationInitInfo>,
     extra: Option<String>,
 }
 
-impl SegModel {
+impl SegmentationModel {
     fn wrap(
-        tuner: SegmentationTrainer,
-        step: u64,
-        init: Option<SegInitInfo>,
+        t: SegmentationTrainer,
+        init: Option<SegmentationInitInfo>,
         extra: Option<String>,
     ) -> Self {
-        SegModel {
-            cfg: tuner.model.cfg.clone(),
-            state: Arc::new(Mutex::new(State { tuner, step })),
+        SegmentationModel {
+            cfg: t.model.cfg.clone(),
+            state: Shared::new(t, "segmentation model"),
             init,
             extra,
         }
@@ -184,67 +140,90 @@ impl SegModel {
 }
 
 #[napi]
-impl SegModel {
-    /// A freshly initialised model (training from scratch), deterministic in `seed` (which also
-    /// seeds the drop-path draws).
+impl SegmentationModel {
+    /// A freshly initialised model (training from scratch) on `options.device` (default cpu),
+    /// deterministic in `seed` (which also seeds the drop-path draws). `config`: `{ encoder,
+    /// numClasses, headScale, dropPath }` (camelCase; the encoder as `Model.config`).
     #[napi(factory, catch_unwind)]
     pub fn create(
-        config: SegModelConfig,
+        config: serde_json::Value,
         seed: Option<i64>,
-        options: Option<SegModelCreateOptions>,
-    ) -> Result<SegModel> {
-        let cfg = SegmentationConfig::from(&config);
+        options: Option<SegmentationCreateOptions>,
+    ) -> Result<SegmentationModel> {
+        let cfg: SegmentationConfig = config_from_js(config, "segmentation config")?;
         cfg.validate().map_err(invalid)?;
-        let ld = layer_decay(options.and_then(|o| o.layer_decay))?;
-        guarded("SegModel.create", || {
-            let tuner =
-                SegmentationTrainer::create(&cfg, &Device::Cpu, seed.unwrap_or(0) as u64, ld)
-                    .map_err(err)?;
-            Ok(SegModel::wrap(
-                tuner,
-                0,
-                Some(SegInitInfo {
-                    source: "scratch".into(),
-                    missing: vec![],
-                    unexpected: vec![],
-                    adapted: vec![],
-                    config_source: "config".into(),
-                }),
-                None,
-            ))
+        let o = options.unwrap_or_default();
+        let (ld, dev) = (layer_decay(o.layer_decay)?, device(o.device)?);
+        guarded("SegmentationModel.create", || {
+            let t = SegmentationTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64, ld)
+                .map_err(crate::err)?;
+            let init = SegmentationInitInfo {
+                source: "scratch".into(),
+                missing: vec![],
+                unexpected: vec![],
+                adapted: vec![],
+                config_source: "config".into(),
+            };
+            Ok(SegmentationModel::wrap(t, Some(init), None))
         })
     }
 
     /// A new model whose encoder is read from a pre-trained checkpoint (ours, `encoder.safetensors`
     /// of `vasomim pretrain`, MAE `.pth`, timm safetensors); the head is initialised from `seed`.
-    #[napi(catch_unwind, ts_return_type = "Promise<SegModel>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationModel>")]
     pub fn from_pretrained(
         path: String,
         options: PretrainedOptions,
         seed: Option<i64>,
-    ) -> Result<AsyncTask<PretrainedTask>> {
-        layer_decay(options.layer_decay)?;
-        Ok(AsyncTask::new(PretrainedTask {
-            path: path.into(),
-            options,
-            seed: seed.unwrap_or(0) as u64,
+    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
+        let o = options;
+        let init = PretrainedInit {
+            num_classes: o.num_classes as usize,
+            head_scale: o.head_scale,
+            drop_path: o.drop_path,
+            img_size: o.img_size.map(|v| v as usize),
+            in_chans: o.in_chans.map(|v| v as usize),
+            preset: o.preset,
+            layer_decay: layer_decay(o.layer_decay)?,
+        };
+        let (dev, seed) = (device(o.device)?, seed.unwrap_or(0) as u64);
+        Ok(job("SegmentationModel.fromPretrained", Ok, move || {
+            let (t, r) = SegmentationTrainer::from_pretrained(Path::new(&path), &init, seed, &dev)
+                .map_err(crate::err)?;
+            let info = SegmentationInitInfo {
+                source: path,
+                missing: r.missing,
+                unexpected: r.unexpected,
+                adapted: r.adapted,
+                config_source: r.config_source,
+            };
+            Ok(SegmentationModel::wrap(t, Some(info), None))
         }))
     }
 
     /// Load a fine-tuned model saved by `save` (weights, BatchNorm buffers, optimizer, step).
-    #[napi(catch_unwind, ts_return_type = "Promise<SegModel>")]
-    pub fn load(path: String) -> AsyncTask<LoadTask> {
-        AsyncTask::new(LoadTask { path: path.into() })
+    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationModel>")]
+    pub fn load(
+        path: String,
+        device: Option<String>,
+    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
+        let dev = crate::device(device)?;
+        Ok(job("SegmentationModel.load", Ok, move || {
+            let (t, extra) =
+                SegmentationTrainer::load(Path::new(&path), &dev).map_err(crate::err)?;
+            Ok(SegmentationModel::wrap(t, None, extra))
+        }))
     }
 
+    /// `{ encoder, numClasses, headScale, dropPath }` (camelCase).
     #[napi(getter)]
-    pub fn config(&self) -> SegModelConfig {
-        SegModelConfig::from(&self.cfg)
+    pub fn config(&self) -> Result<serde_json::Value> {
+        config_to_js(&self.cfg)
     }
 
     /// Where the encoder came from (create / fromPretrained); null for a loaded model.
     #[napi(getter)]
-    pub fn init_info(&self) -> Option<SegInitInfo> {
+    pub fn init_info(&self) -> Option<SegmentationInitInfo> {
         self.init.clone()
     }
 
@@ -256,28 +235,25 @@ impl SegModel {
 
     #[napi(getter)]
     pub fn num_params(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.tuner.model.params.num_elements() as i64)
+        Ok(self.state.lock()?.model.params.num_elements() as i64)
     }
 
     #[napi(getter)]
     pub fn step(&self) -> Result<i64> {
-        Ok(lock(&self.state)?.step as i64)
+        Ok(self.state.lock()?.step as i64)
     }
 
     #[napi(getter)]
     pub fn layer_decay(&self) -> Result<f64> {
-        Ok(lock(&self.state)?.tuner.layer_decay)
+        Ok(self.state.lock()?.layer_decay)
     }
 
     /// Per trained tensor: name, lr multiplier, whether weight decay applies.
     #[napi]
     pub fn param_groups(&self) -> Result<Vec<ParamGroup>> {
-        let s = lock(&self.state)?;
-        Ok(s.tuner
-            .opt
-            .lr_scales()
-            .into_iter()
-            .zip(s.tuner.opt.groups())
+        let s = self.state.lock()?;
+        let groups = s.opt.lr_scales().into_iter().zip(s.opt.groups());
+        Ok(groups
             .map(|((name, lr_scale), (_, decay))| ParamGroup {
                 name,
                 lr_scale,
@@ -289,85 +265,66 @@ impl SegModel {
     /// Save weights (encoder in timm names, head under `head.*`), BatchNorm buffers, AdamW state,
     /// config, step and `extra` (any JSON string) to a temporary file renamed into place.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, extra: Option<String>) -> AsyncTask<SaveTask> {
-        AsyncTask::new(SaveTask {
-            state: self.state.clone(),
-            path: path.into(),
-            extra,
+    pub fn save(&self, path: String, extra: Option<String>) -> Pending<(), ()> {
+        self.state.task("SegmentationModel.save", Ok, move |t| {
+            t.save(Path::new(&path), extra.as_deref())
         })
     }
 
     /// One training step on a loader `Batch`: its images and maps (targets: binary = map > 0.5;
     /// K classes = round(map·255) as class id).
-    #[napi(catch_unwind, ts_return_type = "Promise<FtStepResult>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationStepResult>")]
     pub fn train_step_batch(
         &self,
         batch: &Batch,
-        options: FtStepOptions,
-    ) -> Result<AsyncTask<StepTask>> {
-        check_step(&options)?;
-        let inner = &batch.inner;
-        let Some(maps) = &inner.maps else {
-            return Err(invalid(
-                "the batch has no masks (the loader needs a map for every sample)",
-            ));
-        };
-        let e = &self.cfg.encoder;
-        if inner.channels != e.in_chans || inner.size != e.img_size {
-            return Err(invalid(format!(
-                "the batch is {} channel(s) at {}², the model takes {} at {}²",
-                inner.channels, inner.size, e.in_chans, e.img_size
-            )));
-        }
-        Ok(AsyncTask::new(StepTask {
-            state: self.state.clone(),
-            data: Some((inner.images.clone(), maps.clone())),
-            n: inner.n,
-            options,
-        }))
+        options: SegmentationStepOptions,
+    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
+        check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
+        self.state
+            .lock()?
+            .check_loader_batch(&batch.inner)
+            .map_err(rejected)?;
+        let (b, o) = (batch.inner.clone(), options);
+        Ok(self
+            .state
+            .task("SegmentationModel.trainStepBatch", step_result, move |t| {
+                Ok((t.step_batch(&b, o.lr, o.weight_decay)?, t.step))
+            }))
     }
 
     /// One training step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in
     /// [0, 1] (mask / 255), S the model's input side.
-    #[napi(catch_unwind, ts_return_type = "Promise<FtStepResult>")]
+    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationStepResult>")]
     pub fn train_step(
         &self,
         images: Float32Array,
         maps: Float32Array,
-        options: FtStepOptions,
-    ) -> Result<AsyncTask<StepTask>> {
-        check_step(&options)?;
-        let b = self.batch_of(&images)?;
-        let s = self.cfg.encoder.img_size;
-        if maps.len() != b * s * s {
-            return Err(invalid(format!(
-                "maps has {} values, expected B*1*S*S = {b}*1*{s}*{s}",
-                maps.len()
-            )));
+        options: SegmentationStepOptions,
+    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
+        check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
+        {
+            let s = self.state.lock()?;
+            let b = s.batch_of(&images).map_err(rejected)?;
+            s.check_maps(&maps, b).map_err(rejected)?;
         }
-        if let Some(i) = maps.iter().position(|v| !(0.0..=1.0).contains(v)) {
-            return Err(invalid(format!(
-                "maps[{i}] = {} is outside [0, 1]",
-                maps[i]
-            )));
-        }
-        Ok(AsyncTask::new(StepTask {
-            state: self.state.clone(),
-            data: Some((images.to_vec(), maps.to_vec())),
-            n: b,
-            options,
-        }))
+        let (x, m, o) = (images.to_vec(), maps.to_vec(), options);
+        Ok(self
+            .state
+            .task("SegmentationModel.trainStep", step_result, move |t| {
+                Ok((t.step_arrays(&x, &m, o.lr, o.weight_decay)?, t.step))
+            }))
     }
 
     /// Eval-mode probabilities (B, K, S, S) of normalised images (B, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn predict(&self, images: Float32Array) -> Result<AsyncTask<PredictTask>> {
-        let b = self.batch_of(&images)?;
-        Ok(AsyncTask::new(PredictTask {
-            state: self.state.clone(),
-            images: Some(images.to_vec()),
-            n: b,
-        }))
+    pub fn predict(&self, images: Float32Array) -> Result<Pending<Vec<f32>, Float32Array>> {
+        self.state.lock()?.batch_of(&images).map_err(rejected)?;
+        let x = images.to_vec();
+        Ok(self.state.task(
+            "SegmentationModel.predict",
+            |v| Ok(Float32Array::new(v)),
+            move |t| t.predict_arrays(&x),
+        ))
     }
 
     /// Probabilities of grey images of any size at their own size: resized to the model's input
@@ -378,276 +335,29 @@ impl SegModel {
         &self,
         images: Vec<GreyImageInput>,
         options: NormaliseOptions,
-    ) -> Result<AsyncTask<PredictImagesTask>> {
-        let c = self.cfg.encoder.in_chans;
-        if options.mean.len() != c
-            || options.std.len() != c
-            || options.std.iter().any(|v| v.is_nan() || *v <= 0.0)
-        {
-            return Err(invalid(format!(
-                "mean and std need {c} value(s) each (std > 0)"
-            )));
-        }
-        let mut data = Vec::with_capacity(images.len());
-        for (i, im) in images.iter().enumerate() {
-            let (w, h) = (im.width as usize, im.height as usize);
-            if w == 0 || h == 0 || im.pixels.len() != w * h {
-                return Err(invalid(format!(
-                    "images[{i}]: {} pixels for {w}x{h}",
-                    im.pixels.len()
-                )));
-            }
-            data.push((
-                im.pixels
+    ) -> Result<Pending<Vec<Vec<f32>>, Vec<Float32Array>>> {
+        let data: Vec<(Vec<u8>, usize, usize)> = images
+            .iter()
+            .map(|im| {
+                let px = im.pixels.iter().map(|v| v.round().clamp(0.0, 255.0) as u8);
+                (px.collect(), im.width as usize, im.height as usize)
+            })
+            .collect();
+        let o = &options;
+        let mean: Vec<f32> = o.mean.iter().map(|&v| v as f32).collect();
+        let std: Vec<f32> = o.std.iter().map(|&v| v as f32).collect();
+        let to_js = |v: Vec<Vec<f32>>| Ok(v.into_iter().map(Float32Array::new).collect());
+        Ok(self
+            .state
+            .task("SegmentationModel.predictImages", to_js, move |t| {
+                if data.is_empty() {
+                    return Ok(vec![]);
+                }
+                let views: Vec<(&[u8], usize, usize)> = data
                     .iter()
-                    .map(|v| v.round().clamp(0.0, 255.0) as u8)
-                    .collect::<Vec<u8>>(),
-                w,
-                h,
-            ));
-        }
-        Ok(AsyncTask::new(PredictImagesTask {
-            state: self.state.clone(),
-            images: data,
-            mean: options.mean.iter().map(|&v| v as f32).collect(),
-            std: options.std.iter().map(|&v| v as f32).collect(),
-        }))
-    }
-}
-
-impl SegModel {
-    fn batch_of(&self, images: &[f32]) -> Result<usize> {
-        let e = &self.cfg.encoder;
-        let per = e.in_chans * e.img_size * e.img_size;
-        if images.is_empty() || !images.len().is_multiple_of(per) {
-            return Err(invalid(format!(
-                "images has {} values, not a positive multiple of C*S*S = {}*{}*{} = {per}",
-                images.len(),
-                e.in_chans,
-                e.img_size,
-                e.img_size
-            )));
-        }
-        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
-            return Err(invalid(format!("images[{i}] is not finite")));
-        }
-        Ok(images.len() / per)
-    }
-}
-
-#[napi(object)]
-pub struct ParamGroup {
-    pub name: String,
-    pub lr_scale: f64,
-    pub decay: bool,
-}
-
-pub struct PretrainedTask {
-    path: PathBuf,
-    options: PretrainedOptions,
-    seed: u64,
-}
-
-impl Task for PretrainedTask {
-    type Output = SegModel;
-    type JsValue = SegModel;
-    fn compute(&mut self) -> Result<SegModel> {
-        guarded("SegModel.fromPretrained", || {
-            let o = &self.options;
-            let opts = LoadOptions {
-                preset: o.preset.clone(),
-                img_size: o.img_size.map(|v| v as usize),
-                in_chans: o.in_chans.map(|v| v as usize),
-            };
-            let p = self.path.display().to_string();
-            let named = |e: candle_core::Error| {
-                let m = candle_message(e);
-                failed(if m.contains(&p) {
-                    m
-                } else {
-                    format!("{p}: {m}")
-                })
-            };
-            let encoder = checkpoint::load(&self.path, &opts, &Device::Cpu)
-                .map_err(named)?
-                .model
-                .cfg;
-            let cfg = SegmentationConfig {
-                encoder,
-                num_classes: o.num_classes as usize,
-                head_scale: o.head_scale,
-                drop_path: o.drop_path,
-            };
-            cfg.validate()
-                .map_err(|e| invalid(format!("{}: {e}", self.path.display())))?;
-            let mut model = SegmentationViT::new(&cfg, &Device::Cpu, self.seed).map_err(err)?;
-            let r =
-                ckpt::init_encoder(&mut model, &self.path, o.preset.as_deref()).map_err(named)?;
-            let tuner = SegmentationTrainer::new(model, layer_decay(o.layer_decay)?, self.seed)
-                .map_err(err)?;
-            Ok(SegModel::wrap(
-                tuner,
-                0,
-                Some(SegInitInfo {
-                    source: self.path.display().to_string(),
-                    missing: r.missing,
-                    unexpected: r.unexpected,
-                    adapted: r.adapted,
-                    config_source: r.config_source,
-                }),
-                None,
-            ))
-        })
-    }
-    fn resolve(&mut self, _env: Env, m: SegModel) -> Result<SegModel> {
-        Ok(m)
-    }
-}
-
-pub struct LoadTask {
-    path: PathBuf,
-}
-
-impl Task for LoadTask {
-    type Output = SegModel;
-    type JsValue = SegModel;
-    fn compute(&mut self) -> Result<SegModel> {
-        guarded("SegModel.load", || {
-            let l = ckpt::load(&self.path, &Device::Cpu).map_err(err)?;
-            Ok(SegModel::wrap(l.tuner, l.step, None, l.extra))
-        })
-    }
-    fn resolve(&mut self, _env: Env, m: SegModel) -> Result<SegModel> {
-        Ok(m)
-    }
-}
-
-pub struct SaveTask {
-    state: Shared,
-    path: PathBuf,
-    extra: Option<String>,
-}
-
-impl Task for SaveTask {
-    type Output = ();
-    type JsValue = ();
-    fn compute(&mut self) -> Result<()> {
-        guarded("SegModel.save", || {
-            let s = lock(&self.state)?;
-            ckpt::save(&self.path, &s.tuner, s.step, self.extra.as_deref())
-                .map_err(|e| failed(format!("{}: {}", self.path.display(), candle_message(e))))
-        })
-    }
-    fn resolve(&mut self, _env: Env, _: ()) -> Result<()> {
-        Ok(())
-    }
-}
-
-pub struct StepTask {
-    state: Shared,
-    data: Option<(Vec<f32>, Vec<f32>)>,
-    n: usize,
-    options: FtStepOptions,
-}
-
-impl Task for StepTask {
-    type Output = (SegmentationLoss, u64);
-    type JsValue = FtStepResult;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("SegModel.trainStep", || {
-            let (images, maps) = self
-                .data
-                .take()
-                .ok_or_else(|| failed("trainStep task ran twice"))?;
-            let mut s = lock(&self.state)?;
-            let e = s.tuner.cfg().encoder.clone();
-            let (b, c, sz) = (self.n, e.in_chans, e.img_size);
-            let dev = Device::Cpu;
-            let x = Tensor::from_vec(images, (b, c, sz, sz), &dev).map_err(err)?;
-            let m = Tensor::from_vec(maps, (b, 1, sz, sz), &dev).map_err(err)?;
-            let t = s
-                .tuner
-                .targets_from_maps(&m)
-                .map_err(|e| invalid(candle_message(e)))?;
-            let loss = s
-                .tuner
-                .train_step(&x, &t, self.options.lr, self.options.weight_decay)
-                .map_err(err)?;
-            s.step += 1;
-            Ok((loss, s.step))
-        })
-    }
-    fn resolve(&mut self, _env: Env, (l, step): Self::Output) -> Result<FtStepResult> {
-        Ok(FtStepResult {
-            loss: l.loss,
-            dice: l.dice,
-            ce: l.ce,
-            step: step as i64,
-        })
-    }
-}
-
-pub struct PredictTask {
-    state: Shared,
-    images: Option<Vec<f32>>,
-    n: usize,
-}
-
-impl Task for PredictTask {
-    type Output = Vec<f32>;
-    type JsValue = Float32Array;
-    fn compute(&mut self) -> Result<Vec<f32>> {
-        guarded("SegModel.predict", || {
-            let images = self
-                .images
-                .take()
-                .ok_or_else(|| failed("predict task ran twice"))?;
-            let s = lock(&self.state)?;
-            let e = &s.tuner.cfg().encoder;
-            let x = Tensor::from_vec(
-                images,
-                (self.n, e.in_chans, e.img_size, e.img_size),
-                &Device::Cpu,
-            )
-            .map_err(err)?;
-            s.tuner
-                .predict(&x)
-                .and_then(|p| p.flatten_all()?.to_vec1::<f32>())
-                .map_err(err)
-        })
-    }
-    fn resolve(&mut self, _env: Env, v: Vec<f32>) -> Result<Float32Array> {
-        Ok(Float32Array::new(v))
-    }
-}
-
-pub struct PredictImagesTask {
-    state: Shared,
-    images: Vec<(Vec<u8>, usize, usize)>,
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
-impl Task for PredictImagesTask {
-    type Output = Vec<Vec<f32>>;
-    type JsValue = Vec<Float32Array>;
-    fn compute(&mut self) -> Result<Self::Output> {
-        guarded("SegModel.predictImages", || {
-            let s = lock(&self.state)?;
-            let views: Vec<(&[u8], usize, usize)> = self
-                .images
-                .iter()
-                .map(|(p, w, h)| (p.as_slice(), *w, *h))
-                .collect();
-            if views.is_empty() {
-                return Ok(vec![]);
-            }
-            s.tuner
-                .predict_grey(&views, &self.mean, &self.std)
-                .map_err(err)
-        })
-    }
-    fn resolve(&mut self, _env: Env, v: Self::Output) -> Result<Self::JsValue> {
-        Ok(v.into_iter().map(Float32Array::new).collect())
+                    .map(|(p, w, h)| (p.as_slice(), *w, *h))
+                    .collect();
+                t.predict_grey(&views, &mean, &std)
+            }))
     }
 }

@@ -20,7 +20,11 @@ import { prepareVesselMaps, readImage, vesselness } from '../../ts/src/index.js'
 import { packageRoot } from '../../ts/src/native.js';
 
 const { values, positionals } = parseArgs({
-  options: { repeat: { type: 'string', default: '3' }, copies: { type: 'string', default: '4' }, python: { type: 'string', default: 'python3' } },
+  options: {
+    repeat: { type: 'string', default: '3' },
+    copies: { type: 'string', default: '4' },
+    python: { type: 'string', default: 'python3' },
+  },
   allowPositionals: true,
 });
 const repeat = Number(values.repeat);
@@ -29,19 +33,30 @@ const root = packageRoot();
 const peerScript = join(root, 'scripts', 'peers', 'skimage_vessels.py');
 
 function defaultFrames(): string[] {
-  const dirs = ['cadica-samples', 'danilov-stenosis-samples', 'arcade-samples'].map((d) => join(root, 'data', 'samples', d));
-  return dirs.flatMap((d) => readdirSync(d).filter((n) => n.endsWith('.png')).map((n) => join(d, n)));
+  const dirs = ['cadica-samples', 'danilov-stenosis-samples', 'arcade-samples'].map((d) =>
+    join(root, 'data', 'samples', d),
+  );
+  return dirs.flatMap((d) =>
+    readdirSync(d)
+      .filter((n) => n.endsWith('.png'))
+      .map((n) => join(d, n)),
+  );
 }
 const frames = positionals.length ? positionals : defaultFrames();
 
 function peerTimes(filter: 'sato' | 'frangi', sigmas: string): Map<string, number> {
   const out = mkdtempSync(join(tmpdir(), 'vasomim-bench-'));
-  const r = spawnSync(values.python!, [peerScript, ...frames, '--out', out, '--filter', filter, '--sigmas', sigmas, '--repeat', String(repeat)], {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-  });
+  const r = spawnSync(
+    values.python!,
+    [peerScript, ...frames, '--out', out, '--filter', filter, '--sigmas', sigmas, '--repeat', String(repeat)],
+    {
+      encoding: 'utf8',
+      maxBuffer: 64 << 20,
+    },
+  );
   rmSync(out, { recursive: true, force: true });
-  if (r.status !== 0) throw new Error(`scikit-image peer failed (pip install -r scripts/peers/requirements.txt):\n${r.stderr}`);
+  if (r.status !== 0)
+    throw new Error(`scikit-image peer failed (pip install -r scripts/peers/requirements.txt):\n${r.stderr}`);
   const times = new Map<string, number>();
   for (const line of r.stdout.trim().split('\n')) {
     const j = JSON.parse(line) as { image?: string; ms?: number };
@@ -73,7 +88,7 @@ async function folderThroughput(): Promise<{ ours: number; peer: number; n: numb
   const src = join(dir, 'frames');
   mkdirSync(src);
   let n = 0;
-  for (let c = 0; c < copies; c++) for (const f of frames) copyFileSync(f, join(src, `c${c}_${basename(f)}`)), n++;
+  for (let c = 0; c < copies; c++) for (const f of frames) (copyFileSync(f, join(src, `c${c}_${basename(f)}`)), n++);
   const inputs = readdirSync(src).map((x) => join(src, x));
   let t = performance.now();
   const s = await prepareVesselMaps(src, { jobs: 2, overwrite: true, out: join(dir, 'ours') });
@@ -85,7 +100,9 @@ async function folderThroughput(): Promise<{ ours: number; peer: number; n: numb
     [inputs.slice(0, half), inputs.slice(half)].map(
       (part, i) =>
         new Promise<void>((res, rej) => {
-          const p = spawn(values.python!, [peerScript, ...part, '--out', join(dir, `peer${i}`), '--repeat', '1'], { stdio: 'ignore' });
+          const p = spawn(values.python!, [peerScript, ...part, '--out', join(dir, `peer${i}`), '--repeat', '1'], {
+            stdio: 'ignore',
+          });
           p.on('exit', (code) => (code === 0 ? res() : rej(new Error(`peer exited ${code}`))));
         }),
     ),
@@ -114,7 +131,9 @@ console.log(
   `folder, 2 workers, ${folder.n} frames: reference pipeline ${folder.peer.toFixed(1)} img/s | vasomim vessels ${folder.ours.toFixed(1)} img/s (${(folder.ours / folder.peer).toFixed(1)}x)`,
 );
 const corpus = 171_478;
-console.log(`XA-170K (${corpus} frames) at this rate on 2 cores: ours ${(corpus / folder.ours / 60).toFixed(0)} min, reference ${(corpus / folder.peer / 3600).toFixed(1)} h`);
+console.log(
+  `XA-170K (${corpus} frames) at this rate on 2 cores: ours ${(corpus / folder.ours / 60).toFixed(0)} min, reference ${(corpus / folder.peer / 3600).toFixed(1)} h`,
+);
 const r = (x: number) => Math.round(x * 1000) / 1000;
 console.log(
   JSON.stringify({

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden fixtures for the candle MAE: loss, gradients and AdamW steps computed by PyTorch.
 
-The reference model below is written from the project's spec (VASOMIM.md §6–§8 as summarised in
+The reference model below is written from the project's spec (METHOD.md §6–§8 as summarised in
 docs/MODEL.md), not copied from facebookresearch/mae or timm. Weights and images are a closed-form
 function of the parameter name and index (`synthetic`), which crates/core/tests/golden_torch.rs
 reproduces bit for bit, so the fixtures need not store the weights.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Golden fixtures for the candle UNeXt-S segmentor, computed by PyTorch in float64.
 
-The reference model below is an independent re-implementation from the spec (VASOMIM.md §4 as
+The reference model below is an independent re-implementation from the spec (METHOD.md §4 as
 summarised in docs/MODEL.md, "Segmentor (UNeXt-S)"): the authors' code is not used. Weights are a
 closed-form hash of the parameter name and element index (`synthetic`, SplitMix64 in counter
 mode), which crates/core/tests/golden_unext.rs reproduces bit for bit, so the fixture need not

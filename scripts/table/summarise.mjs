@@ -16,16 +16,31 @@ for (const name of readdirSync(dir).sort()) {
   const sum = join(dir, name, 'eval', 'summary.json');
   if (!m || !existsSync(sum)) continue;
   const s = JSON.parse(readFileSync(sum, 'utf8'));
-  const lines = readFileSync(join(dir, name, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const lines = readFileSync(join(dir, name, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   const epochs = lines.filter((l) => l.event === 'epoch');
   const best = epochs.reduce((a, b) => (b.valDsc > a.valDsc ? b : a));
   const trainSeconds = epochs.reduce((a, e) => a + e.seconds, 0);
   const g = groups.get(m[1]) ?? [];
-  g.push({ seed: Number(m[2]), dsc: s.metrics.dsc.mean, cldice: s.metrics.cldice.mean, auc: s.metrics.auc.mean, ips: s.timing.imagesPerSecond, valDsc: best.valDsc, bestEpoch: best.epoch, epochs: epochs.length, trainSeconds });
+  g.push({
+    seed: Number(m[2]),
+    dsc: s.metrics.dsc.mean,
+    cldice: s.metrics.cldice.mean,
+    auc: s.metrics.auc.mean,
+    ips: s.timing.imagesPerSecond,
+    valDsc: best.valDsc,
+    bestEpoch: best.epoch,
+    epochs: epochs.length,
+    trainSeconds,
+  });
   groups.set(m[1], g);
 }
 const out = {};
-console.log('| init | seeds | test DSC | test clDice | test AUC | val DSC (best epoch) | train min / run | evaluate img/s |');
+console.log(
+  '| init | seeds | test DSC | test clDice | test AUC | val DSC (best epoch) | train min / run | evaluate img/s |',
+);
 console.log('|---|---|---|---|---|---|---|---|');
 for (const [init, g] of groups) {
   const r = {
@@ -40,6 +55,8 @@ for (const [init, g] of groups) {
     evalImgPerSec: stat(g.map((x) => x.ips)),
   };
   out[init] = r;
-  console.log(`| ${init} | ${r.seeds.join(', ')} | ${f(r.dsc)} | ${f(r.cldice)} | ${f(r.auc)} | ${f(r.valDsc)} (${r.bestEpochs.join(', ')}) | ${f(r.trainMinutes, 1)} | ${f(r.evalImgPerSec, 2)} |`);
+  console.log(
+    `| ${init} | ${r.seeds.join(', ')} | ${f(r.dsc)} | ${f(r.cldice)} | ${f(r.auc)} | ${f(r.valDsc)} (${r.bestEpochs.join(', ')}) | ${f(r.trainMinutes, 1)} | ${f(r.evalImgPerSec, 2)} |`,
+  );
 }
 console.log(JSON.stringify(out));

@@ -57,8 +57,8 @@ export {
   createSegmentor,
   loadSegmentor,
   polyLr,
-  type SegLoadInfo,
-  type SegStepResult,
+  type SegmentorLoadInfo,
+  type SegmentorStepResult,
   type Segmentor,
   type SegmentorConfig,
 } from './model/segmentor.js';
@@ -72,9 +72,25 @@ export {
   type PresetName,
   type StepOptionsInput,
 } from './config/model.js';
-export { indexDataset, expandFrames, isManifest, DatasetError, DATA_EXTENSIONS, type DataSample, type DatasetIndex, type SourceReport } from './data/dataset.js';
+export {
+  indexDataset,
+  expandFrames,
+  isManifest,
+  DatasetError,
+  DATA_EXTENSIONS,
+  type DataSample,
+  type DatasetIndex,
+  type SourceReport,
+} from './data/dataset.js';
 export { checkDataset, checkIndex, type CheckOptions, type DataReport } from './data/check.js';
-export { openLoader, DataLoader, type Batch, type EpochMetrics, type EpochOptions, type SkippedFile } from './data/loader.js';
+export {
+  openLoader,
+  DataLoader,
+  type Batch,
+  type EpochMetrics,
+  type EpochOptions,
+  type SkippedFile,
+} from './data/loader.js';
 export { extractFrames, type FrameRow, type FramesSummary } from './data/frames.js';
 export { benchLoader, prepareBenchData, type BenchResult } from './data/bench.js';
 export {
@@ -145,14 +161,46 @@ export {
   type SegmentationDataInput,
   type SplitName,
 } from './config/segmentation.js';
-export { pretrain, vesselCounts, NonFiniteLossError, type PretrainEvents, type PretrainResult, type StepRecord } from './train/pretrain.js';
-export { PretrainSchema, PRESETS as PRETRAIN_PRESETS, RUN_PRESETS, resolvePretrainConfig, mergeConfig, type PretrainConfig, type PretrainInput, type RunPreset } from './config/pretrain.js';
-export { trainSegmentor, resolveSegmentorConfig, SegmentorRunSchema, SEGMENTOR_PRESETS, type SegmentorRunConfig, type SegmentorRunInput, type SegmentorResult, type SegmentorStep } from './train/segmentor.js';
+export {
+  pretrain,
+  vesselCounts,
+  NonFiniteLossError,
+  type PretrainEvents,
+  type PretrainResult,
+  type StepRecord,
+} from './train/pretrain.js';
+export {
+  PretrainSchema,
+  PRESETS as PRETRAIN_PRESETS,
+  RUN_PRESETS,
+  resolvePretrainConfig,
+  mergeConfig,
+  type PretrainConfig,
+  type PretrainInput,
+  type RunPreset,
+} from './config/pretrain.js';
+export {
+  trainSegmentor,
+  resolveSegmentorConfig,
+  SegmentorRunSchema,
+  SEGMENTOR_PRESETS,
+  type SegmentorRunConfig,
+  type SegmentorRunInput,
+  type SegmentorResult,
+  type SegmentorStep,
+} from './train/segmentor.js';
 export { demoImages, demoSamples, bundledSegmentor } from './train/demo.js';
 export { RunDir } from './train/rundir.js';
 export { MaskFrequency } from './train/maskfreq.js';
 export { writeVesselMaps } from './vessels/api.js';
-export { FinetuneSchema, FT_TASKS, TASK_DATA, type FinetuneConfig, type FinetuneInput, type FtTask } from './config/finetune.js';
+export {
+  FinetuneSchema,
+  FT_TASKS,
+  TASK_DATA,
+  type FinetuneConfig,
+  type FinetuneInput,
+  type FtTask,
+} from './config/finetune.js';
 export {
   finetune,
   holdOut,

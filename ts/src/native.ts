@@ -30,12 +30,25 @@ function load(): typeof Native {
 }
 
 export const native: typeof Native = load();
-export type { DecodedImage, FilterOptions, MapOptions, MapOutcome, VesselnessResult, ProbeResult, FrameFile } from '../../bindings/index.js';
-export type { Features, LoadInfo, Model, ModelConfig as NativeModelConfig, Reconstruction, StepResult } from '../../bindings/index.js';
+export type {
+  DecodedImage,
+  FilterOptions,
+  MapOptions,
+  MapOutcome,
+  VesselnessResult,
+  ProbeResult,
+  FrameFile,
+} from '../../bindings/index.js';
+export type { Features, LoadInfo, Model, Reconstruction, StepResult } from '../../bindings/index.js';
 
 /** The package's version (package.json). */
 export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
-export type { SegLoadInfo, SegStepResult, Segmentor, SegmentorConfig } from '../../bindings/index.js';
-export type { FtStepResult, PretrainedOptions, SegInitInfo, SegModelConfig } from '../../bindings/index.js';
+export type { SegmentorLoadInfo, SegmentorStepResult, Segmentor } from '../../bindings/index.js';
+export type {
+  PretrainedOptions,
+  SegmentationInitInfo,
+  SegmentationModel,
+  SegmentationStepResult,
+} from '../../bindings/index.js';

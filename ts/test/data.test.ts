@@ -6,7 +6,15 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { checkDataset, DatasetError, indexDataset, openLoader, readFrame, type Batch, type DataLoader } from '../src/index.js';
+import {
+  checkDataset,
+  DatasetError,
+  indexDataset,
+  openLoader,
+  readFrame,
+  type Batch,
+  type DataLoader,
+} from '../src/index.js';
 import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
 
 const XCA = join(SAMPLES, 'fercer-xca80', 'Angios_40_training');
@@ -65,7 +73,10 @@ describe('dataset index', () => {
     const csv = join(tmp.path, 'm.csv');
     writeFileSync(csv, 'image,map\nxa/srcA/1.png,xa/srcA_frangi/1.png\n"xa/srcB/b5.png",\n');
     const ix = indexDataset(csv);
-    expect(ix.samples[0]).toMatchObject({ image: join(tmp.path, 'xa/srcA/1.png'), map: join(tmp.path, 'xa/srcA_frangi/1.png') });
+    expect(ix.samples[0]).toMatchObject({
+      image: join(tmp.path, 'xa/srcA/1.png'),
+      map: join(tmp.path, 'xa/srcA_frangi/1.png'),
+    });
     expect(ix.samples[1]!.map).toBeUndefined();
     const jl = join(tmp.path, 'm.jsonl');
     writeFileSync(jl, '{"image": "xa/srcA/2.png", "frame": 0}\nnot json\n');
@@ -84,7 +95,14 @@ describe('data check', () => {
     expect(r.images).toBe(4);
     expect(r.sizes).toEqual({ '300x300': 3 });
     expect(r.unreadable.map((u) => u.path)).toEqual([join(dir, 'img', 'broken.png')]);
-    expect(r.sizeMismatch).toEqual([{ image: join(dir, 'img', '2.png'), map: join(dir, 'img_frangi', '2.png'), imageSize: '300x300', mapSize: '512x512' }]);
+    expect(r.sizeMismatch).toEqual([
+      {
+        image: join(dir, 'img', '2.png'),
+        map: join(dir, 'img_frangi', '2.png'),
+        imageSize: '300x300',
+        mapSize: '512x512',
+      },
+    ]);
     expect(r.problems.join('\n')).toMatch(/1 image\(s\) without a vessel map: .*broken\.png/);
     const c = cli(['data', 'check', dir, '--json']);
     expect(c.code).toBe(1);
@@ -102,13 +120,17 @@ describe('openLoader', () => {
     const empty = join(tmp.path, 'empty');
     mkdirSync(empty, { recursive: true });
     await expect(openLoader(empty)).rejects.toThrow(/no images found/);
-    await expect(openLoader(tree)).rejects.toThrow(new RegExp(`1 of 6 image\\(s\\) have no vessel map \\(e\\.g\\. ${join(tree, 'srcA', '4.png')}`));
+    await expect(openLoader(tree)).rejects.toThrow(
+      new RegExp(`1 of 6 image\\(s\\) have no vessel map \\(e\\.g\\. ${join(tree, 'srcA', '4.png')}`),
+    );
     const dir = pairedDir('mismatch', 4);
     copyFileSync(join(SAMPLES, 'cadica-samples', 'p10_v7_00031.png'), join(dir, 'img_frangi', '3.png'));
     const e = await openLoader(dir, { batchSize: 2 }).catch((x: unknown) => x as Error);
     expect(e).toBeInstanceOf(DatasetError);
     expect((e as Error).message).toMatch(/img_frangi\/3\.png 512x512 vs 300x300/);
-    await expect(openLoader(dir, { batchSize: 2, augment: { scale: [0.5, 0.1] } })).rejects.toThrow(/augment\.scale: scale must satisfy/);
+    await expect(openLoader(dir, { batchSize: 2, augment: { scale: [0.5, 0.1] } })).rejects.toThrow(
+      /augment\.scale: scale must satisfy/,
+    );
     await expect(openLoader(pairedDir('few', 3), { batchSize: 4 })).rejects.toThrow(/fewer than one batch of 4/);
   });
 
@@ -167,9 +189,18 @@ describe('DICOM frames', () => {
     const b = await readFrame(join(DICOM, 'mf_mono1_window_rle.dcm'), 4);
     expect(a).toEqual(b);
     expect([a.width, a.height]).toEqual([48, 40]);
-    await expect(readFrame(join(DICOM, 'mf_mono1_window.dcm'), 5)).rejects.toThrow(/frame 5 out of range \(the file has 5 frames\)/);
+    await expect(readFrame(join(DICOM, 'mf_mono1_window.dcm'), 5)).rejects.toThrow(
+      /frame 5 out of range \(the file has 5 frames\)/,
+    );
     const out = join(tmp.path, 'frames');
-    const r = cli(['frames', join(DICOM, 'mf_mono1_window.dcm'), join(DICOM, 'MR_truncated.dcm'), '--out', out, '--json']);
+    const r = cli([
+      'frames',
+      join(DICOM, 'mf_mono1_window.dcm'),
+      join(DICOM, 'MR_truncated.dcm'),
+      '--out',
+      out,
+      '--json',
+    ]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/MR_truncated\.dcm: element \(7FE0,0010\) declares 8192 bytes but only 8130 remain/);
     const manifest = readFileSync(join(out, 'manifest.csv'), 'utf8').trim().split('\n');
@@ -199,7 +230,10 @@ describe('malformed files through Node', () => {
   it('reject with an error naming the file; the process survives', async () => {
     const good = readFileSync(join(DICOM, 'mf_signed10.dcm'));
     const cases: [string, Buffer][] = [
-      ['marker-only.dcm', Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), Buffer.from('garbage garbage garbage')])],
+      [
+        'marker-only.dcm',
+        Buffer.concat([Buffer.alloc(128), Buffer.from('DICM'), Buffer.from('garbage garbage garbage')]),
+      ],
       ['cut.dcm', good.subarray(0, Math.floor(good.length * 0.6))],
       ['flipped.dcm', Buffer.from(good.map((v, i) => (i > 300 && i % 97 === 0 ? v ^ 0xff : v)))],
       ['empty.png', Buffer.alloc(0)],

@@ -1,11 +1,19 @@
-// Fine-tuning the segmentation ViT: the SegModel handle, a micro `finetune` run (binary and
+// Fine-tuning the segmentation ViT: the SegmentationModel handle, a micro `finetune` run (binary and
 // multi-class), `evaluate <model>` and `predict`, and the errors for bad input.
 import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { finetune, holdOut, imageDsc, loadSegmentationModel, readImage, segmentationPredictor, type SegmentationSample } from '../src/index.js';
+import {
+  finetune,
+  holdOut,
+  imageDsc,
+  loadSegmentationModel,
+  readImage,
+  segmentationPredictor,
+  type SegmentationSample,
+} from '../src/index.js';
 import { native } from '../src/native.js';
 import { cli, encodePng, SAMPLES, tempDir } from './helpers.js';
 
@@ -16,7 +24,10 @@ const XCA = join(SAMPLES, 'fercer-xca80');
 /** A fercer-style subset: training/ and testing/ with N.png + N_gt.png. */
 function subset(name: string, train: number[], test: number[]) {
   const root = join(tmp.path, name);
-  for (const [dir, src, ids] of [['training', 'Angios_40_training', train], ['testing', 'Angios_40_testing', test]] as const) {
+  for (const [dir, src, ids] of [
+    ['training', 'Angios_40_training', train],
+    ['testing', 'Angios_40_testing', test],
+  ] as const) {
     mkdirSync(join(root, dir), { recursive: true });
     for (const k of ids) {
       copyFileSync(join(XCA, src, `${k}.png`), join(root, dir, `${k}.png`));
@@ -26,12 +37,26 @@ function subset(name: string, train: number[], test: number[]) {
   return root;
 }
 
-const MICRO = { model: { preset: 'micro' }, imgSize: 64, headScale: 0.125, batchSize: 2, epochs: 2, warmupEpochs: 1, lr: 1e-3, workers: 1 } as const;
-const micro = { encoder: { ...native.presetConfig('micro'), imgSize: 64 }, numClasses: 1, headScale: 0.125, dropPath: 0.1 };
+const MICRO = {
+  model: { preset: 'micro' },
+  imgSize: 64,
+  headScale: 0.125,
+  batchSize: 2,
+  epochs: 2,
+  warmupEpochs: 1,
+  lr: 1e-3,
+  workers: 1,
+} as const;
+const micro = {
+  encoder: { ...native.presetConfig('micro'), imgSize: 64 },
+  numClasses: 1,
+  headScale: 0.125,
+  dropPath: 0.1,
+};
 
-describe('SegModel', () => {
+describe('SegmentationModel', () => {
   it('layer-decay groups, save/load round trip, predictImages equals predict on loader-normalised input', async () => {
-    const m = native.SegModel.create(micro, 3);
+    const m = native.SegmentationModel.create(micro, 3);
     const groups = m.paramGroups();
     const depth = micro.encoder.depth;
     const byName = new Map(groups.map((g) => [g.name, g]));
@@ -52,7 +77,7 @@ describe('SegModel', () => {
     expect(r.loss).toBeCloseTo(r.dice + r.ce, 5);
     const path = join(tmp.path, 'segmodel.safetensors');
     await m.save(path, JSON.stringify({ task: 'vessel-seg', threshold: 0.4 }));
-    const back = await native.SegModel.load(path);
+    const back = await native.SegmentationModel.load(path);
     expect(back.step).toBe(1);
     expect(JSON.parse(back.extra!).threshold).toBe(0.4);
     expect(Array.from(await back.predict(images))).toEqual(Array.from(await m.predict(images)));
@@ -62,23 +87,31 @@ describe('SegModel', () => {
     const mean = [0.485, 0.456, 0.406];
     const std = [0.229, 0.224, 0.225];
     const x = new Float32Array(3 * s * s);
-    for (let c = 0; c < 3; c++) for (let i = 0; i < s * s; i++) x[c * s * s + i] = (grey[i]! / 255 - mean[c]!) / std[c]!;
+    for (let c = 0; c < 3; c++)
+      for (let i = 0; i < s * s; i++) x[c * s * s + i] = (grey[i]! / 255 - mean[c]!) / std[c]!;
     const [viaImages] = await m.predictImages([{ width: s, height: s, pixels: grey }], { mean, std });
     const direct = await m.predict(x);
     let err = 0;
     for (let i = 0; i < s * s; i++) err = Math.max(err, Math.abs(viaImages![i]! - direct[i]!));
     expect(err).toBeLessThan(1e-5);
     // other sizes come back at their own size
-    const [odd] = await m.predictImages([{ width: 50, height: 30, pixels: new Float32Array(1500).fill(100) }], { mean, std });
+    const [odd] = await m.predictImages([{ width: 50, height: 30, pixels: new Float32Array(1500).fill(100) }], {
+      mean,
+      std,
+    });
     expect(odd!.length).toBe(1500);
   });
 
   it('rejects bad arguments with one clear error', async () => {
-    const m = native.SegModel.create(micro, 0);
+    const m = native.SegmentationModel.create(micro, 0);
     expect(() => m.predict(new Float32Array(10))).toThrow(/not a positive multiple of C\*S\*S/);
-    expect(() => m.trainStep(new Float32Array(3 * 64 * 64), new Float32Array(64 * 64).fill(2), { lr: 1e-3, weightDecay: 0 })).toThrow(/outside \[0, 1\]/);
-    expect(() => native.SegModel.create({ ...micro, encoder: { ...micro.encoder, patchSize: 8 } })).toThrow(/patch size must be 16/);
-    await expect(native.SegModel.load(join(XCA, 'Angios_40_training', '1.png'))).rejects.toThrow(/1\.png/);
+    expect(() =>
+      m.trainStep(new Float32Array(3 * 64 * 64), new Float32Array(64 * 64).fill(2), { lr: 1e-3, weightDecay: 0 }),
+    ).toThrow(/outside \[0, 1\]/);
+    expect(() => native.SegmentationModel.create({ ...micro, encoder: { ...micro.encoder, patchSize: 8 } })).toThrow(
+      /patch size must be 16/,
+    );
+    await expect(native.SegmentationModel.load(join(XCA, 'Angios_40_training', '1.png'))).rejects.toThrow(/1\.png/);
   });
 });
 
@@ -86,7 +119,16 @@ describe('validation split', () => {
   it('holds out evenly spaced training images, never the test split', () => {
     const train = Array.from({ length: 40 }, (_, i) => ({ id: `${i + 1}.png` }) as SegmentationSample);
     const { train: t, val } = holdOut(train, 8);
-    expect(val.map((s) => s.id)).toEqual(['3.png', '8.png', '13.png', '18.png', '23.png', '28.png', '33.png', '38.png']);
+    expect(val.map((s) => s.id)).toEqual([
+      '3.png',
+      '8.png',
+      '13.png',
+      '18.png',
+      '23.png',
+      '28.png',
+      '33.png',
+      '38.png',
+    ]);
     expect(t.length).toBe(32);
     expect(t.some((s) => val.includes(s))).toBe(false);
     expect(() => holdOut(train.slice(0, 4), 4)).toThrow(/leaves no training images/);
@@ -105,13 +147,19 @@ describe('finetune (micro)', () => {
 
   it('trains, validates on the hold-out, writes best/last checkpoints, metrics and masks', async () => {
     const epochs: number[] = [];
-    const r = await finetune({ ...MICRO, data, valCount: 2, runs: join(tmp.path, 'runs'), name: 'bin', seed: 1 }, { onEpoch: (e) => epochs.push(e.epoch) });
+    const r = await finetune(
+      { ...MICRO, data, valCount: 2, runs: join(tmp.path, 'runs'), name: 'bin', seed: 1 },
+      { onEpoch: (e) => epochs.push(e.epoch) },
+    );
     expect(epochs).toEqual([0, 1]);
     expect(existsSync(r.best) && existsSync(r.last)).toBe(true);
     expect(r.val).toEqual(['training/2.png', 'training/5.png']);
     expect(r.train).toBe(4);
     expect(r.steps).toBe(4);
-    const lines = readFileSync(join(r.run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(join(r.run, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const steps = lines.filter((l) => l.event === undefined);
     const ep = lines.filter((l) => l.event === 'epoch');
     expect(steps.map((l) => l.step)).toEqual([1, 2, 3, 4]);
@@ -150,7 +198,15 @@ describe('finetune (micro)', () => {
     expect(readFileSync(join(out, 'per-image.csv'), 'utf8').trim().split('\n').length).toBe(3);
 
     const pout = join(tmp.path, 'pred');
-    const p = cli(['predict', best, join(data, 'testing', '1.png'), join(data, 'testing', '2.png'), '--out', pout, '--json']);
+    const p = cli([
+      'predict',
+      best,
+      join(data, 'testing', '1.png'),
+      join(data, 'testing', '2.png'),
+      '--out',
+      pout,
+      '--json',
+    ]);
     expect(p.code, p.stderr).toBe(0);
     expect(readdirSync(pout).sort()).toEqual(['1_mask.png', '1_overlay.png', '2_mask.png', '2_overlay.png']);
   });
@@ -170,7 +226,10 @@ describe('finetune (micro)', () => {
   it('multi-class: label masks train a K-class model; evaluate reports per class', async () => {
     // labels: vessel pixels of the left half = 1, right half = 2
     const root = join(tmp.path, 'labels');
-    for (const [dir, ids] of [['training', [1, 2, 3, 4, 5]], ['testing', [6]]] as const) {
+    for (const [dir, ids] of [
+      ['training', [1, 2, 3, 4, 5]],
+      ['testing', [6]],
+    ] as const) {
       mkdirSync(join(root, dir), { recursive: true });
       for (const k of ids) {
         copyFileSync(join(XCA, 'Angios_40_training', `${k}.png`), join(root, dir, `${k}.png`));
@@ -193,21 +252,50 @@ describe('finetune (micro)', () => {
     expect(model.config.numClasses).toBe(3);
     expect(meta.classes.length).toBe(3);
     const out = join(tmp.path, 'eval-mc');
-    const e = cli(['evaluate', r.best, '--data', root, '--masks', 'labels', '--classes', '2', '--out', out, '--json', '--examples', '0']);
+    const e = cli([
+      'evaluate',
+      r.best,
+      '--data',
+      root,
+      '--masks',
+      'labels',
+      '--classes',
+      '2',
+      '--out',
+      out,
+      '--json',
+      '--examples',
+      '0',
+    ]);
     expect(e.code, e.stderr).toBe(0);
     expect(JSON.parse(e.stdout).perClass.length).toBe(2);
     // a binary model on this 3-class dataset: one clear error before any image is predicted
-    const w = cli(['evaluate', best, '--data', root, '--masks', 'labels', '--classes', '2', '--out', join(tmp.path, 'eval-wrong')]);
+    const w = cli([
+      'evaluate',
+      best,
+      '--data',
+      root,
+      '--masks',
+      'labels',
+      '--classes',
+      '2',
+      '--out',
+      join(tmp.path, 'eval-wrong'),
+    ]);
     expect(w.code).toBe(2);
     expect(w.stderr).toMatch(/outputs 1 map \(binary\) but the dataset is 3 classes/);
     // and segment-seg on a binary dataset
-    await expect(finetune({ ...MICRO, task: 'segment-seg', data, runs: join(tmp.path, 'runs'), name: 'x' })).rejects.toThrow(/needs a multi-class dataset/);
+    await expect(
+      finetune({ ...MICRO, task: 'segment-seg', data, runs: join(tmp.path, 'runs'), name: 'x' }),
+    ).rejects.toThrow(/needs a multi-class dataset/);
   });
 
   it('bad input: mask size mismatch, empty test split, not a model', async () => {
     const bad = subset('xca-bad', [1, 2, 3, 4, 5], [1]);
     writeFileSync(join(bad, 'training', '3_gt.png'), encodePng(10, 10, new Uint8Array(100)));
-    await expect(finetune({ ...MICRO, data: bad, valCount: 1, runs: join(tmp.path, 'runs'), name: 'bad' })).rejects.toThrow(/3_gt\.png: mask is 10x10 but its image .*3\.png is 300x300/);
+    await expect(
+      finetune({ ...MICRO, data: bad, valCount: 1, runs: join(tmp.path, 'runs'), name: 'bad' }),
+    ).rejects.toThrow(/3_gt\.png: mask is 10x10 but its image .*3\.png is 300x300/);
     expect(existsSync(join(tmp.path, 'runs', 'bad'))).toBe(false); // nothing written before the check
 
     const noTest = join(tmp.path, 'no-test');
@@ -218,7 +306,14 @@ describe('finetune (micro)', () => {
     expect(e.code).toBe(2);
     expect(e.stderr).toMatch(/the test split is empty \(found train 1\)/);
 
-    const n = cli(['evaluate', join(XCA, 'Angios_40_training', '1.png'), '--data', data, '--out', join(tmp.path, 'eval-nm')]);
+    const n = cli([
+      'evaluate',
+      join(XCA, 'Angios_40_training', '1.png'),
+      '--data',
+      data,
+      '--out',
+      join(tmp.path, 'eval-nm'),
+    ]);
     expect(n.code).toBe(2);
     expect(n.stderr).toMatch(/1\.png/);
     const f = cli(['finetune', '--data', data, '--head-scale', '9']);
@@ -227,7 +322,30 @@ describe('finetune (micro)', () => {
   });
 
   it('vasomim finetune on the command line', () => {
-    const r = cli(['finetune', '--data', data, '--model', 'micro', '--img-size', '64', '--head-scale', '0.125', '--epochs', '1', '--batch-size', '2', '--val-count', '2', '--workers', '1', '--runs', join(tmp.path, 'runs'), '--name', 'cli', '--json']);
+    const r = cli([
+      'finetune',
+      '--data',
+      data,
+      '--model',
+      'micro',
+      '--img-size',
+      '64',
+      '--head-scale',
+      '0.125',
+      '--epochs',
+      '1',
+      '--batch-size',
+      '2',
+      '--val-count',
+      '2',
+      '--workers',
+      '1',
+      '--runs',
+      join(tmp.path, 'runs'),
+      '--name',
+      'cli',
+      '--json',
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.steps).toBe(2);
@@ -236,7 +354,29 @@ describe('finetune (micro)', () => {
   });
 
   it('--resume after --max-steps repeats the uninterrupted run', async () => {
-    const args = ['finetune', '--data', data, '--model', 'micro', '--img-size', '64', '--head-scale', '0.125', '--epochs', '3', '--batch-size', '2', '--val-count', '2', '--workers', '1', '--drop-path', '0.1', '--runs', join(tmp.path, 'runs')];
+    const args = [
+      'finetune',
+      '--data',
+      data,
+      '--model',
+      'micro',
+      '--img-size',
+      '64',
+      '--head-scale',
+      '0.125',
+      '--epochs',
+      '3',
+      '--batch-size',
+      '2',
+      '--val-count',
+      '2',
+      '--workers',
+      '1',
+      '--drop-path',
+      '0.1',
+      '--runs',
+      join(tmp.path, 'runs'),
+    ];
     const key = (run: string) =>
       readFileSync(join(run, 'metrics.jsonl'), 'utf8')
         .trim()

@@ -12,7 +12,12 @@ export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const SAMPLES = join(ROOT, 'data', 'samples');
 
 /** PNG bytes of raw samples (grey or RGB, 8 or 16 bit), via the library's encoder. */
-export function encodePng(width: number, height: number, data: ArrayLike<number>, opts: { bitDepth?: 8 | 16; channels?: 1 | 3 } = {}): Buffer {
+export function encodePng(
+  width: number,
+  height: number,
+  data: ArrayLike<number>,
+  opts: { bitDepth?: 8 | 16; channels?: 1 | 3 } = {},
+): Buffer {
   return encodeAnyPng({ width, height, data, ...opts });
 }
 
@@ -29,10 +34,16 @@ export function readNpy(path: string): Npy {
   const off = b[6] === 1 ? 10 : 12;
   const header = b.subarray(off, off + hlen).toString('latin1');
   const descr = /'descr': '([^']+)'/.exec(header)![1]!;
-  const shape = /'shape': \(([^)]*)\)/.exec(header)![1]!.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  const shape = /'shape': \(([^)]*)\)/
+    .exec(header)![1]!
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
   const body = b.subarray(off + hlen);
   const copy = new Uint8Array(body).buffer;
-  const data = descr === '<f8' ? new Float64Array(copy) : descr === '<f4' ? new Float32Array(copy) : new Uint8Array(copy);
+  const data =
+    descr === '<f8' ? new Float64Array(copy) : descr === '<f4' ? new Float32Array(copy) : new Uint8Array(copy);
   return { descr, shape, data };
 }
 
@@ -42,11 +53,15 @@ export function tempDir(prefix = 'vasomim-test-'): { path: string; cleanup: () =
 }
 
 export function cli(args: string[], opts: { cwd?: string } = {}) {
-  const r = spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts', 'src', 'cli', 'main.ts'), ...args], {
-    cwd: opts.cwd ?? ROOT,
-    encoding: 'utf8',
-    env: { ...process.env, FORCE_COLOR: '0' },
-  });
+  const r = spawnSync(
+    process.execPath,
+    ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts', 'src', 'cli', 'main.ts'), ...args],
+    {
+      cwd: opts.cwd ?? ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, FORCE_COLOR: '0' },
+    },
+  );
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

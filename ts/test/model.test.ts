@@ -7,13 +7,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
-import { createModel, loadModel, parseModelConfig, randomMaskBatch, trainStep } from '../src/index.js';
+import {
+  createModel,
+  loadModel,
+  parseModelConfig,
+  randomMaskBatch,
+  StepOptionsSchema,
+  trainStep,
+} from '../src/index.js';
 
 const MICRO = { preset: 'micro', imgSize: 32, patchSize: 8, inChans: 1, embedDim: 32, decoderEmbedDim: 32 } as const;
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
 }
 
 function batch(n: number, size: number, chans: number, seed = 1): Float32Array {
@@ -28,7 +35,11 @@ function readNpyShape(path: string): number[] {
   const len = b.readUInt16LE(8);
   const header = b.subarray(10, 10 + len).toString('latin1');
   const m = /'shape': \(([^)]*)\)/.exec(header);
-  return m![1]!.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  return m![1]!
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map(Number);
 }
 
 describe('model config', () => {
@@ -92,20 +103,36 @@ describe('Model', () => {
   it('rejects mis-sized buffers and missing files with clear errors', async () => {
     const model = createModel(MICRO);
     const m = randomMaskBatch(2, 16, 0.75);
-    await expect(async () => model.trainStep(new Float32Array(10), m.idsKeep, m.idsRestore, m.mask, { lr: 1e-3, weightDecay: 0 })).rejects.toThrow(
-      /images has 10 values, not a multiple of C\*S\*S = 1024/,
-    );
+    await expect(async () =>
+      model.trainStep(
+        new Float32Array(10),
+        m.idsKeep,
+        m.idsRestore,
+        m.mask,
+        StepOptionsSchema.parse({ lr: 1e-3, weightDecay: 0 }),
+      ),
+    ).rejects.toThrow(/images has 10 values, not a multiple of C\*S\*S = 1024/);
     const bad = { ...m, idsKeep: Uint32Array.from(m.idsKeep, () => 99) };
-    await expect(async () => model.trainStep(batch(2, 32, 1), bad.idsKeep, m.idsRestore, m.mask, { lr: 1e-3, weightDecay: 0 })).rejects.toThrow(
-      /patch index 99 out of range 0..16/,
-    );
+    await expect(async () =>
+      model.trainStep(
+        batch(2, 32, 1),
+        bad.idsKeep,
+        m.idsRestore,
+        m.mask,
+        StepOptionsSchema.parse({ lr: 1e-3, weightDecay: 0 }),
+      ),
+    ).rejects.toThrow(/patch index 99 out of range 0..16/);
     await expect(loadModel(join(tmp(), 'nope.safetensors'))).rejects.toThrow(/nope.safetensors/);
   });
 });
 
 describe('CLI export / embed', () => {
   const main = join(import.meta.dirname, '..', 'src', 'cli', 'main.ts');
-  const cli = (...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', main, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const cli = (...args: string[]) =>
+    execFileSync(process.execPath, ['--import', 'tsx', main, ...args], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
 
   it('exports a timm encoder and embeds real angiograms with it', async () => {
     const dir = tmp();
@@ -113,13 +140,17 @@ describe('CLI export / embed', () => {
     const ckpt = join(dir, 'micro.safetensors');
     await model.save(ckpt);
     const timm = join(dir, 'timm.safetensors');
-    expect(cli('export', ckpt, '--format', 'timm', '--out', timm)).toMatch(/wrote .*timm.safetensors \(timm encoder: embed 64, depth 2/);
+    expect(cli('export', ckpt, '--format', 'timm', '--out', timm)).toMatch(
+      /wrote .*timm.safetensors \(timm encoder: embed 64, depth 2/,
+    );
     const exported = await loadModel(timm);
     expect(exported.loadInfo!.missing.every((k) => k.startsWith('decoder') || k === 'mask_token')).toBe(true);
     expect(exported.loadInfo!.unexpected).toEqual([]);
 
     const samples = join(import.meta.dirname, '..', '..', 'data', 'samples', 'cadica-samples');
-    const images = readdirSync(samples).filter((f) => f.endsWith('.png')).map((f) => join(samples, f));
+    const images = readdirSync(samples)
+      .filter((f) => f.endsWith('.png'))
+      .map((f) => join(samples, f));
     const out = join(dir, 'features.npy');
     expect(cli('embed', timm, ...images, '--out', out)).toMatch(/float32 \d+x2x64/);
     expect(readNpyShape(out)).toEqual([images.length, 2, 64]);
@@ -131,7 +162,11 @@ describe('CLI export / embed', () => {
   });
 
   it('reports usage errors with exit code 2', () => {
-    expect(() => cli('export', 'x.safetensors', '--format', 'onnx', '--out', 'y.safetensors')).toThrow(/only "timm" is supported/);
-    expect(() => cli('embed', 'x.safetensors', '--out', 'f.npy')).toThrow(/expected a checkpoint and at least one image/);
+    expect(() => cli('export', 'x.safetensors', '--format', 'onnx', '--out', 'y.safetensors')).toThrow(
+      /only "timm" is supported/,
+    );
+    expect(() => cli('embed', 'x.safetensors', '--out', 'f.npy')).toThrow(
+      /expected a checkpoint and at least one image/,
+    );
   });
 });

@@ -17,7 +17,10 @@ import { ROOT, SAMPLES, tempDir } from './helpers.js';
 const PY = process.env.VASOMIM_PYTHON ?? 'python3';
 const probe = spawnSync(PY, ['-c', 'import PIL; print(PIL.__version__)'], { encoding: 'utf8' });
 const version = probe.status === 0 ? probe.stdout.trim() : '';
-if (!version) console.warn(`parity-pil: skipped: ${PY} has no Pillow (${probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`);
+if (!version)
+  console.warn(
+    `parity-pil: skipped: ${PY} has no Pillow (${probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`,
+  );
 
 const tmp = tempDir('vasomim-pil-');
 afterAll(() => tmp.cleanup());
@@ -30,7 +33,12 @@ describe.skipIf(!version)(`augmentation parity with Pillow ${version}`, () => {
       ...indexDataset(join(SAMPLES, 'fercer-xca80', 'Angios_40_testing')).samples.slice(0, 10),
     ];
     const size = 224;
-    const loader = await openLoader(samples, { maps: 'ignore', batchSize: 19, seed: 3, augment: { size, channels: 1, mean: [0], std: [1] } });
+    const loader = await openLoader(samples, {
+      maps: 'ignore',
+      batchSize: 19,
+      seed: 3,
+      augment: { size, channels: 1, mean: [0], std: [1] },
+    });
     const jobs: Record<string, unknown>[] = [];
     const ours: number[] = [];
     for (const epoch of [0, 1]) {
@@ -38,7 +46,15 @@ describe.skipIf(!version)(`augmentation parity with Pillow ${version}`, () => {
       const c = b.crops;
       const img = b.images();
       b.samples.forEach((s, k) => {
-        jobs.push({ path: samples[s]!.image, top: c[5 * k], left: c[5 * k + 1], h: c[5 * k + 2], w: c[5 * k + 3], flip: c[5 * k + 4] === 1, size });
+        jobs.push({
+          path: samples[s]!.image,
+          top: c[5 * k],
+          left: c[5 * k + 1],
+          h: c[5 * k + 2],
+          w: c[5 * k + 3],
+          flip: c[5 * k + 4] === 1,
+          size,
+        });
         for (let i = 0; i < size * size; i++) ours.push(Math.round(img[k * size * size + i]! * 255));
       });
     }
@@ -57,7 +73,9 @@ describe.skipIf(!version)(`augmentation parity with Pillow ${version}`, () => {
       worst = Math.max(worst, d);
       if (d) differ++;
     }
-    console.log(`parity-pil: Pillow ${version}: ${jobs.length} crops, worst ${worst} grey level(s), ${differ} of ${peer.length} pixels differ`);
+    console.log(
+      `parity-pil: Pillow ${version}: ${jobs.length} crops, worst ${worst} grey level(s), ${differ} of ${peer.length} pixels differ`,
+    );
     if (version.startsWith('9.')) expect(differ).toBe(0);
     else {
       expect(worst).toBeLessThanOrEqual(3);

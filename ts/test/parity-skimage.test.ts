@@ -16,7 +16,10 @@ const probe = spawnSync(PY, ['-c', 'import skimage, scipy; print(skimage.__versi
 const version = probe.status === 0 ? probe.stdout.trim() : '';
 const [maj, min] = version.split('.').map(Number);
 const peerOk = version !== '' && (maj! > 0 || min! >= 20);
-if (!peerOk) console.warn(`parity-skimage: skipped: ${PY} has no scikit-image >= 0.20 (${version || probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`);
+if (!peerOk)
+  console.warn(
+    `parity-skimage: skipped: ${PY} has no scikit-image >= 0.20 (${version || probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`,
+  );
 
 const tmp = tempDir('vasomim-parity-');
 afterAll(() => tmp.cleanup());
@@ -24,10 +27,14 @@ afterAll(() => tmp.cleanup());
 const sources = discover(SAMPLES, { suffix: '_frangi', exclude: ['*_gt.*'] });
 
 function runPeer(images: string[], out: string, extra: string[]) {
-  const r = spawnSync(PY, [join(ROOT, 'scripts', 'peers', 'skimage_vessels.py'), ...images, '--out', out, '--repeat', '1', ...extra], {
-    encoding: 'utf8',
-    maxBuffer: 64 << 20,
-  });
+  const r = spawnSync(
+    PY,
+    [join(ROOT, 'scripts', 'peers', 'skimage_vessels.py'), ...images, '--out', out, '--repeat', '1', ...extra],
+    {
+      encoding: 'utf8',
+      maxBuffer: 64 << 20,
+    },
+  );
   if (r.status !== 0) throw new Error(`peer failed: ${r.stderr}`);
 }
 
@@ -41,8 +48,18 @@ describe.skipIf(!peerOk)(`parity with scikit-image ${version}`, () => {
     let differ = 0;
     let differ32 = 0;
     const mapsOut = join(tmp.path, 'ours');
-    await prepareVesselMaps(SAMPLES, { out: mapsOut, exclude: ['*_gt.*'], map: { cast: 'wrap' }, filter: { precision: 'f64' } });
-    await prepareVesselMaps(SAMPLES, { out: join(tmp.path, 'ours32'), exclude: ['*_gt.*'], map: { cast: 'wrap' }, filter: { precision: 'f32' } });
+    await prepareVesselMaps(SAMPLES, {
+      out: mapsOut,
+      exclude: ['*_gt.*'],
+      map: { cast: 'wrap' },
+      filter: { precision: 'f64' },
+    });
+    await prepareVesselMaps(SAMPLES, {
+      out: join(tmp.path, 'ours32'),
+      exclude: ['*_gt.*'],
+      map: { cast: 'wrap' },
+      filter: { precision: 'f32' },
+    });
     for (const [source, images] of bySource) {
       const peerOut = join(tmp.path, 'peer', source);
       runPeer(images, peerOut, []);
@@ -83,9 +100,14 @@ describe.skipIf(!peerOk)(`parity with scikit-image ${version}`, () => {
     for (const img of images) {
       const ref = readNpy(join(out, `${basename(img, '.png')}.frangi.npy`));
       worst64 = Math.max(worst64, relErr((await vesselness(img, { filter: 'frangi' })).data, ref.data));
-      worst32 = Math.max(worst32, relErr((await vesselness(img, { filter: 'frangi', precision: 'f32' })).data, ref.data));
+      worst32 = Math.max(
+        worst32,
+        relErr((await vesselness(img, { filter: 'frangi', precision: 'f32' })).data, ref.data),
+      );
     }
-    console.log(`parity-skimage: Frangi on ${images.length} frames: rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}`);
+    console.log(
+      `parity-skimage: Frangi on ${images.length} frames: rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}`,
+    );
     expect(worst64).toBeLessThanOrEqual(1e-6);
     expect(worst32).toBeLessThanOrEqual(1e-4);
     expect(readdirSync(out).length).toBe(24);

@@ -18,13 +18,50 @@ const data = join(tmp.path, 'xa');
 const noMaps = join(tmp.path, 'nomaps');
 const runs = join(tmp.path, 'runs');
 // micro ViT at 64² (16 patches of 16²): each step takes milliseconds.
-const BASE = ['pretrain', '--data', data, '--runs', runs, '--model', 'micro', '--img-size', '64', '--batch-size', '4', '--epochs', '3', '--warmup-epochs', '1', '--eta', '1', '--cons-weight', '0', '--segmentor', 'none', '--workers', '2', '--checkpoint-every', '1', '--sample-every', '2'];
+const BASE = [
+  'pretrain',
+  '--data',
+  data,
+  '--runs',
+  runs,
+  '--model',
+  'micro',
+  '--img-size',
+  '64',
+  '--batch-size',
+  '4',
+  '--epochs',
+  '3',
+  '--warmup-epochs',
+  '1',
+  '--eta',
+  '1',
+  '--cons-weight',
+  '0',
+  '--segmentor',
+  'none',
+  '--workers',
+  '2',
+  '--checkpoint-every',
+  '1',
+  '--sample-every',
+  '2',
+];
 
 beforeAll(async () => {
   const src = join(data, 'src');
   mkdirSync(src, { recursive: true });
   mkdirSync(noMaps, { recursive: true });
-  const picks = ['cadica-samples/p10_v7_00031.png', 'cadica-samples/p11_v5_00033.png', 'cadica-samples/p11_v9_00032.png', 'arcade-samples/STEN_001_0000.png', 'arcade-samples/STEN_002_0000.png', 'danilov-stenosis-samples/14_002_5_0016.png', 'danilov-stenosis-samples/14_002_5_0017.png', 'danilov-stenosis-samples/14_002_5_0018.png'];
+  const picks = [
+    'cadica-samples/p10_v7_00031.png',
+    'cadica-samples/p11_v5_00033.png',
+    'cadica-samples/p11_v9_00032.png',
+    'arcade-samples/STEN_001_0000.png',
+    'arcade-samples/STEN_002_0000.png',
+    'danilov-stenosis-samples/14_002_5_0016.png',
+    'danilov-stenosis-samples/14_002_5_0017.png',
+    'danilov-stenosis-samples/14_002_5_0018.png',
+  ];
   for (const p of picks) {
     copyFileSync(join(SAMPLES, p), join(src, p.split('/')[1]!));
     copyFileSync(join(SAMPLES, p), join(noMaps, p.split('/')[1]!));
@@ -55,7 +92,8 @@ function metrics(run: string): Rec[] {
 }
 
 /** What must repeat exactly in a resumed run (img/s of course does not). */
-const key = (r: Rec) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.gradNorm, r.vesselShare, r.guided, r.event]);
+const key = (r: Rec) =>
+  JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.gradNorm, r.vesselShare, r.guided, r.event]);
 
 const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
 
@@ -67,7 +105,16 @@ describe('vasomim pretrain', () => {
     expect(r.stderr).toContain('epoch');
     expect(r.code).toBe(0);
     const run = join(runs, 'full');
-    for (const f of ['config.json', 'checkpoints/last.safetensors', 'checkpoints/checkpoint-0001.safetensors', 'checkpoints/checkpoint-0003.safetensors', 'samples/epoch-0001.png', 'samples/epoch-0002.png', 'samples/mask-frequency.png', 'encoder.safetensors'])
+    for (const f of [
+      'config.json',
+      'checkpoints/last.safetensors',
+      'checkpoints/checkpoint-0001.safetensors',
+      'checkpoints/checkpoint-0003.safetensors',
+      'samples/epoch-0001.png',
+      'samples/epoch-0002.png',
+      'samples/mask-frequency.png',
+      'encoder.safetensors',
+    ])
       expect(existsSync(join(run, f)), f).toBe(true);
     reference = metrics(run);
     const steps = reference.filter((r) => r.event === undefined);
@@ -101,9 +148,16 @@ describe('vasomim pretrain', () => {
     const LONG = [...BASE, '--epochs', '8'];
     expect(cli([...LONG, '--name', 'long']).code).toBe(0);
     const long = metrics(join(runs, 'long'));
-    for (const [name, signal] of [['sigint', 'SIGINT'], ['sigkill', 'SIGKILL']] as const) {
+    for (const [name, signal] of [
+      ['sigint', 'SIGINT'],
+      ['sigkill', 'SIGKILL'],
+    ] as const) {
       const run = join(runs, name);
-      const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...LONG, '--name', name], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...LONG, '--name', name],
+        { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       let stderr = '';
       child.stderr.on('data', (d) => (stderr += d));
       let killedAt = -1;
@@ -176,7 +230,19 @@ describe('vasomim pretrain', () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('have no vessel map');
     expect(r.stderr).toContain('vasomim vessels');
-    const ok = cli([...BASE, '--data', noMaps, '--name', 'nomaps-random', '--masking', 'random', '--epochs', '1', '--warmup-epochs', '0']);
+    const ok = cli([
+      ...BASE,
+      '--data',
+      noMaps,
+      '--name',
+      'nomaps-random',
+      '--masking',
+      'random',
+      '--epochs',
+      '1',
+      '--warmup-epochs',
+      '0',
+    ]);
     expect(ok.code, ok.stderr).toBe(0);
     const m = metrics(join(runs, 'nomaps-random')).filter((r) => r.event === undefined);
     expect(m.length).toBe(2);
@@ -184,45 +250,138 @@ describe('vasomim pretrain', () => {
   });
 
   it('trains a segmentor, then pre-trains with it: guidance from S and L_cons through S', () => {
-    const t = cli(['train-segmentor', '--data', data, '--runs', runs, '--name', 'seg', '--epochs', '2', '--batch-size', '4', '--img-size', '64', '--workers', '2']);
+    const t = cli([
+      'train-segmentor',
+      '--data',
+      data,
+      '--runs',
+      runs,
+      '--name',
+      'seg',
+      '--epochs',
+      '2',
+      '--batch-size',
+      '4',
+      '--img-size',
+      '64',
+      '--workers',
+      '2',
+    ]);
     expect(t.code, t.stderr).toBe(0);
     const seg = join(runs, 'seg', 'segmentor.safetensors');
     expect(existsSync(seg)).toBe(true);
     expect(existsSync(join(runs, 'seg', 'samples', 'predictions.png'))).toBe(true);
     const segSteps = metrics(join(runs, 'seg')).filter((r) => r.event === undefined);
     expect(segSteps.length).toBe(4);
-    const r = cli([...BASE, '--name', 'withseg', '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0.5', '--epochs', '1', '--warmup-epochs', '0']);
+    const r = cli([
+      ...BASE,
+      '--name',
+      'withseg',
+      '--segmentor',
+      seg,
+      '--eta',
+      '0.5',
+      '--cons-weight',
+      '0.5',
+      '--epochs',
+      '1',
+      '--warmup-epochs',
+      '0',
+    ]);
     expect(r.code, r.stderr).toBe(0);
-    const steps = metrics(join(runs, 'withseg')).filter((x) => x.event === undefined) as (Rec & { lossRec: number; lossCons: number | null })[];
+    const steps = metrics(join(runs, 'withseg')).filter((x) => x.event === undefined) as (Rec & {
+      lossRec: number;
+      lossCons: number | null;
+    })[];
     expect(steps.length).toBe(2);
     for (const x of steps) {
       expect(x.lossCons).toBeGreaterThan(0);
       expect(x.loss!).toBeCloseTo(x.lossRec + 0.5 * x.lossCons!, 5);
     }
     // The same run without L_cons has the same L_rec on its first step (same weights, batch, masks).
-    const r0 = cli([...BASE, '--name', 'withseg-nocons', '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0', '--epochs', '1', '--warmup-epochs', '0']);
+    const r0 = cli([
+      ...BASE,
+      '--name',
+      'withseg-nocons',
+      '--segmentor',
+      seg,
+      '--eta',
+      '0.5',
+      '--cons-weight',
+      '0',
+      '--epochs',
+      '1',
+      '--warmup-epochs',
+      '0',
+    ]);
     expect(r0.code, r0.stderr).toBe(0);
-    const s0 = metrics(join(runs, 'withseg-nocons')).filter((x) => x.event === undefined) as (Rec & { lossRec: number; lossCons: number | null })[];
+    const s0 = metrics(join(runs, 'withseg-nocons')).filter((x) => x.event === undefined) as (Rec & {
+      lossRec: number;
+      lossCons: number | null;
+    })[];
     expect(s0[0]!.lossRec).toBe(steps[0]!.lossRec);
     expect(s0[0]!.lossCons).toBeNull();
     // Exact resume holds with S attached (P recomputed from the same batch, eval-mode BatchNorm).
-    const args = [...BASE, '--segmentor', seg, '--eta', '0.5', '--cons-weight', '0.5', '--epochs', '1', '--warmup-epochs', '0'];
+    const args = [
+      ...BASE,
+      '--segmentor',
+      seg,
+      '--eta',
+      '0.5',
+      '--cons-weight',
+      '0.5',
+      '--epochs',
+      '1',
+      '--warmup-epochs',
+      '0',
+    ];
     expect(cli([...args, '--name', 'withseg-resume', '--max-steps', '1']).code).toBe(0);
     expect(cli(['pretrain', '--resume', join(runs, 'withseg-resume')]).code).toBe(0);
     expect(metrics(join(runs, 'withseg-resume')).map(key)).toEqual(metrics(join(runs, 'withseg')).map(key));
     // A segmentor for other input channels is refused with both counts named.
-    const one = cli([...BASE, '--name', 'withseg-1ch', '--segmentor', seg, '--in-chans', '1', '--epochs', '1', '--warmup-epochs', '0']);
+    const one = cli([
+      ...BASE,
+      '--name',
+      'withseg-1ch',
+      '--segmentor',
+      seg,
+      '--in-chans',
+      '1',
+      '--epochs',
+      '1',
+      '--warmup-epochs',
+      '0',
+    ]);
     expect(one.code).not.toBe(0);
     expect(one.stderr).toMatch(/takes 3 input channel\(s\), the model 1/);
   }, 120_000);
 
   it('train-segmentor: Ctrl-C writes a checkpoint, --resume ends as the uninterrupted run', async () => {
-    const args = ['train-segmentor', '--data', data, '--runs', runs, '--epochs', '6', '--batch-size', '2', '--img-size', '64', '--workers', '2'];
+    const args = [
+      'train-segmentor',
+      '--data',
+      data,
+      '--runs',
+      runs,
+      '--epochs',
+      '6',
+      '--batch-size',
+      '2',
+      '--img-size',
+      '64',
+      '--workers',
+      '2',
+    ];
     expect(cli([...args, '--name', 'seg-full']).code).toBe(0);
-    const segKey = (run: string) => metrics(run).map((r) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.event]));
+    const segKey = (run: string) =>
+      metrics(run).map((r) => JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.event]));
     const full = segKey(join(runs, 'seg-full'));
     const run = join(runs, 'seg-int');
-    const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...args, '--name', 'seg-int'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      process.execPath,
+      ['--import', import.meta.resolve('tsx'), join(ROOT, 'ts/src/cli/main.ts'), ...args, '--name', 'seg-int'],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let stderr = '';
     child.stderr.on('data', (d) => (stderr += d));
     let sent = false;
@@ -263,18 +422,78 @@ describe('vasomim pretrain', () => {
     const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT, encoding: 'utf8' });
     expect(r.status, r.stderr).toBe(0);
     const files = new Set((JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path));
-    const need = ['scripts/install.mjs', 'data/models/unext-s-demo.safetensors', 'data/models/PROVENANCE.md', 'ts/dist/cli/main.js', 'bindings/index.js'];
+    const need = [
+      'scripts/install.mjs',
+      'data/models/unext-s-demo.safetensors',
+      'data/models/PROVENANCE.md',
+      'ts/dist/cli/main.js',
+      'bindings/index.js',
+    ];
     for (const img of demoImages()) need.push(relative(ROOT, img.image).split(sep).join('/'));
     for (const f of need) expect(files.has(f), f).toBe(true);
   });
 
   it('presets: the paper recipe and the demo resolve with flags on top', () => {
     const paper = resolvePretrainConfig({ preset: 'vasomim-vit-b', segmentor: 'unext.safetensors' });
-    expect(paper).toMatchObject({ epochs: 800, warmupEpochs: 40, blr: 1.5e-4, batchSize: 2048, maskRatio: 0.5, beta1: 0.9, beta2: 0.95, weightDecay: 0.05, eta: 0.5, alphaT: 0.5, consWeight: 1 });
-    expect(paper.model).toMatchObject({ embedDim: 768, depth: 12, numHeads: 12, decoderEmbedDim: 512, decoderDepth: 8 });
+    expect(paper).toMatchObject({
+      epochs: 800,
+      warmupEpochs: 40,
+      blr: 1.5e-4,
+      batchSize: 2048,
+      maskRatio: 0.5,
+      beta1: 0.9,
+      beta2: 0.95,
+      weightDecay: 0.05,
+      eta: 0.5,
+      alphaT: 0.5,
+      consWeight: 1,
+    });
+    expect(paper.model).toMatchObject({
+      embedDim: 768,
+      depth: 12,
+      numHeads: 12,
+      decoderEmbedDim: 512,
+      decoderDepth: 8,
+    });
     const demo = resolvePretrainConfig({}, { epochs: 2, warmupEpochs: 1, model: { imgSize: 112 } });
     expect(demo.preset).toBe('demo');
     expect(demo.model).toMatchObject({ embedDim: 192, imgSize: 112, decoderDepth: 2 });
     expect(demo.augment.size).toBe(112);
+  });
+});
+
+describe('device', () => {
+  it('asking this CPU build for cuda exits 2 with how to get a CUDA build, and writes no run', () => {
+    const dir = tempDir();
+    try {
+      const cfg = join(dir.path, 'cuda.json');
+      writeFileSync(cfg, JSON.stringify({ device: 'cuda' }));
+      const r = cli(['pretrain', '--config', cfg, '--runs', join(dir.path, 'runs')]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(
+        /device cuda:0: this build of vasomim has no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/,
+      );
+      expect(existsSync(join(dir.path, 'runs'))).toBe(false);
+      const flag = cli(['pretrain', '--device', 'cuda', '--runs', join(dir.path, 'runs')]);
+      expect(flag.code).toBe(2);
+      expect(flag.stderr).toMatch(/no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/);
+      const bad = join(dir.path, 'bad.json');
+      writeFileSync(bad, JSON.stringify({ device: 'gpu' }));
+      expect(cli(['pretrain', '--config', bad, '--runs', join(dir.path, 'runs')]).stderr).toMatch(
+        /expected cpu, cuda or cuda:N/,
+      );
+    } finally {
+      dir.cleanup();
+    }
+  });
+
+  it('the native handles take the device and refuse one this build lacks', async () => {
+    const { native } = await import('../src/native.js');
+    expect(() => native.checkDevice('cpu')).not.toThrow();
+    expect(() => native.Segmentor.create({ inChans: 1 }, 0, 'cuda:1')).toThrow(
+      /device cuda:1: this build of vasomim has no CUDA support/,
+    );
+    expect(() => native.Segmentor.create({ inChans: 2 })).toThrow(/inChans must be 1 or 3, got 2/);
+    expect(() => native.Segmentor.create({ channels: 1 })).toThrow(/unknown field `channels`/);
   });
 });

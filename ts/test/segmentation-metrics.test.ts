@@ -6,7 +6,17 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { binaryMetrics, clDice, dice, fillPolygon, multiClassMetrics, rocAuc, SKIMAGE_DEPARTURES, skeletonize, summarize } from '../src/index.js';
+import {
+  binaryMetrics,
+  clDice,
+  dice,
+  fillPolygon,
+  multiClassMetrics,
+  rocAuc,
+  SKIMAGE_DEPARTURES,
+  skeletonize,
+  summarize,
+} from '../src/index.js';
 import { ROOT } from './helpers.js';
 
 interface Golden {
@@ -14,7 +24,13 @@ interface Golden {
   skeletons: { name: string; width: number; height: number; mask: string; skeleton: string }[];
   polygons: { name: string; width: number; height: number; polygon: number[]; mask: string }[];
   auc: { name: string; scores: number[]; labels: number[]; auc: number }[];
-  pairs: { name: string; width: number; height: number; truth: string; preds: { how: string; pred: string; dsc: number; cldice: number }[] }[];
+  pairs: {
+    name: string;
+    width: number;
+    height: number;
+    truth: string;
+    preds: { how: string; pred: string; dsc: number; cldice: number }[];
+  }[];
 }
 const golden = JSON.parse(readFileSync(join(ROOT, 'ts', 'test', 'golden', 'seg-metrics.json'), 'utf8')) as Golden;
 
@@ -31,7 +47,11 @@ const diffCount = (a: ArrayLike<number>, b: ArrayLike<number>) => {
   return d;
 };
 /** A mask from rows of '#' and '.' */
-const grid = (...rows: string[]) => ({ width: rows[0]!.length, height: rows.length, data: Uint8Array.from(rows.join('').split(''), (c) => (c === '#' ? 1 : 0)) });
+const grid = (...rows: string[]) => ({
+  width: rows[0]!.length,
+  height: rows.length,
+  data: Uint8Array.from(rows.join('').split(''), (c) => (c === '#' ? 1 : 0)),
+});
 
 describe('binary metrics (hand-computed)', () => {
   it('DSC, IoU, precision, recall of overlapping masks', () => {

@@ -14,14 +14,21 @@ const root = join(import.meta.dirname, '..', '..');
 const python = [process.env.VASOMIM_TORCH_PYTHON, '/usr/bin/python3', 'python3'].find(
   (p) => p && spawnSync(p, ['-c', 'import torch, timm, safetensors, PIL'], { stdio: 'ignore' }).status === 0,
 );
-if (!python) console.warn('timm parity skipped: no Python with torch, timm, safetensors and pillow (see docs/MODEL.md)');
+if (!python)
+  console.warn('timm parity skipped: no Python with torch, timm, safetensors and pillow (see docs/MODEL.md)');
 
 const main = join(root, 'ts', 'src', 'cli', 'main.ts');
-const cli = (...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', main, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+const cli = (...args: string[]) =>
+  execFileSync(process.execPath, ['--import', 'tsx', main, ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
 
 describe.skipIf(!python)('timm parity (live)', () => {
   const samples = join(root, 'data', 'samples', 'cadica-samples');
-  const images = readdirSync(samples).filter((f) => f.endsWith('.png')).map((f) => join(samples, f));
+  const images = readdirSync(samples)
+    .filter((f) => f.endsWith('.png'))
+    .map((f) => join(samples, f));
 
   for (const preset of ['tiny', 'small', 'base'] as const) {
     it(`vit_${preset}_patch16_224: strict load, features within 1e-4`, async () => {
@@ -32,13 +39,22 @@ describe.skipIf(!python)('timm parity (live)', () => {
       cli('export', ckpt, '--format', 'timm', '--out', exported);
       const feats = join(dir, 'features.npy');
       cli('embed', exported, ...images, '--out', feats);
-      const out = execFileSync(python!, [join(root, 'scripts', 'golden', 'timm_parity.py'), `vit_${preset}_patch16_224`, exported, feats, ...images], {
-        encoding: 'utf8',
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      const out = execFileSync(
+        python!,
+        [join(root, 'scripts', 'golden', 'timm_parity.py'), `vit_${preset}_patch16_224`, exported, feats, ...images],
+        {
+          encoding: 'utf8',
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
       const line = out.trim().split('\n').pop()!;
       console.log(`timm parity: ${line}`);
-      const r = JSON.parse(line) as { missing: string[]; unexpected: string[]; max_abs_diff: number; max_abs_feature: number };
+      const r = JSON.parse(line) as {
+        missing: string[];
+        unexpected: string[];
+        max_abs_diff: number;
+        max_abs_feature: number;
+      };
       expect(r.missing).toEqual([]);
       expect(r.unexpected).toEqual([]);
       expect(r.max_abs_diff).toBeLessThan(1e-4 * Math.max(1, r.max_abs_feature));

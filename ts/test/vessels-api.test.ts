@@ -1,6 +1,15 @@
 // Node API of the vesselness engine: results, option validation, and the dataset job's
 // behaviour on bad input, resume and interruption.
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -49,7 +58,9 @@ describe('vesselness', () => {
     await expect(vesselness(img, { filter: 'gabor' })).rejects.toThrow(/filter:/);
     // @ts-expect-error unknown key
     await expect(vesselness(img, { sigma: 2 })).rejects.toThrow(/sigma/);
-    await expect(vesselness({ width: 3, height: 3, pixels: new Float32Array(8) })).rejects.toThrow(/8 values but width x height is 3 x 3/);
+    await expect(vesselness({ width: 3, height: 3, pixels: new Float32Array(8) })).rejects.toThrow(
+      /8 values but width x height is 3 x 3/,
+    );
   });
 });
 
@@ -76,8 +87,12 @@ describe('vesselMap', () => {
   });
 
   it('rejects bad map options with the field named', async () => {
-    await expect(vesselMap(lineImage(5, 5), { map: { percentile: 120 } })).rejects.toThrow(/percentile: percentile must be in \[0, 100\]/);
-    await expect(vesselMap(lineImage(5, 5), { map: { border: 1.5 } })).rejects.toThrow(/border: border must be an integer/);
+    await expect(vesselMap(lineImage(5, 5), { map: { percentile: 120 } })).rejects.toThrow(
+      /percentile: percentile must be in \[0, 100\]/,
+    );
+    await expect(vesselMap(lineImage(5, 5), { map: { border: 1.5 } })).rejects.toThrow(
+      /border: border must be an integer/,
+    );
   });
 });
 
@@ -131,11 +146,14 @@ describe('prepareVesselMaps', () => {
     expect(failures['truncated.png']).toMatch(/cannot decode/);
     expect(failures['notes.png']).toMatch(/not an image/);
     expect(failures['empty.bmp']).toMatch(/empty file/);
-    const outs = listFiles(join(root, 'srcA_frangi')).map((p) => p.split('/').pop()).sort();
+    const outs = listFiles(join(root, 'srcA_frangi'))
+      .map((p) => p.split('/').pop())
+      .sort();
     expect(outs).toEqual(['colour.png', 'deep.png', 'dot.png', 'frame1.png']);
     expect(existsSync(join(root, 'nested', 'srcB_frangi'))).toBe(true);
     expect(readdirSync(join(root, 'nested', 'srcB_frangi'))).toEqual([]);
-    for (const f of listFiles(root).filter((p) => p.includes('_frangi'))) expect(statSync(f).size, f).toBeGreaterThan(0);
+    for (const f of listFiles(root).filter((p) => p.includes('_frangi')))
+      expect(statSync(f).size, f).toBeGreaterThan(0);
     const m = await readImage(join(root, 'srcA_frangi', 'frame1.png'));
     expect(new Set(m.pixels)).toEqual(new Set([0, 255]));
   });

@@ -56,7 +56,7 @@ fn main() -> candle_core::Result<()> {
     let p = StepParams::default();
     let mut step = |rng: &mut InitRng| -> candle_core::Result<()> {
         let m = random_masking(batch, cfg.num_patches(), mask, rng, &dev)?;
-        tr.train_step(&x, &m, &p)?;
+        tr.pretrain_step(&x, &m, None, &p)?;
         Ok(())
     };
     for _ in 0..warmup {

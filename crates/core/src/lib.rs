@@ -2,20 +2,27 @@
 //!
 //! - [`io`]: angiogram decoding (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB) and atomic writers for
 //!   PNG and NumPy `.npy`.
+//! - [`device`]: the compute device, resolved once from `cpu` | `cuda` | `cuda:N`.
+//! - [`trainer`]: the trainers (pre-training, segmentor, segmentation fine-tuning), each owning
+//!   its model, optimizer, step counter and device; input checks of their steps.
+//! - [`checkpoint`]: safetensors checkpoints of every model (timm names), loading of published
+//!   weights (MAE `.pth`, timm, the authors' `unext.pth`).
+//! - [`optim`]: AdamW (MAE's parameter groups, per-tensor lr scales) and gradient clipping.
+//! - [`embed`]: preprocessing and cls / mean-patch features of images for `vasomim embed`.
 //! - [`dicom`]: DICOM single- and multi-frame decoding (dicom-rs), display mapping.
 //! - [`frames`]: DICOM cine runs to PNG frames.
 //! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
 //!   RandomResizedCrop sampling) and the deterministic prefetching loader.
-//! - [`finetune`]: fine-tuning the segmentation ViT (layer decay, drop-path, Dice + BCE/CE).
 //! - [`nn`]: the ViT / MAE, segmentation and UNeXt-S networks, their layers and their fused CPU
 //!   kernels (`nn::kernels`, one file per op family).
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
-//!   in parallel, one outcome per file.
+//!   in parallel, one outcome per file; the vesselness response written as `.npy` or a display PNG.
 //!
 //! Knows nothing of Node; `bindings/` adapts it.
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod dicom;
 pub mod embed;
 pub mod frames;

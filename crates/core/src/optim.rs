@@ -33,7 +33,7 @@ pub struct AdamWParams {
 }
 
 impl Default for AdamWParams {
-    /// VASOMIM.md §8: β = (0.9, 0.95), ε = 1e-8, weight decay 0.05.
+    /// METHOD.md §8: β = (0.9, 0.95), ε = 1e-8, weight decay 0.05.
     fn default() -> Self {
         AdamWParams {
             lr: 1.5e-4,

@@ -60,7 +60,7 @@ fn save_load_round_trip_continues_training_identically() {
     let m = masking(&cfg, 4, 2);
     let p = StepParams::default();
     let mut a = PretrainTrainer::create(&cfg, &Device::Cpu, 3).unwrap();
-    a.train_step(&x, &m, &p).unwrap();
+    a.pretrain_step(&x, &m, None, &p).unwrap();
     let path = dir.path().join("a.safetensors");
     checkpoint::save(&path, &a.model, Some(&a.opt), 1).unwrap();
 
@@ -78,8 +78,8 @@ fn save_load_round_trip_continues_training_identically() {
     b.opt.load_state(&state, s).unwrap();
     assert_eq!(b.opt.step, 1);
     // Same next step, bit for bit: parameters, buffers and moments all came back.
-    let sa = a.train_step(&x, &m, &p).unwrap();
-    let sb = b.train_step(&x, &m, &p).unwrap();
+    let sa = a.pretrain_step(&x, &m, None, &p).unwrap();
+    let sb = b.pretrain_step(&x, &m, None, &p).unwrap();
     assert_eq!(sa.loss_rec, sb.loss_rec);
     for ((n, va), (_, vb)) in a.model.params.entries.iter().zip(&b.model.params.entries) {
         assert_eq!(max_abs_diff(va.as_tensor(), vb.as_tensor()), 0.0, "{n}");
@@ -318,9 +318,10 @@ fn clipping_bounds_the_update_and_reports_the_norm() {
         norm / 4.0
     );
     let s = a
-        .train_step(
+        .pretrain_step(
             &x,
             &m,
+            None,
             &StepParams {
                 clip_grad: Some(norm / 4.0),
                 ..Default::default()
@@ -347,7 +348,8 @@ fn frozen_tensors_are_not_optimized() {
         .iter()
         .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
         .collect();
-    tr.train_step(&x, &m, &StepParams::default()).unwrap();
+    tr.pretrain_step(&x, &m, None, &StepParams::default())
+        .unwrap();
     for ((n, b), (_, v)) in before.iter().zip(&tr.model.params.entries) {
         let frozen = n.starts_with("patch_embed.") || n.starts_with("blocks.0.");
         let moved = max_abs_diff(b, v.as_tensor()) > 0.0;

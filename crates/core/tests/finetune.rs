@@ -573,3 +573,57 @@ fn timing_train_step_224() {
         t0.elapsed().as_secs_f64()
     );
 }
+
+#[test]
+fn trainer_checks_inputs_loads_encoders_and_counts_steps() {
+    use vasomim_core::trainer::segmentation::PretrainedInit;
+    let mut ft = SegmentationTrainer::create(&micro_cfg(1), &Device::Cpu, 0, 0.75).unwrap();
+    let s = micro_cfg(1).encoder.img_size;
+    let c = micro_cfg(1).encoder.in_chans;
+    let (x, m) = (vec![0.1f32; c * s * s], vec![1.0f32; s * s]);
+    let e = ft
+        .step_arrays(&x[1..], &m, 1e-3, 0.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a positive multiple of C*S*S"), "{e}");
+    let mut bad = m.clone();
+    bad[3] = 1.5;
+    let e = ft.step_arrays(&x, &bad, 1e-3, 0.0).unwrap_err().to_string();
+    assert!(e.contains("maps[3] = 1.5 is outside [0, 1]"), "{e}");
+    let e = ft.step_arrays(&x, &m, 1e-3, -0.1).unwrap_err().to_string();
+    assert!(e.starts_with("weightDecay (-0.1)"), "{e}");
+    ft.step_arrays(&x, &m, 1e-3, 0.0).unwrap();
+    assert_eq!(ft.step, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ft.safetensors");
+    ft.save(&path, Some("{}")).unwrap();
+    let (back, extra) = SegmentationTrainer::load(&path, &Device::Cpu).unwrap();
+    assert_eq!((back.step, extra.as_deref()), (1, Some("{}")));
+    assert_eq!(
+        back.predict_arrays(&x).unwrap(),
+        ft.predict_arrays(&x).unwrap()
+    );
+
+    // An encoder from a pre-training checkpoint; a missing file is an error naming it.
+    let mae = MaskedAutoencoder::new(&micro_cfg(1).encoder, &Device::Cpu, 5).unwrap();
+    let mp = dir.path().join("mae.safetensors");
+    checkpoint::save(&mp, &mae, None, 0).unwrap();
+    let init = PretrainedInit {
+        num_classes: 2,
+        head_scale: micro_cfg(1).head_scale,
+        drop_path: 0.0,
+        img_size: None,
+        in_chans: None,
+        preset: None,
+        layer_decay: 0.75,
+    };
+    let (t, r) = SegmentationTrainer::from_pretrained(&mp, &init, 1, &Device::Cpu).unwrap();
+    assert_eq!((t.cfg().num_classes, t.step), (2, 0));
+    assert!(r.missing.is_empty(), "{:?}", r.missing);
+    let gone = dir.path().join("gone.safetensors");
+    let e = SegmentationTrainer::from_pretrained(&gone, &init, 1, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("gone.safetensors"), "{e}");
+}

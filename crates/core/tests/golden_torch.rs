@@ -199,7 +199,7 @@ fn micro_five_training_steps_match_pytorch() {
     let p = adamw_params();
     let losses = vec(&g["adamw_losses"]);
     for (i, expect) in losses.iter().enumerate() {
-        let s = tr.train_step(&imgs, &m, &p).unwrap();
+        let s = tr.pretrain_step(&imgs, &m, None, &p).unwrap();
         assert!(
             (s.loss_rec - *expect as f64).abs() <= REL * (*expect as f64).abs(),
             "step {i}: loss {} vs {expect}",

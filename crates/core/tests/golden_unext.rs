@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use vasomim_core::checkpoint::segmentor;
-use vasomim_core::nn::conv::BnRunning;
+use vasomim_core::nn::layers::BnRunning;
 use vasomim_core::nn::loss::segmentor_loss;
 use vasomim_core::nn::unext::{UNext, UNextConfig};
 use vasomim_core::trainer::segmentor::SegmentorTrainer;
@@ -523,4 +523,59 @@ fn bad_files_name_their_keys() {
         "{e}"
     );
     assert!(e.contains("unexpected: head.weight"), "{e}");
+}
+
+#[test]
+fn segmentor_input_rules_name_the_field_and_the_step_is_counted() {
+    use vasomim_core::trainer::segmentor::{check_lr, check_masks, config_from_json, image_dims};
+    assert_eq!(image_dims(64, None).unwrap(), (64, 64));
+    assert_eq!(image_dims(64, Some(96)).unwrap(), (64, 96));
+    let e = image_dims(48, None).unwrap_err().to_string();
+    assert!(
+        e.contains("48x48: height and width must be positive multiples of 32"),
+        "{e}"
+    );
+    assert!(check_lr(-1.0).unwrap_err().to_string().contains("lr (-1)"));
+    let e = check_masks(&[0.0, 2.0], 1, 1, 2).unwrap_err().to_string();
+    assert!(e.contains("masks[1] = 2 is outside [0, 1]"), "{e}");
+    assert!(check_masks(&[0.0], 1, 1, 2)
+        .unwrap_err()
+        .to_string()
+        .contains("masks has 1 values"));
+    assert_eq!(
+        config_from_json(serde_json::json!({ "inChans": 1 }))
+            .unwrap()
+            .in_chans,
+        1
+    );
+    let e = config_from_json(serde_json::json!({ "inChans": 2 }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inChans must be 1 or 3"), "{e}");
+    let e = config_from_json(serde_json::json!({ "in_chans": 1 }))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `in_chans`"), "{e}");
+
+    let mut tr = SegmentorTrainer::create(&UNextConfig { in_chans: 1 }, &Device::Cpu, 0).unwrap();
+    let x: Vec<f32> = (0..2 * 32 * 32).map(|i| (i % 7) as f32 / 7.0).collect();
+    let y: Vec<f32> = (0..2 * 32 * 32)
+        .map(|i| (i % 3 == 0) as u8 as f32)
+        .collect();
+    let e = tr
+        .step_arrays(&x[1..], &y, (32, 32), 1e-3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("images has 2047 values"), "{e}");
+    tr.step_arrays(&x, &y, (32, 32), 1e-3).unwrap();
+    assert_eq!(tr.step, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.safetensors");
+    tr.save(&path, true).unwrap();
+    let (back, _) = SegmentorTrainer::load(&path, &Device::Cpu, true).unwrap();
+    assert_eq!(back.step, 1);
+    assert_eq!(
+        back.predict_arrays(&x, (32, 32)).unwrap(),
+        tr.predict_arrays(&x, (32, 32)).unwrap()
+    );
 }

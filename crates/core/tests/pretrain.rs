@@ -275,3 +275,230 @@ fn a_non_finite_loss_leaves_the_weights_untouched() {
     assert_eq!(before, after);
     assert_eq!(tr.opt.step, 0);
 }
+
+mod trainer_state {
+    //! The trainer's own state: one step function behind the flat-array and loader-batch paths,
+    //! the guidance cache keyed by the batch, the step counter, input checks naming the field.
+
+    use super::*;
+    use vasomim_core::data::Batch;
+    use vasomim_core::trainer::pretrain::MaskArrays;
+
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn arrays(m: &Masking) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+        (
+            flat(&m.ids_keep.to_dtype(candle_core::DType::F32).unwrap())
+                .iter()
+                .map(|&v| v as u32)
+                .collect(),
+            flat(&m.ids_restore.to_dtype(candle_core::DType::F32).unwrap())
+                .iter()
+                .map(|&v| v as u32)
+                .collect(),
+            flat(&m.mask),
+        )
+    }
+
+    fn loader_batch(imgs: &Tensor, epoch: u64, index: usize) -> Batch {
+        let (n, c, s, _) = imgs.dims4().unwrap();
+        Batch {
+            epoch,
+            index,
+            n,
+            channels: c,
+            size: s,
+            images: flat(imgs),
+            maps: None,
+            samples: (0..n).collect(),
+            crops: vec![],
+            skipped: vec![],
+        }
+    }
+
+    fn trainer() -> PretrainTrainer {
+        let mut tr = PretrainTrainer::create(&MaeConfig::micro_test(), &Device::Cpu, 3).unwrap();
+        tr.set_segmentor(Box::new(toy(MaeConfig::micro_test().in_chans)));
+        tr
+    }
+
+    fn weights(tr: &PretrainTrainer) -> Vec<Vec<f32>> {
+        tr.opt
+            .vars()
+            .iter()
+            .map(|(_, v)| flat(v.as_tensor()))
+            .collect()
+    }
+
+    #[test]
+    fn array_and_batch_paths_are_one_step_with_or_without_the_cached_p() {
+        let (_, imgs, m, _) = setup(2);
+        let (k, r, mask) = arrays(&m);
+        let masks = MaskArrays {
+            ids_keep: &k,
+            ids_restore: &r,
+            mask: &mask,
+        };
+        let p = StepParams {
+            cons_weight: 0.7,
+            ..Default::default()
+        };
+        let batch = loader_batch(&imgs, 0, 0);
+
+        let mut a = trainer();
+        let sa = a.step(&flat(&imgs), masks, &p).unwrap();
+        let mut b = trainer();
+        b.guidance_of(&batch, 0.0).unwrap();
+        let sb = b.step_batch(&batch, masks, &p).unwrap();
+        let mut c = trainer();
+        let sc = c.step_batch(&batch, masks, &p).unwrap();
+        assert!(sa.loss_cons.is_some());
+        for s in [sb, sc] {
+            assert_eq!(
+                (s.loss, s.loss_rec, s.loss_cons),
+                (sa.loss, sa.loss_rec, sa.loss_cons)
+            );
+        }
+        assert_eq!(weights(&a), weights(&b));
+        assert_eq!(weights(&a), weights(&c));
+        assert_eq!((a.step, b.step, c.step), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_cached_p_serves_only_its_own_batch() {
+        let (_, imgs, m, _) = setup(2);
+        let (k, r, mask) = arrays(&m);
+        let masks = MaskArrays {
+            ids_keep: &k,
+            ids_restore: &r,
+            mask: &mask,
+        };
+        let p = StepParams {
+            cons_weight: 1.0,
+            ..Default::default()
+        };
+        let other = (imgs.clone() * -1.0).unwrap();
+        let mut a = trainer();
+        // P of another batch at the same (epoch, index) but other samples must not be reused.
+        let mut stale = loader_batch(&other, 0, 0);
+        stale.samples = vec![7, 8];
+        a.guidance_of(&stale, 0.0).unwrap();
+        let sa = a.step_batch(&loader_batch(&imgs, 0, 0), masks, &p).unwrap();
+        let mut b = trainer();
+        let sb = b.step(&flat(&imgs), masks, &p).unwrap();
+        assert_eq!(sa.loss_cons, sb.loss_cons);
+    }
+
+    #[test]
+    fn cons_weight_needs_a_segmentor_and_bad_inputs_name_the_field() {
+        let (mut tr, imgs, m, _) = setup(2);
+        let (k, r, mask) = arrays(&m);
+        let x = flat(&imgs);
+        let masks = MaskArrays {
+            ids_keep: &k,
+            ids_restore: &r,
+            mask: &mask,
+        };
+        let p = StepParams {
+            cons_weight: 1.0,
+            ..Default::default()
+        };
+        let e = tr.step(&x, masks, &p).unwrap_err().to_string();
+        assert!(e.contains("consWeight > 0 needs a segmentor"), "{e}");
+        assert_eq!(tr.step, 0);
+        let e = tr
+            .step(&x[1..], masks, &StepParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("images has"), "{e}");
+        let short = MaskArrays {
+            mask: &mask[1..],
+            ..masks
+        };
+        let e = tr
+            .step(&x, short, &StepParams::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idsRestore") && e.contains("mask"), "{e}");
+        let bad: Vec<u32> = k.iter().map(|_| 999).collect();
+        let e = tr
+            .check_masking(
+                2,
+                MaskArrays {
+                    ids_keep: &bad,
+                    ..masks
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("patch index 999 out of range"), "{e}");
+        for (field, p) in [
+            (
+                "lr",
+                StepParams {
+                    adamw: vasomim_core::optim::AdamWParams {
+                        lr: -1.0,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "beta2",
+                StepParams {
+                    adamw: vasomim_core::optim::AdamWParams {
+                        beta2: 1.0,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            ),
+            (
+                "consWeight",
+                StepParams {
+                    cons_weight: f64::NAN,
+                    ..Default::default()
+                },
+            ),
+            (
+                "microBatches",
+                StepParams {
+                    micro_batches: 0,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        tr.step(&x, masks, &StepParams::default()).unwrap();
+        assert_eq!(tr.step, 1);
+        let mut wrong = loader_batch(&imgs, 0, 0);
+        wrong.size = 64;
+        let e = tr.check_loader_batch(&wrong).unwrap_err().to_string();
+        assert!(e.contains("the model takes"), "{e}");
+    }
+
+    #[test]
+    fn save_and_load_keep_the_step_and_the_device() {
+        let (mut tr, imgs, m, _) = setup(2);
+        let (k, r, mask) = arrays(&m);
+        let masks = MaskArrays {
+            ids_keep: &k,
+            ids_restore: &r,
+            mask: &mask,
+        };
+        tr.step(&flat(&imgs), masks, &StepParams::default())
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        tr.save(&path, Some("{\"epoch\":1}")).unwrap();
+        let dev = vasomim_core::device::resolve("cpu").unwrap();
+        let l = PretrainTrainer::load(&path, &Default::default(), &[], &dev).unwrap();
+        assert_eq!(l.trainer.step, 1);
+        assert_eq!(l.loop_state.as_deref(), Some("{\"epoch\":1}"));
+        assert!(l.trainer.device().same_device(&dev));
+    }
+}

@@ -1,9 +1,9 @@
-// Options of `vasomim finetune` (VASOMIM.md §9): one zod schema for the Node API, config files
+// Options of `vasomim finetune` (METHOD.md §9): one zod schema for the Node API, config files
 // and CLI flags. The defaults are the CPU recipe of docs/SEGMENTATION.md §5 (ViT-Ti encoder,
 // a quarter-width U-Net head, 224², batch 4, lr 2e-3, 40 epochs); `headScale: 1` is the paper's head.
 import { z } from 'zod';
 
-import { ModelConfigSchema } from './model.js';
+import { DeviceSchema, ModelConfigSchema } from './model.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -93,6 +93,7 @@ export const FinetuneSchema = z
       .describe('without a val split: training images held out (evenly spaced by name) for validation; 0 = none'),
     threshold: unit('threshold').default(0.5).describe('foreground threshold on the sigmoid output (binary tasks)'),
     seed: int('seed', 0).default(0).describe('initialisation of the head (and a scratch encoder), batches, drop-path'),
+    device: DeviceSchema,
     runs: z.string().min(1).default('runs/finetune').describe('parent folder of run folders'),
     name: z.string().min(1).optional().describe('run folder name (default: UTC timestamp)'),
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),

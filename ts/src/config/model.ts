@@ -8,11 +8,18 @@ import { parseOptions } from './vessels.js';
 export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
 export type PresetName = (typeof PRESET_NAMES)[number];
 
-const count = (what: string) => z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).positive(`${what} must be > 0`);
+const count = (what: string) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .int(`${what} must be an integer`)
+    .positive(`${what} must be > 0`);
 
 export const ModelConfigSchema = z
   .object({
-    preset: z.enum(PRESET_NAMES).default('base').describe('ViT size by name (micro is for tests); the other fields override it'),
+    preset: z
+      .enum(PRESET_NAMES)
+      .default('base')
+      .describe('ViT size by name (micro is for tests); the other fields override it'),
     imgSize: count('imgSize').optional().describe('input side in pixels (divisible by the patch size)'),
     patchSize: count('patchSize').optional(),
     inChans: z
@@ -31,7 +38,7 @@ export const ModelConfigSchema = z
   })
   .strict()
   .transform(({ preset, ...over }) => {
-    const base = native.presetConfig(preset);
+    const base = native.presetConfig(preset) as NativeModelConfig;
     const cleaned = Object.fromEntries(Object.entries(over).filter(([, v]) => v !== undefined));
     return { ...base, ...cleaned } as typeof base;
   });
@@ -39,6 +46,39 @@ export const ModelConfigSchema = z
 export type ModelConfigInput = z.input<typeof ModelConfigSchema>;
 export type ModelConfig = z.output<typeof ModelConfigSchema>;
 
+/** Model config fields as the native side takes and returns them (camelCase). */
+export interface NativeModelConfig {
+  imgSize: number;
+  patchSize: number;
+  inChans: number;
+  embedDim: number;
+  depth: number;
+  numHeads: number;
+  decoderEmbedDim: number;
+  decoderDepth: number;
+  decoderNumHeads: number;
+  mlpRatio: number;
+  normPixLoss: boolean;
+}
+
+/**
+ * Where a model runs: `cpu` (default), `cuda` (the first GPU) or `cuda:N`. Checked against the
+ * native build at parse time, so an unavailable device is a config error (CLI exit 2), never a
+ * silent CPU run.
+ */
+export const DeviceSchema = z
+  .string()
+  .default('cpu')
+  .superRefine((v, ctx) => {
+    try {
+      native.checkDevice(v);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+    }
+  })
+  .describe('where the model runs: cpu | cuda | cuda:N (cuda needs a CUDA build: docs/CUDA.md)');
+
+/** AdamW and step settings of pre-training: the one place their defaults live. */
 export const StepOptionsSchema = z
   .object({
     /** Learning rate of this step (the schedule is the caller's). */
@@ -51,6 +91,8 @@ export const StepOptionsSchema = z
     clipGrad: z.number().positive('clipGrad must be > 0').optional(),
     /** Accumulate gradients over this many micro-batches (same update, less memory). */
     microBatches: z.number().int().positive('microBatches must be > 0').default(1),
+    /** Weight of L_cons = BCE(S(recon), P) in every step (0: off; > 0 needs an attached segmentor). */
+    consWeight: z.number().finite().min(0, 'consWeight must be >= 0').default(0),
   })
   .strict();
 

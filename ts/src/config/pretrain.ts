@@ -1,10 +1,10 @@
-// The pre-training run configuration (VASOMIM.md §5–§8): one zod schema for the config file,
+// The pre-training run configuration (METHOD.md §5–§8): one zod schema for the config file,
 // the CLI flags and the Node API. A run preset (`demo`, `vasomim-vit-b`) fills every field; a
 // config file and then flags override it, field by field.
 import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
-import { ModelConfigSchema } from './model.js';
+import { DeviceSchema, ModelConfigSchema } from './model.js';
 import { parseOptions } from './vessels.js';
 
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
@@ -94,6 +94,7 @@ export const PretrainSchema = z
       .default(4)
       .describe('images per sample grid (<= 16)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation, batches and masks'),
+    device: DeviceSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     /** Any augmentation field (config/data.ts); size and channels come from the model. */
     augment: z.record(z.string(), z.unknown()).default({}),

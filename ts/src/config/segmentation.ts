@@ -2,6 +2,7 @@
 // schema each, shared by the CLI flags, config files and the Node API).
 import { z } from 'zod';
 
+import { DeviceSchema } from './model.js';
 import { FilterSchema } from './vessels.js';
 
 export const SPLITS = ['train', 'val', 'test'] as const;
@@ -114,6 +115,7 @@ export const EvaluateSchema = z
       .min(0, 'jobs must be >= 0')
       .default(0)
       .describe('images in flight, 0 = all cores'),
+    device: DeviceSchema,
   })
   .strict();
 
@@ -135,6 +137,7 @@ export const PredictSchema = z
       .max(1, 'alpha must be in [0, 1]')
       .default(0.5)
       .describe('overlay opacity in [0, 1]'),
+    device: DeviceSchema,
   })
   .strict();
 

@@ -26,7 +26,8 @@ export const METRIC_NAMES = ['dsc', 'cldice', 'iou', 'precision', 'recall', 'auc
 export type MetricName = (typeof METRIC_NAMES)[number];
 
 function check(n: number, width: number, height: number, what: string) {
-  if (n !== width * height) throw new RangeError(`${what} has ${n} pixels, expected ${width}x${height} = ${width * height}`);
+  if (n !== width * height)
+    throw new RangeError(`${what} has ${n} pixels, expected ${width}x${height} = ${width * height}`);
 }
 
 const ratio = (num: number, den: number, bothEmpty: boolean) => (bothEmpty ? 1 : den === 0 ? 0 : num / den);
@@ -100,7 +101,7 @@ export function rocAuc(scores: ArrayLike<number>, truth: ArrayLike<number>): num
   let prevTp = 0;
   let prevFp = 0;
   let area = 0;
-  for (let k = 0; k < n; ) {
+  for (let k = 0; k < n;) {
     const v = s[order[k]!]!;
     while (k < n && s[order[k]!] === v) {
       if (truth[order[k]!]) tp++;
@@ -158,7 +159,8 @@ export function multiClassMetrics(
   check(pred.length, width, height, 'prediction');
   check(truth.length, width, height, 'truth');
   const n = width * height;
-  if (probs && probs.length !== classes * n) throw new RangeError(`probabilities have ${probs.length} values, expected ${classes}x${width}x${height}`);
+  if (probs && probs.length !== classes * n)
+    throw new RangeError(`probabilities have ${probs.length} values, expected ${classes}x${width}x${height}`);
   const out: ClassMetrics[] = [];
   const p = new Uint8Array(n);
   const g = new Uint8Array(n);

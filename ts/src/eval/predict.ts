@@ -16,6 +16,8 @@ export interface PredictOptions {
   threshold?: number;
   /** Opacity of the overlay colour (0..1). */
   alpha?: number;
+  /** Where the model runs: cpu (default) | cuda | cuda:N. */
+  device?: string;
 }
 
 export interface PredictedFile {
@@ -35,7 +37,14 @@ export interface PredictResult {
 }
 
 /** Overlay of labels on a grey image (RGB bytes). */
-export function overlay(grey: ArrayLike<number>, labels: Uint8Array, width: number, height: number, classes: number, alpha = 0.5): Uint8Array {
+export function overlay(
+  grey: ArrayLike<number>,
+  labels: Uint8Array,
+  width: number,
+  height: number,
+  classes: number,
+  alpha = 0.5,
+): Uint8Array {
   const rgb = new Uint8Array(width * height * 3);
   for (let i = 0; i < width * height; i++) {
     const g = Math.max(0, Math.min(255, Math.round(grey[i]!)));
@@ -46,9 +55,14 @@ export function overlay(grey: ArrayLike<number>, labels: Uint8Array, width: numb
   return rgb;
 }
 
-export async function predictFiles(model: string, images: string[], options: PredictOptions, onProgress?: (done: number, total: number) => void): Promise<PredictResult> {
+export async function predictFiles(
+  model: string,
+  images: string[],
+  options: PredictOptions,
+  onProgress?: (done: number, total: number) => void,
+): Promise<PredictResult> {
   if (images.length === 0) throw new Error('no images to predict');
-  const { predictor, meta } = await segmentationPredictorFromFile(model);
+  const { predictor, meta } = await segmentationPredictorFromFile(model, options.device);
   const threshold = options.threshold ?? meta.threshold;
   mkdirSync(options.out, { recursive: true });
   const files: PredictedFile[] = [];
@@ -67,7 +81,12 @@ export async function predictFiles(model: string, images: string[], options: Pre
     const mask = join(options.out, `${stem}_mask.png`);
     const ov = join(options.out, `${stem}_overlay.png`);
     writePng(mask, { width, height, data: pred.classes === 1 ? labels.map((v) => v * 255) : labels });
-    writePng(ov, { width, height, data: overlay(img.pixels, labels, width, height, pred.classes, options.alpha), channels: 3 });
+    writePng(ov, {
+      width,
+      height,
+      data: overlay(img.pixels, labels, width, height, pred.classes, options.alpha),
+      channels: 3,
+    });
     let fg = 0;
     for (const v of labels) if (v) fg++;
     files.push({ image, mask, overlay: ov, width, height, foreground: fg / labels.length });

@@ -45,7 +45,12 @@ export function vesselnessPredictor(options: BaselineInput = {}): Predictor {
   const filter = { ...cfg.filter, precision: cfg.filter.precision ?? ('f32' as const) };
   return {
     name: cfg.filter.filter,
-    describe: () => ({ kind: 'vesselness', filter, border: cfg.border, normalisation: 'response / max(response) per image' }),
+    describe: () => ({
+      kind: 'vesselness',
+      filter,
+      border: cfg.border,
+      normalisation: 'response / max(response) per image',
+    }),
     async predict(image) {
       const { width, height } = image;
       const r = await vesselness(image, filter);

@@ -67,7 +67,8 @@ export function contactSheet(rows: SheetRow[], side: number, binary: boolean): P
     for (let y = 0; y < side; y++)
       for (let x = 0; x < side; x++) {
         const k = y * side + x;
-        const put = (panel: number, c: readonly number[]) => data.set(c, 3 * ((top + y) * width + GAP + panel * (side + GAP) + x));
+        const put = (panel: number, c: readonly number[]) =>
+          data.set(c, 3 * ((top + y) * width + GAP + panel * (side + GAP) + x));
         const g = row.image[k]!;
         if (Number.isNaN(g)) {
           for (let p = 0; p < 3; p++) put(p, LETTERBOX);

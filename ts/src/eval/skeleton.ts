@@ -96,8 +96,14 @@ const TABLES = { skimage: buildTable('skimage'), textbook: buildTable('textbook'
  * The skeleton of a binary mask (non-zero = foreground), row-major `width` x `height`, as 0/1.
  * `variant: 'skimage'` (default) equals `skimage.morphology.skeletonize`.
  */
-export function skeletonize(mask: ArrayLike<number>, width: number, height: number, options: { variant?: 'skimage' | 'textbook' } = {}): Uint8Array {
-  if (mask.length !== width * height) throw new RangeError(`skeletonize: mask has ${mask.length} pixels, expected ${width}x${height}`);
+export function skeletonize(
+  mask: ArrayLike<number>,
+  width: number,
+  height: number,
+  options: { variant?: 'skimage' | 'textbook' } = {},
+): Uint8Array {
+  if (mask.length !== width * height)
+    throw new RangeError(`skeletonize: mask has ${mask.length} pixels, expected ${width}x${height}`);
   const table = TABLES[options.variant ?? 'skimage'];
   const W = width + 2;
   const img = new Uint8Array(W * (height + 2));
@@ -111,7 +117,7 @@ export function skeletonize(mask: ArrayLike<number>, width: number, height: numb
       }
   const offsets = ORDER.map(([dy, dx]) => dy * W + dx);
   const remove: number[] = [];
-  for (let changed = true; changed; ) {
+  for (let changed = true; changed;) {
     changed = false;
     for (const pass of [1, 2]) {
       remove.length = 0;

@@ -12,8 +12,8 @@ export type { Features, LoadInfo, Model, Reconstruction, StepResult };
  * A freshly initialised model (MAE init; deterministic in `seed`). `frozen` lists state-dict
  * names or prefixes (e.g. `patch_embed`, `blocks.0`) that training leaves unchanged.
  */
-export function createModel(config: ModelConfigInput = {}, seed = 0, frozen: string[] = []): Model {
-  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed, frozen);
+export function createModel(config: ModelConfigInput = {}, seed = 0, frozen: string[] = [], device = 'cpu'): Model {
+  return native.Model.create(parseOptions(ModelConfigSchema, config, 'model config'), seed, frozen, device);
 }
 
 export interface LoadModelOptions {
@@ -24,6 +24,8 @@ export interface LoadModelOptions {
   inChans?: 1 | 3;
   /** State-dict names or prefixes that training leaves unchanged. */
   frozen?: string[];
+  /** Where the model runs: cpu (default) | cuda | cuda:N. */
+  device?: string;
 }
 
 /** Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. */
@@ -45,12 +47,25 @@ export function toMaskBatch(m: {
   mask: Float32Array | Uint8Array;
 }): MaskBatch {
   // Int32 ids are non-negative, so a Uint32 view of the same bytes is the same values (no copy).
-  const u32 = (a: Uint32Array | Int32Array) => (a instanceof Uint32Array ? a : new Uint32Array(a.buffer, a.byteOffset, a.length));
-  return { idsKeep: u32(m.idsKeep), idsRestore: u32(m.idsRestore), mask: m.mask instanceof Float32Array ? m.mask : Float32Array.from(m.mask) };
+  const u32 = (a: Uint32Array | Int32Array) =>
+    a instanceof Uint32Array ? a : new Uint32Array(a.buffer, a.byteOffset, a.length);
+  return {
+    idsKeep: u32(m.idsKeep),
+    idsRestore: u32(m.idsRestore),
+    mask: m.mask instanceof Float32Array ? m.mask : Float32Array.from(m.mask),
+  };
 }
 
-/** One pre-training step; `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`. */
-export function trainStep(model: Model, images: Float32Array, masks: Parameters<typeof toMaskBatch>[0], options: StepOptionsInput): Promise<StepResult> {
+/**
+ * One pre-training step (the same step as a run's, L_cons included when `consWeight` > 0);
+ * `images` is (B, C, S, S) normalised; masks from `batchMasks` or `randomMaskBatch`.
+ */
+export function trainStep(
+  model: Model,
+  images: Float32Array,
+  masks: Parameters<typeof toMaskBatch>[0],
+  options: StepOptionsInput,
+): Promise<StepResult> {
   const o = parseOptions(StepOptionsSchema, options, 'step options');
   const m = toMaskBatch(masks);
   return model.trainStep(images, m.idsKeep, m.idsRestore, m.mask, o);
@@ -61,10 +76,19 @@ export function trainStep(model: Model, images: Float32Array, masks: Parameters<
  * ids ascending (the order VasoMIM feeds them), restore order, mask. `random` defaults to
  * Math.random; pre-training draws seeded masks with `batchMasks`.
  */
-export function randomMaskBatch(batch: number, numPatches: number, maskRatio: number, random: () => number = Math.random): MaskBatch {
+export function randomMaskBatch(
+  batch: number,
+  numPatches: number,
+  maskRatio: number,
+  random: () => number = Math.random,
+): MaskBatch {
   const { lenKeep } = maskCounts(numPatches, maskRatio);
   const source = { int: (n: number) => Math.min(n - 1, Math.floor(random() * n)) };
-  const out = { idsKeep: new Int32Array(batch * lenKeep), idsRestore: new Int32Array(batch * numPatches), mask: new Uint8Array(batch * numPatches) };
+  const out = {
+    idsKeep: new Int32Array(batch * lenKeep),
+    idsRestore: new Int32Array(batch * numPatches),
+    mask: new Uint8Array(batch * numPatches),
+  };
   for (let b = 0; b < batch; b++) {
     const m = randomMasking(numPatches, maskRatio, source);
     out.idsKeep.set(m.idsKeep, b * lenKeep);

@@ -1,11 +1,29 @@
-// The fine-tuned segmentation ViT as TS sees it: the native `SegModel`, the metadata saved with
+// The fine-tuned segmentation ViT as TS sees it: the native `SegmentationModel`, the metadata saved with
 // it (task, classes, normalisation, threshold), and a `Predictor` for `evaluate` / `predict`.
 import { basename } from 'node:path';
 
 import type { Predictor } from '../eval/predictor.js';
+import type { NativeModelConfig } from '../config/model.js';
 import { native } from '../native.js';
+import type { SegmentationModel } from '../native.js';
 
-export type SegmentationModel = InstanceType<typeof native.SegModel>;
+export type { SegmentationModel };
+
+/** A segmentation model's config as the native side returns it (camelCase). */
+export interface SegmentationConfig {
+  encoder: NativeModelConfig;
+  /** 1: binary (sigmoid); K ≥ 2: classes 0..K−1 with softmax (0 = background). */
+  numClasses: number;
+  /** Multiplier of the head widths (512, 256, 128, 64, 32); 1 = the paper's head. */
+  headScale: number;
+  /** Drop-path rate of the last block (linear over depth). */
+  dropPath: number;
+}
+
+/** The typed config of a model. */
+export function segmentationConfig(model: SegmentationModel): SegmentationConfig {
+  return model.config as SegmentationConfig;
+}
 
 /** What `vasomim finetune` stores in a checkpoint's `extra` metadata. */
 export interface SegmentationModelMeta {
@@ -38,12 +56,16 @@ export function modelMeta(model: SegmentationModel, path = 'model'): Segmentatio
       throw new ModelFileError(`${path}: bad metadata (${(e as Error).message})`);
     }
   }
-  const k = model.config.numClasses;
-  const c = model.config.encoder.inChans;
+  const k = segmentationConfig(model).numClasses;
+  const c = segmentationConfig(model).encoder.inChans;
   const grey = c === 3 ? { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] } : { mean: [0.449], std: [0.226] };
   return {
     task: meta.task ?? (k === 1 ? 'vessel-seg' : 'segment-seg'),
-    classes: meta.classes ?? (k === 1 ? ['background', 'foreground'] : Array.from({ length: k }, (_, i) => (i === 0 ? 'background' : `class${i}`))),
+    classes:
+      meta.classes ??
+      (k === 1
+        ? ['background', 'foreground']
+        : Array.from({ length: k }, (_, i) => (i === 0 ? 'background' : `class${i}`))),
     mean: meta.mean ?? grey.mean,
     std: meta.std ?? grey.std,
     threshold: meta.threshold ?? 0.5,
@@ -52,12 +74,17 @@ export function modelMeta(model: SegmentationModel, path = 'model'): Segmentatio
 }
 
 /** Load a fine-tuned model; a file of another kind is a ModelFileError naming it. */
-export async function loadSegmentationModel(path: string): Promise<{ model: SegmentationModel; meta: SegmentationModelMeta }> {
+export async function loadSegmentationModel(
+  path: string,
+  device = 'cpu',
+): Promise<{ model: SegmentationModel; meta: SegmentationModelMeta }> {
   let model: SegmentationModel;
   try {
-    model = await native.SegModel.load(path);
+    model = await native.SegmentationModel.load(path, device);
   } catch (e) {
-    throw new ModelFileError((e as Error).message.includes(path) ? (e as Error).message : `${path}: ${(e as Error).message}`);
+    throw new ModelFileError(
+      (e as Error).message.includes(path) ? (e as Error).message : `${path}: ${(e as Error).message}`,
+    );
   }
   return { model, meta: modelMeta(model, path) };
 }
@@ -68,8 +95,14 @@ export async function loadSegmentationModel(path: string): Promise<{ model: Segm
  * size bilinearly (all in Rust). Binary: one foreground probability map; K ≥ 2 classes:
  * class-major softmax maps.
  */
-export function segmentationPredictor(model: SegmentationModel, meta: SegmentationModelMeta, name = 'segvit', describe: Record<string, unknown> = {}): Predictor {
-  const k = model.config.numClasses;
+export function segmentationPredictor(
+  model: SegmentationModel,
+  meta: SegmentationModelMeta,
+  name = 'segvit',
+  describe: Record<string, unknown> = {},
+): Predictor {
+  const cfg = segmentationConfig(model);
+  const k = cfg.numClasses;
   return {
     name,
     classes: k,
@@ -78,9 +111,9 @@ export function segmentationPredictor(model: SegmentationModel, meta: Segmentati
       ...describe,
       task: meta.task,
       classes: k,
-      imgSize: model.config.encoder.imgSize,
-      inChans: model.config.encoder.inChans,
-      headScale: model.config.headScale,
+      imgSize: cfg.encoder.imgSize,
+      inChans: cfg.encoder.inChans,
+      headScale: cfg.headScale,
       threshold: meta.threshold,
       epoch: meta.epoch,
       valDsc: meta.valDsc,
@@ -94,7 +127,10 @@ export function segmentationPredictor(model: SegmentationModel, meta: Segmentati
 }
 
 /** Load a checkpoint and wrap it as a Predictor named after the file. */
-export async function segmentationPredictorFromFile(path: string): Promise<{ predictor: Predictor; model: SegmentationModel; meta: SegmentationModelMeta }> {
-  const { model, meta } = await loadSegmentationModel(path);
+export async function segmentationPredictorFromFile(
+  path: string,
+  device = 'cpu',
+): Promise<{ predictor: Predictor; model: SegmentationModel; meta: SegmentationModelMeta }> {
+  const { model, meta } = await loadSegmentationModel(path, device);
   return { predictor: segmentationPredictor(model, meta, basename(path), { checkpoint: path }), model, meta };
 }

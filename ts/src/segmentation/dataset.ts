@@ -6,7 +6,13 @@
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { basename, dirname, extname, isAbsolute, join, relative, resolve } from 'node:path';
 
-import { SegmentationDataSchema, SPLITS, type SegmentationDataConfig, type SegmentationDataInput, type SplitName } from '../config/segmentation.js';
+import {
+  SegmentationDataSchema,
+  SPLITS,
+  type SegmentationDataConfig,
+  type SegmentationDataInput,
+  type SplitName,
+} from '../config/segmentation.js';
 import { parseOptions } from '../config/vessels.js';
 import { DatasetError, splitCsv } from '../data/dataset.js';
 import { native } from '../native.js';
@@ -62,12 +68,14 @@ export function openSegmentationDataset(path: string, options: SegmentationDataI
   const st = statSync(path, { throwIfNoEntry: false });
   if (!st) throw new DatasetError(`${path}: no such file or folder`);
   let format = cfg.format;
-  if (format === 'auto') format = st.isFile() ? 'manifest' : arcadeTaskDirs(path).size > 0 || isArcadeTaskDir(path) ? 'arcade' : 'paired';
+  if (format === 'auto')
+    format = st.isFile() ? 'manifest' : arcadeTaskDirs(path).size > 0 || isArcadeTaskDir(path) ? 'arcade' : 'paired';
   if (format === 'manifest') {
     if (!st.isFile()) throw new DatasetError(`${path}: a manifest must be a .csv or .jsonl file`);
     return fromManifest(path, cfg);
   }
-  if (!st.isDirectory()) throw new DatasetError(`${path}: not a folder (paired or ARCADE layout) or a .csv/.jsonl manifest`);
+  if (!st.isDirectory())
+    throw new DatasetError(`${path}: not a folder (paired or ARCADE layout) or a .csv/.jsonl manifest`);
   return format === 'arcade' ? fromArcade(path, cfg) : fromPairedFolders(path, cfg);
 }
 
@@ -76,7 +84,9 @@ export function splitSamples(ds: SegmentationDataset, split: SplitName, limit?: 
   const s = ds.splits[split];
   if (s.length === 0) {
     const have = SPLITS.filter((k) => ds.splits[k].length > 0).map((k) => `${k} ${ds.splits[k].length}`);
-    throw new DatasetError(`${ds.root}: the ${split} split is empty (${have.length ? `found ${have.join(', ')}` : 'no samples at all'})`);
+    throw new DatasetError(
+      `${ds.root}: the ${split} split is empty (${have.length ? `found ${have.join(', ')}` : 'no samples at all'})`,
+    );
   }
   return limit === undefined ? s : s.slice(0, limit);
 }
@@ -103,7 +113,8 @@ function fromPairedFolders(root: string, cfg: SegmentationDataConfig): Segmentat
       const rel = cfg.splits[k];
       if (rel === undefined) continue;
       const dir = resolve(root, rel);
-      if (!existsSync(dir) || !statSync(dir).isDirectory()) throw new DatasetError(`${join(root, rel)}: no such folder (splits.${k})`);
+      if (!existsSync(dir) || !statSync(dir).isDirectory())
+        throw new DatasetError(`${join(root, rel)}: no such folder (splits.${k})`);
       folders[k] = dir;
     }
   } else {
@@ -112,7 +123,10 @@ function fromPairedFolders(root: string, cfg: SegmentationDataConfig): Segmentat
       .map((e) => e.name);
     for (const k of SPLITS) {
       const hits = subdirs.filter((n) => SPLIT_NAMES[k].test(n));
-      if (hits.length > 1) throw new DatasetError(`${root}: ${hits.join(' and ')} both look like the ${k} split; name the folders with splits (--train-dir/--val-dir/--test-dir)`);
+      if (hits.length > 1)
+        throw new DatasetError(
+          `${root}: ${hits.join(' and ')} both look like the ${k} split; name the folders with splits (--train-dir/--val-dir/--test-dir)`,
+        );
       if (hits.length === 1) folders[k] = join(root, hits[0]!);
     }
     if (Object.keys(folders).length === 0)
@@ -123,26 +137,44 @@ function fromPairedFolders(root: string, cfg: SegmentationDataConfig): Segmentat
   const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   for (const k of SPLITS) if (folders[k]) splits[k] = pairsIn(root, folders[k], k);
   const classes = cfg.masks === 'labels' ? labelClasses(cfg, root) : ['background', 'vessel'];
-  return { root, format: 'paired', kind: cfg.masks === 'labels' ? 'multiclass' : 'binary', classes, splits, config: cfg };
+  return {
+    root,
+    format: 'paired',
+    kind: cfg.masks === 'labels' ? 'multiclass' : 'binary',
+    classes,
+    splits,
+    config: cfg,
+  };
 }
 
 function labelClasses(cfg: SegmentationDataConfig, where: string): string[] {
-  if (cfg.classes === undefined) throw new DatasetError(`${where}: label masks need the number of classes (classes / --classes)`);
+  if (cfg.classes === undefined)
+    throw new DatasetError(`${where}: label masks need the number of classes (classes / --classes)`);
   return ['background', ...Array.from({ length: cfg.classes }, (_, i) => `class ${i + 1}`)];
 }
 
 /** Image/mask pairs in one split folder: `images/` + `masks/` (same stem), or `x.png` + `x_gt.png`. */
 function pairsIn(root: string, dir: string, split: SplitName): SegmentationSample[] {
   const entries = listDir(dir);
-  const imgDir = IMAGE_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(Boolean);
-  const maskDir = MASK_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(Boolean);
+  const imgDir = IMAGE_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(
+    Boolean,
+  );
+  const maskDir = MASK_DIRS.map((n) => entries.find((e) => e.isDirectory() && e.name.toLowerCase() === n)).find(
+    Boolean,
+  );
   const images: string[] = [];
   const masks = new Map<string, string>(); // stem -> mask path
   const stem = (f: string) => basename(f, extname(f));
   if (imgDir || maskDir) {
-    if (!imgDir || !maskDir) throw new DatasetError(`${dir}: has ${imgDir ? `${imgDir.name}/ but no masks/ folder` : `${maskDir!.name}/ but no images/ folder`}`);
-    for (const e of listDir(join(dir, imgDir.name))) if (e.isFile() && isImageFile(e.name)) images.push(join(dir, imgDir.name, e.name));
-    for (const e of listDir(join(dir, maskDir.name))) if (e.isFile() && isImageFile(e.name)) addMask(masks, stem(e.name).replace(MASK_SUFFIX, ''), join(dir, maskDir.name, e.name));
+    if (!imgDir || !maskDir)
+      throw new DatasetError(
+        `${dir}: has ${imgDir ? `${imgDir.name}/ but no masks/ folder` : `${maskDir!.name}/ but no images/ folder`}`,
+      );
+    for (const e of listDir(join(dir, imgDir.name)))
+      if (e.isFile() && isImageFile(e.name)) images.push(join(dir, imgDir.name, e.name));
+    for (const e of listDir(join(dir, maskDir.name)))
+      if (e.isFile() && isImageFile(e.name))
+        addMask(masks, stem(e.name).replace(MASK_SUFFIX, ''), join(dir, maskDir.name, e.name));
   } else {
     for (const e of entries) {
       if (!e.isFile() || !isImageFile(e.name)) continue;
@@ -156,15 +188,22 @@ function pairsIn(root: string, dir: string, split: SplitName): SegmentationSampl
   const out: SegmentationSample[] = [];
   for (const image of images) {
     const s = stem(image);
-    if (seen.has(s)) throw new DatasetError(`${image}: another image in ${dirname(image)} has the stem "${s}" (masks are matched by stem)`);
+    if (seen.has(s))
+      throw new DatasetError(
+        `${image}: another image in ${dirname(image)} has the stem "${s}" (masks are matched by stem)`,
+      );
     seen.add(s);
     const mask = masks.get(s);
-    if (!mask) throw new DatasetError(`${image}: no mask (looked for ${maskDir ? join(dir, maskDir.name, s + '.*') : join(dir, s + '_gt.*')}, also _mask/_label)`);
+    if (!mask)
+      throw new DatasetError(
+        `${image}: no mask (looked for ${maskDir ? join(dir, maskDir.name, s + '.*') : join(dir, s + '_gt.*')}, also _mask/_label)`,
+      );
     out.push({ id: relative(root, image), split, image, mask });
     masks.delete(s);
   }
   const orphan = [...masks.values()].sort(natural)[0];
-  if (orphan) throw new DatasetError(`${orphan}: mask without an image${masks.size > 1 ? ` (and ${masks.size - 1} more)` : ''}`);
+  if (orphan)
+    throw new DatasetError(`${orphan}: mask without an image${masks.size > 1 ? ` (and ${masks.size - 1} more)` : ''}`);
   return out;
 }
 
@@ -199,7 +238,9 @@ function fromArcade(root: string, cfg: SegmentationDataConfig): SegmentationData
   const want = task === 'stenosis' ? 'stenosis' : 'syntax';
   const taskDir = dirs.get(want) ?? (self ? root : undefined);
   if (!taskDir)
-    throw new DatasetError(`${root}: no ARCADE ${want}/ folder with <split>/annotations/<split>.json (task ${task}${dirs.size ? `; found ${[...dirs.keys()].join(', ')}/` : ''})`);
+    throw new DatasetError(
+      `${root}: no ARCADE ${want}/ folder with <split>/annotations/<split>.json (task ${task}${dirs.size ? `; found ${[...dirs.keys()].join(', ')}/` : ''})`,
+    );
   const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   let classes: string[] | undefined;
   let classesFrom = '';
@@ -212,7 +253,9 @@ function fromArcade(root: string, cfg: SegmentationDataConfig): SegmentationData
       classes = names;
       classesFrom = file;
     } else if (names.join('\u0000') !== classes.join('\u0000'))
-      throw new DatasetError(`${file}: its categories (${names.length}) differ from those of ${classesFrom} (${classes.length})`);
+      throw new DatasetError(
+        `${file}: its categories (${names.length}) differ from those of ${classesFrom} (${classes.length})`,
+      );
     splits[split] = samples;
   }
   const segment = task === 'segment';
@@ -226,7 +269,14 @@ function fromArcade(root: string, cfg: SegmentationDataConfig): SegmentationData
   };
 }
 
-function readCoco(root: string, file: string, imageDir: string, split: SplitName, task: 'vessel' | 'segment' | 'stenosis', cfg: SegmentationDataConfig) {
+function readCoco(
+  root: string,
+  file: string,
+  imageDir: string,
+  split: SplitName,
+  task: 'vessel' | 'segment' | 'stenosis',
+  cfg: SegmentationDataConfig,
+) {
   let json: CocoJson;
   try {
     json = JSON.parse(readFileSync(file, 'utf8')) as CocoJson;
@@ -236,10 +286,17 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
   function bad(why: string): never {
     throw new DatasetError(`${file}: ${why}`);
   }
-  if (typeof json !== 'object' || json === null || !Array.isArray(json.images) || !Array.isArray(json.annotations) || !Array.isArray(json.categories))
+  if (
+    typeof json !== 'object' ||
+    json === null ||
+    !Array.isArray(json.images) ||
+    !Array.isArray(json.annotations) ||
+    !Array.isArray(json.categories)
+  )
     bad('expected a COCO object with "images", "annotations" and "categories" arrays');
   const categories = (json.categories as { id?: unknown; name?: unknown }[]).map((c, i) => {
-    if (typeof c?.id !== 'number' || typeof c.name !== 'string') bad(`categories[${i}]: expected {"id": number, "name": string}`);
+    if (typeof c?.id !== 'number' || typeof c.name !== 'string')
+      bad(`categories[${i}]: expected {"id": number, "name": string}`);
     return { id: c.id as number, name: String(c.name) };
   });
   categories.sort((a, b) => a.id - b.id);
@@ -256,8 +313,15 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
   });
   const byId = new Map<number, SegmentationSample & { coco: NonNullable<SegmentationSample['coco']> }>();
   const listed = new Set<string>();
-  for (const [i, im] of (json.images as { id?: unknown; file_name?: unknown; width?: unknown; height?: unknown }[]).entries()) {
-    if (typeof im?.id !== 'number' || typeof im.file_name !== 'string' || !Number.isInteger(im.width) || !Number.isInteger(im.height))
+  for (const [i, im] of (
+    json.images as { id?: unknown; file_name?: unknown; width?: unknown; height?: unknown }[]
+  ).entries()) {
+    if (
+      typeof im?.id !== 'number' ||
+      typeof im.file_name !== 'string' ||
+      !Number.isInteger(im.width) ||
+      !Number.isInteger(im.height)
+    )
       bad(`images[${i}]: expected {"id", "file_name", "width", "height"}`);
     if (byId.has(im.id as number)) bad(`images[${i}]: duplicate image id ${im.id}`);
     const image = join(imageDir, im.file_name as string);
@@ -270,13 +334,19 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
       coco: { file, width: im.width as number, height: im.height as number, shapes: [] },
     });
   }
-  for (const [i, a] of (json.annotations as { id?: unknown; image_id?: unknown; category_id?: unknown; segmentation?: unknown }[]).entries()) {
+  for (const [i, a] of (
+    json.annotations as { id?: unknown; image_id?: unknown; category_id?: unknown; segmentation?: unknown }[]
+  ).entries()) {
     const aid = typeof a?.id === 'number' ? a.id : i;
     const s = byId.get(a?.image_id as number);
     if (!s) bad(`annotation ${aid}: unknown image_id ${JSON.stringify(a?.image_id)}`);
     const label = labelOf.get(a.category_id as number);
-    if (label === undefined) bad(`annotation ${aid}: unknown category_id ${JSON.stringify(a.category_id)} (categories: ${categories.map((c) => c.id).join(', ')})`);
-    if (!Array.isArray(a.segmentation)) bad(`annotation ${aid}: segmentation is not a list of polygons (RLE is not supported)`);
+    if (label === undefined)
+      bad(
+        `annotation ${aid}: unknown category_id ${JSON.stringify(a.category_id)} (categories: ${categories.map((c) => c.id).join(', ')})`,
+      );
+    if (!Array.isArray(a.segmentation))
+      bad(`annotation ${aid}: segmentation is not a list of polygons (RLE is not supported)`);
     const polygons = (a.segmentation as unknown[]).map((p, k) => {
       if (!Array.isArray(p) || p.length % 2 !== 0 || p.some((v) => typeof v !== 'number' || !Number.isFinite(v)))
         bad(`annotation ${aid}: polygon ${k} is not a list of x, y numbers`);
@@ -286,7 +356,8 @@ function readCoco(root: string, file: string, imageDir: string, split: SplitName
   }
   if (existsSync(imageDir))
     for (const e of listDir(imageDir).sort((x, y) => natural(x.name, y.name)))
-      if (e.isFile() && isImageFile(e.name) && !listed.has(e.name)) throw new DatasetError(`${join(imageDir, e.name)}: no entry in ${file}`);
+      if (e.isFile() && isImageFile(e.name) && !listed.has(e.name))
+        throw new DatasetError(`${join(imageDir, e.name)}: no entry in ${file}`);
   const samples = [...byId.values()].sort((x, y) => natural(x.image, y.image));
   return { samples, categories };
 }
@@ -322,7 +393,9 @@ function fromManifest(path: string, cfg: SegmentationDataConfig): SegmentationDa
     const header = splitCsv(lines[0] ?? '');
     const col = Object.fromEntries(['image', 'mask', 'split'].map((n) => [n, header.indexOf(n)]));
     if (col.image! < 0 || col.mask! < 0 || col.split! < 0)
-      throw new DatasetError(`${path}:1: the CSV header must name "image", "mask" and "split" columns (got ${JSON.stringify(lines[0] ?? '')})`);
+      throw new DatasetError(
+        `${path}:1: the CSV header must name "image", "mask" and "split" columns (got ${JSON.stringify(lines[0] ?? '')})`,
+      );
     lines.slice(1).forEach((l, i) => {
       if (!l.trim()) return;
       const f = splitCsv(l);
@@ -334,14 +407,23 @@ function fromManifest(path: string, cfg: SegmentationDataConfig): SegmentationDa
   for (const r of rows) {
     if (!r.image) throw new DatasetError(`${path}:${r.line}: empty image path`);
     if (!r.mask) throw new DatasetError(`${path}:${r.line}: ${r.image} has no mask`);
-    if (!(SPLITS as readonly string[]).includes(r.split)) throw new DatasetError(`${path}:${r.line}: split ${JSON.stringify(r.split)} is not train, val or test`);
+    if (!(SPLITS as readonly string[]).includes(r.split))
+      throw new DatasetError(`${path}:${r.line}: split ${JSON.stringify(r.split)} is not train, val or test`);
     const image = abs(r.image);
-    if (seen.has(image)) throw new DatasetError(`${path}:${r.line}: ${r.image} is listed again (first on line ${seen.get(image)})`);
+    if (seen.has(image))
+      throw new DatasetError(`${path}:${r.line}: ${r.image} is listed again (first on line ${seen.get(image)})`);
     seen.set(image, r.line);
     splits[r.split as SplitName].push({ id: r.image, split: r.split as SplitName, image, mask: abs(r.mask) });
   }
   const labels = cfg.masks === 'labels';
-  return { root: path, format: 'manifest', kind: labels ? 'multiclass' : 'binary', classes: labels ? labelClasses(cfg, path) : ['background', 'vessel'], splits, config: cfg };
+  return {
+    root: path,
+    format: 'manifest',
+    kind: labels ? 'multiclass' : 'binary',
+    classes: labels ? labelClasses(cfg, path) : ['background', 'vessel'],
+    splits,
+    config: cfg,
+  };
 }
 
 // ---- checks and loading -----------------------------------------------------------------------
@@ -366,10 +448,14 @@ export async function checkSegmentationSamples(samples: SegmentationSample[], jo
       const m = info.get(s.mask)!;
       if (!m.ok) throw new DatasetError(`${s.mask}: cannot read (${m.error})`);
       if (m.width !== im.width || m.height !== im.height)
-        throw new DatasetError(`${s.mask}: mask is ${m.width}x${m.height} but its image ${s.image} is ${im.width}x${im.height}`);
+        throw new DatasetError(
+          `${s.mask}: mask is ${m.width}x${m.height} but its image ${s.image} is ${im.width}x${im.height}`,
+        );
     }
     if (s.coco && (s.coco.width !== im.width || s.coco.height !== im.height))
-      throw new DatasetError(`${s.image}: image is ${im.width}x${im.height} but ${s.coco.file} says ${s.coco.width}x${s.coco.height}`);
+      throw new DatasetError(
+        `${s.image}: image is ${im.width}x${im.height} but ${s.coco.file} says ${s.coco.width}x${s.coco.height}`,
+      );
   }
 }
 
@@ -384,7 +470,10 @@ export async function loadSegmentationSample(ds: SegmentationDataset, s: Segment
     const m = await native.readImage(s.mask).catch((e: Error) => {
       throw new DatasetError(`${s.mask}: ${e.message}`);
     });
-    if (m.width !== width || m.height !== height) throw new DatasetError(`${s.mask}: mask is ${m.width}x${m.height} but its image ${s.image} is ${width}x${height}`);
+    if (m.width !== width || m.height !== height)
+      throw new DatasetError(
+        `${s.mask}: mask is ${m.width}x${m.height} but its image ${s.image} is ${width}x${height}`,
+      );
     if (ds.kind === 'binary') {
       const t = ds.config.maskThreshold;
       for (let i = 0; i < truth.length; i++) truth[i] = m.pixels[i]! >= t ? 1 : 0;
@@ -392,15 +481,21 @@ export async function loadSegmentationSample(ds: SegmentationDataset, s: Segment
       const k = ds.classes.length;
       for (let i = 0; i < truth.length; i++) {
         const v = Math.round(m.pixels[i]!);
-        if (v >= k) throw new DatasetError(`${s.mask}: label ${v} at pixel (${i % width}, ${Math.floor(i / width)}) but there are ${k - 1} classes`);
+        if (v >= k)
+          throw new DatasetError(
+            `${s.mask}: label ${v} at pixel (${i % width}, ${Math.floor(i / width)}) but there are ${k - 1} classes`,
+          );
         truth[i] = v;
       }
     }
   } else if (s.coco) {
     if (s.coco.width !== width || s.coco.height !== height)
-      throw new DatasetError(`${s.image}: image is ${width}x${height} but ${s.coco.file} says ${s.coco.width}x${s.coco.height}`);
+      throw new DatasetError(
+        `${s.image}: image is ${width}x${height} but ${s.coco.file} says ${s.coco.width}x${s.coco.height}`,
+      );
     // in file order: where annotations overlap, the later one's label wins
-    for (const shape of s.coco.shapes) for (const p of shape.polygons) fillPolygon(truth, width, height, p, shape.label);
+    for (const shape of s.coco.shapes)
+      for (const p of shape.polygons) fillPolygon(truth, width, height, p, shape.label);
   }
   return { sample: s, width, height, image: img.pixels, truth };
 }

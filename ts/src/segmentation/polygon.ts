@@ -19,7 +19,8 @@
  * polygon `xy` = [x0, y0, x1, y1, ...] (COCO order). Returns the number of pixels set.
  */
 export function fillPolygon(mask: Uint8Array, width: number, height: number, xy: ArrayLike<number>, value = 1): number {
-  if (mask.length !== width * height) throw new RangeError(`mask has ${mask.length} pixels, expected ${width}x${height}`);
+  if (mask.length !== width * height)
+    throw new RangeError(`mask has ${mask.length} pixels, expected ${width}x${height}`);
   if (xy.length % 2 !== 0) throw new RangeError(`polygon has an odd number of coordinates (${xy.length})`);
   const n = xy.length / 2;
   if (n < 3) return 0;

@@ -1,4 +1,4 @@
-// `finetune`: the downstream segmentation loop (VASOMIM.md §9), top to bottom:
+// `finetune`: the downstream segmentation loop (METHOD.md §9), top to bottom:
 //
 //   config -> dataset (train split; val split or a fixed hold-out of train; test never read)
 //     -> masks of train written once as PNGs into the run folder (binary {0, 255}, or the class id
@@ -18,7 +18,14 @@ import { labelsOf } from '../eval/evaluate.js';
 import { dice, multiClassMetrics } from '../eval/metrics.js';
 import { segmentationPredictor, type SegmentationModel, type SegmentationModelMeta } from '../model/segmentation.js';
 import { native, packageVersion } from '../native.js';
-import { checkSegmentationSamples, loadSegmentationSample, openSegmentationDataset, splitSamples, type SegmentationDataset, type SegmentationSample } from '../segmentation/dataset.js';
+import {
+  checkSegmentationSamples,
+  loadSegmentationSample,
+  openSegmentationDataset,
+  splitSamples,
+  type SegmentationDataset,
+  type SegmentationSample,
+} from '../segmentation/dataset.js';
 import { writePng } from '../util/png.js';
 import { LAST_CHECKPOINT, planRun } from './rundir.js';
 import { lrAt, type LrSchedule } from './schedule.js';
@@ -72,23 +79,39 @@ export interface FinetuneResult {
  * The validation images: the dataset's val split when it has one, else `count` training images
  * evenly spaced in name order (indices round((j + ½)·n / count)), which leave the training set.
  */
-export function holdOut(train: SegmentationSample[], count: number): { train: SegmentationSample[]; val: SegmentationSample[] } {
+export function holdOut(
+  train: SegmentationSample[],
+  count: number,
+): { train: SegmentationSample[]; val: SegmentationSample[] } {
   if (count === 0) return { train, val: [] };
-  if (count >= train.length) throw new DatasetError(`valCount ${count} leaves no training images (train has ${train.length})`);
+  if (count >= train.length)
+    throw new DatasetError(`valCount ${count} leaves no training images (train has ${train.length})`);
   const pick = new Set<number>();
   for (let j = 0; j < count; j++) pick.add(Math.min(train.length - 1, Math.floor(((j + 0.5) * train.length) / count)));
   return { train: train.filter((_, i) => !pick.has(i)), val: train.filter((_, i) => pick.has(i)) };
 }
 
 /** Mean per-image DSC (binary) or mean over present foreground classes (multi-class). */
-export function imageDsc(labels: Uint8Array, truth: Uint8Array, width: number, height: number, classes: number): number {
+export function imageDsc(
+  labels: Uint8Array,
+  truth: Uint8Array,
+  width: number,
+  height: number,
+  classes: number,
+): number {
   if (classes === 1) return dice(labels, truth);
   const per = multiClassMetrics(labels, truth, width, height, classes).filter((c) => c.present);
   return per.length ? per.reduce((a, c) => a + c.dsc, 0) / per.length : 1;
 }
 
 /** Mean validation DSC of `model` on `samples`. */
-export async function validate(ds: SegmentationDataset, model: SegmentationModel, meta: SegmentationModelMeta, samples: SegmentationSample[], onDone?: (n: number) => void): Promise<number> {
+export async function validate(
+  ds: SegmentationDataset,
+  model: SegmentationModel,
+  meta: SegmentationModelMeta,
+  samples: SegmentationSample[],
+  onDone?: (n: number) => void,
+): Promise<number> {
   const predictor = segmentationPredictor(model, meta);
   let sum = 0;
   for (let i = 0; i < samples.length; i++) {
@@ -119,9 +142,19 @@ async function writeMasks(ds: SegmentationDataset, samples: SegmentationSample[]
  * batches, drop-path draws and learning rates are functions of (seed, epoch, step), so the resumed
  * run repeats the uninterrupted one).
  */
-export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}, resume?: string): Promise<FinetuneResult> {
+export async function finetune(
+  input: FinetuneInput,
+  events: FinetuneEvents = {},
+  resume?: string,
+): Promise<FinetuneResult> {
   // The loader's thread count and a step limit belong to this invocation, not to the run.
-  const plan = planRun({ layers: [input], resume, resolve: resolveFinetuneConfig, invocation: ['workers', 'maxSteps'], key: 'input' });
+  const plan = planRun({
+    layers: [input],
+    resume,
+    resolve: resolveFinetuneConfig,
+    invocation: ['workers', 'maxSteps'],
+    key: 'input',
+  });
   const c: FinetuneConfig = plan.config;
   const resumed = plan.resumed;
   const log = events.onLog ?? (() => {});
@@ -142,12 +175,25 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
 
   const lastPath = resumed ? resumed.lastCheckpoint() : join(run.checkpoints, LAST_CHECKPOINT);
   const model = resumed
-    ? await native.SegModel.load(lastPath)
+    ? await native.SegmentationModel.load(lastPath, c.device)
     : c.init === 'scratch'
-      ? native.SegModel.create({ encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath }, c.seed, { layerDecay: c.layerDecay })
-      : await native.SegModel.fromPretrained(
+      ? native.SegmentationModel.create(
+          { encoder: c.model, numClasses, headScale: c.headScale, dropPath: c.dropPath },
+          c.seed,
+          { layerDecay: c.layerDecay, device: c.device },
+        )
+      : await native.SegmentationModel.fromPretrained(
           c.init,
-          { numClasses, headScale: c.headScale, dropPath: c.dropPath, imgSize: c.imgSize, inChans: c.inChans, preset: c.initPreset, layerDecay: c.layerDecay },
+          {
+            numClasses,
+            headScale: c.headScale,
+            dropPath: c.dropPath,
+            imgSize: c.imgSize,
+            inChans: c.inChans,
+            preset: c.initPreset,
+            layerDecay: c.layerDecay,
+            device: c.device,
+          },
           c.seed,
         );
   const enc = model.config.encoder;
@@ -174,16 +220,21 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
     dataset: resolve(c.data),
   };
   const iters = loader.batchesPerEpoch;
-  if (iters === 0) throw new DatasetError(`${ds.root}: ${split.train.length} training image(s) make no full batch of ${c.batchSize}`);
+  if (iters === 0)
+    throw new DatasetError(`${ds.root}: ${split.train.length} training image(s) make no full batch of ${c.batchSize}`);
   const sched: LrSchedule = { lr: c.lr, minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
   if (!resumed)
     plan.write(run, {
-    resolved: { ...c, encoder: enc, numClasses, headScale: c.headScale },
-    split: { train: split.train.map((s) => s.id), val: split.val.map((s) => s.id), valFrom: ds.splits.val.length > 0 ? 'val split' : `train hold-out (${c.valCount})` },
-    init: info,
-    params: model.numParams,
-    versions: { vasomim: packageVersion(), node: process.version },
-  });
+      resolved: { ...c, encoder: enc, numClasses, headScale: c.headScale },
+      split: {
+        train: split.train.map((s) => s.id),
+        val: split.val.map((s) => s.id),
+        valFrom: ds.splits.val.length > 0 ? 'val split' : `train hold-out (${c.valCount})`,
+      },
+      init: info,
+      params: model.numParams,
+      versions: { vasomim: packageVersion(), node: process.version },
+    });
   log(
     `${c.task}: ${split.train.length} train / ${split.val.length} val images, ${numClasses === 1 ? 'binary' : `${numClasses} classes`}, ViT ${enc.embedDim}x${enc.depth} at ${enc.imgSize}² (${enc.inChans} ch), head x${c.headScale}, ${(model.numParams / 1e6).toFixed(2)} M params, ${c.epochs} epochs x ${iters} steps, lr ${c.lr.toExponential(2)}`,
   );
@@ -206,7 +257,17 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
   const totalSteps = c.maxSteps !== undefined ? Math.min(c.maxSteps, c.epochs * iters) : c.epochs * iters;
   let epochsDone = Math.floor(step / iters);
   const extra = (e: number, v: number | null, partial = { loss: 0, steps: 0 }) =>
-    JSON.stringify({ ...meta, epoch: e, valDsc: v, loop: { bestDsc: Number.isFinite(bestDsc) ? bestDsc : null, bestEpoch, epochLoss: partial.loss, epochSteps: partial.steps } satisfies FinetuneLoopState });
+    JSON.stringify({
+      ...meta,
+      epoch: e,
+      valDsc: v,
+      loop: {
+        bestDsc: Number.isFinite(bestDsc) ? bestDsc : null,
+        bestEpoch,
+        epochLoss: partial.loss,
+        epochSteps: partial.steps,
+      } satisfies FinetuneLoopState,
+    });
   const result = (status: FinetuneResult['status']): FinetuneResult => ({
     run: run.path,
     best,
@@ -234,11 +295,24 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
         if (!Number.isFinite(r.loss)) throw new Error(`non-finite loss at step ${step}`);
         lossSum += r.loss;
         n++;
-        const rec: FtStepRecord = { step, epoch, iter: it, lr, loss: r.loss, dice: r.dice, ce: r.ce, imgPerSec: batch.n / ((performance.now() - ts) / 1000) };
+        const rec: FtStepRecord = {
+          step,
+          epoch,
+          iter: it,
+          lr,
+          loss: r.loss,
+          dice: r.dice,
+          ce: r.ce,
+          imgPerSec: batch.n / ((performance.now() - ts) / 1000),
+        };
         run.log(rec as unknown as Record<string, unknown>);
         events.onStep?.(rec, { steps: totalSteps, stepsDone: step });
         // A stop inside an epoch saves the position; at an epoch's end the epoch is finished first.
-        const stop = events.shouldStop?.() ? 'interrupted' : step >= totalSteps && step < c.epochs * iters ? 'stopped' : undefined;
+        const stop = events.shouldStop?.()
+          ? 'interrupted'
+          : step >= totalSteps && step < c.epochs * iters
+            ? 'stopped'
+            : undefined;
         if (stop && it + 1 < iters) {
           await model.save(last, extra(epoch, null, { loss: lossSum, steps: n }));
           return result(stop);
@@ -246,7 +320,9 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
         if (step >= totalSteps) break;
       }
       epochsDone = epoch + 1;
-      const valDsc = split.val.length ? await validate(ds, model, meta, split.val, (d) => events.onValidate?.(d, split.val.length)) : null;
+      const valDsc = split.val.length
+        ? await validate(ds, model, meta, split.val, (d) => events.onValidate?.(d, split.val.length))
+        : null;
       const isBest = valDsc === null ? true : valDsc > bestDsc;
       if (isBest) {
         bestDsc = valDsc ?? -Infinity;
@@ -254,7 +330,15 @@ export async function finetune(input: FinetuneInput, events: FinetuneEvents = {}
         await model.save(best, extra(epoch, valDsc));
       }
       await model.save(last, extra(epoch, valDsc));
-      const rec: FtEpochRecord = { event: 'epoch', epoch, step, loss: n ? lossSum / n : NaN, valDsc, best: isBest, seconds: (performance.now() - t0) / 1000 };
+      const rec: FtEpochRecord = {
+        event: 'epoch',
+        epoch,
+        step,
+        loss: n ? lossSum / n : NaN,
+        valDsc,
+        best: isBest,
+        seconds: (performance.now() - t0) / 1000,
+      };
       run.log(rec as unknown as Record<string, unknown>);
       events.onEpoch?.(rec);
       if (epochsDone < c.epochs) {

@@ -8,7 +8,10 @@ export class MaskFrequency {
   private masked = 0;
   private maskedWithVessel = 0;
 
-  constructor(readonly gridH: number, readonly gridW: number) {
+  constructor(
+    readonly gridH: number,
+    readonly gridW: number,
+  ) {
     this.counts = new Float64Array(gridH * gridW);
   }
 
@@ -19,7 +22,8 @@ export class MaskFrequency {
   add(mask: ArrayLike<number>, vesselMass?: ArrayLike<number>): void {
     const L = this.counts.length;
     if (mask.length % L !== 0) throw new Error(`mask has ${mask.length} values, not a multiple of ${L} patches`);
-    if (vesselMass && vesselMass.length !== mask.length) throw new Error(`vessel mass has ${vesselMass.length} values, mask ${mask.length}`);
+    if (vesselMass && vesselMass.length !== mask.length)
+      throw new Error(`vessel mass has ${vesselMass.length} values, mask ${mask.length}`);
     for (let i = 0; i < mask.length; i++) {
       if (!mask[i]) continue;
       this.counts[i % L]! += 1;
@@ -46,18 +50,29 @@ export class MaskFrequency {
     const H = this.gridH * scale;
     const data = new Uint8Array(W * H);
     for (let y = 0; y < H; y++)
-      for (let x = 0; x < W; x++) data[y * W + x] = Math.round(255 * f[Math.floor(y / scale) * this.gridW + Math.floor(x / scale)]!);
+      for (let x = 0; x < W; x++)
+        data[y * W + x] = Math.round(255 * f[Math.floor(y / scale) * this.gridW + Math.floor(x / scale)]!);
     writePng(path, { width: W, height: H, data });
   }
 
   /** Plain numbers for a checkpoint's loop state (resume continues the same map). */
   toJSON(): { counts: number[]; images: number; masked: number; maskedWithVessel: number } {
-    return { counts: [...this.counts], images: this.images, masked: this.masked, maskedWithVessel: this.maskedWithVessel };
+    return {
+      counts: [...this.counts],
+      images: this.images,
+      masked: this.masked,
+      maskedWithVessel: this.maskedWithVessel,
+    };
   }
 
-  static fromJSON(gridH: number, gridW: number, s: { counts: number[]; images: number; masked: number; maskedWithVessel: number }): MaskFrequency {
+  static fromJSON(
+    gridH: number,
+    gridW: number,
+    s: { counts: number[]; images: number; masked: number; maskedWithVessel: number },
+  ): MaskFrequency {
     const f = new MaskFrequency(gridH, gridW);
-    if (s.counts.length !== f.counts.length) throw new Error(`masking-frequency state has ${s.counts.length} patches, expected ${f.counts.length}`);
+    if (s.counts.length !== f.counts.length)
+      throw new Error(`masking-frequency state has ${s.counts.length} patches, expected ${f.counts.length}`);
     f.counts.set(s.counts);
     f.images = s.images;
     f.masked = s.masked;

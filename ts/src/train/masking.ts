@@ -1,4 +1,4 @@
-// Masking policies (VASOMIM.md §5), as pure functions of their inputs and a seeded RNG.
+// Masking policies (METHOD.md §5), as pure functions of their inputs and a seeded RNG.
 //
 //   random         MAE: num_mask patches chosen uniformly.
 //   vessel-guided  n_g = min(n_target(epoch), #{p_i > 0}) patches drawn without replacement with

@@ -17,6 +17,7 @@ import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as Loop
 import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
+import { StepOptionsSchema } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
 import { batchMasks, guidedAlpha, maskCounts } from './masking.js';
@@ -66,7 +67,6 @@ export class NonFiniteLossError extends Error {
   override name = 'NonFiniteLossError';
 }
 
-
 function schedule(c: PretrainConfig): LrSchedule {
   return { lr: c.lr ?? absoluteLr(c.blr, c.batchSize), minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
 }
@@ -75,10 +75,18 @@ function schedule(c: PretrainConfig): LrSchedule {
  * Run (or resume, with `resume` = a run folder) VasoMIM pre-training. `layers` are config
  * objects applied over the preset in order (config file, then flags).
  */
-export async function pretrain(layers: Record<string, unknown>[], options: { resume?: string } & PretrainEvents = {}): Promise<PretrainResult> {
+export async function pretrain(
+  layers: Record<string, unknown>[],
+  options: { resume?: string } & PretrainEvents = {},
+): Promise<PretrainResult> {
   const log = options.onLog ?? (() => {});
   // maxSteps and workers belong to this invocation, not to the run.
-  const plan = planRun({ layers, resume: options.resume, resolve: resolvePretrainConfig, invocation: ['maxSteps', 'workers'] });
+  const plan = planRun({
+    layers,
+    resume: options.resume,
+    resolve: resolvePretrainConfig,
+    invocation: ['maxSteps', 'workers'],
+  });
   const cfg: PretrainConfig = plan.config;
   let run: RunDir;
   let model: Model;
@@ -86,14 +94,14 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   if (plan.resumed) {
     run = plan.resumed;
     const ckpt = run.lastCheckpoint();
-    model = await loadModel(ckpt);
+    model = await loadModel(ckpt, { device: cfg.device });
     state = parseLoopState(PretrainLoopStateSchema, model.loadInfo?.loopState, ckpt, 'vasomim pretrain');
     run.truncateMetrics(state.step);
     log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})`);
   } else {
     run = plan.create();
-    plan.write(run, { versions: versions(), device: 'cpu' });
-    model = native.Model.create(cfg.model, cfg.seed, []);
+    plan.write(run, { versions: versions(), device: cfg.device });
+    model = native.Model.create(cfg.model, cfg.seed, [], cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
 
@@ -112,7 +120,8 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   });
   if (cfg.segmentor) {
     const path = cfg.segmentor === 'bundled' ? bundledSegmentor() : cfg.segmentor;
-    if (!existsSync(path)) throw new Error(`segmentor checkpoint ${path} does not exist (train one with \`vasomim train-segmentor\`)`);
+    if (!existsSync(path))
+      throw new Error(`segmentor checkpoint ${path} does not exist (train one with \`vasomim train-segmentor\`)`);
     await model.attachSegmentor(path);
   }
 
@@ -136,7 +145,15 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
   let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST_CHECKPOINT) : undefined;
 
   const save = async (ep: number, nextBatch: number, periodic: boolean) => {
-    const ls: LoopState = { version: 1, epoch: ep, nextBatch, step, maskFrequency: freq.toJSON(), epochMasked: nextBatch ? epochMasked : 0, epochVessel: nextBatch ? epochVessel : 0 };
+    const ls: LoopState = {
+      version: 1,
+      epoch: ep,
+      nextBatch,
+      step,
+      maskFrequency: freq.toJSON(),
+      epochMasked: nextBatch ? epochMasked : 0,
+      epochVessel: nextBatch ? epochVessel : 0,
+    };
     const last = join(run.checkpoints, LAST_CHECKPOINT);
     await model.saveTraining(last, JSON.stringify(ls));
     if (periodic) {
@@ -156,7 +173,15 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
 
   try {
     for (; epoch < cfg.epochs; epoch++, startBatch = 0) {
-      const opts = { policy: cfg.masking, maskRatio: cfg.maskRatio, epoch, epochs: cfg.epochs, alpha0: cfg.alpha0, alphaT: cfg.alphaT, seed: cfg.seed };
+      const opts = {
+        policy: cfg.masking,
+        maskRatio: cfg.maskRatio,
+        epoch,
+        epochs: cfg.epochs,
+        alpha0: cfg.alpha0,
+        alphaT: cfg.alphaT,
+        seed: cfg.seed,
+      };
       // Guided masking needs G; L_cons reuses the P computed with it; with maps, the vessel share is logged.
       const needGuidance = cfg.masking === 'vessel-guided' || cfg.consWeight > 0 || loader.hasMaps;
       const guidanceEta = cfg.masking === 'vessel-guided' ? cfg.eta : loader.hasMaps ? 1 : 0;
@@ -168,7 +193,7 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
         const mask = Float32Array.from(masks.mask);
         let r;
         try {
-          r = await model.trainBatch(batch, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), mask, {
+          const stepOptions = StepOptionsSchema.parse({
             lr,
             weightDecay: cfg.weightDecay,
             beta1: cfg.beta1,
@@ -177,13 +202,22 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
             microBatches,
             consWeight: cfg.consWeight,
           });
+          r = await model.trainBatch(
+            batch,
+            new Uint32Array(masks.idsKeep.buffer),
+            new Uint32Array(masks.idsRestore.buffer),
+            mask,
+            stepOptions,
+          );
         } catch (e) {
           const msg = (e as Error).message;
           if (!msg.includes('non-finite')) throw e;
           run.log({ step: step + 1, epoch, iter: it, event: 'non-finite', message: msg });
           throw new NonFiniteLossError(
             `step ${step + 1} (epoch ${epoch}, batch ${it}, lr ${lr.toExponential(3)}): ${msg}. The run stopped; ` +
-              (lastCheckpoint ? `the last good checkpoint is ${lastCheckpoint} (resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)` : 'no checkpoint was written yet'),
+              (lastCheckpoint
+                ? `the last good checkpoint is ${lastCheckpoint} (resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)`
+                : 'no checkpoint was written yet'),
           );
         }
         step++;
@@ -209,7 +243,12 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
           imgPerSec: imagesHere / ((performance.now() - t0) / 1000),
         };
         run.log({ ...rec });
-        options.onStep?.(rec, { steps: totalSteps, images: totalSteps * batch.n, imagesDone: step * batch.n, imagesHere });
+        options.onStep?.(rec, {
+          steps: totalSteps,
+          images: totalSteps * batch.n,
+          imagesDone: step * batch.n,
+          imagesHere,
+        });
         if (options.shouldStop?.() || stepsHere >= stepsLimit) {
           stopping = options.shouldStop?.() ? 'interrupted' : 'stopped';
           if (it + 1 < iters) {
@@ -221,12 +260,19 @@ export async function pretrain(layers: Record<string, unknown>[], options: { res
       // End of the epoch (also when a stop request came with its last batch).
       const done = epoch + 1;
       // The paper's check of the schedule: the share of masked patches that contain vessel, per epoch.
-      run.log({ step, epoch, event: 'epoch', vesselShare: epochMasked > 0 ? epochVessel / epochMasked : null, alpha: cfg.masking === 'vessel-guided' ? guidedAlpha(epoch, cfg.epochs, cfg.alpha0, cfg.alphaT) : 0 });
+      run.log({
+        step,
+        epoch,
+        event: 'epoch',
+        vesselShare: epochMasked > 0 ? epochVessel / epochMasked : null,
+        alpha: cfg.masking === 'vessel-guided' ? guidedAlpha(epoch, cfg.epochs, cfg.alpha0, cfg.alphaT) : 0,
+      });
       epochMasked = epochVessel = 0;
       const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
       if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
-      if (stopping && done < cfg.epochs) return { run: run.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
+      if (stopping && done < cfg.epochs)
+        return { run: run.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
     }
   } finally {
     loader.close();

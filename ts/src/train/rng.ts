@@ -43,7 +43,8 @@ export class Rng {
   }
 
   static fromState(s: RngState): Rng {
-    if (s.length !== 4 || s.some((v) => !Number.isInteger(v) || v < 0 || v > 0xffffffff)) throw new Error('rng state must be four uint32 values');
+    if (s.length !== 4 || s.some((v) => !Number.isInteger(v) || v < 0 || v > 0xffffffff))
+      throw new Error('rng state must be four uint32 values');
     return new Rng([...s] as RngState);
   }
 
@@ -81,7 +82,8 @@ export class Rng {
 
   /** Uniform integer in [0, n) without modulo bias. */
   int(n: number): number {
-    if (!Number.isInteger(n) || n <= 0 || n > 0x100000000) throw new Error(`int(n): n = ${n} must be an integer in [1, 2^32]`);
+    if (!Number.isInteger(n) || n <= 0 || n > 0x100000000)
+      throw new Error(`int(n): n = ${n} must be an integer in [1, 2^32]`);
     const limit = 0x100000000 - (0x100000000 % n);
     for (;;) {
       const x = this.nextU32();

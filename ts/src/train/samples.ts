@@ -12,7 +12,13 @@ import { batchMasks } from './masking.js';
 
 const GAP = 4;
 
-export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig, epoch: number, path: string): Promise<void> {
+export async function sampleGrid(
+  model: Model,
+  batch: Batch,
+  cfg: PretrainConfig,
+  epoch: number,
+  path: string,
+): Promise<void> {
   const S = cfg.model.imgSize;
   const C = cfg.model.inChans;
   const p = cfg.model.patchSize;
@@ -23,13 +29,26 @@ export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig
   const eta = cfg.masking === 'vessel-guided' ? cfg.eta : maps ? 1 : 0;
   const guide = maps || model.hasSegmentor ? await model.guidance(batch, eta, true) : undefined;
   const masks = batchMasks(
-    { policy: guide ? cfg.masking : 'random', maskRatio: cfg.maskRatio, epoch, epochs: cfg.epochs, alpha0: cfg.alpha0, alphaT: cfg.alphaT, seed: cfg.seed },
+    {
+      policy: guide ? cfg.masking : 'random',
+      maskRatio: cfg.maskRatio,
+      epoch,
+      epochs: cfg.epochs,
+      alpha0: cfg.alpha0,
+      alphaT: cfg.alphaT,
+      seed: cfg.seed,
+    },
     L,
     batch.samples,
     guide?.mass,
   );
   const images = batch.images();
-  const rec = await model.reconstruct(images, new Uint32Array(masks.idsKeep.buffer), new Uint32Array(masks.idsRestore.buffer), Float32Array.from(masks.mask));
+  const rec = await model.reconstruct(
+    images,
+    new Uint32Array(masks.idsKeep.buffer),
+    new Uint32Array(masks.idsRestore.buffer),
+    Float32Array.from(masks.mask),
+  );
   const mean = cfg.augment.mean[0]!;
   const std = cfg.augment.std[0]!;
   const grey = (v: number) => Math.max(0, Math.min(255, Math.round((v * std + mean) * 255)));
@@ -44,11 +63,11 @@ export async function sampleGrid(model: Model, batch: Batch, cfg: PretrainConfig
     for (let y = 0; y < S; y++) for (let x = 0; x < S; x++) out[(oy + y) * W + ox + x] = value(y, x);
   };
   for (let i = 0; i < n; i++) {
-    const img = (y: number, x: number) => images[((i * C) * S + y) * S + x]!;
+    const img = (y: number, x: number) => images[(i * C * S + y) * S + x]!;
     const masked = (y: number, x: number) => masks.mask[i * L + Math.floor(y / p) * g + Math.floor(x / p)] === 1;
     put(i, 0, (y, x) => grey(img(y, x)));
     put(i, 1, (y, x) => (masked(y, x) ? 96 : grey(img(y, x))));
-    const recon = (y: number, x: number) => grey(rec.images[((i * C) * S + y) * S + x]!);
+    const recon = (y: number, x: number) => grey(rec.images[(i * C * S + y) * S + x]!);
     put(i, 2, recon);
     put(i, 3, (y, x) => (masked(y, x) ? recon(y, x) : grey(img(y, x))));
     put(i, 4, (y, x) => (maps ? Math.round(255 * maps[(i * S + y) * S + x]!) : 0));

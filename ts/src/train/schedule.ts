@@ -1,4 +1,4 @@
-// Learning-rate schedule (VASOMIM.md §8) as a pure function of the (fractional) epoch, and the
+// Learning-rate schedule (METHOD.md §8) as a pure function of the (fractional) epoch, and the
 // effective-batch arithmetic. Per-iteration, as MAE: t = epoch + iteration / itersPerEpoch.
 
 export interface LrSchedule {
@@ -31,7 +31,11 @@ export function absoluteLr(blr: number, effectiveBatch: number): number {
  * Split an effective batch over devices and accumulation steps: micro-batch per device is the
  * largest divisor of effectiveBatch / world that fits `maxMicroBatch`.
  */
-export function accumulation(effectiveBatch: number, world: number, maxMicroBatch: number): { microBatch: number; accumSteps: number } {
+export function accumulation(
+  effectiveBatch: number,
+  world: number,
+  maxMicroBatch: number,
+): { microBatch: number; accumSteps: number } {
   if (effectiveBatch % world !== 0) throw new Error(`batch ${effectiveBatch} is not divisible by ${world} devices`);
   const perDevice = effectiveBatch / world;
   for (let m = Math.min(perDevice, maxMicroBatch); m >= 1; m--) {

@@ -1,4 +1,4 @@
-// `train-segmentor`: the frozen segmentor S of VasoMIM (UNeXt-S, VASOMIM.md §4) trained on
+// `train-segmentor`: the frozen segmentor S of VasoMIM (UNeXt-S, METHOD.md §4) trained on
 // (augmented image, augmented vessel map) pairs: 0.5·BCE + 0.5·(1 − batch soft Dice), Adam,
 // poly decay lr·(1 − epoch/E)^0.9 per epoch. One zod schema (presets `paper` and `demo`), a run
 // folder like pre-training's; a checkpoint at the end of every epoch, so an interrupted run
@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
+import { DeviceSchema } from '../config/model.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -20,7 +21,11 @@ import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
 
-const int = (what: string, min: number) => z.number({ error: `${what} must be a number` }).int(`${what} must be an integer`).min(min, `${what} must be >= ${min}`);
+const int = (what: string, min: number) =>
+  z
+    .number({ error: `${what} must be a number` })
+    .int(`${what} must be an integer`)
+    .min(min, `${what} must be >= ${min}`);
 
 export const SegmentorRunSchema = z
   .object({
@@ -51,6 +56,7 @@ export const SegmentorRunSchema = z
       .default(3)
       .describe('input channels (3 = grey replicated, as pre-training)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
+    device: DeviceSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
   })
@@ -67,7 +73,9 @@ export const SEGMENTOR_PRESET_VALUES: Record<(typeof SEGMENTOR_PRESETS)[number],
 
 export function resolveSegmentorConfig(...layers: Record<string, unknown>[]): SegmentorRunConfig {
   const named = [...layers].reverse().find((l) => l.preset !== undefined)?.preset;
-  const preset = (SEGMENTOR_PRESETS as readonly unknown[]).includes(named) ? (named as (typeof SEGMENTOR_PRESETS)[number]) : 'demo';
+  const preset = (SEGMENTOR_PRESETS as readonly unknown[]).includes(named)
+    ? (named as (typeof SEGMENTOR_PRESETS)[number])
+    : 'demo';
   let merged: Record<string, unknown> = { ...SEGMENTOR_PRESET_VALUES[preset], preset };
   for (const l of layers) merged = mergeConfig(merged, l);
   return parseOptions(SegmentorRunSchema, merged, 'segmentor config');
@@ -94,7 +102,12 @@ export interface SegmentorResult {
 
 export async function trainSegmentor(
   layers: Record<string, unknown>[],
-  options: { resume?: string; onStep?: (s: SegmentorStep, total: { images: number; done: number; here: number }) => void; onLog?: (l: string) => void; shouldStop?: () => boolean } = {},
+  options: {
+    resume?: string;
+    onStep?: (s: SegmentorStep, total: { images: number; done: number; here: number }) => void;
+    onLog?: (l: string) => void;
+    shouldStop?: () => boolean;
+  } = {},
 ): Promise<SegmentorResult> {
   const log = options.onLog ?? (() => {});
   // workers belongs to this invocation, not to the run.
@@ -104,16 +117,22 @@ export async function trainSegmentor(
   let seg: Segmentor;
   if (plan.resumed) {
     run = plan.resumed;
-    seg = await loadSegmentor(run.lastCheckpoint());
+    seg = await loadSegmentor(run.lastCheckpoint(), { device: cfg.device });
   } else {
     run = plan.create();
     plan.write(run, { versions: { vasomim: packageVersion(), node: process.version } });
-    seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed);
+    seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed, cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
   const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
   const augment = parseOptions(AugmentSchema, { size: cfg.imgSize, channels: cfg.inChans }, 'augment');
-  const loader = await openLoader(dataset, { batchSize: cfg.batchSize, seed: cfg.seed, maps: 'require', workers: cfg.workers, augment });
+  const loader = await openLoader(dataset, {
+    batchSize: cfg.batchSize,
+    seed: cfg.seed,
+    maps: 'require',
+    workers: cfg.workers,
+    augment,
+  });
   const iters = loader.batchesPerEpoch;
   // The optimizer step count in the checkpoint says where to go on (batches are a pure function
   // of (seed, epoch, index), so a resumed run sees the same batches).
@@ -125,7 +144,8 @@ export async function trainSegmentor(
   let carried = { sum: 0, count: 0 };
   if (startBatch > 0)
     for (const r of run.readMetrics())
-      if (r.epoch === epoch && r.event === undefined && typeof r.loss === 'number') carried = { sum: carried.sum + r.loss, count: carried.count + 1 };
+      if (r.epoch === epoch && r.event === undefined && typeof r.loss === 'number')
+        carried = { sum: carried.sum + r.loss, count: carried.count + 1 };
   const total = cfg.epochs * iters * cfg.batchSize;
   let here = 0;
   let checkpoint: string | undefined;
@@ -137,11 +157,22 @@ export async function trainSegmentor(
       carried = { sum: 0, count: 0 };
       for await (const batch of loader.epoch(epoch, { startBatch })) {
         const r = await seg.trainStepBatch(batch, { lr });
-        if (!Number.isFinite(r.loss)) throw new Error(`step ${seg.step} (epoch ${epoch}): non-finite loss ${r.loss}; the last good checkpoint is ${checkpoint ?? 'none'}`);
+        if (!Number.isFinite(r.loss))
+          throw new Error(
+            `step ${seg.step} (epoch ${epoch}): non-finite loss ${r.loss}; the last good checkpoint is ${checkpoint ?? 'none'}`,
+          );
         here += batch.n;
         sum += r.loss;
         count++;
-        const rec: SegmentorStep = { step: seg.step, epoch, iter: batch.index, lr, loss: r.loss, bce: r.bce, dice: r.dice };
+        const rec: SegmentorStep = {
+          step: seg.step,
+          epoch,
+          iter: batch.index,
+          lr,
+          loss: r.loss,
+          bce: r.bce,
+          dice: r.dice,
+        };
         run.log({ ...rec });
         options.onStep?.(rec, { images: total, done: seg.step * cfg.batchSize, here });
         if (options.shouldStop?.() && batch.index + 1 < iters) {
@@ -154,8 +185,10 @@ export async function trainSegmentor(
       run.log({ step: seg.step, epoch, event: 'epoch', loss: count ? sum / count : null });
       checkpoint = join(run.checkpoints, LAST_CHECKPOINT);
       await seg.save(checkpoint);
-      if (done % cfg.checkpointEvery === 0 || done === cfg.epochs) copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
-      if (options.shouldStop?.() && done < cfg.epochs) return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
+      if (done % cfg.checkpointEvery === 0 || done === cfg.epochs)
+        copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
+      if (options.shouldStop?.() && done < cfg.epochs)
+        return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
     }
     const out = join(run.path, 'segmentor.safetensors');
     await seg.save(out, false);
@@ -167,7 +200,12 @@ export async function trainSegmentor(
 }
 
 /** Rows of image | vessel map | predicted probability for the first images of a batch. */
-async function predictionSheet(seg: Segmentor, batch: Awaited<ReturnType<Awaited<ReturnType<typeof openLoader>>['batchAt']>>, cfg: SegmentorRunConfig, path: string): Promise<void> {
+async function predictionSheet(
+  seg: Segmentor,
+  batch: Awaited<ReturnType<Awaited<ReturnType<typeof openLoader>>['batchAt']>>,
+  cfg: SegmentorRunConfig,
+  path: string,
+): Promise<void> {
   const S = cfg.imgSize;
   const C = cfg.inChans;
   const n = Math.min(4, batch.n);

@@ -16,8 +16,10 @@ export function encodePng(img: PngImage): Buffer {
   const { width, height, data } = img;
   const depth = img.bitDepth ?? 8;
   const ch = img.channels ?? 1;
-  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) throw new Error(`PNG size ${width}x${height} is not valid`);
-  if (data.length !== width * height * ch) throw new Error(`PNG data has ${data.length} samples, expected ${width}x${height}x${ch}`);
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1)
+    throw new Error(`PNG size ${width}x${height} is not valid`);
+  if (data.length !== width * height * ch)
+    throw new Error(`PNG data has ${data.length} samples, expected ${width}x${height}x${ch}`);
   const bpp = (depth / 8) * ch;
   const stride = 1 + width * bpp;
   const raw = Buffer.alloc(height * stride);

@@ -80,7 +80,7 @@ fn write_safetensors(
 ) -> Result<()> {
     let tensors: Vec<(String, Tensor)> = tensors
         .into_iter()
-        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?.contiguous()?)))
+        .map(|(n, t)| Ok((n, t.to_device(&crate::device::host())?.contiguous()?)))
         .collect::<Result<_>>()?;
     let bytes =
         safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
@@ -190,7 +190,7 @@ pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<Str
         })?;
         let meta = md.metadata().clone().unwrap_or_default();
         (
-            candle_core::safetensors::load_buffer(&data, &Device::Cpu)?,
+            candle_core::safetensors::load_buffer(&data, &crate::device::host())?,
             meta,
         )
     };

@@ -17,7 +17,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{err, read_tensors, write_safetensors, LoadOptions, LoadReport};
-use crate::nn::conv::BnRunning;
+use crate::nn::layers::BnRunning;
 use crate::nn::presets::MaeConfig;
 use crate::nn::segmentation::{SegmentationConfig, SegmentationViT};
 use crate::trainer::segmentation::SegmentationTrainer;
@@ -187,10 +187,11 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
             .load_state(&opt_tensors, s)
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
     }
+    tuner.step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok(SegmentationLoaded {
+        step: tuner.step,
         tuner,
         report,
-        step: meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0),
         extra: meta.get("extra").cloned(),
     })
 }
@@ -198,7 +199,7 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
 /// The encoder configuration of a pre-trained checkpoint at the given input size / channels
 /// (adapted as [`super::load`] does), without building the model twice.
 pub fn encoder_config(path: &Path, opts: &LoadOptions) -> Result<MaeConfig> {
-    Ok(super::load(path, opts, &Device::Cpu)?.model.cfg)
+    Ok(super::load(path, opts, &crate::device::host())?.model.cfg)
 }
 
 /// Encoder tensors of a SegmentationViT (parameters and `pos_embed`).

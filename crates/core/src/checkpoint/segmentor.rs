@@ -10,7 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::{err, read_tensors, write_safetensors};
-use crate::nn::conv::BnRunning;
+use crate::nn::layers::BnRunning;
 use crate::nn::unext::{UNext, UNextConfig};
 use crate::optim::AdamW;
 

@@ -1,7 +1,7 @@
 //! Every loss of the project, as differentiable candle compositions (gradients by autograd):
 //!
 //! - pre-training: [`norm_pix`] targets and [`masked_patch_mse`] (L_rec), [`bce_with_logits`]
-//!   (L_cons; method notes §7);
+//!   (L_cons; METHOD.md §7);
 //! - the UNeXt-S segmentor: [`segmentor_loss`] = 0.5·BCE + 0.5·(1 − batch-global soft Dice);
 //! - downstream segmentation: [`segmentation_loss`] = soft Dice + BCE (binary) or + CE (classes).
 

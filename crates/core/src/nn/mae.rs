@@ -1,14 +1,16 @@
 //! The masked autoencoder: encoder on the kept patches, a light decoder on all patches, and the
-//! reconstruction loss of VASOMIM.md §7 (the loss functions live in [`super::loss`]). Steps are named as in MAE's `models_mae.py`: `patchify`,
+//! reconstruction loss of METHOD.md §7 (the loss functions live in [`super::loss`]). Steps are named as in MAE's `models_mae.py`: `patchify`,
 //! `unpatchify`, `random_masking`, `forward_encoder`, `forward_decoder`, `forward_loss`.
 
 use candle_core::{Device, Result, Tensor};
 
+use super::layers::{LayerNorm, Linear};
 use super::loss::{masked_patch_mse, norm_pix};
 use super::pos_embed::sincos_2d_tensor;
 use super::presets::MaeConfig;
+use super::vit::Block;
 use super::vit::VisionTransformer;
-use super::{Block, Init, InitRng, LayerNorm, Linear, ParamBuilder, ParamStore};
+use super::{Init, InitRng, ParamBuilder, ParamStore};
 
 #[derive(Clone, Debug)]
 pub struct MaskedAutoencoder {

@@ -11,7 +11,6 @@
 //!   BCE-with-logits, soft Dice).
 //! - [`segmentation`]: the ViT segmentation network; [`unext`]: the UNeXt-S vessel segmentor
 //!   (state-dict names of the authors' `unext.pth`).
-//! - [`ops`], [`conv`]: the former homes of the ops and convolutional layers, re-exported.
 //! - Here: [`ParamStore`], [`ParamBuilder`], [`Init`], [`InitRng`], [`zeros_like`].
 //!
 //! Parameters are `Var`s registered under their timm / MAE state-dict names by a [`ParamBuilder`]
@@ -26,30 +25,6 @@ pub mod presets;
 pub mod segmentation;
 pub mod unext;
 pub mod vit;
-
-pub use layers::{LayerNorm, Linear, LN_EPS};
-pub use vit::{Attention, Block, Mlp};
-
-/// The ops under their former path `nn::ops` (now in [`kernels`]).
-pub mod ops {
-    pub use super::kernels::activation::gelu_erf;
-    pub use super::kernels::attention::attention_qkv;
-    pub use super::kernels::linear::{bias_add_residual, linear, Epilogue};
-    pub use super::kernels::norm::{layer_norm, layer_norm_composite};
-}
-
-/// The convolutional layers and ops under their former path `nn::conv` (now in [`layers`] and
-/// [`kernels`]).
-pub mod conv {
-    pub use super::kernels::conv::dwconv3x3_nhwc;
-    pub use super::kernels::resample::{
-        max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x, upsample_nearest2x,
-    };
-    pub use super::layers::{
-        bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, BN_EPS,
-        BN_MOMENTUM,
-    };
-}
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -1,4 +1,4 @@
-//! Fixed 2-D sin-cos position embeddings (VASOMIM.md §6) and bicubic resampling.
+//! Fixed 2-D sin-cos position embeddings (METHOD.md §6) and bicubic resampling.
 //!
 //! The embeddings are buffers, never `Var`s: MAE keeps them frozen, and registering them as
 //! parameters would let the optimizer move them.

@@ -1,7 +1,7 @@
 //! Model sizes by name and the full model configuration.
 //!
 //! Encoder sizes are timm's ViT-Ti/S/B/L/H. Decoders: MAE's 512-wide, 8-block, 16-head decoder
-//! for base and larger (VASOMIM.md §6); lighter ones for tiny/small (the widths the PyTorch step
+//! for base and larger (METHOD.md §6); lighter ones for tiny/small (the widths the PyTorch step
 //! peer `scripts/peers/torch_mae_step.py` uses, so benchmarks compare like with like); micro is
 //! a test-only size.
 

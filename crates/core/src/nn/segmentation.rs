@@ -1,4 +1,4 @@
-//! Downstream segmentation (VASOMIM.md §9): the pre-trained ViT encoder and the U-Net adapter
+//! Downstream segmentation (METHOD.md §9): the pre-trained ViT encoder and the U-Net adapter
 //! head of the CheXWorld code the paper builds on.
 //!
 //! ```text

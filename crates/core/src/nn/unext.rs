@@ -1,4 +1,4 @@
-//! UNeXt-S, VasoMIM's frozen vessel segmentor (method notes §4), with the state-dict names of
+//! UNeXt-S, VasoMIM's frozen vessel segmentor (METHOD.md §4), with the state-dict names of
 //! the authors' `unext.pth` (101 entries with the BatchNorm buffers), so that file loads as is.
 //!
 //! At 224² input: three conv stages (conv3×3 → BatchNorm → max-pool 2×2 → ReLU; 8, 16, 32

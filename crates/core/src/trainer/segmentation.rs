@@ -1,4 +1,4 @@
-//! Fine-tuning the segmentation ViT ([`SegmentationViT`], VASOMIM.md §9): AdamW with layer-wise LR
+//! Fine-tuning the segmentation ViT ([`SegmentationViT`], METHOD.md §9): AdamW with layer-wise LR
 //! decay, weight decay on weights only, drop-path drawn from a per-step RNG, the loss of
 //! [`segmentation_loss`]. The learning-rate schedule (warm-up + cosine) is the caller's: each step takes
 //! its lr.
@@ -9,11 +9,19 @@
 //!
 //! Drop-path RNG: step t draws from `InitRng::new(key(drop_seed, t))`, so the RNG state is
 //! (`drop_seed`, optimizer step) — both saved with a checkpoint, a resumed run draws the same.
+//!
+//! [`SegmentationTrainer::from_pretrained`] builds a model whose encoder comes from a
+//! pre-trained checkpoint; the `*_arrays` / `step_batch` methods check flat inputs and loader
+//! batches against the model, with errors that name the field.
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::checkpoint::{segmentation as ckpt, LoadOptions, LoadReport};
 use crate::data::rng::key;
 use crate::data::transforms::{normalise_into, resize_bicubic, CropBox, View};
+use crate::data::Batch;
 use crate::nn::loss::segmentation_loss;
 use crate::nn::segmentation::{layer_decay_scale, SegmentationConfig, SegmentationViT};
 use crate::nn::InitRng;
@@ -40,9 +48,27 @@ pub struct SegmentationLoss {
     pub ce: f64,
 }
 
+/// Fine-tuning from a pre-trained checkpoint: the head's settings; the encoder's shape comes
+/// from the file.
+#[derive(Clone, Debug)]
+pub struct PretrainedInit {
+    pub num_classes: usize,
+    pub head_scale: f64,
+    pub drop_path: f64,
+    /// Input side (the position embedding is resampled when it differs from the file's).
+    pub img_size: Option<usize>,
+    /// Input channels (the patch embedding is adapted 3 ↔ 1 when they differ).
+    pub in_chans: Option<usize>,
+    /// Preset name for a bare file whose shapes do not name one.
+    pub preset: Option<String>,
+    pub layer_decay: f64,
+}
+
 pub struct SegmentationTrainer {
     pub model: SegmentationViT,
     pub opt: AdamW,
+    /// Optimizer steps taken in this lineage (saved with checkpoints).
+    pub step: u64,
     pub layer_decay: f64,
     /// Seed of the drop-path draws (see the module doc).
     pub drop_seed: u64,
@@ -67,6 +93,7 @@ impl SegmentationTrainer {
         Ok(SegmentationTrainer {
             model,
             opt,
+            step: 0,
             layer_decay,
             drop_seed,
         })
@@ -79,6 +106,160 @@ impl SegmentationTrainer {
         layer_decay: f64,
     ) -> Result<Self> {
         Self::new(SegmentationViT::new(cfg, device, seed)?, layer_decay, seed)
+    }
+
+    /// A new model on `device` whose encoder is read from a pre-trained checkpoint (ours,
+    /// `encoder.safetensors` of pre-training, MAE `.pth`, timm safetensors); the head is
+    /// initialised from `seed`. Errors name the file.
+    pub fn from_pretrained(
+        path: &Path,
+        init: &PretrainedInit,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let p = path.display().to_string();
+        let named = |e: candle_core::Error| {
+            let m = e.to_string();
+            candle_core::Error::msg(if m.contains(&p) {
+                m
+            } else {
+                format!("{p}: {m}")
+            })
+        };
+        let opts = LoadOptions {
+            preset: init.preset.clone(),
+            img_size: init.img_size,
+            in_chans: init.in_chans,
+        };
+        let encoder = ckpt::encoder_config(path, &opts).map_err(named)?;
+        let cfg = SegmentationConfig {
+            encoder,
+            num_classes: init.num_classes,
+            head_scale: init.head_scale,
+            drop_path: init.drop_path,
+        };
+        cfg.validate()
+            .map_err(|e| candle_core::Error::msg(format!("{p}: {e}")))?;
+        let mut model = SegmentationViT::new(&cfg, device, seed)?;
+        let report = ckpt::init_encoder(&mut model, path, init.preset.as_deref()).map_err(named)?;
+        Ok((Self::new(model, init.layer_decay, seed)?, report))
+    }
+
+    /// Load a fine-tuned model saved by [`SegmentationTrainer::save`] onto `device`; returns
+    /// the caller's `extra` JSON with it.
+    pub fn load(path: &Path, device: &Device) -> Result<(Self, Option<String>)> {
+        let l = ckpt::load(path, device)?;
+        Ok((l.tuner, l.extra))
+    }
+
+    /// Save weights, BatchNorm buffers, AdamW state, config, step and `extra` atomically.
+    pub fn save(&self, path: &Path, extra: Option<&str>) -> Result<()> {
+        ckpt::save(path, self, self.step, extra)
+            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
+    }
+
+    fn device(&self) -> &Device {
+        self.model.encoder.cls_token.device()
+    }
+
+    /// Batch size of flat normalised images (B, C, S, S), or an error naming the layout.
+    pub fn batch_of(&self, images: &[f32]) -> Result<usize> {
+        let e = &self.model.cfg.encoder;
+        let per = e.in_chans * e.img_size * e.img_size;
+        if images.is_empty() || !images.len().is_multiple_of(per) {
+            candle_core::bail!(
+                "images has {} values, not a positive multiple of C*S*S = {}*{}*{} = {per}",
+                images.len(),
+                e.in_chans,
+                e.img_size,
+                e.img_size
+            );
+        }
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            candle_core::bail!("images[{i}] is not finite");
+        }
+        Ok(images.len() / per)
+    }
+
+    /// Maps (B, 1, S, S) must have B·S·S values in [0, 1].
+    pub fn check_maps(&self, maps: &[f32], b: usize) -> Result<()> {
+        let s = self.model.cfg.encoder.img_size;
+        if maps.len() != b * s * s {
+            candle_core::bail!(
+                "maps has {} values, expected B*1*S*S = {b}*1*{s}*{s}",
+                maps.len()
+            );
+        }
+        if let Some(i) = maps.iter().position(|v| !(0.0..=1.0).contains(v)) {
+            candle_core::bail!("maps[{i}] = {} is outside [0, 1]", maps[i]);
+        }
+        Ok(())
+    }
+
+    /// A loader batch must have masks and the model's channels and input side.
+    pub fn check_loader_batch(&self, b: &Batch) -> Result<()> {
+        if b.maps.is_none() {
+            candle_core::bail!("the batch has no masks (the loader needs a map for every sample)");
+        }
+        let e = &self.model.cfg.encoder;
+        if b.channels != e.in_chans || b.size != e.img_size {
+            candle_core::bail!(
+                "the batch is {} channel(s) at {}², the model takes {} at {}²",
+                b.channels,
+                b.size,
+                e.in_chans,
+                e.img_size
+            );
+        }
+        Ok(())
+    }
+
+    fn images(&self, images: &[f32]) -> Result<Tensor> {
+        let b = self.batch_of(images)?;
+        let e = &self.model.cfg.encoder;
+        Tensor::from_slice(
+            images,
+            (b, e.in_chans, e.img_size, e.img_size),
+            self.device(),
+        )
+    }
+
+    /// One step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in [0, 1]
+    /// (mask / 255); targets as [`SegmentationTrainer::targets_from_maps`].
+    pub fn step_arrays(
+        &mut self,
+        images: &[f32],
+        maps: &[f32],
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<SegmentationLoss> {
+        check_step_options(lr, weight_decay)?;
+        let x = self.images(images)?;
+        let b = x.dim(0)?;
+        self.check_maps(maps, b)?;
+        let s = self.model.cfg.encoder.img_size;
+        let m = Tensor::from_slice(maps, (b, 1, s, s), self.device())?;
+        let t = self.targets_from_maps(&m)?;
+        self.train_step(&x, &t, lr, weight_decay)
+    }
+
+    /// One step on a loader batch: its images and maps.
+    pub fn step_batch(
+        &mut self,
+        batch: &Batch,
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<SegmentationLoss> {
+        self.check_loader_batch(batch)?;
+        let maps = batch.maps.as_deref().unwrap_or_default();
+        self.step_arrays(&batch.images, maps, lr, weight_decay)
+    }
+
+    /// Eval-mode probabilities (B, K, S, S) of flat normalised images (B, C, S, S), flat.
+    pub fn predict_arrays(&self, images: &[f32]) -> Result<Vec<f32>> {
+        self.predict(&self.images(images)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()
     }
 
     pub fn cfg(&self) -> &SegmentationConfig {
@@ -149,6 +330,7 @@ impl SegmentationTrainer {
             candle_core::bail!("non-finite fine-tuning loss {}: step skipped", loss.loss);
         }
         self.opt.step(&grads, &adamw_params(lr, weight_decay))?;
+        self.step += 1;
         Ok(loss)
     }
 
@@ -170,9 +352,9 @@ impl SegmentationTrainer {
     ) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.model.cfg.encoder;
         let (s, c) = (cfg.img_size, cfg.in_chans);
-        if mean.len() != c || std.len() != c {
+        if mean.len() != c || std.len() != c || std.iter().any(|v| v.is_nan() || *v <= 0.0) {
             candle_core::bail!(
-                "mean / std have {} / {} values, the model takes {c} channel(s)",
+                "mean / std have {} / {} values, the model takes {c} channel(s) (std > 0)",
                 mean.len(),
                 std.len()
             );
@@ -195,8 +377,7 @@ impl SegmentationTrainer {
             let r = resize_bicubic(view, s, s);
             normalise_into(&r, mean, std, &mut x[i * c * s * s..(i + 1) * c * s * s]);
         }
-        let dev = self.model.encoder.cls_token.device().clone();
-        let t = Tensor::from_vec(x, (images.len(), c, s, s), &dev)?;
+        let t = Tensor::from_vec(x, (images.len(), c, s, s), self.device())?;
         let p = self.predict(&t)?;
         let k = p.dim(1)?;
         let p = p.flatten_all()?.to_vec1::<f32>()?;
@@ -213,6 +394,17 @@ impl SegmentationTrainer {
             })
             .collect())
     }
+}
+
+/// The learning rate and weight decay of a step must be finite and >= 0.
+pub fn check_step_options(lr: f64, weight_decay: f64) -> Result<()> {
+    if let Some((name, v)) = [("lr", lr), ("weightDecay", weight_decay)]
+        .into_iter()
+        .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+    {
+        candle_core::bail!("{name} ({v}) must be finite and >= 0");
+    }
+    Ok(())
 }
 
 /// AdamW with the fine-tuning betas (BEiT / MAE fine-tuning: β = (0.9, 0.999), ε = 1e-8).

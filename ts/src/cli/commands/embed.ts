@@ -1,4 +1,5 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
+import { DeviceSchema } from '../../config/model.js';
 import { loadModel } from '../../model/index.js';
 import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
 
@@ -14,6 +15,7 @@ export const spec: CommandSpec = {
   options: [
     { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (float32, shape (N, 2, D))' },
     { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config' },
+    { name: 'device', type: 'string', arg: '<cpu|cuda|cuda:N>', help: 'where the model runs (default: cpu)' },
   ],
   examples: ['vasomim embed vit_base_vasomim.safetensors data/samples/cadica-samples/*.png --out features.npy'],
 };
@@ -30,7 +32,9 @@ export async function run(argv: string[]): Promise<number> {
   if (!/\.npy$/i.test(out)) throw new UsageError(`--out ${out}: must end in .npy`);
   const preset = values.preset as string | undefined;
   const [ckpt, ...images] = positionals;
-  const model = await loadModel(ckpt!, preset ? { preset } : {});
+  const device = DeviceSchema.safeParse(values.device);
+  if (!device.success) throw new UsageError(`--device: ${device.error.issues[0]!.message}`);
+  const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device: device.data });
   const f = await model.embedFiles(images, out);
   process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
   return 0;

@@ -100,7 +100,7 @@ export async function run(argv: string[]): Promise<number> {
   >((m, l) => mergeConfig(m, (l ?? {}) as Record<string, unknown>), {});
   let predictor: Predictor;
   if (modelPath) {
-    const m = await segmentationPredictorFromFile(modelPath);
+    const m = await segmentationPredictorFromFile(modelPath, parsed.data.device);
     predictor = m.predictor;
     // models: the threshold saved with them (0.5), no tuning on the data
     if (parsed.data.threshold === undefined && m.model.config.numClasses === 1)

@@ -14,7 +14,7 @@ export const spec: CommandSpec = {
     'The model is a checkpoint of `vasomim finetune` (best.safetensors / last.safetensors). Each image is\n' +
     "resized to the model's input, predicted, and the probabilities resized back to the image size.\n" +
     'Writes <out>/<name>_mask.png (binary: 0/255 at the threshold; classes: the class id as grey value)\n' +
-    'and <out>/<name>_overlay.png (the image with the foreground tinted). Runs on the CPU.',
+    'and <out>/<name>_overlay.png (the image with the foreground tinted).',
   options: [{ name: 'json', type: 'boolean', help: 'print the result as one JSON line on stdout' }],
   flags: schemaFlags(PredictSchema, { short: { out: 'o', threshold: 't' } }),
   flagsTitle: 'prediction options:',

@@ -19,7 +19,7 @@ export const spec: CommandSpec = {
   summary: 'Train the UNeXt-S vessel segmentor on (angiogram, vessel map) pairs; resumable.',
   usage: 'vasomim train-segmentor [--data <dataset>] [--preset demo|paper] [--config <file.json>] [options]',
   description:
-    'The recipe of VASOMIM.md §4: paired RandomResizedCrop + flip of image and vessel map, loss\n' +
+    'The recipe of METHOD.md §4: paired RandomResizedCrop + flip of image and vessel map, loss\n' +
     '0.5·BCE + 0.5·(1 − soft Dice), Adam, poly decay lr·(1 − epoch/E)^0.9. The dataset needs vessel\n' +
     'maps (`vasomim vessels` writes them); without --data the bundled angiograms are used with maps\n' +
     'computed into the run folder. Writes runs/<name>/{config.json, metrics.jsonl, checkpoints/,\n' +
