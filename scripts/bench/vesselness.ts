@@ -122,17 +122,21 @@ const frangi64 = await oursTimes('frangi', 'f64');
 const frangi32 = await oursTimes('frangi', 'f32');
 const row = (name: string, peer: number, ours64: number, ours32: number) =>
   console.log(
-    `${name.padEnd(22)} scikit-image ${peer.toFixed(1).padStart(7)} ms | ours f64 ${ours64.toFixed(2).padStart(6)} ms (${(peer / ours64).toFixed(1)}x) | ours f32 ${ours32.toFixed(2).padStart(6)} ms (${(peer / ours32).toFixed(1)}x)`,
+    `${name.padEnd(22)} scikit-image ${peer.toFixed(1).padStart(7)} ms | ` +
+      `ours f64 ${ours64.toFixed(2).padStart(6)} ms (${(peer / ours64).toFixed(1)}x) | ` +
+      `ours f32 ${ours32.toFixed(2).padStart(6)} ms (${(peer / ours32).toFixed(1)}x)`,
   );
 row('Sato sigma 1..4', sum(peerSato), sum(sato64), sum(sato32));
 row('Frangi sigma 1,3,5,7,9', sum(peerFrangi), sum(frangi64), sum(frangi32));
 const folder = await folderThroughput();
 console.log(
-  `folder, 2 workers, ${folder.n} frames: reference pipeline ${folder.peer.toFixed(1)} img/s | vasomim vessels ${folder.ours.toFixed(1)} img/s (${(folder.ours / folder.peer).toFixed(1)}x)`,
+  `folder, 2 workers, ${folder.n} frames: reference pipeline ${folder.peer.toFixed(1)} img/s | ` +
+    `vasomim vessels ${folder.ours.toFixed(1)} img/s (${(folder.ours / folder.peer).toFixed(1)}x)`,
 );
 const corpus = 171_478;
 console.log(
-  `XA-170K (${corpus} frames) at this rate on 2 cores: ours ${(corpus / folder.ours / 60).toFixed(0)} min, reference ${(corpus / folder.peer / 3600).toFixed(1)} h`,
+  `XA-170K (${corpus} frames) at this rate on 2 cores: ours ${(corpus / folder.ours / 60).toFixed(0)} min, ` +
+    `reference ${(corpus / folder.peer / 3600).toFixed(1)} h`,
 );
 const r = (x: number) => Math.round(x * 1000) / 1000;
 console.log(

@@ -56,7 +56,8 @@ for (const [init, g] of groups) {
   };
   out[init] = r;
   console.log(
-    `| ${init} | ${r.seeds.join(', ')} | ${f(r.dsc)} | ${f(r.cldice)} | ${f(r.auc)} | ${f(r.valDsc)} (${r.bestEpochs.join(', ')}) | ${f(r.trainMinutes, 1)} | ${f(r.evalImgPerSec, 2)} |`,
+    `| ${init} | ${r.seeds.join(', ')} | ${f(r.dsc)} | ${f(r.cldice)} | ${f(r.auc)} | ` +
+      `${f(r.valDsc)} (${r.bestEpochs.join(', ')}) | ${f(r.trainMinutes, 1)} | ${f(r.evalImgPerSec, 2)} |`,
   );
 }
 console.log(JSON.stringify(out));

@@ -19,7 +19,8 @@ const probe = spawnSync(PY, ['-c', 'import PIL; print(PIL.__version__)'], { enco
 const version = probe.status === 0 ? probe.stdout.trim() : '';
 if (!version)
   console.warn(
-    `parity-pil: skipped: ${PY} has no Pillow (${probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`,
+    `parity-pil: skipped: ${PY} has no Pillow (${probe.stderr.trim().split('\n').pop()}); ` +
+      'pip install -r scripts/peers/requirements.txt',
   );
 
 const tmp = tempDir('vasomim-pil-');
@@ -74,7 +75,8 @@ describe.skipIf(!version)(`augmentation parity with Pillow ${version}`, () => {
       if (d) differ++;
     }
     console.log(
-      `parity-pil: Pillow ${version}: ${jobs.length} crops, worst ${worst} grey level(s), ${differ} of ${peer.length} pixels differ`,
+      `parity-pil: Pillow ${version}: ${jobs.length} crops, worst ${worst} grey level(s), ` +
+        `${differ} of ${peer.length} pixels differ`,
     );
     if (version.startsWith('9.')) expect(differ).toBe(0);
     else {

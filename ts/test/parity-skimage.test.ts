@@ -18,7 +18,9 @@ const [maj, min] = version.split('.').map(Number);
 const peerOk = version !== '' && (maj! > 0 || min! >= 20);
 if (!peerOk)
   console.warn(
-    `parity-skimage: skipped: ${PY} has no scikit-image >= 0.20 (${version || probe.stderr.trim().split('\n').pop()}); pip install -r scripts/peers/requirements.txt`,
+    `parity-skimage: skipped: ${PY} has no scikit-image >= 0.20 ` +
+      `(${version || probe.stderr.trim().split('\n').pop()}); ` +
+      'pip install -r scripts/peers/requirements.txt',
   );
 
 const tmp = tempDir('vasomim-parity-');
@@ -81,7 +83,8 @@ describe.skipIf(!peerOk)(`parity with scikit-image ${version}`, () => {
       }
     }
     console.log(
-      `parity-skimage: ${sources.tasks.length} images; Sato rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}; ` +
+      `parity-skimage: ${sources.tasks.length} images; ` +
+        `Sato rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}; ` +
         `maps differing pixels f64 ${differ}/${pixels}, f32 ${differ32}/${pixels}`,
     );
     expect(sources.tasks.length).toBeGreaterThanOrEqual(89);
@@ -106,7 +109,8 @@ describe.skipIf(!peerOk)(`parity with scikit-image ${version}`, () => {
       );
     }
     console.log(
-      `parity-skimage: Frangi on ${images.length} frames: rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}`,
+      `parity-skimage: Frangi on ${images.length} frames: ` +
+        `rel. error f64 ${worst64.toExponential(2)}, f32 ${worst32.toExponential(2)}`,
     );
     expect(worst64).toBeLessThanOrEqual(1e-6);
     expect(worst32).toBeLessThanOrEqual(1e-4);

@@ -143,7 +143,7 @@ describe('vasomim pretrain', () => {
     expect(metrics(run).map(key)).toEqual(reference.map(key));
   }, 120_000);
 
-  it('Ctrl-C writes a checkpoint and exits 130; after SIGKILL the run resumes from the last checkpoint; both end as an uninterrupted run', async () => {
+  it('Ctrl-C checkpoints and exits 130; SIGKILL resumes from the last checkpoint; both equal a full run', async () => {
     // 8 epochs = 16 steps: the signal lands mid-run.
     const LONG = [...BASE, '--epochs', '8'];
     expect(cli([...LONG, '--name', 'long']).code).toBe(0);
@@ -471,7 +471,7 @@ describe('device', () => {
       const r = cli(['pretrain', '--config', cfg, '--runs', join(dir.path, 'runs')]);
       expect(r.code).toBe(2);
       expect(r.stderr).toMatch(
-        /device cuda:0: this build of vasomim has no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/,
+        /device cuda:0: this build of vasomim has no CUDA support; build it with `--features cuda` \(see docs\/CUDA/,
       );
       expect(existsSync(join(dir.path, 'runs'))).toBe(false);
       const flag = cli(['pretrain', '--device', 'cuda', '--runs', join(dir.path, 'runs')]);

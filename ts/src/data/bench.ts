@@ -20,13 +20,18 @@ export interface BenchResult {
   distinctImages: number;
 }
 
-/** The bundled 512² frames (CADICA, Kemerovo stenosis, ARCADE) copied into `dir/angio/`, with maps in `dir/angio_frangi/`. */
+/**
+ * The bundled 512² frames (CADICA, Kemerovo stenosis, ARCADE) copied into `dir/angio/`, with maps in
+ * `dir/angio_frangi/`.
+ */
 export async function prepareBenchData(dir: string): Promise<string> {
   const src = join(packageRoot(), 'data', 'samples');
   const angio = join(dir, 'angio');
   mkdirSync(angio, { recursive: true });
   for (const folder of ['cadica-samples', 'danilov-stenosis-samples', 'arcade-samples'])
-    for (const f of readdirSync(join(src, folder))) if (f.endsWith('.png') && !existsSync(join(angio, f))) copyFileSync(join(src, folder, f), join(angio, f));
+    for (const f of readdirSync(join(src, folder))) {
+      if (f.endsWith('.png') && !existsSync(join(angio, f))) copyFileSync(join(src, folder, f), join(angio, f));
+    }
   await prepareVesselMaps(angio, {});
   return dir;
 }

@@ -76,16 +76,28 @@ export async function checkIndex(index: DatasetIndex, options: CheckOptions = {}
       }
       if (map && !map.ok) r.unreadable.push({ path: map.path, error: map.error ?? 'unreadable' });
       if (map?.ok && img.ok && (map.width !== img.width || map.height !== img.height))
-        r.sizeMismatch.push({ image: s.image, map: map.path, imageSize: `${img.width}x${img.height}`, mapSize: `${map.width}x${map.height}` });
+        r.sizeMismatch.push({
+          image: s.image,
+          map: map.path,
+          imageSize: `${img.width}x${img.height}`,
+          mapSize: `${map.width}x${map.height}`,
+        });
     }
     options.onProgress?.(Math.min(total, i + CHUNK), total);
   }
   const few = (xs: string[]) => xs.slice(0, 3).join(', ') + (xs.length > 3 ? `, … (${xs.length - 3} more)` : '');
   if (total === 0) r.problems.push(`no images found under ${index.root}`);
-  if (r.missingMaps.length) r.problems.push(`${r.missingMaps.length} image(s) without a vessel map: ${few(r.missingMaps)}`);
+  if (r.missingMaps.length)
+    r.problems.push(`${r.missingMaps.length} image(s) without a vessel map: ${few(r.missingMaps)}`);
   if (r.extraMaps.length) r.problems.push(`${r.extraMaps.length} map(s) without an image: ${few(r.extraMaps)}`);
-  if (r.unreadable.length) r.problems.push(`${r.unreadable.length} unreadable file(s): ${few(r.unreadable.map((u) => `${u.path} (${u.error})`))}`);
+  if (r.unreadable.length)
+    r.problems.push(
+      `${r.unreadable.length} unreadable file(s): ${few(r.unreadable.map((u) => `${u.path} (${u.error})`))}`,
+    );
   if (r.sizeMismatch.length)
-    r.problems.push(`${r.sizeMismatch.length} map(s) of another size than their image: ${few(r.sizeMismatch.map((m) => `${m.map} ${m.mapSize} vs ${m.imageSize}`))}`);
+    r.problems.push(
+      `${r.sizeMismatch.length} map(s) of another size than their image: ` +
+        `${few(r.sizeMismatch.map((m) => `${m.map} ${m.mapSize} vs ${m.imageSize}`))}`,
+    );
   return r;
 }

@@ -93,12 +93,20 @@ export function indexDataset(path: string, options: DatasetInput = {}): DatasetI
       } else if (mapFolder) report.missingMaps.push(t.input);
       samples.push(s);
     }
-    if (mapFolder) for (const f of [...mapFiles].sort()) if (!used.has(f) && !f.startsWith('.')) report.extraMaps.push(join(mapFolder, f));
+    if (mapFolder)
+      for (const f of [...mapFiles].sort())
+        if (!used.has(f) && !f.startsWith('.')) report.extraMaps.push(join(mapFolder, f));
     sources.push(report);
   }
   // DICOM files are indexed too, without a frame: `expandFrames` turns a cine run into one
   // sample per frame (it needs the headers; indexing reads names only).
-  return { kind: 'tree', root: path, samples: [...samples, ...dicomFiles(path, samples)], sources, excluded: d.excluded };
+  return {
+    kind: 'tree',
+    root: path,
+    samples: [...samples, ...dicomFiles(path, samples)],
+    sources,
+    excluded: d.excluded,
+  };
 }
 
 /** Samples of DICOM files without a frame number become one sample per frame (headers read in
@@ -125,10 +133,13 @@ function dicomFiles(root: string, have: DataSample[]): DataSample[] {
   const seen = new Set(have.map((s) => s.image));
   const out: DataSample[] = [];
   const walk = (dir: string) => {
-    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    for (const e of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    )) {
       const p = join(dir, e.name);
       if (e.isDirectory() && !e.name.startsWith('.')) walk(p);
-      else if (/\.(dcm|dicom)$/i.test(e.name) && !seen.has(p)) out.push({ image: p, source: relative(root, dir) || '.' });
+      else if (/\.(dcm|dicom)$/i.test(e.name) && !seen.has(p))
+        out.push({ image: p, source: relative(root, dir) || '.' });
     }
   };
   walk(root);
@@ -140,7 +151,9 @@ function readManifest(path: string): DatasetIndex {
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new DatasetError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`);
+    throw new DatasetError(
+      `${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`,
+    );
   }
   const dir = dirname(resolve(path));
   const abs = (p: string) => (isAbsolute(p) ? p : join(dir, p));
@@ -158,12 +171,20 @@ function readManifest(path: string): DatasetIndex {
       const o = v as { image?: unknown; map?: unknown; frame?: unknown };
       if (typeof o !== 'object' || o === null || typeof o.image !== 'string')
         throw new DatasetError(`${path}:${i + 1}: expected {"image": "...", "map"?: "...", "frame"?: n}`);
-      rows.push({ image: o.image, map: typeof o.map === 'string' ? o.map : undefined, frame: typeof o.frame === 'number' ? o.frame : undefined, line: i + 1 });
+      rows.push({
+        image: o.image,
+        map: typeof o.map === 'string' ? o.map : undefined,
+        frame: typeof o.frame === 'number' ? o.frame : undefined,
+        line: i + 1,
+      });
     });
   } else {
     const header = splitCsv(lines[0] ?? '');
     const col = (n: string) => header.indexOf(n);
-    if (col('image') < 0) throw new DatasetError(`${path}:1: the CSV header must name an "image" column (got ${JSON.stringify(lines[0] ?? '')})`);
+    if (col('image') < 0)
+      throw new DatasetError(
+        `${path}:1: the CSV header must name an "image" column (got ${JSON.stringify(lines[0] ?? '')})`,
+      );
     lines.slice(1).forEach((l, i) => {
       if (!l.trim()) return;
       const f = splitCsv(l);
@@ -171,7 +192,8 @@ function readManifest(path: string): DatasetIndex {
       if (!image) throw new DatasetError(`${path}:${i + 2}: empty image path`);
       const map = col('map') >= 0 ? f[col('map')] || undefined : undefined;
       const fr = col('frame') >= 0 && f[col('frame')] ? Number(f[col('frame')]) : undefined;
-      if (fr !== undefined && !(Number.isInteger(fr) && fr >= 0)) throw new DatasetError(`${path}:${i + 2}: frame must be an integer >= 0`);
+      if (fr !== undefined && !(Number.isInteger(fr) && fr >= 0))
+        throw new DatasetError(`${path}:${i + 2}: frame must be an integer >= 0`);
       rows.push({ image, map, frame: fr, line: i + 2 });
     });
   }

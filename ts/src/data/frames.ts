@@ -25,7 +25,11 @@ export interface FramesSummary {
 const csv = (s: string) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
 
 /** Every frame of every input as `<out>/<stem>_<frame>.png` (`<stem>.png` for single frames). */
-export async function extractFrames(inputs: string[], options: FramesInput, onFile?: (input: string, frames: number, error?: string) => void): Promise<FramesSummary> {
+export async function extractFrames(
+  inputs: string[],
+  options: FramesInput,
+  onFile?: (input: string, frames: number, error?: string) => void,
+): Promise<FramesSummary> {
   const o = parseOptions(FramesSchema, options, 'frames options');
   mkdirSync(o.out, { recursive: true });
   const stems = new Map<string, number>();
@@ -37,14 +41,24 @@ export async function extractFrames(inputs: string[], options: FramesInput, onFi
     if (n > 1) stem = `${stem}_${n}`;
     try {
       const files = await native.extractFramesToPng(input, o.out, stem, o.overwrite);
-      for (const f of files) summary.frames.push({ image: relative(o.out, f.path), source: input, frame: f.frame, width: f.width, height: f.height });
+      for (const f of files)
+        summary.frames.push({
+          image: relative(o.out, f.path),
+          source: input,
+          frame: f.frame,
+          width: f.width,
+          height: f.height,
+        });
       onFile?.(input, files.length);
     } catch (e) {
       summary.failed.push({ input, error: (e as Error).message });
       onFile?.(input, 0, (e as Error).message);
     }
   }
-  const lines = ['image,source,frame,width,height', ...summary.frames.map((f) => [csv(f.image), csv(f.source), f.frame, f.width, f.height].join(','))];
+  const lines = [
+    'image,source,frame,width,height',
+    ...summary.frames.map((f) => [csv(f.image), csv(f.source), f.frame, f.width, f.height].join(',')),
+  ];
   writeFileSync(summary.manifest, lines.join('\n') + '\n');
   return summary;
 }

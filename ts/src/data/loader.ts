@@ -58,7 +58,9 @@ export class DataLoader {
   async *epoch(epoch: number, options: EpochOptions = {}): AsyncGenerator<Batch, EpochMetrics> {
     const start = options.startBatch ?? 0;
     const onSkip =
-      options.onSkip ?? ((s: SkippedFile, b: number) => process.emitWarning(`skipped ${s.path} in batch ${b} of epoch ${epoch}: ${s.error}`, 'DataWarning'));
+      options.onSkip ??
+      ((s: SkippedFile, b: number) =>
+        process.emitWarning(`skipped ${s.path} in batch ${b} of epoch ${epoch}: ${s.error}`, 'DataWarning'));
     const m: EpochMetrics = { epoch, batches: 0, samples: 0, skipped: 0, skippedFiles: [] };
     this.metrics_ = m;
     this.native.startEpoch(epoch, start);
@@ -102,7 +104,10 @@ export class DataLoader {
  * are required), unreadable headers, maps of another size than their image, images smaller
  * than `minSide`, or fewer samples than one batch per rank.
  */
-export async function openLoader(dataset: string | DatasetIndex | DataSample[], options: LoaderInput = {}): Promise<DataLoader> {
+export async function openLoader(
+  dataset: string | DatasetIndex | DataSample[],
+  options: LoaderInput = {},
+): Promise<DataLoader> {
   const c = parseOptions(LoaderSchema, options, 'loader options');
   const index: DatasetIndex =
     typeof dataset === 'string'
@@ -116,7 +121,10 @@ export async function openLoader(dataset: string | DatasetIndex | DataSample[], 
   if (c.maps === 'ignore') samples = samples.map(({ map: _map, ...s }) => s);
   const missing = samples.filter((s) => !s.map);
   if (c.maps === 'require' && missing.length > 0) {
-    const list = missing.slice(0, 3).map((s) => s.image).join(', ');
+    const list = missing
+      .slice(0, 3)
+      .map((s) => s.image)
+      .join(', ');
     throw new DatasetError(
       `${where}: ${missing.length} of ${samples.length} image(s) have no vessel map (e.g. ${list}); ` +
         'run `vasomim vessels` on the dataset first, or set maps: "optional" / "ignore"',

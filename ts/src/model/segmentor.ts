@@ -11,7 +11,7 @@ export interface SegmentorConfig {
   inChans: 1 | 3;
 }
 
-/** A freshly initialised UNeXt-S (PyTorch's default init; deterministic in `seed`) on `device` (cpu | cuda | cuda:N). */
+/** A freshly initialised UNeXt-S (PyTorch's default init; deterministic in `seed`) on `device` (cpu, cuda[:N]). */
 export function createSegmentor(config: { inChans?: 1 | 3 } = {}, seed = 0, device = 'cpu'): Segmentor {
   return native.Segmentor.create({ inChans: config.inChans ?? 3 }, seed, device);
 }

@@ -125,13 +125,15 @@ function fromPairedFolders(root: string, cfg: SegmentationDataConfig): Segmentat
       const hits = subdirs.filter((n) => SPLIT_NAMES[k].test(n));
       if (hits.length > 1)
         throw new DatasetError(
-          `${root}: ${hits.join(' and ')} both look like the ${k} split; name the folders with splits (--train-dir/--val-dir/--test-dir)`,
+          `${root}: ${hits.join(' and ')} both look like the ${k} split; ` +
+            `name the folders with splits (--train-dir/--val-dir/--test-dir)`,
         );
       if (hits.length === 1) folders[k] = join(root, hits[0]!);
     }
     if (Object.keys(folders).length === 0)
       throw new DatasetError(
-        `${root}: no split folders (a subfolder named like train/training, val/validation, test/testing); name them with splits (--train-dir/--val-dir/--test-dir)`,
+        `${root}: no split folders (a subfolder named like train/training, val/validation, test/testing); ` +
+          `name them with splits (--train-dir/--val-dir/--test-dir)`,
       );
   }
   const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
@@ -196,7 +198,8 @@ function pairsIn(root: string, dir: string, split: SplitName): SegmentationSampl
     const mask = masks.get(s);
     if (!mask)
       throw new DatasetError(
-        `${image}: no mask (looked for ${maskDir ? join(dir, maskDir.name, s + '.*') : join(dir, s + '_gt.*')}, also _mask/_label)`,
+        `${image}: no mask (looked for ` +
+          `${maskDir ? join(dir, maskDir.name, s + '.*') : join(dir, s + '_gt.*')}, also _mask/_label)`,
       );
     out.push({ id: relative(root, image), split, image, mask });
     masks.delete(s);
@@ -239,7 +242,8 @@ function fromArcade(root: string, cfg: SegmentationDataConfig): SegmentationData
   const taskDir = dirs.get(want) ?? (self ? root : undefined);
   if (!taskDir)
     throw new DatasetError(
-      `${root}: no ARCADE ${want}/ folder with <split>/annotations/<split>.json (task ${task}${dirs.size ? `; found ${[...dirs.keys()].join(', ')}/` : ''})`,
+      `${root}: no ARCADE ${want}/ folder with <split>/annotations/<split>.json ` +
+        `(task ${task}${dirs.size ? `; found ${[...dirs.keys()].join(', ')}/` : ''})`,
     );
   const splits = { train: [], val: [], test: [] } as Record<SplitName, SegmentationSample[]>;
   let classes: string[] | undefined;
@@ -343,7 +347,8 @@ function readCoco(
     const label = labelOf.get(a.category_id as number);
     if (label === undefined)
       bad(
-        `annotation ${aid}: unknown category_id ${JSON.stringify(a.category_id)} (categories: ${categories.map((c) => c.id).join(', ')})`,
+        `annotation ${aid}: unknown category_id ${JSON.stringify(a.category_id)} ` +
+          `(categories: ${categories.map((c) => c.id).join(', ')})`,
       );
     if (!Array.isArray(a.segmentation))
       bad(`annotation ${aid}: segmentation is not a list of polygons (RLE is not supported)`);
@@ -394,7 +399,8 @@ function fromManifest(path: string, cfg: SegmentationDataConfig): SegmentationDa
     const col = Object.fromEntries(['image', 'mask', 'split'].map((n) => [n, header.indexOf(n)]));
     if (col.image! < 0 || col.mask! < 0 || col.split! < 0)
       throw new DatasetError(
-        `${path}:1: the CSV header must name "image", "mask" and "split" columns (got ${JSON.stringify(lines[0] ?? '')})`,
+        `${path}:1: the CSV header must name "image", "mask" and "split" columns ` +
+          `(got ${JSON.stringify(lines[0] ?? '')})`,
       );
     lines.slice(1).forEach((l, i) => {
       if (!l.trim()) return;

@@ -44,7 +44,8 @@ export async function demoSamples(mapsDir: string, log: (line: string) => void =
     const bad = res.filter((r) => r.status === 'failed');
     if (bad.length) throw new Error(`vessel maps failed for ${bad.map((b) => `${b.input} (${b.error})`).join(', ')}`);
     log(
-      `vessel maps for ${todo.length} bundled angiograms in ${((performance.now() - t0) / 1000).toFixed(1)} s -> ${mapsDir}`,
+      `vessel maps for ${todo.length} bundled angiograms in ` +
+        `${((performance.now() - t0) / 1000).toFixed(1)} s -> ${mapsDir}`,
     );
   }
   return samples;

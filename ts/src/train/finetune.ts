@@ -162,7 +162,8 @@ export async function finetune(
   const wantMulti = c.task === 'segment-seg';
   if (wantMulti !== (ds.kind === 'multiclass'))
     throw new DatasetError(
-      `${ds.root}: task ${c.task} needs a ${wantMulti ? 'multi-class' : 'binary'} dataset, this one is ${ds.kind} (${ds.classes.length - 1} foreground class(es))`,
+      `${ds.root}: task ${c.task} needs a ${wantMulti ? 'multi-class' : 'binary'} dataset, ` +
+        `this one is ${ds.kind} (${ds.classes.length - 1} foreground class(es))`,
     );
   const numClasses = ds.kind === 'binary' ? 1 : ds.classes.length;
   const all = splitSamples(ds, 'train');
@@ -198,10 +199,14 @@ export async function finetune(
         );
   const enc = model.config.encoder;
   const info = model.initInfo ?? { configSource: 'checkpoint', missing: [], unexpected: [], adapted: [] };
-  if (c.init !== 'scratch' && !resumed)
+  if (c.init !== 'scratch' && !resumed) {
+    const missing = info.missing.slice(0, 6).join(', ') + (info.missing.length > 6 ? ', …' : '');
     log(
-      `encoder from ${c.init} (${info.configSource}): ${info.missing.length} missing${info.missing.length ? ` (${info.missing.slice(0, 6).join(', ')}${info.missing.length > 6 ? ', …' : ''})` : ''}, ${info.unexpected.length} unused${info.adapted.length ? `, adapted: ${info.adapted.join('; ')}` : ''}`,
+      `encoder from ${c.init} (${info.configSource}): ${info.missing.length} missing` +
+        `${info.missing.length ? ` (${missing})` : ''}, ${info.unexpected.length} unused` +
+        `${info.adapted.length ? `, adapted: ${info.adapted.join('; ')}` : ''}`,
     );
+  }
   const loader = await openLoader(masks, {
     batchSize: c.batchSize,
     seed: c.seed,
@@ -236,7 +241,11 @@ export async function finetune(
       versions: { vasomim: packageVersion(), node: process.version },
     });
   log(
-    `${c.task}: ${split.train.length} train / ${split.val.length} val images, ${numClasses === 1 ? 'binary' : `${numClasses} classes`}, ViT ${enc.embedDim}x${enc.depth} at ${enc.imgSize}² (${enc.inChans} ch), head x${c.headScale}, ${(model.numParams / 1e6).toFixed(2)} M params, ${c.epochs} epochs x ${iters} steps, lr ${c.lr.toExponential(2)}`,
+    `${c.task}: ${split.train.length} train / ${split.val.length} val images, ` +
+      `${numClasses === 1 ? 'binary' : `${numClasses} classes`}, ` +
+      `ViT ${enc.embedDim}x${enc.depth} at ${enc.imgSize}² (${enc.inChans} ch), head x${c.headScale}, ` +
+      `${(model.numParams / 1e6).toFixed(2)} M params, ${c.epochs} epochs x ${iters} steps, ` +
+      `lr ${c.lr.toExponential(2)}`,
   );
 
   const best = join(run.checkpoints, 'best.safetensors');

@@ -216,7 +216,8 @@ export async function pretrain(
           throw new NonFiniteLossError(
             `step ${step + 1} (epoch ${epoch}, batch ${it}, lr ${lr.toExponential(3)}): ${msg}. The run stopped; ` +
               (lastCheckpoint
-                ? `the last good checkpoint is ${lastCheckpoint} (resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)`
+                ? `the last good checkpoint is ${lastCheckpoint} ` +
+                  `(resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)`
                 : 'no checkpoint was written yet'),
           );
         }

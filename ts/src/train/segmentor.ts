@@ -159,7 +159,8 @@ export async function trainSegmentor(
         const r = await seg.trainStepBatch(batch, { lr });
         if (!Number.isFinite(r.loss))
           throw new Error(
-            `step ${seg.step} (epoch ${epoch}): non-finite loss ${r.loss}; the last good checkpoint is ${checkpoint ?? 'none'}`,
+            `step ${seg.step} (epoch ${epoch}): non-finite loss ${r.loss}; ` +
+              `the last good checkpoint is ${checkpoint ?? 'none'}`,
           );
         here += batch.n;
         sum += r.loss;
