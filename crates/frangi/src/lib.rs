@@ -2,8 +2,15 @@
 //!
 //! Data flows `image -> hessian (per sigma) -> eigenvalues -> sato | frangi -> vessel map`.
 //! Everything works on row-major slices (`height x width`, axis 0 = rows) in `f32` or `f64`,
-//! knows nothing of files or ML, and is deterministic. [`batch`] runs many images in parallel;
-//! [`simd`] holds the run-time CPU dispatch and fast `exp` (also used by `vasomim-core`).
+//! knows nothing of files or ML, and is deterministic.
+//!
+//! - [`hessian`]: Gaussian-derivative Hessian per σ (separable kernels, reflected borders).
+//! - [`filters`]: eigenvalues → Sato, Frangi (scikit-image) and Frangi-1998 responses.
+//! - [`vesselmap`]: VasoMIM's post-processing (uint8 cast, border, percentile, region growing).
+//! - [`batch`]: many images in parallel.
+//! - [`simd`]: the run-time CPU dispatch (`multiversion!`), lane reductions and fast `exp`, also
+//!   used by `vasomim-core`'s kernels.
+//! - `conv`, `real` (private): the separable convolution and the f32/f64 abstraction.
 //!
 //! The semantics (kernel radii, borders, pass order, the gamma rule, numpy's percentile) are
 //! specified in `docs/FILTERS.md`; the golden tests in `tests/` hold them to scikit-image.

@@ -8,6 +8,10 @@
 //! bicubically when the grid differs; the patch-embed conv is adapted between 3 and 1 input
 //! channels (3→1: sum over channels; 1→3: repeat and divide by 3, which keeps the response to a
 //! grey image replicated over the channels).
+//!
+//! - this file: the MAE (pre-training) checkpoints, timm export, `.pth` import;
+//! - [`segmentor`]: UNeXt-S checkpoints (ours and the authors' `unext.pth`);
+//! - [`segmentation`]: the fine-tuned segmentation ViT (encoder + U-Net head) and encoder loading.
 
 pub mod segmentation;
 pub mod segmentor;

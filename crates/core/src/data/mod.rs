@@ -5,7 +5,8 @@
 //! - [`transforms`]: torchvision's RandomResizedCrop sampling, Pillow-exact bicubic / nearest
 //!   resize, flip, normalisation;
 //! - [`loader`]: per-epoch permutation, DistributedSampler sharding, worker threads with a
-//!   bounded prefetch queue, bad files skipped and reported.
+//!   bounded prefetch queue, bad files skipped and reported;
+//! - [`check`]: header probes of many files in parallel for `vasomim data check`.
 //!
 //! The dataset index itself (XA-170K folders, plain folders, manifests) is built in TS and
 //! arrives here as a list of [`Sample`]s.
