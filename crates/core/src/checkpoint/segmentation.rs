@@ -16,7 +16,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{err, read_tensors, write_safetensors, LoadOptions, LoadReport};
+use super::{err, read_tensors, write_checkpoint, LoadOptions, LoadReport};
 use crate::nn::layers::BnRunning;
 use crate::nn::presets::MaeConfig;
 use crate::nn::segmentation::{SegmentationConfig, SegmentationViT};
@@ -27,27 +27,21 @@ pub const FORMAT: &str = "vasomim-segvit";
 /// Save the model, its BatchNorm buffers, the optimizer (when it has stepped), config and
 /// training state, atomically.
 pub fn save(path: &Path, ft: &SegmentationTrainer, step: u64, extra: Option<&str>) -> Result<()> {
-    let mut tensors = ft.model.state_dict()?;
-    let opt = Some(&ft.opt).filter(|o| o.step > 0);
-    if let Some(o) = opt {
-        tensors.extend(o.state_tensors());
-    }
-    let mut meta = HashMap::new();
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(&ft.model.cfg).map_err(err)?,
-    );
-    meta.insert("step".into(), step.to_string());
-    meta.insert("layer_decay".into(), ft.layer_decay.to_string());
-    meta.insert("drop_seed".into(), ft.drop_seed.to_string());
-    if let Some(o) = opt {
-        meta.insert("optimizer_step".into(), o.step.to_string());
-    }
-    if let Some(e) = extra {
-        meta.insert("extra".into(), e.to_string());
-    }
-    write_safetensors(path, tensors, meta)
+    let mut meta = vec![
+        ("layer_decay", ft.layer_decay.to_string()),
+        ("drop_seed", ft.drop_seed.to_string()),
+    ];
+    meta.extend(extra.map(|e| ("extra", e.to_string())));
+    let tensors = ft.model.state_dict()?;
+    write_checkpoint(
+        path,
+        FORMAT,
+        &ft.model.cfg,
+        tensors,
+        Some(&ft.opt),
+        step,
+        &meta,
+    )
 }
 
 /// What loading found.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{err, read_tensors, write_safetensors};
+use super::{err, read_tensors, write_checkpoint};
 use crate::nn::layers::BnRunning;
 use crate::nn::unext::{UNext, UNextConfig};
 use crate::optim::AdamW;
@@ -62,22 +62,15 @@ pub struct SegmentorLoaded {
 
 /// Save the segmentor (and the optimizer state when given and stepped) with config and step.
 pub fn save(path: &Path, model: &UNext, opt: Option<&AdamW>, step: u64) -> Result<()> {
-    let mut tensors = model.state_dict()?;
-    let opt = opt.filter(|o| o.step > 0);
-    if let Some(o) = opt {
-        tensors.extend(o.state_tensors());
-    }
-    let mut meta = HashMap::new();
-    meta.insert("format".into(), FORMAT.into());
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(&model.cfg).map_err(err)?,
-    );
-    meta.insert("step".into(), step.to_string());
-    if let Some(o) = opt {
-        meta.insert("optimizer_step".into(), o.step.to_string());
-    }
-    write_safetensors(path, tensors, meta)
+    write_checkpoint(
+        path,
+        FORMAT,
+        &model.cfg,
+        model.state_dict()?,
+        opt,
+        step,
+        &[],
+    )
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
