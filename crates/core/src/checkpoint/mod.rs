@@ -66,12 +66,7 @@ fn err(msg: impl std::fmt::Display) -> candle_core::Error {
 
 /// Every tensor of the model (parameters and position buffers) under its state-dict name.
 pub fn state_dict(model: &MaskedAutoencoder) -> Vec<(String, Tensor)> {
-    let mut out: Vec<(String, Tensor)> = model
-        .params
-        .entries
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
+    let mut out = model.params.tensors();
     out.push(("pos_embed".into(), model.encoder.pos_embed.clone()));
     out.push(("decoder_pos_embed".into(), model.decoder_pos_embed.clone()));
     out

@@ -42,6 +42,13 @@ impl ParamStore {
     pub fn get(&self, name: &str) -> Option<&Var> {
         self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
+    /// Every parameter as a (state-dict name, tensor) pair, in creation order.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.entries
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
     pub fn num_elements(&self) -> usize {
         self.entries.iter().map(|(_, v)| v.elem_count()).sum()
     }

@@ -188,12 +188,7 @@ impl SegmentationViT {
 
     /// Parameters, the position-embedding buffer `pos_embed` and the BatchNorm buffers.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out: Vec<(String, Tensor)> = self
-            .params
-            .entries
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let mut out = self.params.tensors();
         out.push(("pos_embed".into(), self.encoder.pos_embed.clone()));
         out.extend(self.buffers()?);
         Ok(out)

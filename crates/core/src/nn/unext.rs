@@ -279,12 +279,7 @@ impl UNext {
 
     /// Parameters then buffers, under the authors' state-dict names (101 entries).
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out: Vec<(String, Tensor)> = self
-            .params
-            .entries
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect();
+        let mut out = self.params.tensors();
         out.extend(self.buffers()?);
         Ok(out)
     }
