@@ -4,6 +4,7 @@
 import { z } from 'zod';
 
 import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { int, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -17,22 +18,6 @@ export const TASK_DATA: Record<FtTask, 'vessel' | 'segment' | 'stenosis'> = {
   'segment-seg': 'segment',
   'stenosis-seg': 'stenosis',
 };
-
-const pos = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .positive(`${what} must be > 0`);
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
-const unit = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .min(0, `${what} must be in [0, 1]`)
-    .max(1, `${what} must be in [0, 1]`);
 
 export const FinetuneSchema = z
   .object({

@@ -3,16 +3,11 @@
 import { z } from 'zod';
 
 import { native } from '../native.js';
+import { count } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
 export type PresetName = (typeof PRESET_NAMES)[number];
-
-const count = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .positive(`${what} must be > 0`);
 
 export const ModelConfigSchema = z
   .object({

@@ -5,31 +5,11 @@ import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
 import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { int, nonneg, pos, unit } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
 export type RunPreset = (typeof RUN_PRESETS)[number];
-
-const pos = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .positive(`${what} must be > 0`);
-const nonneg = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .min(0, `${what} must be >= 0`);
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
-const unit = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .min(0, `${what} must be in [0, 1]`)
-    .max(1, `${what} must be in [0, 1]`);
 
 export const PretrainSchema = z
   .object({

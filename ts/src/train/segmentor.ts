@@ -10,6 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
+import { int } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -20,12 +21,6 @@ import { mergeConfig } from '../config/pretrain.js';
 import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
-
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
 
 export const SegmentorRunSchema = z
   .object({

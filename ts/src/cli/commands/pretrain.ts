@@ -5,9 +5,8 @@ import { resolve } from 'node:path';
 import { ModelConfigSchema } from '../../config/model.js';
 import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { onInterrupt } from '../interrupt.js';
-import { Progress } from '../progress.js';
+import { command, configFile, noPositionals, type CommandSpec } from '../args.js';
+import { reportStop, runLongJob } from '../long-job.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
 /** Model fields a config file may set but that get no flag (the presets size the ViT). */
@@ -64,53 +63,38 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
-  const file = values.config ? readConfigFile(values.config as string) : {};
+export const run = command(spec, async ({ values, positionals }) => {
+  noPositionals(positionals);
+  const file = configFile(values);
   const flags = flagInput(spec.flags!, values);
-
-  const interrupt = onInterrupt('finishing the current step and writing a checkpoint');
-  let bar: Progress | undefined;
-  const log = (line: string) => (bar ? bar.log(line) : process.stderr.write(line + '\n'));
-  try {
-    const r = await pretrain([file, flags], {
+  const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (job) =>
+    pretrain([file, flags], {
       resume: values.resume as string | undefined,
-      onLog: log,
-      shouldStop: interrupt.stopRequested,
+      onLog: job.log,
+      shouldStop: job.shouldStop,
       onStep: (s: StepRecord, t) => {
-        bar ??= new Progress('pretrain', t.images, 'img');
         const cons = s.lossCons === null ? '' : ` cons ${s.lossCons.toFixed(4)}`;
         const share = s.vesselShare === null ? '' : ` vessel ${(100 * s.vesselShare).toFixed(0)}%`;
-        bar.update(t.imagesDone, t.imagesHere, `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`);
+        job
+          .bar(t.images, 'img')
+          .update(t.imagesDone, t.imagesHere, `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`);
       },
-    });
-    bar?.end();
-    const where = resolve(r.run);
-    if (r.status === 'interrupted') {
-      process.stderr.write(
-        `stopped at step ${r.step}; checkpoint ${r.checkpoint}\nresume with: vasomim pretrain --resume ${r.run}\n`,
-      );
-      return 130;
-    }
-    if (r.status === 'stopped') {
-      process.stdout.write(
-        `stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ` +
-          `${where}\n`,
-      );
-      return 0;
-    }
+    }),
+  );
+  const where = resolve(r.run);
+  if (r.status === 'interrupted') {
+    reportStop('pretrain', `at step ${r.step}`, r.checkpoint, r.run);
+    return 130;
+  }
+  if (r.status === 'stopped') {
     process.stdout.write(
-      `done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`,
+      `stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ` +
+        `${where}\n`,
     );
     return 0;
-  } finally {
-    bar?.end();
-    interrupt.dispose();
   }
-}
+  process.stdout.write(
+    `done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`,
+  );
+  return 0;
+});
