@@ -4,33 +4,34 @@
 import { onInterrupt } from './interrupt.js';
 import { Progress } from './progress.js';
 
-/** What a long job gets from its command. */
-export interface LongJobHooks {
+/** The options every training job takes from its command. */
+export interface JobHooks {
   /** True once Ctrl-C was pressed. */
   shouldStop: () => boolean;
   /** A log line on stderr, above the progress bar. */
-  log: (line: string) => void;
-  /** The job's progress bar (labelled with the command), made on the first call. */
-  bar: (total: number, unit: string) => Progress;
+  onLog: (line: string) => void;
 }
 
 /**
  * Runs `job` with Ctrl-C handling (`interruptMessage` says what the first press does) and a progress
- * bar labelled `name`; the bar is closed and the handler removed however the job ends.
+ * bar labelled `name`, which `bar` makes on its first call; the bar is closed and the handler
+ * removed however the job ends.
  */
 export async function runLongJob<R>(
   name: string,
   interruptMessage: string,
-  job: (hooks: LongJobHooks) => Promise<R>,
+  job: (hooks: JobHooks, bar: (total: number, unit: string) => Progress) => Promise<R>,
 ): Promise<R> {
   const interrupt = onInterrupt(interruptMessage);
   let bar: Progress | undefined;
   try {
-    return await job({
-      shouldStop: interrupt.stopRequested,
-      log: (line) => (bar ? bar.log(line) : process.stderr.write(line + '\n')),
-      bar: (total, unit) => (bar ??= new Progress(name, total, unit)),
-    });
+    return await job(
+      {
+        shouldStop: interrupt.stopRequested,
+        onLog: (line) => (bar ? bar.log(line) : process.stderr.write(line + '\n')),
+      },
+      (total, unit) => (bar ??= new Progress(name, total, unit)),
+    );
   } finally {
     bar?.end();
     interrupt.dispose();

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { DeviceSchema, ModelConfigSchema } from './model.js';
-import { int, pos, unit } from './fields.js';
+import { choice, int, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -21,8 +21,7 @@ export const TASK_DATA: Record<FtTask, 'vessel' | 'segment' | 'stenosis'> = {
 
 export const FinetuneSchema = z
   .object({
-    task: z
-      .enum(FT_TASKS, { error: `task must be one of ${FT_TASKS.join(', ')}` })
+    task: choice('task', FT_TASKS)
       .default('vessel-seg')
       .describe('vessel-seg (binary), segment-seg (K classes) or stenosis-seg (binary)'),
     data: z

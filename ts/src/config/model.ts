@@ -56,6 +56,19 @@ export interface NativeModelConfig {
   normPixLoss: boolean;
 }
 
+/** The fields that size the ViT and its decoder: a preset gives them, so the CLI makes no flags for them. */
+export const ARCHITECTURE_FIELDS = [
+  'patchSize',
+  'embedDim',
+  'depth',
+  'numHeads',
+  'decoderEmbedDim',
+  'decoderDepth',
+  'decoderNumHeads',
+  'mlpRatio',
+  'normPixLoss',
+] as const satisfies readonly (keyof NativeModelConfig)[];
+
 /**
  * Where a model runs: `cpu` (default), `cuda` (the first GPU) or `cuda:N`. Checked against the
  * native build at parse time, so an unavailable device is a config error (CLI exit 2), never a

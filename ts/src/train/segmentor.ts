@@ -10,7 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
-import { int } from '../config/fields.js';
+import { int, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -24,21 +24,10 @@ export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
 
 export const SegmentorRunSchema = z
   .object({
-    preset: z
-      .enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` })
-      .default('demo')
-      .describe('run preset: every other field defaults to its value'),
-    data: z
-      .string()
-      .min(1)
-      .optional()
-      .describe('dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)'),
-    runs: z.string().min(1).default('runs').describe('folder for run folders'),
-    name: z
-      .string()
-      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
-      .optional()
-      .describe('run folder name (default: UTC timestamp)'),
+    ...runFields(
+      SEGMENTOR_PRESETS,
+      'dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)',
+    ),
     epochs: int('epochs', 1).describe('epochs'),
     batchSize: int('batchSize', 2).describe('batch size'),
     lr: z.number().finite().positive('lr must be > 0').default(1e-3).describe('Adam learning rate at epoch 0'),

@@ -4,7 +4,7 @@ import { resolve } from 'node:path';
 
 import { parseOptions } from '../../config/vessels.js';
 import { FinetuneSchema } from '../../config/finetune.js';
-import { ModelConfigSchema } from '../../config/model.js';
+import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { mergeConfig } from '../../config/pretrain.js';
 import { finetune } from '../../train/finetune.js';
 import { command, configFile, noPositionals, UsageError, type CommandSpec } from '../args.js';
@@ -49,19 +49,8 @@ export const spec: CommandSpec = {
     omit: [
       'dataOptions.task',
       'dataOptions.splits',
-      ...[
-        'imgSize',
-        'inChans',
-        'patchSize',
-        'embedDim',
-        'depth',
-        'numHeads',
-        'decoderEmbedDim',
-        'decoderDepth',
-        'decoderNumHeads',
-        'mlpRatio',
-        'normPixLoss',
-      ].map((k) => `model.${k}`),
+      // the run's own imgSize / inChans fields set them
+      ...['imgSize', 'inChans', ...ARCHITECTURE_FIELDS].map((k) => `model.${k}`),
     ],
     names: { 'model.preset': 'model' },
     help: { 'model.preset': 'encoder preset when training from scratch' },
@@ -82,21 +71,18 @@ export const run = command(spec, async ({ values, positionals }) => {
   if (!input.data && !resume) throw new UsageError('--data <dataset folder or manifest> is required');
   if (!resume) parseOptions(FinetuneSchema, input, 'options');
   let vbar: Progress | undefined;
-  const r = await runLongJob('finetune', 'finishing the current step and writing a checkpoint', (job) =>
+  const r = await runLongJob('finetune', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     finetune(
       input as Parameters<typeof finetune>[0],
       {
-        shouldStop: job.shouldStop,
-        onLog: job.log,
+        ...hooks,
         onStep: (s, t) =>
-          job
-            .bar(t.steps, 'step')
-            .update(
-              t.stepsDone,
-              t.stepsDone,
-              `epoch ${s.epoch} loss ${s.loss.toFixed(4)} (dice ${s.dice.toFixed(3)} ce ${s.ce.toFixed(3)}) ` +
-                `${s.imgPerSec.toFixed(1)} img/s`,
-            ),
+          bar(t.steps, 'step').update(
+            t.stepsDone,
+            t.stepsDone,
+            `epoch ${s.epoch} loss ${s.loss.toFixed(4)} (dice ${s.dice.toFixed(3)} ce ${s.ce.toFixed(3)}) ` +
+              `${s.imgPerSec.toFixed(1)} img/s`,
+          ),
         onValidate: (done, total) => {
           vbar ??= new Progress('  validate', total, 'img');
           vbar.update(done, done);
@@ -106,7 +92,7 @@ export const run = command(spec, async ({ values, positionals }) => {
           }
         },
         onEpoch: (e) =>
-          job.log(
+          hooks.onLog(
             `epoch ${e.epoch}: loss ${e.loss.toFixed(4)}, val DSC ` +
               `${e.valDsc === null ? '-' : e.valDsc.toFixed(4)}${e.best ? ' (best)' : ''}, ${e.seconds.toFixed(0)} s`,
           ),

@@ -2,25 +2,12 @@
 // angiograms; `--preset vasomim-vit-b --data <XA-170K>` is the paper's recipe.
 import { resolve } from 'node:path';
 
-import { ModelConfigSchema } from '../../config/model.js';
+import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, configFile, noPositionals, type CommandSpec } from '../args.js';
 import { reportStop, runLongJob } from '../long-job.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
-
-/** Model fields a config file may set but that get no flag (the presets size the ViT). */
-const MODEL_FIELDS_NOT_FLAGS = [
-  'patchSize',
-  'embedDim',
-  'depth',
-  'numHeads',
-  'decoderEmbedDim',
-  'decoderDepth',
-  'decoderNumHeads',
-  'mlpRatio',
-  'normPixLoss',
-];
 
 const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
@@ -49,7 +36,7 @@ export const spec: CommandSpec = {
   ],
   flags: schemaFlags(PretrainSchema, {
     nested: { model: ModelConfigSchema },
-    omit: ['augment', ...MODEL_FIELDS_NOT_FLAGS.map((k) => `model.${k}`)],
+    omit: ['augment', ...ARCHITECTURE_FIELDS.map((k) => `model.${k}`)],
     names: { 'model.preset': 'model' },
     short: { data: 'd', batchSize: 'b', workers: 'j' },
     presets: PRESETS,
@@ -67,17 +54,18 @@ export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
   const file = configFile(values);
   const flags = flagInput(spec.flags!, values);
-  const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (job) =>
+  const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     pretrain([file, flags], {
+      ...hooks,
       resume: values.resume as string | undefined,
-      onLog: job.log,
-      shouldStop: job.shouldStop,
       onStep: (s: StepRecord, t) => {
         const cons = s.lossCons === null ? '' : ` cons ${s.lossCons.toFixed(4)}`;
         const share = s.vesselShare === null ? '' : ` vessel ${(100 * s.vesselShare).toFixed(0)}%`;
-        job
-          .bar(t.images, 'img')
-          .update(t.imagesDone, t.imagesHere, `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`);
+        bar(t.images, 'img').update(
+          t.imagesDone,
+          t.imagesHere,
+          `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`,
+        );
       },
     }),
   );

@@ -41,15 +41,16 @@ export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
   const file = configFile(values);
   const flags = flagInput(spec.flags!, values);
-  const r = await runLongJob('train-segmentor', 'writing a checkpoint after this step', (job) =>
+  const r = await runLongJob('train-segmentor', 'writing a checkpoint after this step', (hooks, bar) =>
     trainSegmentor([file, flags], {
+      ...hooks,
       resume: values.resume as string | undefined,
-      onLog: job.log,
-      shouldStop: job.shouldStop,
       onStep: (s, t) =>
-        job
-          .bar(t.images, 'img')
-          .update(t.done, t.here, `epoch ${s.epoch} loss ${s.loss.toFixed(4)} dice ${s.dice.toFixed(3)}`),
+        bar(t.images, 'img').update(
+          t.done,
+          t.here,
+          `epoch ${s.epoch} loss ${s.loss.toFixed(4)} dice ${s.dice.toFixed(3)}`,
+        ),
     }),
   );
   if (r.status === 'interrupted') {
