@@ -1,6 +1,6 @@
 // Zod constructors of the numeric config fields the schemas share, each with the error messages
 // the CLI and the Node API report (`<field> must be ...`): pos (finite, > 0), nonneg (finite,
-// >= 0), int (integer >= min), count (integer > 0), unit (in [0, 1]), choice (one of a list), and
+// >= 0), int (integer >= min), count (integer > 0), unit (in [0, 1]), channels (1 or 3), choice (one of a list), and
 // runFields, the preset / dataset / run-folder fields that open the schemas of the training runs.
 import { z } from 'zod';
 
@@ -38,6 +38,9 @@ export const unit = (what: string) =>
     .number({ error: `${what} must be a number` })
     .min(0, `${what} must be in [0, 1]`)
     .max(1, `${what} must be in [0, 1]`);
+
+/** Image channels: 1 (grey-native) or 3 (grey replicated). */
+export const channels = (what: string) => z.union([z.literal(1), z.literal(3)], { error: `${what} must be 1 or 3` });
 
 /** One of `values`. */
 export const choice = <const T extends readonly [string, ...string[]]>(what: string, values: T) =>

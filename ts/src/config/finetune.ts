@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { DeviceSchema, ModelConfigSchema } from './model.js';
-import { choice, int, pos, unit } from './fields.js';
+import { channels, choice, int, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -42,8 +42,7 @@ export const FinetuneSchema = z
       .refine((v) => v % 16 === 0, 'imgSize must be a multiple of 16 (patch 16)')
       .default(224)
       .describe("input side, multiple of 16 (a pre-trained encoder's position embedding is resampled)"),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+    inChans: channels('inChans')
       .optional()
       .describe("input channels (default: the pre-trained encoder's; scratch: 3, grey replicated)"),
     headScale: pos('headScale')

@@ -3,7 +3,7 @@
 import { z } from 'zod';
 
 import { native } from '../native.js';
-import { count } from './fields.js';
+import { channels, count } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
@@ -17,8 +17,7 @@ export const ModelConfigSchema = z
       .describe('ViT size by name (micro is for tests); the other fields override it'),
     imgSize: count('imgSize').optional().describe('input side in pixels (divisible by the patch size)'),
     patchSize: count('patchSize').optional(),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+    inChans: channels('inChans')
       .optional()
       .describe('input channels: 3 = grey replicated (paper, timm), 1 = grey-native'),
     embedDim: count('embedDim').optional(),

@@ -10,7 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
-import { int, runFields } from '../config/fields.js';
+import { channels, int, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -35,10 +35,7 @@ export const SegmentorRunSchema = z
       .refine((v) => v % 32 === 0, 'imgSize must be divisible by 32')
       .default(224)
       .describe('crop size (divisible by 32)'),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
-      .default(3)
-      .describe('input channels (3 = grey replicated, as pre-training)'),
+    inChans: channels('inChans').default(3).describe('input channels (3 = grey replicated, as pre-training)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
     device: DeviceSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
