@@ -2,7 +2,7 @@
 // config fields (positionals' companions, --config, --resume, ...) and takes the flags of its
 // config fields from its zod schemas (./schema-flags.ts); both lists drive parsing and `--help`.
 // Here: the specs, parseCommand and helpText, `command` (a command's `run`: parse, `--help`, body),
-// and the checks the commands share (num, subcommand, noPositionals, configFile).
+// the checks the commands share (num, subcommand, noPositionals) and readConfigFile.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
@@ -131,11 +131,6 @@ export function subcommand(positionals: string[], kind: string, known: string): 
 export function noPositionals(positionals: string[]): void {
   if (positionals.length)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
-}
-
-/** The fields of the `--config` file, or none without `--config`. */
-export function configFile(values: Record<string, unknown>): Record<string, unknown> {
-  return values.config ? readConfigFile(values.config as string) : {};
 }
 
 /** Read a JSON config file; errors name the file. */

@@ -7,9 +7,9 @@ import { evaluateSegmentation, type EvalProgress } from '../../eval/evaluate.js'
 import { formatStat, METRIC_NAMES } from '../../eval/metrics.js';
 import { vesselnessPredictor, type Predictor } from '../../eval/predictor.js';
 import { segmentationPredictorFromFile } from '../../model/segmentation.js';
-import { command, configFile, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
-import { fieldInfo, flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, fieldInfo, schemaFlags } from '../schema-flags.js';
 
 /** The vesselness filters `--baseline` takes. */
 const BASELINES = fieldInfo(FilterSchema.def.in.shape.filter).choices!;
@@ -75,8 +75,9 @@ export const spec: CommandSpec = {
 
 export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length > 1) throw new UsageError(`expected at most one model, got ${positionals.length}`);
-  const { baseline: baselineFile, dataset, ...jobFile } = configFile(values);
-  const { baseline: baselineFlags, ...jobFlags } = flagInput(spec.flags!, values);
+  const [file, flags] = configLayers(spec, values);
+  const { baseline: baselineFile, dataset, ...jobFile } = file;
+  const { baseline: baselineFlags, ...jobFlags } = flags;
   const filterName = values.baseline as string | undefined;
   if (filterName !== undefined && !BASELINES.includes(filterName))
     throw new UsageError(`--baseline: ${JSON.stringify(filterName)} (expected ${BASELINES.join(', ')})`);

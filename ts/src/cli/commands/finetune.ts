@@ -7,10 +7,10 @@ import { FinetuneSchema } from '../../config/finetune.js';
 import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { mergeConfig } from '../../config/pretrain.js';
 import { finetune } from '../../train/finetune.js';
-import { command, configFile, noPositionals, UsageError, type CommandSpec } from '../args.js';
+import { command, noPositionals, UsageError, type CommandSpec } from '../args.js';
 import { runLongJob, reportStop } from '../long-job.js';
 import { Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'finetune',
@@ -66,7 +66,7 @@ export const spec: CommandSpec = {
 
 export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
-  const input = mergeConfig(configFile(values), flagInput(spec.flags!, values));
+  const input = mergeConfig(...configLayers(spec, values));
   const resume = values.resume as string | undefined;
   if (!input.data && !resume) throw new UsageError('--data <dataset folder or manifest> is required');
   if (!resume) parseOptions(FinetuneSchema, input, 'options');

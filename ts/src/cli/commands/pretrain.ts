@@ -5,9 +5,9 @@ import { resolve } from 'node:path';
 import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
-import { command, configFile, noPositionals, type CommandSpec } from '../args.js';
+import { command, noPositionals, type CommandSpec } from '../args.js';
 import { reportStop, runLongJob } from '../long-job.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
@@ -52,10 +52,8 @@ export const spec: CommandSpec = {
 
 export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
-  const file = configFile(values);
-  const flags = flagInput(spec.flags!, values);
   const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
-    pretrain([file, flags], {
+    pretrain(configLayers(spec, values), {
       ...hooks,
       resume: values.resume as string | undefined,
       onStep: (s: StepRecord, t) => {

@@ -7,9 +7,9 @@ import {
   SegmentorRunSchema,
   trainSegmentor,
 } from '../../train/segmentor.js';
-import { command, configFile, noPositionals, type CommandSpec } from '../args.js';
+import { command, noPositionals, type CommandSpec } from '../args.js';
 import { reportStop, runLongJob } from '../long-job.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
@@ -39,10 +39,8 @@ export const spec: CommandSpec = {
 
 export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
-  const file = configFile(values);
-  const flags = flagInput(spec.flags!, values);
   const r = await runLongJob('train-segmentor', 'writing a checkpoint after this step', (hooks, bar) =>
-    trainSegmentor([file, flags], {
+    trainSegmentor(configLayers(spec, values), {
       ...hooks,
       resume: values.resume as string | undefined,
       onStep: (s, t) =>

@@ -2,8 +2,8 @@
 import { mergeConfig } from '../../config/pretrain.js';
 import { FilterSchema, parseOptions } from '../../config/vessels.js';
 import { vesselnessToFile } from '../../vessels/api.js';
-import { command, configFile, UsageError, type CommandSpec } from '../args.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
@@ -49,8 +49,7 @@ export const run = command(spec, async ({ values, positionals }) => {
   const precision = dtype === undefined ? undefined : { float32: 'f32', f32: 'f32', float64: 'f64', f64: 'f64' }[dtype];
   if (dtype !== undefined && !precision)
     throw new UsageError(`--dtype: ${JSON.stringify(dtype)} (expected float32 or float64)`);
-  const fromFile = configFile(values);
-  const merged = { ...mergeConfig(fromFile, flagInput(spec.flags!, values)), ...(precision ? { precision } : {}) };
+  const merged = { ...mergeConfig(...configLayers(spec, values)), ...(precision ? { precision } : {}) };
   const parsed = parseOptions(FilterSchema, merged, 'options');
   const image = positionals[0]!;
   const r = await vesselnessToFile(image, out, parsed);

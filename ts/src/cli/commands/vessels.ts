@@ -5,10 +5,10 @@ import { parseOptions, VesselsJobSchema, type VesselsJobInput } from '../../conf
 import { mergeConfig } from '../../config/pretrain.js';
 import { packageRoot } from '../../native.js';
 import { prepareVesselMaps } from '../../vessels/api.js';
-import { command, configFile, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { onInterrupt } from '../interrupt.js';
 import { formatDuration, Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
@@ -46,8 +46,7 @@ export const spec: CommandSpec = {
 
 export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length > 1) throw new UsageError(`expected at most one root folder, got ${positionals.length}`);
-  const file = configFile(values);
-  const job = mergeConfig(file, flagInput(spec.flags!, values)) as VesselsJobInput;
+  const job = mergeConfig(...configLayers(spec, values)) as VesselsJobInput;
   let root = positionals[0];
   if (root === undefined) {
     root = join(packageRoot(), 'data', 'samples');
