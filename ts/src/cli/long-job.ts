@@ -1,6 +1,6 @@
 // The frame of the long training commands (pretrain, train-segmentor, finetune): Ctrl-C asks the
 // job to stop at its next checkpoint, one progress bar with the job's log lines printed around it,
-// and the report of a stopped run (exit code 130 when interrupted).
+// and the report of a stopped run (exit code 130 when interrupted); presetSummary for their help.
 import { onInterrupt } from './interrupt.js';
 import { Progress } from './progress.js';
 
@@ -42,3 +42,6 @@ export async function runLongJob<R>(
 export function reportStop(name: string, where: string, checkpoint: string | undefined, run: string): void {
   process.stderr.write(`stopped ${where}; checkpoint ${checkpoint}\nresume with: vasomim ${name} --resume ${run}\n`);
 }
+
+/** A run preset in a command's help: `<epochs> epochs, batch <batchSize>`. */
+export const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;

@@ -8,7 +8,7 @@ import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { mergeConfig } from '../../config/pretrain.js';
 import { finetune } from '../../train/finetune.js';
 import { command, noPositionals, UsageError, type CommandSpec } from '../args.js';
-import { runLongJob, reportStop } from '../long-job.js';
+import { reportStop, runLongJob } from '../long-job.js';
 import { Progress } from '../progress.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
 

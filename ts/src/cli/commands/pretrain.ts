@@ -6,10 +6,8 @@ import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
-import { reportStop, runLongJob } from '../long-job.js';
+import { presetSummary, reportStop, runLongJob } from '../long-job.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
-
-const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
 export const spec: CommandSpec = {
   name: 'pretrain',

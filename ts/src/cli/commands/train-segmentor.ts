@@ -8,10 +8,8 @@ import {
   trainSegmentor,
 } from '../../train/segmentor.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
-import { reportStop, runLongJob } from '../long-job.js';
+import { presetSummary, reportStop, runLongJob } from '../long-job.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
-
-const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
 
 export const spec: CommandSpec = {
   name: 'train-segmentor',
