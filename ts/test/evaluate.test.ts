@@ -6,27 +6,11 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { diceCurve, evaluateSegmentation, readImage, thresholdGrid, type Predictor } from '../src/index.js';
-import { cli, encodePng, SAMPLES, tempDir } from './helpers.js';
+import { cli, encodePng, SAMPLES, tempDir, xcaSubset } from './helpers.js';
 
 const tmp = tempDir('vasomim-evaluate-');
 afterAll(() => tmp.cleanup());
 const XCA = join(SAMPLES, 'fercer-xca80');
-
-/** A fercer-style subset: training/ and testing/ with N.png + N_gt.png. */
-function subset(name: string, train: number[], test: number[]) {
-  const root = join(tmp.path, name);
-  for (const [dir, src, ids] of [
-    ['training', 'Angios_40_training', train],
-    ['testing', 'Angios_40_testing', test],
-  ] as const) {
-    mkdirSync(join(root, dir), { recursive: true });
-    for (const k of ids) {
-      copyFileSync(join(XCA, src, `${k}.png`), join(root, dir, `${k}.png`));
-      copyFileSync(join(XCA, src, `${k}_gt.png`), join(root, dir, `${k}_gt.png`));
-    }
-  }
-  return root;
-}
 
 describe('threshold tuning', () => {
   it('diceCurve equals thresholding at every grid point', () => {
@@ -150,7 +134,7 @@ describe('vasomim evaluate --baseline', () => {
   });
 
   it('tunes on train, evaluates test, writes per-image CSV, summary, threshold curve and contact sheet', async () => {
-    const root = subset('xca-small', [1, 2, 3], [4, 5]);
+    const root = xcaSubset(tmp.path, 'xca-small', [1, 2, 3], [4, 5]);
     const out = join(tmp.path, 'out-sato');
     const r = cli([
       'evaluate',
@@ -208,7 +192,7 @@ describe('vasomim evaluate --baseline', () => {
   });
 
   it('rejects bad input with exit 2 and names the file or flag', () => {
-    const root = subset('xca-bad', [1], [2]);
+    const root = xcaSubset(tmp.path, 'xca-bad', [1], [2]);
     const out = join(tmp.path, 'out-bad');
     copyFileSync(join(XCA, 'Angios_40_training', '1_gt.png'), join(root, 'testing', '2_gt.png'));
     writeFileSync(join(root, 'testing', '2_gt.png'), encodePng(30, 30, new Array(900).fill(0)));

@@ -15,27 +15,11 @@ import {
   type SegmentationSample,
 } from '../src/index.js';
 import { native } from '../src/native.js';
-import { cli, encodePng, SAMPLES, tempDir } from './helpers.js';
+import { cli, encodePng, SAMPLES, tempDir, xcaSubset } from './helpers.js';
 
 const tmp = tempDir('vasomim-finetune-');
 afterAll(() => tmp.cleanup());
 const XCA = join(SAMPLES, 'fercer-xca80');
-
-/** A fercer-style subset: training/ and testing/ with N.png + N_gt.png. */
-function subset(name: string, train: number[], test: number[]) {
-  const root = join(tmp.path, name);
-  for (const [dir, src, ids] of [
-    ['training', 'Angios_40_training', train],
-    ['testing', 'Angios_40_testing', test],
-  ] as const) {
-    mkdirSync(join(root, dir), { recursive: true });
-    for (const k of ids) {
-      copyFileSync(join(XCA, src, `${k}.png`), join(root, dir, `${k}.png`));
-      copyFileSync(join(XCA, src, `${k}_gt.png`), join(root, dir, `${k}_gt.png`));
-    }
-  }
-  return root;
-}
 
 const MICRO = {
   model: { preset: 'micro' },
@@ -142,7 +126,29 @@ describe('validation split', () => {
 });
 
 describe('finetune (micro)', () => {
-  const data = subset('xca-mini', [1, 2, 3, 4, 5, 6], [1, 2]);
+  const data = xcaSubset(tmp.path, 'xca-mini', [1, 2, 3, 4, 5, 6], [1, 2]);
+  /** `vasomim finetune` of a micro ViT at 64² on `data` for `epochs` epochs, into <tmp>/runs. */
+  const microRun = (epochs: number) => [
+    'finetune',
+    '--data',
+    data,
+    '--model',
+    'micro',
+    '--img-size',
+    '64',
+    '--head-scale',
+    '0.125',
+    '--epochs',
+    String(epochs),
+    '--batch-size',
+    '2',
+    '--val-count',
+    '2',
+    '--workers',
+    '1',
+    '--runs',
+    join(tmp.path, 'runs'),
+  ];
   let best = '';
 
   it('trains, validates on the hold-out, writes best/last checkpoints, metrics and masks', async () => {
@@ -251,37 +257,14 @@ describe('finetune (micro)', () => {
     const { model, meta } = await loadSegmentationModel(r.best);
     expect(model.config.numClasses).toBe(3);
     expect(meta.classes.length).toBe(3);
-    const out = join(tmp.path, 'eval-mc');
-    const e = cli([
-      'evaluate',
-      r.best,
-      '--data',
-      root,
-      '--masks',
-      'labels',
-      '--classes',
-      '2',
-      '--out',
-      out,
-      '--json',
-      '--examples',
-      '0',
-    ]);
+    /** `vasomim evaluate` of `model` on this 2-class label-mask dataset. */
+    const evaluate = (model: string, out: string, ...more: string[]) =>
+      cli(['evaluate', model, '--data', root, '--masks', 'labels', '--classes', '2', '--out', out, ...more]);
+    const e = evaluate(r.best, join(tmp.path, 'eval-mc'), '--json', '--examples', '0');
     expect(e.code, e.stderr).toBe(0);
     expect(JSON.parse(e.stdout).perClass.length).toBe(2);
     // a binary model on this 3-class dataset: one clear error before any image is predicted
-    const w = cli([
-      'evaluate',
-      best,
-      '--data',
-      root,
-      '--masks',
-      'labels',
-      '--classes',
-      '2',
-      '--out',
-      join(tmp.path, 'eval-wrong'),
-    ]);
+    const w = evaluate(best, join(tmp.path, 'eval-wrong'));
     expect(w.code).toBe(2);
     expect(w.stderr).toMatch(/outputs 1 map \(binary\) but the dataset is 3 classes/);
     // and segment-seg on a binary dataset
@@ -291,7 +274,7 @@ describe('finetune (micro)', () => {
   });
 
   it('bad input: mask size mismatch, empty test split, not a model', async () => {
-    const bad = subset('xca-bad', [1, 2, 3, 4, 5], [1]);
+    const bad = xcaSubset(tmp.path, 'xca-bad', [1, 2, 3, 4, 5], [1]);
     writeFileSync(join(bad, 'training', '3_gt.png'), encodePng(10, 10, new Uint8Array(100)));
     await expect(
       finetune({ ...MICRO, data: bad, valCount: 1, runs: join(tmp.path, 'runs'), name: 'bad' }),
@@ -322,30 +305,7 @@ describe('finetune (micro)', () => {
   });
 
   it('vasomim finetune on the command line', () => {
-    const r = cli([
-      'finetune',
-      '--data',
-      data,
-      '--model',
-      'micro',
-      '--img-size',
-      '64',
-      '--head-scale',
-      '0.125',
-      '--epochs',
-      '1',
-      '--batch-size',
-      '2',
-      '--val-count',
-      '2',
-      '--workers',
-      '1',
-      '--runs',
-      join(tmp.path, 'runs'),
-      '--name',
-      'cli',
-      '--json',
-    ]);
+    const r = cli([...microRun(1), '--name', 'cli', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout);
     expect(out.steps).toBe(2);
@@ -354,29 +314,7 @@ describe('finetune (micro)', () => {
   });
 
   it('--resume after --max-steps repeats the uninterrupted run', async () => {
-    const args = [
-      'finetune',
-      '--data',
-      data,
-      '--model',
-      'micro',
-      '--img-size',
-      '64',
-      '--head-scale',
-      '0.125',
-      '--epochs',
-      '3',
-      '--batch-size',
-      '2',
-      '--val-count',
-      '2',
-      '--workers',
-      '1',
-      '--drop-path',
-      '0.1',
-      '--runs',
-      join(tmp.path, 'runs'),
-    ];
+    const args = [...microRun(3), '--drop-path', '0.1'];
     const key = (run: string) =>
       readFileSync(join(run, 'metrics.jsonl'), 'utf8')
         .trim()

@@ -1,7 +1,7 @@
 // Test helpers: a minimal PNG encoder (grey/RGB, 8/16-bit) to make odd inputs on the fly, a
-// .npy parser, temporary folders and a CLI runner.
+// .npy parser, temporary folders, small subsets of the bundled XCA dataset and a CLI runner.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -50,6 +50,25 @@ export function readNpy(path: string): Npy {
 export function tempDir(prefix = 'vasomim-test-'): { path: string; cleanup: () => void } {
   const path = mkdtempSync(join(tmpdir(), prefix));
   return { path, cleanup: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/**
+ * A fercer-style subset of the bundled XCA angiograms in `<parent>/<name>`: training/ and testing/
+ * with N.png + N_gt.png for the ids given; returns its root.
+ */
+export function xcaSubset(parent: string, name: string, train: number[], test: number[]): string {
+  const root = join(parent, name);
+  for (const [dir, src, ids] of [
+    ['training', 'Angios_40_training', train],
+    ['testing', 'Angios_40_testing', test],
+  ] as const) {
+    mkdirSync(join(root, dir), { recursive: true });
+    for (const k of ids) {
+      copyFileSync(join(SAMPLES, 'fercer-xca80', src, `${k}.png`), join(root, dir, `${k}.png`));
+      copyFileSync(join(SAMPLES, 'fercer-xca80', src, `${k}_gt.png`), join(root, dir, `${k}_gt.png`));
+    }
+  }
+  return root;
 }
 
 export function cli(args: string[], opts: { cwd?: string } = {}) {

@@ -273,68 +273,42 @@ describe('vasomim pretrain', () => {
     expect(existsSync(join(runs, 'seg', 'samples', 'predictions.png'))).toBe(true);
     const segSteps = metrics(join(runs, 'seg')).filter((r) => r.event === undefined);
     expect(segSteps.length).toBe(4);
-    const r = cli([
+    /** One epoch with the segmentor at eta 0.5 and L_cons weighted `consWeight`. */
+    const withSeg = (consWeight: string) => [
       ...BASE,
-      '--name',
-      'withseg',
       '--segmentor',
       seg,
       '--eta',
       '0.5',
       '--cons-weight',
-      '0.5',
+      consWeight,
       '--epochs',
       '1',
       '--warmup-epochs',
       '0',
-    ]);
+    ];
+    /** The step records of a run (no events), with their loss terms. */
+    const stepsOf = (name: string) =>
+      metrics(join(runs, name)).filter((x) => x.event === undefined) as (Rec & {
+        lossRec: number;
+        lossCons: number | null;
+      })[];
+    const r = cli([...withSeg('0.5'), '--name', 'withseg']);
     expect(r.code, r.stderr).toBe(0);
-    const steps = metrics(join(runs, 'withseg')).filter((x) => x.event === undefined) as (Rec & {
-      lossRec: number;
-      lossCons: number | null;
-    })[];
+    const steps = stepsOf('withseg');
     expect(steps.length).toBe(2);
     for (const x of steps) {
       expect(x.lossCons).toBeGreaterThan(0);
       expect(x.loss!).toBeCloseTo(x.lossRec + 0.5 * x.lossCons!, 5);
     }
     // The same run without L_cons has the same L_rec on its first step (same weights, batch, masks).
-    const r0 = cli([
-      ...BASE,
-      '--name',
-      'withseg-nocons',
-      '--segmentor',
-      seg,
-      '--eta',
-      '0.5',
-      '--cons-weight',
-      '0',
-      '--epochs',
-      '1',
-      '--warmup-epochs',
-      '0',
-    ]);
+    const r0 = cli([...withSeg('0'), '--name', 'withseg-nocons']);
     expect(r0.code, r0.stderr).toBe(0);
-    const s0 = metrics(join(runs, 'withseg-nocons')).filter((x) => x.event === undefined) as (Rec & {
-      lossRec: number;
-      lossCons: number | null;
-    })[];
+    const s0 = stepsOf('withseg-nocons');
     expect(s0[0]!.lossRec).toBe(steps[0]!.lossRec);
     expect(s0[0]!.lossCons).toBeNull();
     // Exact resume holds with S attached (P recomputed from the same batch, eval-mode BatchNorm).
-    const args = [
-      ...BASE,
-      '--segmentor',
-      seg,
-      '--eta',
-      '0.5',
-      '--cons-weight',
-      '0.5',
-      '--epochs',
-      '1',
-      '--warmup-epochs',
-      '0',
-    ];
+    const args = withSeg('0.5');
     expect(cli([...args, '--name', 'withseg-resume', '--max-steps', '1']).code).toBe(0);
     expect(cli(['pretrain', '--resume', join(runs, 'withseg-resume')]).code).toBe(0);
     expect(metrics(join(runs, 'withseg-resume')).map(key)).toEqual(metrics(join(runs, 'withseg')).map(key));

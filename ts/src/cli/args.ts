@@ -1,6 +1,8 @@
 // A small declarative layer over node:util parseArgs: a command lists the options that are not
 // config fields (positionals' companions, --config, --resume, ...) and takes the flags of its
 // config fields from its zod schemas (./schema-flags.ts); both lists drive parsing and `--help`.
+// Here: the specs, parseCommand and helpText, `command` (a command's `run`: parse, `--help`, body),
+// the checks the commands share (num, subcommand, noPositionals) and readConfigFile.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
@@ -60,6 +62,27 @@ export function parseCommand(spec: CommandSpec, argv: string[]) {
   }
 }
 
+/** A parsed command line: flag values by name, and the positionals. */
+export type ParsedCommand = ReturnType<typeof parseCommand>;
+
+/**
+ * A command's `run`: parses the command line against `spec`; `--help` prints the help and exits 0,
+ * anything else goes to `body`, whose number is the exit code.
+ */
+export function command(
+  spec: CommandSpec,
+  body: (args: ParsedCommand) => Promise<number>,
+): (argv: string[]) => Promise<number> {
+  return async (argv) => {
+    const args = parseCommand(spec, argv);
+    if (args.values.help) {
+      process.stdout.write(helpText(spec));
+      return 0;
+    }
+    return body(args);
+  };
+}
+
 export function helpText(spec: CommandSpec): string {
   const row = (o: OptionSpec) => {
     const flag = `${o.short ? `-${o.short}, ` : '    '}--${o.name}${o.arg ? ` ${o.arg}` : ''}`;
@@ -93,6 +116,21 @@ export function num(values: Record<string, unknown>, name: string): number | und
   if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n))
     throw new UsageError(`--${name}: ${JSON.stringify(v)} is not a number`);
   return n;
+}
+
+/** The first positional must be `known`, the one `kind` (subcommand, benchmark) there is. */
+export function subcommand(positionals: string[], kind: string, known: string): void {
+  const sub = positionals[0];
+  if (sub !== known)
+    throw new UsageError(
+      sub === undefined ? `give a ${kind}: ${known}` : `unknown ${kind} ${JSON.stringify(sub)} (known: ${known})`,
+    );
+}
+
+/** Commands whose dataset is a flag take no positionals (a path there is a misplaced dataset). */
+export function noPositionals(positionals: string[]): void {
+  if (positionals.length)
+    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
 }
 
 /** Read a JSON config file; errors name the file. */

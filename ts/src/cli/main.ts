@@ -8,60 +8,26 @@ import { ConfigError } from '../config/vessels.js';
 import { parseCommand, UsageError, type CommandSpec } from './args.js';
 import { withFlagNames } from './schema-flags.js';
 
-interface Command {
-  summary: string;
-  load: () => Promise<{ run: (argv: string[]) => Promise<number>; spec: CommandSpec }>;
+/** What a command module exports: its `run` (argv to exit code) and the spec of its command line. */
+interface CommandModule {
+  run: (argv: string[]) => Promise<number>;
+  spec: CommandSpec;
 }
 
-const COMMANDS: Record<string, Command> = {
-  vessels: {
-    summary: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)',
-    load: () => import('./commands/vessels.js'),
-  },
-  vesselness: {
-    summary: 'raw Sato/Frangi response of one image (.npy or .png)',
-    load: () => import('./commands/vesselness.js'),
-  },
-  'train-segmentor': {
-    summary: 'train the UNeXt-S vessel segmentor (guidance and L_cons of pre-training)',
-    load: () => import('./commands/train-segmentor.js'),
-  },
-  pretrain: {
-    summary: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable',
-    load: () => import('./commands/pretrain.js'),
-  },
-  export: {
-    summary: "export a checkpoint's encoder for timm (safetensors)",
-    load: () => import('./commands/export.js'),
-  },
-  embed: {
-    summary: 'encoder features (cls, mean patch token) of images as .npy',
-    load: () => import('./commands/embed.js'),
-  },
-  finetune: {
-    summary: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset',
-    load: () => import('./commands/finetune.js'),
-  },
-  evaluate: {
-    summary: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split',
-    load: () => import('./commands/evaluate.js'),
-  },
-  predict: {
-    summary: 'masks and overlays of images from a fine-tuned model',
-    load: () => import('./commands/predict.js'),
-  },
-  frames: {
-    summary: 'DICOM cine runs (or any images) to PNG frames with a manifest',
-    load: () => import('./commands/frames.js'),
-  },
-  data: {
-    summary: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
-    load: () => import('./commands/data.js'),
-  },
-  bench: {
-    summary: 'benchmarks: `bench loader` images/s of the data loader',
-    load: () => import('./commands/bench.js'),
-  },
+/** The commands, in `--help` order, with their summaries; command `x` is ./commands/x.ts. */
+const COMMANDS: Record<string, string> = {
+  vessels: 'vessel maps for a dataset tree (XA-170K <source>_frangi/ layout)',
+  vesselness: 'raw Sato/Frangi response of one image (.npy or .png)',
+  'train-segmentor': 'train the UNeXt-S vessel segmentor (guidance and L_cons of pre-training)',
+  pretrain: 'VasoMIM pre-training (no dataset: a demo on the bundled angiograms); resumable',
+  export: "export a checkpoint's encoder for timm (safetensors)",
+  embed: 'encoder features (cls, mean patch token) of images as .npy',
+  finetune: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset',
+  evaluate: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split',
+  predict: 'masks and overlays of images from a fine-tuned model',
+  frames: 'DICOM cine runs (or any images) to PNG frames with a manifest',
+  data: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
+  bench: 'benchmarks: `bench loader` images/s of the data loader',
 };
 
 function usage(): string {
@@ -73,7 +39,7 @@ function usage(): string {
     'VasoMIM for X-ray coronary angiograms: vessel maps, pre-training, fine-tuning, evaluation.',
     '',
     'commands:',
-    ...names.map((n) => `  ${n.padEnd(w)}${COMMANDS[n]!.summary}`),
+    ...names.map((n) => `  ${n.padEnd(w)}${COMMANDS[n]!}`),
     '',
     'Run `vasomim <command> --help` for its options. `vasomim --version` prints the version.',
     '',
@@ -100,12 +66,11 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')).version + '\n');
     return 0;
   }
-  const cmd = COMMANDS[name];
-  if (!cmd) {
+  if (!Object.hasOwn(COMMANDS, name)) {
     process.stderr.write(`vasomim: unknown command ${JSON.stringify(name)}\n\n${usage()}`);
     return 2;
   }
-  const mod = await cmd.load();
+  const mod = (await import(`./commands/${name}.js`)) as CommandModule;
   try {
     return await mod.run(rest);
   } catch (e) {

@@ -6,11 +6,12 @@
 //
 //   schemaFlags(schema, options)  the flags of a schema's fields (nested objects flattened)
 //   flagInput(flags, values)      parsed flag values -> a partial input object of the schema(s)
+//   configLayers(spec, values)    the --config file's fields and the flags', in the order they apply
 //   fieldInfo(schema)             the kind, choices, description and default of one field
 //   withFlagNames(message, ...)   a config error's `path: problem` lines with the flag that set the field
 import type { z } from 'zod';
 
-import { UsageError, type OptionSpec } from './args.js';
+import { readConfigFile, UsageError, type CommandSpec, type OptionSpec } from './args.js';
 
 /** How a flag's text becomes a field value. */
 export type FlagKind = 'number' | 'integer' | 'boolean' | 'enum' | 'string' | 'numbers' | 'strings';
@@ -236,6 +237,18 @@ export function flagInput(flags: FlagSpec[], values: Record<string, unknown>): R
     o[f.path.at(-1)!] = flagValue(f, text);
   }
   return out;
+}
+
+/**
+ * The two layers a command line puts over a job's defaults (or preset): the fields of the
+ * `--config` file (none without one), then those of the flags, which override it.
+ */
+export function configLayers(
+  spec: CommandSpec,
+  values: Record<string, unknown>,
+): [Record<string, unknown>, Record<string, unknown>] {
+  const file = values.config ? readConfigFile(values.config as string) : {};
+  return [file, flagInput(spec.flags ?? [], values)];
 }
 
 /**

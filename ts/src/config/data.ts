@@ -4,6 +4,7 @@ import { availableParallelism } from 'node:os';
 
 import { z } from 'zod';
 
+import { channels } from './fields.js';
 import { DEFAULT_EXCLUDE } from './vessels.js';
 
 /** ImageNet statistics (method §2) for grey replicated to 3 channels. */
@@ -40,8 +41,7 @@ export const AugmentSchema = z
     ratio: range('ratio', 0, undefined).default([3 / 4, 4 / 3]),
     /** Probability of the horizontal flip. */
     hflip: z.number().min(0, 'hflip must be in [0, 1]').max(1, 'hflip must be in [0, 1]').default(0.5),
-    channels: z
-      .union([z.literal(1), z.literal(3)], { error: 'channels must be 1 or 3' })
+    channels: channels('channels')
       .default(3)
       .describe('output channels: 3 = grey replicated (paper, ImageNet statistics), 1 = grey-native'),
     mean: z.array(z.number()).optional(),

@@ -4,6 +4,7 @@
 import { z } from 'zod';
 
 import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { channels, choice, int, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -18,26 +19,9 @@ export const TASK_DATA: Record<FtTask, 'vessel' | 'segment' | 'stenosis'> = {
   'stenosis-seg': 'stenosis',
 };
 
-const pos = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .positive(`${what} must be > 0`);
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
-const unit = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .min(0, `${what} must be in [0, 1]`)
-    .max(1, `${what} must be in [0, 1]`);
-
 export const FinetuneSchema = z
   .object({
-    task: z
-      .enum(FT_TASKS, { error: `task must be one of ${FT_TASKS.join(', ')}` })
+    task: choice('task', FT_TASKS)
       .default('vessel-seg')
       .describe('vessel-seg (binary), segment-seg (K classes) or stenosis-seg (binary)'),
     data: z
@@ -58,8 +42,7 @@ export const FinetuneSchema = z
       .refine((v) => v % 16 === 0, 'imgSize must be a multiple of 16 (patch 16)')
       .default(224)
       .describe("input side, multiple of 16 (a pre-trained encoder's position embedding is resampled)"),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+    inChans: channels('inChans')
       .optional()
       .describe("input channels (default: the pre-trained encoder's; scratch: 3, grey replicated)"),
     headScale: pos('headScale')

@@ -3,16 +3,11 @@
 import { z } from 'zod';
 
 import { native } from '../native.js';
+import { channels, count } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
 export type PresetName = (typeof PRESET_NAMES)[number];
-
-const count = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .positive(`${what} must be > 0`);
 
 export const ModelConfigSchema = z
   .object({
@@ -22,8 +17,7 @@ export const ModelConfigSchema = z
       .describe('ViT size by name (micro is for tests); the other fields override it'),
     imgSize: count('imgSize').optional().describe('input side in pixels (divisible by the patch size)'),
     patchSize: count('patchSize').optional(),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
+    inChans: channels('inChans')
       .optional()
       .describe('input channels: 3 = grey replicated (paper, timm), 1 = grey-native'),
     embedDim: count('embedDim').optional(),
@@ -60,6 +54,19 @@ export interface NativeModelConfig {
   mlpRatio: number;
   normPixLoss: boolean;
 }
+
+/** The fields that size the ViT and its decoder: a preset gives them, so the CLI makes no flags for them. */
+export const ARCHITECTURE_FIELDS = [
+  'patchSize',
+  'embedDim',
+  'depth',
+  'numHeads',
+  'decoderEmbedDim',
+  'decoderDepth',
+  'decoderNumHeads',
+  'mlpRatio',
+  'normPixLoss',
+] as const satisfies readonly (keyof NativeModelConfig)[];
 
 /**
  * Where a model runs: `cpu` (default), `cuda` (the first GPU) or `cuda:N`. Checked against the

@@ -5,49 +5,18 @@ import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
 import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { int, nonneg, pos, runFields, unit } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
 export type RunPreset = (typeof RUN_PRESETS)[number];
 
-const pos = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .positive(`${what} must be > 0`);
-const nonneg = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .min(0, `${what} must be >= 0`);
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
-const unit = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .min(0, `${what} must be in [0, 1]`)
-    .max(1, `${what} must be in [0, 1]`);
-
 export const PretrainSchema = z
   .object({
-    preset: z
-      .enum(RUN_PRESETS, { error: `preset must be one of ${RUN_PRESETS.join(', ')}` })
-      .default('demo')
-      .describe('run preset: every other field defaults to its value'),
-    data: z
-      .string()
-      .min(1)
-      .optional()
-      .describe('dataset: tree with <source>_frangi/ maps, folder, or .csv/.jsonl manifest (default: bundled samples)'),
-    runs: z.string().min(1).default('runs').describe('folder for run folders'),
-    name: z
-      .string()
-      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
-      .optional()
-      .describe('run folder name (default: UTC timestamp)'),
+    ...runFields(
+      RUN_PRESETS,
+      'dataset: tree with <source>_frangi/ maps, folder, or .csv/.jsonl manifest (default: bundled samples)',
+    ),
     /** Any model-config field (config/model.ts); the preset's model, then these. */
     model: z.record(z.string(), z.unknown()).default({}),
     epochs: int('epochs', 1).describe('epochs'),

@@ -2,14 +2,10 @@
 // by the CLI flags, config files and the Node API (types come from the schemas).
 import { z } from 'zod';
 
+import { pos } from './fields.js';
+
 /** Sato with sigma 1..4 is the VasoMIM map filter; Frangi's defaults are scikit-image's. */
 export const DEFAULT_SIGMAS = { sato: [1, 2, 3, 4], frangi: [1, 3, 5, 7, 9], frangi1998: [1, 3, 5, 7, 9] } as const;
-
-const positive = (what: string) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .finite()
-    .positive(`${what} must be > 0`);
 
 export const FilterSchema = z
   .object({
@@ -18,7 +14,7 @@ export const FilterSchema = z
       .default('sato')
       .describe('sato | frangi (scikit-image) | frangi1998 (sigma^2-normalised, gamma per sigma)'),
     sigmas: z
-      .array(positive('each sigma').max(256, 'each sigma must be <= 256'))
+      .array(pos('each sigma').max(256, 'each sigma must be <= 256'))
       .min(1, 'give at least one sigma')
       .optional()
       .meta({ description: 'scales in pixels, comma-separated', defaultText: 'sato 1,2,3,4; frangi 1,3,5,7,9' }),
@@ -26,9 +22,9 @@ export const FilterSchema = z
       .boolean()
       .default(false)
       .describe('vessels brighter than the background (false: dark vessels, as contrast-filled arteries in X-ray)'),
-    alpha: positive('alpha').default(0.5).describe('Frangi alpha (only used in 3-D; accepted for parity)'),
-    beta: positive('beta').default(0.5).describe('Frangi beta (blobness sensitivity)'),
-    gamma: positive('gamma')
+    alpha: pos('alpha').default(0.5).describe('Frangi alpha (only used in 3-D; accepted for parity)'),
+    beta: pos('beta').default(0.5).describe('Frangi beta (blobness sensitivity)'),
+    gamma: pos('gamma')
       .optional()
       .describe('Frangi gamma (structureness); default: half the largest Hessian norm (scikit-image rule)'),
     /**

@@ -9,6 +9,7 @@
 //
 // Outputs follow MAE: ids_keep (ascending), ids_restore (position of each patch in
 // [ids_keep, ids_masked]), mask (1 = masked) in the original patch order.
+import type { PretrainConfig } from '../config/pretrain.js';
 import { Rng } from './rng.js';
 
 export interface Mask {
@@ -118,6 +119,16 @@ export interface BatchMaskOptions {
   alpha0: number;
   alphaT: number;
   seed: number;
+}
+
+/** The batch-mask options of a pre-training run in `epoch`; `policy` is the run's unless given. */
+export function runMaskOptions(
+  cfg: PretrainConfig,
+  epoch: number,
+  policy: MaskingPolicy = cfg.masking,
+): BatchMaskOptions {
+  const { maskRatio, epochs, alpha0, alphaT, seed } = cfg;
+  return { policy, maskRatio, epoch, epochs, alpha0, alphaT, seed };
 }
 
 export interface BatchMasks {

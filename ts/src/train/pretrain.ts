@@ -20,7 +20,7 @@ import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
 import { StepOptionsSchema } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
-import { batchMasks, guidedAlpha, maskCounts } from './masking.js';
+import { batchMasks, guidedAlpha, maskCounts, runMaskOptions } from './masking.js';
 import { MaskFrequency } from './maskfreq.js';
 import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 import { sampleGrid } from './samples.js';
@@ -173,15 +173,7 @@ export async function pretrain(
 
   try {
     for (; epoch < cfg.epochs; epoch++, startBatch = 0) {
-      const opts = {
-        policy: cfg.masking,
-        maskRatio: cfg.maskRatio,
-        epoch,
-        epochs: cfg.epochs,
-        alpha0: cfg.alpha0,
-        alphaT: cfg.alphaT,
-        seed: cfg.seed,
-      };
+      const opts = runMaskOptions(cfg, epoch);
       // Guided masking needs G; L_cons reuses the P computed with it; with maps, the vessel share is logged.
       const needGuidance = cfg.masking === 'vessel-guided' || cfg.consWeight > 0 || loader.hasMaps;
       const guidanceEta = cfg.masking === 'vessel-guided' ? cfg.eta : loader.hasMaps ? 1 : 0;

@@ -8,7 +8,7 @@ import type { PretrainConfig } from '../config/pretrain.js';
 import type { Batch } from '../data/loader.js';
 import type { Model } from '../model/index.js';
 import { writePng } from '../util/png.js';
-import { batchMasks } from './masking.js';
+import { batchMasks, runMaskOptions } from './masking.js';
 
 const GAP = 4;
 
@@ -28,20 +28,7 @@ export async function sampleGrid(
   const maps = batch.maps();
   const eta = cfg.masking === 'vessel-guided' ? cfg.eta : maps ? 1 : 0;
   const guide = maps || model.hasSegmentor ? await model.guidance(batch, eta, true) : undefined;
-  const masks = batchMasks(
-    {
-      policy: guide ? cfg.masking : 'random',
-      maskRatio: cfg.maskRatio,
-      epoch,
-      epochs: cfg.epochs,
-      alpha0: cfg.alpha0,
-      alphaT: cfg.alphaT,
-      seed: cfg.seed,
-    },
-    L,
-    batch.samples,
-    guide?.mass,
-  );
+  const masks = batchMasks(runMaskOptions(cfg, epoch, guide ? cfg.masking : 'random'), L, batch.samples, guide?.mass);
   const images = batch.images();
   const rec = await model.reconstruct(
     images,

@@ -10,6 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
+import { channels, int, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -21,29 +22,12 @@ import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
 
-const int = (what: string, min: number) =>
-  z
-    .number({ error: `${what} must be a number` })
-    .int(`${what} must be an integer`)
-    .min(min, `${what} must be >= ${min}`);
-
 export const SegmentorRunSchema = z
   .object({
-    preset: z
-      .enum(SEGMENTOR_PRESETS, { error: `preset must be one of ${SEGMENTOR_PRESETS.join(', ')}` })
-      .default('demo')
-      .describe('run preset: every other field defaults to its value'),
-    data: z
-      .string()
-      .min(1)
-      .optional()
-      .describe('dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)'),
-    runs: z.string().min(1).default('runs').describe('folder for run folders'),
-    name: z
-      .string()
-      .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
-      .optional()
-      .describe('run folder name (default: UTC timestamp)'),
+    ...runFields(
+      SEGMENTOR_PRESETS,
+      'dataset with vessel maps (tree with <source>_frangi/, folder, manifest; default: bundled samples)',
+    ),
     epochs: int('epochs', 1).describe('epochs'),
     batchSize: int('batchSize', 2).describe('batch size'),
     lr: z.number().finite().positive('lr must be > 0').default(1e-3).describe('Adam learning rate at epoch 0'),
@@ -51,10 +35,7 @@ export const SegmentorRunSchema = z
       .refine((v) => v % 32 === 0, 'imgSize must be divisible by 32')
       .default(224)
       .describe('crop size (divisible by 32)'),
-    inChans: z
-      .union([z.literal(1), z.literal(3)], { error: 'inChans must be 1 or 3' })
-      .default(3)
-      .describe('input channels (3 = grey replicated, as pre-training)'),
+    inChans: channels('inChans').default(3).describe('input channels (3 = grey replicated, as pre-training)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
     device: DeviceSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { benchLoader, prepareBenchData } from '../../data/bench.js';
 import { LoaderSchema, type AugmentInput } from '../../config/data.js';
-import { helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { command, num, subcommand, UsageError, type CommandSpec } from '../args.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
@@ -54,17 +54,9 @@ export const spec: CommandSpec = {
   examples: ['vasomim bench loader --workers 2', 'vasomim bench loader /data/XA-170K -w 16 -b 256'],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  const [sub, root, ...rest] = positionals;
-  if (sub !== 'loader')
-    throw new UsageError(
-      sub === undefined ? 'give a benchmark: loader' : `unknown benchmark ${JSON.stringify(sub)} (known: loader)`,
-    );
+export const run = command(spec, async ({ values, positionals }) => {
+  subcommand(positionals, 'benchmark', 'loader');
+  const [, root, ...rest] = positionals;
   if (rest.length) throw new UsageError('expected at most one dataset root');
   if (typeof values.prepare === 'string') {
     await prepareBenchData(values.prepare);
@@ -91,4 +83,4 @@ export async function run(argv: string[]): Promise<number> {
   } finally {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   }
-}
+});

@@ -1,7 +1,7 @@
 // `vasomim data check <root|manifest>`: counts, missing/extra maps, unreadable files, sizes.
 import { checkDataset, type DataReport } from '../../data/check.js';
 import { DatasetSchema } from '../../config/data.js';
-import { helpText, num, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { command, num, subcommand, UsageError, type CommandSpec } from '../args.js';
 import { Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
@@ -45,17 +45,9 @@ export function formatReport(r: DataReport): string {
   return out.join('\n') + '\n';
 }
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  const [sub, root, ...rest] = positionals;
-  if (sub !== 'check')
-    throw new UsageError(
-      sub === undefined ? 'give a subcommand: check' : `unknown subcommand ${JSON.stringify(sub)} (known: check)`,
-    );
+export const run = command(spec, async ({ values, positionals }) => {
+  subcommand(positionals, 'subcommand', 'check');
+  const [, root, ...rest] = positionals;
   if (root === undefined) throw new UsageError('give the dataset root or a manifest');
   if (rest.length) throw new UsageError(`expected one dataset, got ${rest.length + 1}`);
   let progress: Progress | undefined;
@@ -72,4 +64,4 @@ export async function run(argv: string[]): Promise<number> {
   process.stderr.write(formatReport(report));
   if (values.json) process.stdout.write(JSON.stringify(report) + '\n');
   return report.problems.length ? 1 : 0;
-}
+});

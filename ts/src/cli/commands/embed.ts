@@ -1,7 +1,7 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
 import { DeviceSchema } from '../../config/model.js';
 import { loadModel } from '../../model/index.js';
-import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'embed',
@@ -20,12 +20,7 @@ export const spec: CommandSpec = {
   examples: ['vasomim embed vit_base_vasomim.safetensors data/samples/cadica-samples/*.png --out features.npy'],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length < 2) throw new UsageError('expected a checkpoint and at least one image');
   const out = values.out as string | undefined;
   if (!out) throw new UsageError('--out <features.npy> is required');
@@ -38,4 +33,4 @@ export async function run(argv: string[]): Promise<number> {
   const f = await model.embedFiles(images, out);
   process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
   return 0;
-}
+});

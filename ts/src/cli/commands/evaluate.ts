@@ -1,15 +1,15 @@
 // `vasomim evaluate --baseline sato|frangi --data <dataset> --out <dir>`: segmentation metrics of a
 // predictor on a dataset's test split, the threshold chosen on its train split.
 import { mergeConfig } from '../../config/pretrain.js';
-import { FilterSchema, formatZodError } from '../../config/vessels.js';
+import { FilterSchema, formatZodError, parseOptions } from '../../config/vessels.js';
 import { BaselineSchema, EvaluateSchema, type EvaluateInput } from '../../config/segmentation.js';
 import { evaluateSegmentation, type EvalProgress } from '../../eval/evaluate.js';
 import { formatStat, METRIC_NAMES } from '../../eval/metrics.js';
 import { vesselnessPredictor, type Predictor } from '../../eval/predictor.js';
 import { segmentationPredictorFromFile } from '../../model/segmentation.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
-import { fieldInfo, flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, fieldInfo, schemaFlags } from '../schema-flags.js';
 
 /** The vesselness filters `--baseline` takes. */
 const BASELINES = fieldInfo(FilterSchema.def.in.shape.filter).choices!;
@@ -73,15 +73,11 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length > 1) throw new UsageError(`expected at most one model, got ${positionals.length}`);
-  const { baseline: baselineFile, dataset, ...jobFile } = values.config ? readConfigFile(values.config as string) : {};
-  const { baseline: baselineFlags, ...jobFlags } = flagInput(spec.flags!, values);
+  const [file, flags] = configLayers(spec, values);
+  const { baseline: baselineFile, dataset, ...jobFile } = file;
+  const { baseline: baselineFlags, ...jobFlags } = flags;
   const filterName = values.baseline as string | undefined;
   if (filterName !== undefined && !BASELINES.includes(filterName))
     throw new UsageError(`--baseline: ${JSON.stringify(filterName)} (expected ${BASELINES.join(', ')})`);
@@ -93,18 +89,16 @@ export async function run(argv: string[]): Promise<number> {
   if (!dataPath) throw new UsageError('--data <dataset folder or manifest> is required');
   const job = mergeConfig(jobFile, jobFlags) as EvaluateInput;
   if (!job.out) throw new UsageError('--out <dir> is required');
-  const parsed = EvaluateSchema.safeParse(job);
-  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const parsed = parseOptions(EvaluateSchema, job, 'options');
   const baseline = [baselineFile, baselineFlags, filterName ? { filter: { filter: filterName } } : {}].reduce<
     Record<string, unknown>
   >((m, l) => mergeConfig(m, (l ?? {}) as Record<string, unknown>), {});
   let predictor: Predictor;
   if (modelPath) {
-    const m = await segmentationPredictorFromFile(modelPath, parsed.data.device);
+    const m = await segmentationPredictorFromFile(modelPath, parsed.device);
     predictor = m.predictor;
     // models: the threshold saved with them (0.5), no tuning on the data
-    if (parsed.data.threshold === undefined && m.model.config.numClasses === 1)
-      parsed.data.threshold = m.meta.threshold;
+    if (parsed.threshold === undefined && m.model.config.numClasses === 1) parsed.threshold = m.meta.threshold;
     process.stderr.write(
       `model ${modelPath}: ${m.meta.task}, ` +
         `${m.model.config.numClasses === 1 ? 'binary' : `${m.model.config.numClasses} classes`}, ` +
@@ -127,7 +121,7 @@ export async function run(argv: string[]): Promise<number> {
     progress!.update(p.done, p.done);
   };
   try {
-    const s = await evaluateSegmentation(dataPath, predictor, parsed.data, onProgress);
+    const s = await evaluateSegmentation(dataPath, predictor, parsed, onProgress);
     progress?.end();
     progress = undefined;
     const t = s.threshold;
@@ -154,4 +148,4 @@ export async function run(argv: string[]): Promise<number> {
     progress?.end();
     predictor.close?.();
   }
-}
+});

@@ -1,6 +1,6 @@
 // `vasomim export <checkpoint> --format timm --out <file.safetensors>`: the encoder in timm's layout.
 import { loadModel } from '../../model/index.js';
-import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'export',
@@ -32,12 +32,7 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length !== 1) throw new UsageError(`expected exactly one checkpoint, got ${positionals.length}`);
   const format = (values.format as string | undefined) ?? 'timm';
   if (format !== 'timm') throw new UsageError(`--format ${JSON.stringify(format)}: only "timm" is supported`);
@@ -53,4 +48,4 @@ export async function run(argv: string[]): Promise<number> {
       `${c.imgSize}px, ${c.inChans} channel${c.inChans > 1 ? 's' : ''})\n`,
   );
   return 0;
-}
+});

@@ -2,15 +2,15 @@
 // the segmentation ViT trained on a dataset's train split, best-validation checkpoint kept.
 import { resolve } from 'node:path';
 
-import { ConfigError, formatZodError } from '../../config/vessels.js';
+import { parseOptions } from '../../config/vessels.js';
 import { FinetuneSchema } from '../../config/finetune.js';
-import { ModelConfigSchema } from '../../config/model.js';
+import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { mergeConfig } from '../../config/pretrain.js';
 import { finetune } from '../../train/finetune.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { onInterrupt } from '../interrupt.js';
+import { command, noPositionals, UsageError, type CommandSpec } from '../args.js';
+import { reportStop, runLongJob } from '../long-job.js';
 import { Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'finetune',
@@ -49,19 +49,8 @@ export const spec: CommandSpec = {
     omit: [
       'dataOptions.task',
       'dataOptions.splits',
-      ...[
-        'imgSize',
-        'inChans',
-        'patchSize',
-        'embedDim',
-        'depth',
-        'numHeads',
-        'decoderEmbedDim',
-        'decoderDepth',
-        'decoderNumHeads',
-        'mlpRatio',
-        'normPixLoss',
-      ].map((k) => `model.${k}`),
+      // the run's own imgSize / inChans fields set them
+      ...['imgSize', 'inChans', ...ARCHITECTURE_FIELDS].map((k) => `model.${k}`),
     ],
     names: { 'model.preset': 'model' },
     help: { 'model.preset': 'encoder preset when training from scratch' },
@@ -75,42 +64,25 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
-  const file = values.config ? readConfigFile(values.config as string) : {};
-  const input = mergeConfig(file, flagInput(spec.flags!, values));
+export const run = command(spec, async ({ values, positionals }) => {
+  noPositionals(positionals);
+  const input = mergeConfig(...configLayers(spec, values));
   const resume = values.resume as string | undefined;
   if (!input.data && !resume) throw new UsageError('--data <dataset folder or manifest> is required');
-  if (!resume) {
-    const parsed = FinetuneSchema.safeParse(input);
-    if (!parsed.success) throw new ConfigError(`invalid options:\n${formatZodError(parsed.error)}`);
-  }
-  const interrupt = onInterrupt('finishing the current step and writing a checkpoint');
-
-  let bar: Progress | undefined;
+  if (!resume) parseOptions(FinetuneSchema, input, 'options');
   let vbar: Progress | undefined;
-  const log = (line: string) => (bar ? bar.log(line) : process.stderr.write(line + '\n'));
-  try {
-    const r = await finetune(
+  const r = await runLongJob('finetune', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
+    finetune(
       input as Parameters<typeof finetune>[0],
       {
-        shouldStop: interrupt.stopRequested,
-        onLog: log,
-        onStep: (s, t) => {
-          bar ??= new Progress('finetune', t.steps, 'step');
-          bar.update(
+        ...hooks,
+        onStep: (s, t) =>
+          bar(t.steps, 'step').update(
             t.stepsDone,
             t.stepsDone,
             `epoch ${s.epoch} loss ${s.loss.toFixed(4)} (dice ${s.dice.toFixed(3)} ce ${s.ce.toFixed(3)}) ` +
               `${s.imgPerSec.toFixed(1)} img/s`,
-          );
-        },
+          ),
         onValidate: (done, total) => {
           vbar ??= new Progress('  validate', total, 'img');
           vbar.update(done, done);
@@ -120,29 +92,22 @@ export async function run(argv: string[]): Promise<number> {
           }
         },
         onEpoch: (e) =>
-          log(
+          hooks.onLog(
             `epoch ${e.epoch}: loss ${e.loss.toFixed(4)}, val DSC ` +
               `${e.valDsc === null ? '-' : e.valDsc.toFixed(4)}${e.best ? ' (best)' : ''}, ${e.seconds.toFixed(0)} s`,
           ),
       },
       resume,
-    );
-    bar?.end();
-    bar = undefined;
-    if (r.status !== 'completed') {
-      process.stderr.write(
-        `stopped at step ${r.steps}; checkpoint ${r.last}\nresume with: vasomim finetune --resume ${r.run}\n`,
-      );
-      if (r.status === 'interrupted') return 130;
-    }
-    process.stderr.write(
-      `done: ${r.steps} steps, ${r.epochs} epochs; best epoch ${r.bestEpoch} (val DSC ` +
-        `${r.bestValDsc === null ? '-' : r.bestValDsc.toFixed(4)})\nrun folder: ${resolve(r.run)}\nbest: ${r.best}\n`,
-    );
-    if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
-    return 0;
-  } finally {
-    bar?.end();
-    interrupt.dispose();
+    ),
+  );
+  if (r.status !== 'completed') {
+    reportStop('finetune', `at step ${r.steps}`, r.last, r.run);
+    if (r.status === 'interrupted') return 130;
   }
-}
+  process.stderr.write(
+    `done: ${r.steps} steps, ${r.epochs} epochs; best epoch ${r.bestEpoch} (val DSC ` +
+      `${r.bestValDsc === null ? '-' : r.bestValDsc.toFixed(4)})\nrun folder: ${resolve(r.run)}\nbest: ${r.best}\n`,
+  );
+  if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
+  return 0;
+});

@@ -1,8 +1,8 @@
 // `vasomim frames <file…> --out <dir>`: DICOM cine runs to PNG frames plus a manifest.
 import { extractFrames } from '../../data/frames.js';
 import { FramesSchema } from '../../config/data.js';
-import { formatZodError } from '../../config/vessels.js';
-import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { parseOptions } from '../../config/vessels.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
@@ -25,18 +25,12 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length === 0) throw new UsageError('give at least one input file');
   const options = flagInput(spec.flags!, values);
   if (!options.out) throw new UsageError('--out <dir> is required');
-  const parsed = FramesSchema.safeParse(options);
-  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
-  const s = await extractFrames(positionals, parsed.data, (input, n, error) => {
+  const parsed = parseOptions(FramesSchema, options, 'options');
+  const s = await extractFrames(positionals, parsed, (input, n, error) => {
     process.stderr.write(error ? `error: ${error}\n` : `${input}: ${n} frame(s)\n`);
   });
   process.stderr.write(
@@ -46,4 +40,4 @@ export async function run(argv: string[]): Promise<number> {
   if (values.json)
     process.stdout.write(JSON.stringify({ frames: s.frames.length, failed: s.failed, manifest: s.manifest }) + '\n');
   return s.failed.length > 0 ? 1 : 0;
-}
+});

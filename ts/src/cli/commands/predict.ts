@@ -1,8 +1,8 @@
 // `vasomim predict <model> <images...> --out <dir>`: masks and overlays of a fine-tuned model.
 import { predictFiles } from '../../eval/predict.js';
 import { PredictSchema } from '../../config/segmentation.js';
-import { formatZodError } from '../../config/vessels.js';
-import { helpText, parseCommand, UsageError, type CommandSpec } from '../args.js';
+import { parseOptions } from '../../config/vessels.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
 
@@ -24,22 +24,16 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   const [model, ...images] = positionals;
   if (!model) throw new UsageError('give a model checkpoint and at least one image');
   if (images.length === 0) throw new UsageError('give at least one image after the model');
   const options = flagInput(spec.flags!, values);
   if (!options.out) throw new UsageError('--out <dir> is required');
-  const parsed = PredictSchema.safeParse(options);
-  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const parsed = parseOptions(PredictSchema, options, 'options');
   let bar: Progress | undefined;
   try {
-    const r = await predictFiles(model, images, parsed.data, (done, total) => {
+    const r = await predictFiles(model, images, parsed, (done, total) => {
       bar ??= new Progress('predict', total, 'img');
       bar.update(done, done);
     });
@@ -47,11 +41,11 @@ export async function run(argv: string[]): Promise<number> {
     bar = undefined;
     process.stderr.write(
       `${r.files.length} image(s) in ${formatDuration(r.seconds)} (${r.imagesPerSecond.toFixed(2)} img/s); wrote ` +
-        `masks and overlays to ${parsed.data.out}\n`,
+        `masks and overlays to ${parsed.out}\n`,
     );
     if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
     return 0;
   } finally {
     bar?.end();
   }
-}
+});

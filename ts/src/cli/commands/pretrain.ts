@@ -2,28 +2,12 @@
 // angiograms; `--preset vasomim-vit-b --data <XA-170K>` is the paper's recipe.
 import { resolve } from 'node:path';
 
-import { ModelConfigSchema } from '../../config/model.js';
+import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { pretrain, type StepRecord } from '../../train/pretrain.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { onInterrupt } from '../interrupt.js';
-import { Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
-
-/** Model fields a config file may set but that get no flag (the presets size the ViT). */
-const MODEL_FIELDS_NOT_FLAGS = [
-  'patchSize',
-  'embedDim',
-  'depth',
-  'numHeads',
-  'decoderEmbedDim',
-  'decoderDepth',
-  'decoderNumHeads',
-  'mlpRatio',
-  'normPixLoss',
-];
-
-const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
+import { command, noPositionals, type CommandSpec } from '../args.js';
+import { presetSummary, reportStop, runLongJob } from '../long-job.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'pretrain',
@@ -50,7 +34,7 @@ export const spec: CommandSpec = {
   ],
   flags: schemaFlags(PretrainSchema, {
     nested: { model: ModelConfigSchema },
-    omit: ['augment', ...MODEL_FIELDS_NOT_FLAGS.map((k) => `model.${k}`)],
+    omit: ['augment', ...ARCHITECTURE_FIELDS.map((k) => `model.${k}`)],
     names: { 'model.preset': 'model' },
     short: { data: 'd', batchSize: 'b', workers: 'j' },
     presets: PRESETS,
@@ -64,53 +48,37 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
-  const file = values.config ? readConfigFile(values.config as string) : {};
-  const flags = flagInput(spec.flags!, values);
-
-  const interrupt = onInterrupt('finishing the current step and writing a checkpoint');
-  let bar: Progress | undefined;
-  const log = (line: string) => (bar ? bar.log(line) : process.stderr.write(line + '\n'));
-  try {
-    const r = await pretrain([file, flags], {
+export const run = command(spec, async ({ values, positionals }) => {
+  noPositionals(positionals);
+  const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
+    pretrain(configLayers(spec, values), {
+      ...hooks,
       resume: values.resume as string | undefined,
-      onLog: log,
-      shouldStop: interrupt.stopRequested,
       onStep: (s: StepRecord, t) => {
-        bar ??= new Progress('pretrain', t.images, 'img');
         const cons = s.lossCons === null ? '' : ` cons ${s.lossCons.toFixed(4)}`;
         const share = s.vesselShare === null ? '' : ` vessel ${(100 * s.vesselShare).toFixed(0)}%`;
-        bar.update(t.imagesDone, t.imagesHere, `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`);
+        bar(t.images, 'img').update(
+          t.imagesDone,
+          t.imagesHere,
+          `epoch ${s.epoch} loss ${s.loss.toFixed(4)}${cons}${share}`,
+        );
       },
-    });
-    bar?.end();
-    const where = resolve(r.run);
-    if (r.status === 'interrupted') {
-      process.stderr.write(
-        `stopped at step ${r.step}; checkpoint ${r.checkpoint}\nresume with: vasomim pretrain --resume ${r.run}\n`,
-      );
-      return 130;
-    }
-    if (r.status === 'stopped') {
-      process.stdout.write(
-        `stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ` +
-          `${where}\n`,
-      );
-      return 0;
-    }
+    }),
+  );
+  const where = resolve(r.run);
+  if (r.status === 'interrupted') {
+    reportStop('pretrain', `at step ${r.step}`, r.checkpoint, r.run);
+    return 130;
+  }
+  if (r.status === 'stopped') {
     process.stdout.write(
-      `done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`,
+      `stopped after --max-steps at step ${r.step}; resume with: vasomim pretrain --resume ${r.run}\nrun folder: ` +
+        `${where}\n`,
     );
     return 0;
-  } finally {
-    bar?.end();
-    interrupt.dispose();
   }
-}
+  process.stdout.write(
+    `done: ${r.step} steps, ${r.epoch} epochs\nrun folder: ${where}\nencoder (timm): ${r.encoder}\n`,
+  );
+  return 0;
+});

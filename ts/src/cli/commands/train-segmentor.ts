@@ -7,12 +7,9 @@ import {
   SegmentorRunSchema,
   trainSegmentor,
 } from '../../train/segmentor.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { onInterrupt } from '../interrupt.js';
-import { Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
-
-const presetSummary = (p: { epochs?: number; batchSize?: number }) => `${p.epochs} epochs, batch ${p.batchSize}`;
+import { command, noPositionals, type CommandSpec } from '../args.js';
+import { presetSummary, reportStop, runLongJob } from '../long-job.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 
 export const spec: CommandSpec = {
   name: 'train-segmentor',
@@ -38,39 +35,24 @@ export const spec: CommandSpec = {
   examples: ['vasomim train-segmentor', 'vasomim train-segmentor --preset paper --data /data/XA-170K --name unext'],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
-  if (positionals.length)
-    throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])} (the dataset goes after --data)`);
-  const file = values.config ? readConfigFile(values.config as string) : {};
-  const flags = flagInput(spec.flags!, values);
-  const interrupt = onInterrupt('writing a checkpoint after this step');
-  let bar: Progress | undefined;
-  try {
-    const r = await trainSegmentor([file, flags], {
+export const run = command(spec, async ({ values, positionals }) => {
+  noPositionals(positionals);
+  const r = await runLongJob('train-segmentor', 'writing a checkpoint after this step', (hooks, bar) =>
+    trainSegmentor(configLayers(spec, values), {
+      ...hooks,
       resume: values.resume as string | undefined,
-      onLog: (l) => (bar ? bar.log(l) : process.stderr.write(l + '\n')),
-      shouldStop: interrupt.stopRequested,
-      onStep: (s, t) => {
-        bar ??= new Progress('train-segmentor', t.images, 'img');
-        bar.update(t.done, t.here, `epoch ${s.epoch} loss ${s.loss.toFixed(4)} dice ${s.dice.toFixed(3)}`);
-      },
-    });
-    bar?.end();
-    if (r.status === 'interrupted') {
-      process.stderr.write(
-        `stopped in epoch ${r.epoch}; checkpoint ${r.checkpoint}\nresume with: vasomim train-segmentor --resume ` +
-          `${r.run}\n`,
-      );
-      return 130;
-    }
-    process.stdout.write(`done: ${r.epoch} epochs\nrun folder: ${resolve(r.run)}\nsegmentor: ${r.segmentor}\n`);
-    return 0;
-  } finally {
-    interrupt.dispose();
+      onStep: (s, t) =>
+        bar(t.images, 'img').update(
+          t.done,
+          t.here,
+          `epoch ${s.epoch} loss ${s.loss.toFixed(4)} dice ${s.dice.toFixed(3)}`,
+        ),
+    }),
+  );
+  if (r.status === 'interrupted') {
+    reportStop('train-segmentor', `in epoch ${r.epoch}`, r.checkpoint, r.run);
+    return 130;
   }
-}
+  process.stdout.write(`done: ${r.epoch} epochs\nrun folder: ${resolve(r.run)}\nsegmentor: ${r.segmentor}\n`);
+  return 0;
+});

@@ -1,9 +1,9 @@
 // `vasomim vesselness <image> --out <file.npy|file.png>`: the raw filter response of one image.
 import { mergeConfig } from '../../config/pretrain.js';
-import { FilterSchema, formatZodError } from '../../config/vessels.js';
+import { FilterSchema, parseOptions } from '../../config/vessels.js';
 import { vesselnessToFile } from '../../vessels/api.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
@@ -40,12 +40,7 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length !== 1) throw new UsageError(`expected exactly one image, got ${positionals.length}`);
   const out = values.out as string | undefined;
   if (!out) throw new UsageError('--out <file.npy|file.png> is required');
@@ -54,20 +49,18 @@ export async function run(argv: string[]): Promise<number> {
   const precision = dtype === undefined ? undefined : { float32: 'f32', f32: 'f32', float64: 'f64', f64: 'f64' }[dtype];
   if (dtype !== undefined && !precision)
     throw new UsageError(`--dtype: ${JSON.stringify(dtype)} (expected float32 or float64)`);
-  const fromFile = values.config ? readConfigFile(values.config as string) : {};
-  const merged = { ...mergeConfig(fromFile, flagInput(spec.flags!, values)), ...(precision ? { precision } : {}) };
-  const parsed = FilterSchema.safeParse(merged);
-  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const merged = { ...mergeConfig(...configLayers(spec, values)), ...(precision ? { precision } : {}) };
+  const parsed = parseOptions(FilterSchema, merged, 'options');
   const image = positionals[0]!;
-  const r = await vesselnessToFile(image, out, parsed.data);
+  const r = await vesselnessToFile(image, out, parsed);
   const kind = out.toLowerCase().endsWith('.npy')
-    ? parsed.data.precision === 'f32'
+    ? parsed.precision === 'f32'
       ? 'float32'
       : 'float64'
     : 'display PNG';
   process.stdout.write(
-    `wrote ${out} (${r.height}x${r.width} ${kind}, ${parsed.data.filter} sigmas ${parsed.data.sigmas.join(',')}, ` +
+    `wrote ${out} (${r.height}x${r.width} ${kind}, ${parsed.filter} sigmas ${parsed.sigmas.join(',')}, ` +
       `max ${r.max.toPrecision(6)})\n`,
   );
   return 0;
-}
+});

@@ -1,14 +1,14 @@
 // `vasomim vessels [root]`: VasoMIM vessel maps for a dataset tree (or the bundled samples).
 import { join } from 'node:path';
 
-import { formatZodError, VesselsJobSchema, type VesselsJobInput } from '../../config/vessels.js';
+import { parseOptions, VesselsJobSchema, type VesselsJobInput } from '../../config/vessels.js';
 import { mergeConfig } from '../../config/pretrain.js';
 import { packageRoot } from '../../native.js';
 import { prepareVesselMaps } from '../../vessels/api.js';
-import { helpText, parseCommand, readConfigFile, UsageError, type CommandSpec } from '../args.js';
+import { command, UsageError, type CommandSpec } from '../args.js';
 import { onInterrupt } from '../interrupt.js';
 import { formatDuration, Progress } from '../progress.js';
-import { flagInput, schemaFlags } from '../schema-flags.js';
+import { configLayers, schemaFlags } from '../schema-flags.js';
 import { INPUT_NOTE } from './input-note.js';
 
 export const spec: CommandSpec = {
@@ -44,29 +44,22 @@ export const spec: CommandSpec = {
   ],
 };
 
-export async function run(argv: string[]): Promise<number> {
-  const { values, positionals } = parseCommand(spec, argv);
-  if (values.help) {
-    process.stdout.write(helpText(spec));
-    return 0;
-  }
+export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length > 1) throw new UsageError(`expected at most one root folder, got ${positionals.length}`);
-  const file = values.config ? readConfigFile(values.config as string) : {};
-  const job = mergeConfig(file, flagInput(spec.flags!, values)) as VesselsJobInput;
+  const job = mergeConfig(...configLayers(spec, values)) as VesselsJobInput;
   let root = positionals[0];
   if (root === undefined) {
     root = join(packageRoot(), 'data', 'samples');
     job.out ??= join('runs', 'vessel-maps');
   }
-  const parsed = VesselsJobSchema.safeParse(job);
-  if (!parsed.success) throw new UsageError(`invalid options:\n${formatZodError(parsed.error)}`);
+  const parsed = parseOptions(VesselsJobSchema, job, 'options');
 
   const interrupt = onInterrupt('finishing the files in flight');
   let progress: Progress | undefined;
   try {
     const summary = await prepareVesselMaps(
       root,
-      parsed.data,
+      parsed,
       (p) => {
         progress ??= new Progress('vessels', p.total);
         for (const r of p.recent) if (r.status === 'failed') progress.log(`error: ${r.input}: ${r.error}`);
@@ -76,7 +69,7 @@ export async function run(argv: string[]): Promise<number> {
     );
     progress?.end();
     const rate = summary.processed / Math.max(summary.seconds, 1e-9);
-    const where = parsed.data.out ?? 'beside the sources';
+    const where = parsed.out ?? 'beside the sources';
     process.stderr.write(
       `${summary.interrupted ? 'interrupted' : 'done'}: ${summary.processed} processed, ${summary.skipped} skipped, ` +
         `${summary.failed} failed` +
@@ -84,9 +77,9 @@ export async function run(argv: string[]): Promise<number> {
         ` in ${formatDuration(summary.seconds)} (${rate.toFixed(1)} img/s) from ${summary.sources.length} source ` +
         `folder(s); maps in ${where}\n`,
     );
-    if (values.json) process.stdout.write(JSON.stringify({ ...summary, out: parsed.data.out ?? null }) + '\n');
+    if (values.json) process.stdout.write(JSON.stringify({ ...summary, out: parsed.out ?? null }) + '\n');
     return summary.interrupted ? 130 : summary.failed > 0 ? 1 : 0;
   } finally {
     interrupt.dispose();
   }
-}
+});
