@@ -124,6 +124,12 @@ impl<T: Send + 'static> Shared<T> {
             .map_err(|_| failed(format!("{what} state is poisoned by an earlier panic")))
     }
 
+    /// A check of the caller's input on the locked object, before a Promise starts: its error is
+    /// a bad argument.
+    pub(crate) fn check<R>(&self, f: impl FnOnce(&T) -> candle_core::Result<R>) -> Result<R> {
+        f(&*self.lock()?).map_err(rejected)
+    }
+
     /// A Promise of `f` on the locked object; core errors reject it.
     pub(crate) fn task<J: ToNapiValue + TypeName + Send + 'static>(
         &self,

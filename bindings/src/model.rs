@@ -8,7 +8,6 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use vasomim_core::checkpoint::{LoadOptions, LoadReport};
 use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::optim::AdamWParams;
 use vasomim_core::trainer::pretrain::{MaskArrays, PretrainStats, PretrainTrainer, StepParams};
 
 use crate::{
@@ -40,34 +39,10 @@ pub struct LoadInfo {
     pub loop_state: Option<String>,
 }
 
-/// Per-step hyper-parameters, all explicit (defaults: the zod `StepOptionsSchema`); the
-/// learning-rate / weight-decay schedule is the caller's.
-#[napi(object)]
-pub struct StepOptions {
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub clip_grad: Option<f64>,
-    pub micro_batches: u32,
-    /// Weight of L_cons (0: off; > 0 needs an attached segmentor), in every step call.
-    pub cons_weight: f64,
-}
-
-fn step_params(o: &StepOptions) -> Result<StepParams> {
-    let p = StepParams {
-        adamw: AdamWParams {
-            lr: o.lr,
-            weight_decay: o.weight_decay,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-        },
-        clip_grad: o.clip_grad,
-        micro_batches: o.micro_batches as usize,
-        cons_weight: o.cons_weight,
-    };
+/// Per-step hyper-parameters (the zod `StepOptionsSchema`'s output, camelCase, AdamW fields flat);
+/// the learning-rate / weight-decay schedule is the caller's.
+fn step_params(options: serde_json::Value) -> Result<StepParams> {
+    let p: StepParams = config_from_js(options, "step options")?;
     p.validate().map_err(rejected)?;
     Ok(p)
 }
@@ -173,15 +148,12 @@ impl Model {
 
     fn masks(&self, b: usize, k: &[u32], r: &[u32], m: &[f32]) -> Result<Masks> {
         let masks = Masks::new(k, r, m);
-        self.state
-            .lock()?
-            .check_masking(b, masks.arrays())
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_masking(b, masks.arrays()))?;
         Ok(masks)
     }
 
     fn batch_of(&self, len: usize) -> Result<usize> {
-        self.state.lock()?.batch_of(len).map_err(rejected)
+        self.state.check(|t| t.batch_of(len))
     }
 }
 
@@ -291,17 +263,23 @@ impl Model {
     /// One pre-training step on `images` (B, C, S, S normalised) with the caller's masking:
     /// `idsKeep` (B, K), `idsRestore` (B, L), `mask` (B, L; 1 = masked). Same step as
     /// `trainBatch` (L_cons included when consWeight > 0).
-    #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "images: Float32Array, idsKeep: Uint32Array, idsRestore: Uint32Array, \
+            mask: Float32Array, options: { lr: number; weightDecay: number; beta1: number; beta2: number; eps: number; \
+            clipGrad?: number; microBatches: number; consWeight: number }",
+        ts_return_type = "Promise<StepResult>"
+    )]
     pub fn train_step(
         &self,
         images: Float32Array,
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-        options: StepOptions,
+        options: serde_json::Value,
     ) -> Result<Pending<StepResult>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
-        let (p, images) = (step_params(&options)?, images.to_vec());
+        let (p, images) = (step_params(options)?, images.to_vec());
         Ok(self.state.task("Model.trainStep", move |t| {
             let s = t.step(&images, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
@@ -310,21 +288,24 @@ impl Model {
 
     /// One VasoMIM pre-training step on a loader batch (images never cross into JS) with the
     /// caller's masking; P of a preceding `guidance` call on the same batch is reused.
-    #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "batch: Batch, idsKeep: Uint32Array, idsRestore: Uint32Array, \
+            mask: Float32Array, options: { lr: number; weightDecay: number; beta1: number; beta2: number; eps: number; \
+            clipGrad?: number; microBatches: number; consWeight: number }",
+        ts_return_type = "Promise<StepResult>"
+    )]
     pub fn train_batch(
         &self,
         batch: &crate::data::Batch,
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-        options: StepOptions,
+        options: serde_json::Value,
     ) -> Result<Pending<StepResult>> {
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let masks = self.masks(batch.inner.n, &ids_keep, &ids_restore, &mask)?;
-        let (p, b) = (step_params(&options)?, batch.inner.clone());
+        let (p, b) = (step_params(options)?, batch.inner.clone());
         Ok(self.state.task("Model.trainBatch", move |t| {
             let s = t.step_batch(&b, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
@@ -341,10 +322,7 @@ impl Model {
         eta: f64,
         with_prob: Option<bool>,
     ) -> Result<Pending<GuidanceResult>> {
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         if !(0.0..=1.0).contains(&eta) {
             return Err(invalid(format!("eta = {eta} must be in [0, 1]")));
         }

@@ -278,10 +278,7 @@ impl SegmentationModel {
         options: SegmentationStepOptions,
     ) -> Result<Pending<SegmentationStepResult>> {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, o) = (batch.inner.clone(), options);
         Ok(self
             .state
@@ -301,11 +298,8 @@ impl SegmentationModel {
         options: SegmentationStepOptions,
     ) -> Result<Pending<SegmentationStepResult>> {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
-        {
-            let s = self.state.lock()?;
-            let b = s.batch_of(&images).map_err(rejected)?;
-            s.check_maps(&maps, b).map_err(rejected)?;
-        }
+        self.state
+            .check(|t| t.check_maps(&maps, t.batch_of(&images)?))?;
         let (x, m, o) = (images.to_vec(), maps.to_vec(), options);
         Ok(self.state.task("SegmentationModel.trainStep", move |t| {
             let l = t.step_arrays(&x, &m, o.lr, o.weight_decay)?;
@@ -316,7 +310,7 @@ impl SegmentationModel {
     /// Eval-mode probabilities (B, K, S, S) of normalised images (B, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
     pub fn predict(&self, images: Float32Array) -> Result<Pending<Float32Array>> {
-        self.state.lock()?.batch_of(&images).map_err(rejected)?;
+        self.state.check(|t| t.batch_of(&images))?;
         let x = images.to_vec();
         Ok(self.state.task("SegmentationModel.predict", move |t| {
             Ok(t.predict_arrays(&x)?.into())

@@ -185,11 +185,7 @@ impl Segmentor {
             .size
             .ok_or_else(|| crate::invalid("size: the image side of flat arrays is required"))?;
         let hw = dims(size, options.width)?;
-        let b = self
-            .state
-            .lock()?
-            .batch_of(&images, hw.0, hw.1)
-            .map_err(rejected)?;
+        let b = self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         check_masks(&masks, b, hw.0, hw.1).map_err(rejected)?;
         let (x, y, lr) = (images.to_vec(), masks.to_vec(), options.lr);
         Ok(self.state.task("Segmentor.trainStep", move |t| {
@@ -206,10 +202,7 @@ impl Segmentor {
         options: SegmentorStepOptions,
     ) -> Result<Pending<SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, lr) = (batch.inner.clone(), options.lr);
         Ok(self.state.task("Segmentor.trainStepBatch", move |t| {
             Ok(step_result(t.step_batch(&b, lr)?, t.step))
@@ -224,10 +217,7 @@ impl Segmentor {
         options: SegmentorImageOptions,
     ) -> Result<Pending<Float32Array>> {
         let hw = dims(options.size, options.width)?;
-        self.state
-            .lock()?
-            .batch_of(&images, hw.0, hw.1)
-            .map_err(rejected)?;
+        self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         let x = images.to_vec();
         Ok(self.state.task("Segmentor.predict", move |t| {
             Ok(t.predict_arrays(&x, hw)?.into())
