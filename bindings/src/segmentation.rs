@@ -6,6 +6,7 @@ use std::path::Path;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use serde::Deserialize;
 use vasomim_core::nn::segmentation::SegmentationConfig;
 use vasomim_core::trainer::segmentation::{
     check_step_options, PretrainedInit, SegmentationLoss, SegmentationTrainer, LAYER_DECAY,
@@ -25,21 +26,14 @@ pub struct SegmentationCreateOptions {
     pub device: Option<String>,
 }
 
-/// Fine-tuning from a pre-trained checkpoint: the encoder's shape comes from the file.
-#[napi(object)]
-pub struct PretrainedOptions {
-    pub num_classes: u32,
-    pub head_scale: f64,
-    pub drop_path: f64,
-    /// Input side (the position embedding is resampled when it differs from the file's).
-    pub img_size: Option<u32>,
-    /// Input channels (the patch embedding is adapted 3 ↔ 1 when they differ).
-    pub in_chans: Option<u32>,
-    /// Preset name for a bare file whose shapes do not name one.
-    pub preset: Option<String>,
-    pub layer_decay: Option<f64>,
-    /// `cpu` (default), `cuda` or `cuda:N`.
-    pub device: Option<String>,
+/// Fine-tuning from a pre-trained checkpoint (the encoder's shape comes from the file): the
+/// core's `PretrainedInit` and the device.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PretrainedOptions {
+    #[serde(flatten)]
+    init: PretrainedInit,
+    device: Option<String>,
 }
 
 #[napi(object)]
@@ -171,23 +165,21 @@ impl SegmentationModel {
 
     /// A new model whose encoder is read from a pre-trained checkpoint (ours, `encoder.safetensors`
     /// of `vasomim pretrain`, MAE `.pth`, timm safetensors); the head is initialised from `seed`.
-    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationModel>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "path: string, options: { numClasses: number; headScale: number; \
+            dropPath: number; imgSize?: number; inChans?: number; preset?: string; \
+            layerDecay?: number; device?: string }, seed?: number | undefined | null",
+        ts_return_type = "Promise<SegmentationModel>"
+    )]
     pub fn from_pretrained(
         path: String,
-        options: PretrainedOptions,
+        options: serde_json::Value,
         seed: Option<i64>,
     ) -> Result<Pending<SegmentationModel>> {
-        let o = options;
-        let init = PretrainedInit {
-            num_classes: o.num_classes as usize,
-            head_scale: o.head_scale,
-            drop_path: o.drop_path,
-            img_size: o.img_size.map(|v| v as usize),
-            in_chans: o.in_chans.map(|v| v as usize),
-            preset: o.preset,
-            layer_decay: layer_decay(o.layer_decay)?,
-        };
-        let (dev, seed) = (device(o.device)?, seed.unwrap_or(0) as u64);
+        let o: PretrainedOptions = config_from_js(options, "pretrained options")?;
+        layer_decay(Some(o.init.layer_decay))?;
+        let (init, dev, seed) = (o.init, device(o.device)?, seed.unwrap_or(0) as u64);
         Ok(job("SegmentationModel.fromPretrained", move || {
             let (t, r) = SegmentationTrainer::from_pretrained(Path::new(&path), &init, seed, &dev)
                 .map_err(crate::err)?;
