@@ -110,7 +110,7 @@ pub struct LoaderConfig {
 /// integer a JS number holds exactly.
 fn js_seed<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let v = f64::deserialize(d)?;
-    if !(v >= 0.0 && v < 9007199254740992.0 && v.fract() == 0.0) {
+    if !((0.0..9007199254740992.0).contains(&v) && v.fract() == 0.0) {
         let msg = format!("seed must be an integer in [0, 2^53), got {v}");
         return Err(serde::de::Error::custom(msg));
     }
