@@ -11,11 +11,12 @@ use vasomim_core::data::check::probe_many;
 use vasomim_core::data::{self as core, EpochIter};
 use vasomim_core::frames::extract_frames;
 
-use crate::{failed, invalid, job, Pending};
+use crate::{config_from_js, failed, invalid, job, Pending};
 
 // ---- probes ------------------------------------------------------------------------------
 
 #[napi(object)]
+#[derive(Default)]
 pub struct ProbeResult {
     pub path: String,
     pub ok: bool,
@@ -26,16 +27,16 @@ pub struct ProbeResult {
     pub format: String,
 }
 
-fn probe_results(
-    (out, paths): (
-        Vec<std::result::Result<vasomim_core::io::ImageInfo, String>>,
-        Vec<String>,
-    ),
-) -> Result<Vec<ProbeResult>> {
-    Ok(out
-        .into_iter()
-        .zip(paths)
-        .map(|(r, path)| match r {
+type Probe = std::result::Result<vasomim_core::io::ImageInfo, String>;
+
+/// Image size and frame count of every file from its header (`decode`: also decode the first
+/// frame's pixels), on `threads` workers (0 = all cores). One result per path, in order.
+#[napi(catch_unwind, ts_return_type = "Promise<Array<ProbeResult>>")]
+pub fn probe_images(paths: Vec<String>, decode: bool, threads: u32) -> Pending<Vec<ProbeResult>> {
+    job("probeImages", move || {
+        let files = paths.iter().map(PathBuf::from).collect();
+        let out = probe_many(files, decode, threads as usize).map_err(invalid)?;
+        let result = |(r, path): (Probe, String)| match r {
             Ok(i) => ProbeResult {
                 path,
                 ok: true,
@@ -47,34 +48,11 @@ fn probe_results(
             },
             Err(e) => ProbeResult {
                 path,
-                ok: false,
                 error: Some(e),
-                width: 0,
-                height: 0,
-                frames: 0,
-                format: String::new(),
+                ..Default::default()
             },
-        })
-        .collect())
-}
-
-type Probes = (
-    Vec<std::result::Result<vasomim_core::io::ImageInfo, String>>,
-    Vec<String>,
-);
-
-/// Image size and frame count of every file from its header (`decode`: also decode the first
-/// frame's pixels), on `threads` workers (0 = all cores). One result per path, in order.
-#[napi(catch_unwind, ts_return_type = "Promise<Array<ProbeResult>>")]
-pub fn probe_images(
-    paths: Vec<String>,
-    decode: bool,
-    threads: u32,
-) -> Pending<Probes, Vec<ProbeResult>> {
-    job("probeImages", probe_results, move || {
-        let files = paths.iter().map(PathBuf::from).collect();
-        let out = probe_many(files, decode, threads as usize).map_err(invalid)?;
-        Ok((out, paths))
+        };
+        Ok(out.into_iter().zip(paths).map(result).collect())
     })
 }
 
@@ -88,18 +66,6 @@ pub struct FrameFile {
     pub height: u32,
 }
 
-fn frame_files(out: Vec<vasomim_core::frames::FrameFile>) -> Result<Vec<FrameFile>> {
-    Ok(out
-        .into_iter()
-        .map(|f| FrameFile {
-            frame: f.frame as u32,
-            path: f.path.to_string_lossy().into_owned(),
-            width: f.width as u32,
-            height: f.height as u32,
-        })
-        .collect())
-}
-
 /// Every frame of `input` (DICOM cine or any image) as 8-bit PNG `<outDir>/<stem>_<k>.png`.
 #[napi(catch_unwind, ts_return_type = "Promise<Array<FrameFile>>")]
 pub fn extract_frames_to_png(
@@ -107,19 +73,23 @@ pub fn extract_frames_to_png(
     out_dir: String,
     stem: String,
     overwrite: bool,
-) -> Pending<Vec<vasomim_core::frames::FrameFile>, Vec<FrameFile>> {
-    job("extractFrames", frame_files, move || {
-        extract_frames(input.as_ref(), out_dir.as_ref(), &stem, overwrite)
-            .map_err(|e| failed(format!("{input}: {e}")))
+) -> Pending<Vec<FrameFile>> {
+    job("extractFrames", move || {
+        let out = extract_frames(input.as_ref(), out_dir.as_ref(), &stem, overwrite)
+            .map_err(|e| failed(format!("{input}: {e}")))?;
+        let file = |f: vasomim_core::frames::FrameFile| FrameFile {
+            frame: f.frame as u32,
+            path: f.path.to_string_lossy().into_owned(),
+            width: f.width as u32,
+            height: f.height as u32,
+        };
+        Ok(out.into_iter().map(file).collect())
     })
 }
 
 /// Decode frame `frame` of a file to grey (8-bit units; DICOM display mapping).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_frame(
-    path: String,
-    frame: u32,
-) -> Pending<vasomim_core::GreyImage, crate::DecodedImage> {
+pub fn read_frame(path: String, frame: u32) -> Pending<crate::DecodedImage> {
     crate::read_frame_job(path, frame as usize)
 }
 
@@ -130,37 +100,6 @@ pub struct SampleInput {
     pub image: String,
     pub map: Option<String>,
     pub frame: Option<u32>,
-}
-
-/// Loader options (validated again here; the TS layer parses them with zod first).
-#[napi(object)]
-pub struct NativeLoaderOptions {
-    pub batch_size: u32,
-    /// Integer in [0, 2^53).
-    pub seed: f64,
-    pub shuffle: bool,
-    pub drop_last: bool,
-    pub rank: u32,
-    pub world: u32,
-    pub workers: u32,
-    pub prefetch: u32,
-    pub size: u32,
-    pub random_crop: bool,
-    pub scale: Vec<f64>,
-    pub ratio: Vec<f64>,
-    pub hflip: f64,
-    pub mean: Vec<f64>,
-    pub std: Vec<f64>,
-}
-
-fn pair(v: &[f64], what: &str) -> Result<(f64, f64)> {
-    match v {
-        [a, b] => Ok((*a, *b)),
-        _ => Err(invalid(format!(
-            "{what} must have two values, got {}",
-            v.len()
-        ))),
-    }
 }
 
 #[napi(object)]
@@ -261,8 +200,10 @@ pub struct Loader {
     iter: IterSlot,
 }
 
-fn batch(b: Option<core::Batch>) -> Result<Option<Batch>> {
-    Ok(b.map(|b| Batch { inner: Arc::new(b) }))
+impl Batch {
+    fn new(b: core::Batch) -> Self {
+        Batch { inner: Arc::new(b) }
+    }
 }
 
 /// Drop an epoch iterator off the JS thread: it joins workers finishing their batch.
@@ -279,35 +220,17 @@ fn drop_later(slot: &IterSlot, new: Option<EpochIter>) -> Result<()> {
 
 #[napi]
 impl Loader {
-    #[napi(constructor)]
-    pub fn new(samples: Vec<SampleInput>, options: NativeLoaderOptions) -> Result<Self> {
-        let o = &options;
-        if !(o.seed >= 0.0 && o.seed < 9007199254740992.0 && o.seed.fract() == 0.0) {
-            return Err(invalid(format!(
-                "seed must be an integer in [0, 2^53), got {}",
-                o.seed
-            )));
-        }
-        let augment = core::Augment {
-            size: o.size as usize,
-            random_crop: o.random_crop,
-            scale: pair(&o.scale, "scale")?,
-            ratio: pair(&o.ratio, "ratio")?,
-            hflip: o.hflip,
-            mean: o.mean.iter().map(|&v| v as f32).collect(),
-            std: o.std.iter().map(|&v| v as f32).collect(),
-        };
-        let config = core::LoaderConfig {
-            batch_size: o.batch_size as usize,
-            seed: o.seed as u64,
-            shuffle: o.shuffle,
-            drop_last: o.drop_last,
-            rank: o.rank as usize,
-            world: o.world as usize,
-            workers: o.workers as usize,
-            prefetch: o.prefetch as usize,
-            augment,
-        };
+    /// `options`: the core `LoaderConfig` (camelCase, `augment` nested); errors name the field.
+    #[napi(
+        constructor,
+        ts_args_type = "samples: Array<SampleInput>, options: { batchSize: number; seed: number; \
+            shuffle: boolean; dropLast: boolean; rank: number; world: number; workers: number; \
+            prefetch: number; augment: { size: number; randomCrop: boolean; \
+            scale: [number, number]; ratio: [number, number]; hflip: number; mean: number[]; \
+            std: number[] } }"
+    )]
+    pub fn new(samples: Vec<SampleInput>, options: serde_json::Value) -> Result<Self> {
+        let config = config_from_js(options, "loader options")?;
         let samples = samples
             .into_iter()
             .map(|s| core::Sample {
@@ -368,26 +291,24 @@ impl Loader {
 
     /// The next batch of the current epoch, or null at its end.
     #[napi(ts_return_type = "Promise<Batch | null>")]
-    pub fn next(&self) -> Pending<Option<core::Batch>, Option<Batch>> {
+    pub fn next(&self) -> Pending<Option<Batch>> {
         let iter = self.iter.clone();
-        job("Loader.next", batch, move || {
+        job("Loader.next", move || {
             let mut slot = iter.lock().map_err(|_| failed("loader state poisoned"))?;
             let it = slot.as_mut().ok_or_else(|| {
                 invalid("no epoch started: call startEpoch(epoch, startBatch) first")
             })?;
-            it.next().transpose().map_err(failed)
+            Ok(it.next().transpose().map_err(failed)?.map(Batch::new))
         })
     }
 
     /// Build batch `index` of `epoch` on the calling pool thread (no prefetch; for checks).
     #[napi(ts_return_type = "Promise<Batch>")]
-    pub fn batch_at(&self, epoch: u32, index: u32) -> Pending<Option<core::Batch>, Option<Batch>> {
+    pub fn batch_at(&self, epoch: u32, index: u32) -> Pending<Batch> {
         let loader = self.inner.clone();
-        job("Loader.batchAt", batch, move || {
-            loader
-                .batch(epoch as u64, index as usize)
-                .map(Some)
-                .map_err(invalid)
+        job("Loader.batchAt", move || {
+            let b = loader.batch(epoch as u64, index as usize);
+            b.map(Batch::new).map_err(invalid)
         })
     }
 

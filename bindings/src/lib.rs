@@ -80,28 +80,26 @@ pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
     })
 }
 
-type Work<O> = Box<dyn FnOnce() -> Result<O> + Send>;
+type Work<T> = Box<dyn FnOnce() -> Result<T> + Send>;
 
-/// One Promise: `work` runs once on the libuv pool (guarded, named), `to_js` turns its output
-/// into the JS value on the main thread.
-pub struct Job<O, J> {
+/// One Promise: `work` runs once on the libuv pool (guarded, named); its output is the JS value.
+pub struct Job<T> {
     name: &'static str,
-    work: Option<Work<O>>,
-    to_js: fn(O) -> Result<J>,
+    work: Option<Work<T>>,
 }
 
-impl<O: Send + 'static, J: ToNapiValue + TypeName> Task for Job<O, J> {
-    type Output = O;
-    type JsValue = J;
-    fn compute(&mut self) -> Result<O> {
+impl<T: ToNapiValue + TypeName + Send + 'static> Task for Job<T> {
+    type Output = T;
+    type JsValue = T;
+    fn compute(&mut self) -> Result<T> {
         let work = self
             .work
             .take()
             .ok_or_else(|| failed(format!("{} ran twice", self.name)))?;
         guarded(self.name, work)
     }
-    fn resolve(&mut self, _env: Env, out: O) -> Result<J> {
-        (self.to_js)(out)
+    fn resolve(&mut self, _env: Env, out: T) -> Result<T> {
+        Ok(out)
     }
 }
 
@@ -121,42 +119,41 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, T>> {
-        self.inner.lock().map_err(|_| {
-            failed(format!(
-                "{} state is poisoned by an earlier panic",
-                self.what
-            ))
-        })
+        let what = self.what;
+        (self.inner.lock())
+            .map_err(|_| failed(format!("{what} state is poisoned by an earlier panic")))
+    }
+
+    /// A check of the caller's input on the locked object, before a Promise starts: its error is
+    /// a bad argument.
+    pub(crate) fn check<R>(&self, f: impl FnOnce(&T) -> candle_core::Result<R>) -> Result<R> {
+        f(&*self.lock()?).map_err(rejected)
     }
 
     /// A Promise of `f` on the locked object; core errors reject it.
-    pub(crate) fn task<O: Send + 'static, J: ToNapiValue + TypeName>(
+    pub(crate) fn task<J: ToNapiValue + TypeName + Send + 'static>(
         &self,
         name: &'static str,
-        to_js: fn(O) -> Result<J>,
-        f: impl FnOnce(&mut T) -> candle_core::Result<O> + Send + 'static,
-    ) -> Pending<O, J> {
-        let me = Shared {
-            inner: self.inner.clone(),
-            what: self.what,
-        };
-        job(name, to_js, move || f(&mut *me.lock()?).map_err(err))
+        f: impl FnOnce(&mut T) -> candle_core::Result<J> + Send + 'static,
+    ) -> Pending<J> {
+        let (inner, what) = (self.inner.clone(), self.what);
+        job(name, move || {
+            f(&mut *Shared { inner, what }.lock()?).map_err(err)
+        })
     }
 }
 
-/// A Promise of JS value `J` computed as `O` on the pool.
-pub type Pending<O, J> = AsyncTask<Job<O, J>>;
+/// A Promise of JS value `J` computed on the pool.
+pub type Pending<J> = AsyncTask<Job<J>>;
 
 /// A [`Job`] as the `AsyncTask` napi returns to JS.
-pub(crate) fn job<O: Send + 'static, J: ToNapiValue + TypeName>(
+pub(crate) fn job<J: ToNapiValue + TypeName + Send + 'static>(
     name: &'static str,
-    to_js: fn(O) -> Result<J>,
-    work: impl FnOnce() -> Result<O> + Send + 'static,
-) -> Pending<O, J> {
+    work: impl FnOnce() -> Result<J> + Send + 'static,
+) -> Pending<J> {
     AsyncTask::new(Job {
         name,
         work: Some(Box::new(work)),
-        to_js,
     })
 }
 
@@ -253,46 +250,25 @@ fn check_pixels(len: usize, width: u32, height: u32) -> Result<()> {
     Ok(())
 }
 
-fn decoded(img: vasomim_core::GreyImage) -> Result<DecodedImage> {
-    Ok(DecodedImage {
-        width: img.width as u32,
-        height: img.height as u32,
-        bit_depth: img.bit_depth as u32,
-        channels: img.channels as u32,
-        pixels: Float32Array::new(img.pixels),
-    })
-}
-
 /// Frame `frame` of a file as a Promise of its grey image; behind `readImage` and `readFrame`.
-pub(crate) fn read_frame_job(
-    path: String,
-    frame: usize,
-) -> Pending<vasomim_core::GreyImage, DecodedImage> {
-    job("readImage", decoded, move || {
-        vasomim_core::io::read_frame(path.as_ref(), frame)
-            .map_err(|e| failed(format!("{path}: {e}")))
+pub(crate) fn read_frame_job(path: String, frame: usize) -> Pending<DecodedImage> {
+    job("readImage", move || {
+        let img = vasomim_core::io::read_frame(path.as_ref(), frame)
+            .map_err(|e| failed(format!("{path}: {e}")))?;
+        Ok(DecodedImage {
+            width: img.width as u32,
+            height: img.height as u32,
+            bit_depth: img.bit_depth as u32,
+            channels: img.channels as u32,
+            pixels: img.pixels.into(),
+        })
     })
 }
 
 /// Decode an image file to grey (8-bit units).
 #[napi(catch_unwind, ts_return_type = "Promise<DecodedImage>")]
-pub fn read_image(path: String) -> Pending<vasomim_core::GreyImage, DecodedImage> {
+pub fn read_image(path: String) -> Pending<DecodedImage> {
     read_frame_job(path, 0)
-}
-
-fn vesselness_result((r, width, height): (Response, u32, u32)) -> Result<VesselnessResult> {
-    let max = r.max();
-    let (dtype, data) = match r {
-        Response::F32(v) => ("float32", Either::A(Float32Array::new(v))),
-        Response::F64(v) => ("float64", Either::B(Float64Array::new(v))),
-    };
-    Ok(VesselnessResult {
-        width,
-        height,
-        dtype: dtype.into(),
-        data,
-        max,
-    })
 }
 
 /// Raw vesselness response of a grey image given as pixels (row-major, 8-bit units).
@@ -302,17 +278,26 @@ pub fn vesselness(
     width: u32,
     height: u32,
     options: FilterOptions,
-) -> Result<Pending<(Response, u32, u32), VesselnessResult>> {
+) -> Result<Pending<VesselnessResult>> {
     check_pixels(pixels.len(), width, height)?;
-    let (params, prec, px) = (
-        filter_params(&options)?,
-        precision(&options.precision)?,
-        pixels.to_vec(),
-    );
-    Ok(job("vesselness", vesselness_result, move || {
-        let r =
-            response_of(&px, height as usize, width as usize, &params, prec).map_err(invalid)?;
-        Ok((r, width, height))
+    let (params, prec) = (filter_params(&options)?, precision(&options.precision)?);
+    let px = pixels.to_vec();
+    Ok(job("vesselness", move || {
+        let (h, w) = (height as usize, width as usize);
+        let r = response_of(&px, h, w, &params, prec).map_err(invalid)?;
+        let max = r.max();
+        let (dtype, data) = match r {
+            Response::F32(v) => ("float32", Either::A(v.into())),
+            Response::F64(v) => ("float64", Either::B(v.into())),
+        };
+        let dtype = dtype.into();
+        Ok(VesselnessResult {
+            width,
+            height,
+            dtype,
+            data,
+            max,
+        })
     }))
 }
 
@@ -323,16 +308,13 @@ pub fn vesselness_file(
     input: String,
     output: String,
     options: FilterOptions,
-) -> Result<Pending<FileResult, FileResult>> {
+) -> Result<Pending<FileResult>> {
     let (params, prec) = (filter_params(&options)?, precision(&options.precision)?);
-    Ok(job("vesselnessFile", Ok, move || {
+    Ok(job("vesselnessFile", move || {
         let (w, h, max) =
             core_file(input.as_ref(), output.as_ref(), &params, prec).map_err(failed)?;
-        Ok(FileResult {
-            width: w as u32,
-            height: h as u32,
-            max,
-        })
+        let (width, height) = (w as u32, h as u32);
+        Ok(FileResult { width, height, max })
     }))
 }
 
@@ -352,30 +334,13 @@ pub fn vessel_map(
     height: u32,
     filter: FilterOptions,
     map: MapOptions,
-) -> Result<Pending<Vec<u8>, Uint8Array>> {
+) -> Result<Pending<Uint8Array>> {
     check_pixels(pixels.len(), width, height)?;
     let (job_, px) = (map_job(&filter, &map)?, pixels.to_vec());
-    Ok(job(
-        "vesselMap",
-        |m| Ok(Uint8Array::new(m)),
-        move || map_of(&px, height as usize, width as usize, &job_).map_err(invalid),
-    ))
-}
-
-fn map_outcomes(out: Vec<vasomim_core::vessels::Outcome>) -> Result<Vec<MapOutcome>> {
-    Ok(out
-        .into_iter()
-        .map(|o| MapOutcome {
-            input: o.input.to_string_lossy().into_owned(),
-            output: o.output.to_string_lossy().into_owned(),
-            ok: o.error.is_none(),
-            error: o.error,
-            width: o.width as u32,
-            height: o.height as u32,
-            vessel_pixels: o.vessel_pixels as u32,
-            millis: o.millis,
-        })
-        .collect())
+    Ok(job("vesselMap", move || {
+        let m = map_of(&px, height as usize, width as usize, &job_).map_err(invalid)?;
+        Ok(m.into())
+    }))
 }
 
 /// Vessel maps for many files on `threads` workers (0 = all cores); one outcome per pair,
@@ -386,14 +351,26 @@ pub fn vessel_map_files(
     filter: FilterOptions,
     map: MapOptions,
     threads: u32,
-) -> Result<Pending<Vec<vasomim_core::vessels::Outcome>, Vec<MapOutcome>>> {
+) -> Result<Pending<Vec<MapOutcome>>> {
     let job_ = map_job(&filter, &map)?;
     let pairs: Vec<(PathBuf, PathBuf)> = pairs
         .into_iter()
         .map(|p| (p.input.into(), p.output.into()))
         .collect();
-    Ok(job("vesselMapFiles", map_outcomes, move || {
-        vessel_maps(pairs, &job_, threads as usize).map_err(invalid)
+    let name = |p: PathBuf| p.to_string_lossy().into_owned();
+    Ok(job("vesselMapFiles", move || {
+        let out = vessel_maps(pairs, &job_, threads as usize).map_err(invalid)?;
+        let outcome = |o: vessels_core::Outcome| MapOutcome {
+            input: name(o.input),
+            output: name(o.output),
+            ok: o.error.is_none(),
+            error: o.error,
+            width: o.width as u32,
+            height: o.height as u32,
+            vessel_pixels: o.vessel_pixels as u32,
+            millis: o.millis,
+        };
+        Ok(out.into_iter().map(outcome).collect())
     }))
 }
 

@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Tensor;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use vasomim_core::checkpoint::{LoadOptions, LoadReport};
 use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::optim::AdamWParams;
 use vasomim_core::trainer::pretrain::{MaskArrays, PretrainStats, PretrainTrainer, StepParams};
 
 use crate::{
@@ -39,34 +39,10 @@ pub struct LoadInfo {
     pub loop_state: Option<String>,
 }
 
-/// Per-step hyper-parameters, all explicit (defaults: the zod `StepOptionsSchema`); the
-/// learning-rate / weight-decay schedule is the caller's.
-#[napi(object)]
-pub struct StepOptions {
-    pub lr: f64,
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub clip_grad: Option<f64>,
-    pub micro_batches: u32,
-    /// Weight of L_cons (0: off; > 0 needs an attached segmentor), in every step call.
-    pub cons_weight: f64,
-}
-
-fn step_params(o: &StepOptions) -> Result<StepParams> {
-    let p = StepParams {
-        adamw: AdamWParams {
-            lr: o.lr,
-            weight_decay: o.weight_decay,
-            beta1: o.beta1,
-            beta2: o.beta2,
-            eps: o.eps,
-        },
-        clip_grad: o.clip_grad,
-        micro_batches: o.micro_batches as usize,
-        cons_weight: o.cons_weight,
-    };
+/// Per-step hyper-parameters (the zod `StepOptionsSchema`'s output, camelCase, AdamW fields flat);
+/// the learning-rate / weight-decay schedule is the caller's.
+fn step_params(options: serde_json::Value) -> Result<StepParams> {
+    let p: StepParams = config_from_js(options, "step options")?;
     p.validate().map_err(rejected)?;
     Ok(p)
 }
@@ -134,12 +110,12 @@ fn step_result(s: PretrainStats, step: u64) -> StepResult {
     }
 }
 
-fn features(data: Vec<f32>, d: usize) -> Result<Features> {
-    let n = data.len() / (2 * d);
-    Ok(Features {
-        data: Float32Array::new(data),
-        shape: vec![n as u32, 2, d as u32],
-    })
+fn features(data: Vec<f32>, d: usize) -> Features {
+    let shape = vec![(data.len() / (2 * d)) as u32, 2, d as u32];
+    Features {
+        data: data.into(),
+        shape,
+    }
 }
 
 fn load_info(r: LoadReport, step: u64, loop_state: Option<String>) -> LoadInfo {
@@ -172,15 +148,12 @@ impl Model {
 
     fn masks(&self, b: usize, k: &[u32], r: &[u32], m: &[f32]) -> Result<Masks> {
         let masks = Masks::new(k, r, m);
-        self.state
-            .lock()?
-            .check_masking(b, masks.arrays())
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_masking(b, masks.arrays()))?;
         Ok(masks)
     }
 
     fn batch_of(&self, len: usize) -> Result<usize> {
-        self.state.lock()?.batch_of(len).map_err(rejected)
+        self.state.check(|t| t.batch_of(len))
     }
 }
 
@@ -210,7 +183,7 @@ impl Model {
 
     /// Load a checkpoint (ours, timm safetensors, MAE `.pth`); see `loadInfo`.
     #[napi(catch_unwind, ts_return_type = "Promise<Model>")]
-    pub fn load(path: String, options: Option<LoadModelOptions>) -> Result<Pending<Model, Model>> {
+    pub fn load(path: String, options: Option<LoadModelOptions>) -> Result<Pending<Model>> {
         let o = options.unwrap_or_default();
         let dev = device(o.device)?;
         let opts = LoadOptions {
@@ -219,7 +192,7 @@ impl Model {
             in_chans: o.in_chans.map(|v| v as usize),
         };
         let frozen = o.frozen.unwrap_or_default();
-        Ok(job("Model.load", Ok, move || {
+        Ok(job("Model.load", move || {
             let l = PretrainTrainer::load(Path::new(&path), &opts, &frozen, &dev)
                 .map_err(crate::err)?;
             let info = load_info(l.report, l.trainer.step, l.loop_state);
@@ -258,32 +231,31 @@ impl Model {
 
     /// Save parameters, position buffers, optimizer state, config and step (safetensors).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String) -> Pending<(), ()> {
+    pub fn save(&self, path: String) -> Pending<()> {
         self.state
-            .task("Model.save", Ok, move |t| t.save(Path::new(&path), None))
+            .task("Model.save", move |t| t.save(Path::new(&path), None))
     }
 
     /// Save like `save`, with the training loop's state (a JSON string) in the same file.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save_training(&self, path: String, loop_state: String) -> Pending<(), ()> {
-        self.state.task("Model.saveTraining", Ok, move |t| {
+    pub fn save_training(&self, path: String, loop_state: String) -> Pending<()> {
+        self.state.task("Model.saveTraining", move |t| {
             t.save(Path::new(&path), Some(&loop_state))
         })
     }
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn export_timm(&self, path: String) -> Pending<(), ()> {
-        self.state.task("Model.exportTimm", Ok, move |t| {
-            t.export_timm(Path::new(&path))
-        })
+    pub fn export_timm(&self, path: String) -> Pending<()> {
+        self.state
+            .task("Model.exportTimm", move |t| t.export_timm(Path::new(&path)))
     }
 
     /// Attach the frozen vessel segmentor S (a UNeXt-S checkpoint: ours, the authors'
     /// `unext.pth`, or one under `seg_model.`), used in eval mode for the guidance map and L_cons.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn attach_segmentor(&self, path: String) -> Pending<(), ()> {
-        self.state.task("Model.attachSegmentor", Ok, move |t| {
+    pub fn attach_segmentor(&self, path: String) -> Pending<()> {
+        self.state.task("Model.attachSegmentor", move |t| {
             t.attach_segmentor(Path::new(&path))
         })
     }
@@ -291,18 +263,24 @@ impl Model {
     /// One pre-training step on `images` (B, C, S, S normalised) with the caller's masking:
     /// `idsKeep` (B, K), `idsRestore` (B, L), `mask` (B, L; 1 = masked). Same step as
     /// `trainBatch` (L_cons included when consWeight > 0).
-    #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "images: Float32Array, idsKeep: Uint32Array, idsRestore: Uint32Array, \
+            mask: Float32Array, options: { lr: number; weightDecay: number; beta1: number; beta2: number; eps: number; \
+            clipGrad?: number; microBatches: number; consWeight: number }",
+        ts_return_type = "Promise<StepResult>"
+    )]
     pub fn train_step(
         &self,
         images: Float32Array,
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-        options: StepOptions,
-    ) -> Result<Pending<StepResult, StepResult>> {
+        options: serde_json::Value,
+    ) -> Result<Pending<StepResult>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
-        let (p, images) = (step_params(&options)?, images.to_vec());
-        Ok(self.state.task("Model.trainStep", Ok, move |t| {
+        let (p, images) = (step_params(options)?, images.to_vec());
+        Ok(self.state.task("Model.trainStep", move |t| {
             let s = t.step(&images, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
         }))
@@ -310,22 +288,25 @@ impl Model {
 
     /// One VasoMIM pre-training step on a loader batch (images never cross into JS) with the
     /// caller's masking; P of a preceding `guidance` call on the same batch is reused.
-    #[napi(catch_unwind, ts_return_type = "Promise<StepResult>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "batch: Batch, idsKeep: Uint32Array, idsRestore: Uint32Array, \
+            mask: Float32Array, options: { lr: number; weightDecay: number; beta1: number; beta2: number; eps: number; \
+            clipGrad?: number; microBatches: number; consWeight: number }",
+        ts_return_type = "Promise<StepResult>"
+    )]
     pub fn train_batch(
         &self,
         batch: &crate::data::Batch,
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-        options: StepOptions,
-    ) -> Result<Pending<StepResult, StepResult>> {
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        options: serde_json::Value,
+    ) -> Result<Pending<StepResult>> {
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let masks = self.masks(batch.inner.n, &ids_keep, &ids_restore, &mask)?;
-        let (p, b) = (step_params(&options)?, batch.inner.clone());
-        Ok(self.state.task("Model.trainBatch", Ok, move |t| {
+        let (p, b) = (step_params(options)?, batch.inner.clone());
+        Ok(self.state.task("Model.trainBatch", move |t| {
             let s = t.step_batch(&b, masks.arrays(), &p)?;
             Ok(step_result(s, t.step))
         }))
@@ -340,31 +321,24 @@ impl Model {
         batch: &crate::data::Batch,
         eta: f64,
         with_prob: Option<bool>,
-    ) -> Result<Pending<GuidanceOut, GuidanceResult>> {
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+    ) -> Result<Pending<GuidanceResult>> {
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         if !(0.0..=1.0).contains(&eta) {
             return Err(invalid(format!("eta = {eta} must be in [0, 1]")));
         }
         let (b, with_prob) = (batch.inner.clone(), with_prob.unwrap_or(false));
-        Ok(self
-            .state
-            .task("Model.guidance", guidance_result, move |t| {
-                let g = t.guidance_of(&b, eta)?;
-                let flat = |x: &candle_core::Tensor| x.flatten_all()?.to_vec1::<f32>();
-                Ok(GuidanceOut {
-                    mass: flat(&g.mass)?,
-                    vessel: g.vessel.as_ref().map(flat).transpose()?,
-                    prob: g
-                        .prob
-                        .as_ref()
-                        .filter(|_| with_prob)
-                        .map(flat)
-                        .transpose()?,
-                })
-            }))
+        Ok(self.state.task("Model.guidance", move |t| {
+            let g = t.guidance_of(&b, eta)?;
+            let flat = |x: &Tensor| -> candle_core::Result<Float32Array> {
+                Ok(x.flatten_all()?.to_vec1::<f32>()?.into())
+            };
+            let prob = g.prob.as_ref().filter(|_| with_prob);
+            Ok(GuidanceResult {
+                mass: flat(&g.mass)?,
+                vessel: g.vessel.as_ref().map(flat).transpose()?,
+                prob: prob.map(flat).transpose()?,
+            })
+        }))
     }
 
     /// Reconstruction (B, C, S, S) and loss for a masked batch, without training.
@@ -375,30 +349,24 @@ impl Model {
         ids_keep: Uint32Array,
         ids_restore: Uint32Array,
         mask: Float32Array,
-    ) -> Result<Pending<(Vec<f32>, f64), Reconstruction>> {
+    ) -> Result<Pending<Reconstruction>> {
         let masks = self.masks(self.batch_of(images.len())?, &ids_keep, &ids_restore, &mask)?;
         let images = images.to_vec();
-        let to_js = |(v, loss): (Vec<f32>, f64)| {
-            Ok(Reconstruction {
-                images: Float32Array::new(v),
-                loss,
-            })
-        };
-        Ok(self.state.task("Model.reconstruct", to_js, move |t| {
-            t.reconstruct(&images, masks.arrays())
+        Ok(self.state.task("Model.reconstruct", move |t| {
+            let (v, loss) = t.reconstruct(&images, masks.arrays())?;
+            let images = v.into();
+            Ok(Reconstruction { images, loss })
         }))
     }
 
     /// Features (N, 2, D) of normalised images (N, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Features>")]
-    pub fn embed(&self, images: Float32Array) -> Result<Pending<(Vec<f32>, usize), Features>> {
+    pub fn embed(&self, images: Float32Array) -> Result<Pending<Features>> {
         self.batch_of(images.len())?;
         let (images, d) = (images.to_vec(), self.cfg.embed_dim);
-        Ok(self.state.task(
-            "Model.embed",
-            |(v, d)| features(v, d),
-            move |t| Ok((t.embed(&images)?, d)),
-        ))
+        Ok(self
+            .state
+            .task("Model.embed", move |t| Ok(features(t.embed(&images)?, d))))
     }
 
     /// Features (N, 2, D) of image files (preprocessed as in pre-training); also written as a
@@ -408,36 +376,18 @@ impl Model {
         &self,
         paths: Vec<String>,
         out: Option<String>,
-    ) -> Result<Pending<(Vec<f32>, usize), Features>> {
+    ) -> Result<Pending<Features>> {
         if paths.is_empty() {
             return Err(invalid("no images given"));
         }
         let d = self.cfg.embed_dim;
-        Ok(self.state.task(
-            "Model.embedFiles",
-            |(v, d)| features(v, d),
-            move |t| {
-                let paths: Vec<PathBuf> = paths.into_iter().map(PathBuf::from).collect();
-                let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
-                Ok((t.embed_files(&refs, out.as_deref().map(Path::new))?, d))
-            },
-        ))
+        Ok(self.state.task("Model.embedFiles", move |t| {
+            let paths: Vec<PathBuf> = paths.into_iter().map(PathBuf::from).collect();
+            let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+            let out = out.as_deref().map(Path::new);
+            Ok(features(t.embed_files(&refs, out)?, d))
+        }))
     }
-}
-
-/// Guidance arrays on their way back to JS.
-pub struct GuidanceOut {
-    mass: Vec<f32>,
-    vessel: Option<Vec<f32>>,
-    prob: Option<Vec<f32>>,
-}
-
-fn guidance_result(g: GuidanceOut) -> Result<GuidanceResult> {
-    Ok(GuidanceResult {
-        mass: Float32Array::new(g.mass),
-        vessel: g.vessel.map(Float32Array::new),
-        prob: g.prob.map(Float32Array::new),
-    })
 }
 
 /// The configuration of a named preset (micro, tiny, small, base, large, huge) at 224², 3

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
+use serde::Deserialize;
 use vasomim_core::nn::segmentation::SegmentationConfig;
 use vasomim_core::trainer::segmentation::{
     check_step_options, PretrainedInit, SegmentationLoss, SegmentationTrainer, LAYER_DECAY,
@@ -25,21 +26,14 @@ pub struct SegmentationCreateOptions {
     pub device: Option<String>,
 }
 
-/// Fine-tuning from a pre-trained checkpoint: the encoder's shape comes from the file.
-#[napi(object)]
-pub struct PretrainedOptions {
-    pub num_classes: u32,
-    pub head_scale: f64,
-    pub drop_path: f64,
-    /// Input side (the position embedding is resampled when it differs from the file's).
-    pub img_size: Option<u32>,
-    /// Input channels (the patch embedding is adapted 3 ↔ 1 when they differ).
-    pub in_chans: Option<u32>,
-    /// Preset name for a bare file whose shapes do not name one.
-    pub preset: Option<String>,
-    pub layer_decay: Option<f64>,
-    /// `cpu` (default), `cuda` or `cuda:N`.
-    pub device: Option<String>,
+/// Fine-tuning from a pre-trained checkpoint (the encoder's shape comes from the file): the
+/// core's `PretrainedInit` and the device.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PretrainedOptions {
+    #[serde(flatten)]
+    init: PretrainedInit,
+    device: Option<String>,
 }
 
 #[napi(object)]
@@ -106,13 +100,14 @@ fn layer_decay(v: Option<f64>) -> Result<f64> {
     Ok(d)
 }
 
-fn step_result((l, step): (SegmentationLoss, u64)) -> Result<SegmentationStepResult> {
-    Ok(SegmentationStepResult {
-        loss: l.loss,
-        dice: l.dice,
-        ce: l.ce,
-        step: step as i64,
-    })
+fn step_result(l: SegmentationLoss, step: u64) -> SegmentationStepResult {
+    let (loss, dice, ce, step) = (l.loss, l.dice, l.ce, step as i64);
+    SegmentationStepResult {
+        loss,
+        dice,
+        ce,
+        step,
+    }
 }
 
 /// The segmentation ViT of METHOD.md §9 with its training state.
@@ -170,24 +165,22 @@ impl SegmentationModel {
 
     /// A new model whose encoder is read from a pre-trained checkpoint (ours, `encoder.safetensors`
     /// of `vasomim pretrain`, MAE `.pth`, timm safetensors); the head is initialised from `seed`.
-    #[napi(catch_unwind, ts_return_type = "Promise<SegmentationModel>")]
+    #[napi(
+        catch_unwind,
+        ts_args_type = "path: string, options: { numClasses: number; headScale: number; \
+            dropPath: number; imgSize?: number; inChans?: number; preset?: string; \
+            layerDecay?: number; device?: string }, seed?: number | undefined | null",
+        ts_return_type = "Promise<SegmentationModel>"
+    )]
     pub fn from_pretrained(
         path: String,
-        options: PretrainedOptions,
+        options: serde_json::Value,
         seed: Option<i64>,
-    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
-        let o = options;
-        let init = PretrainedInit {
-            num_classes: o.num_classes as usize,
-            head_scale: o.head_scale,
-            drop_path: o.drop_path,
-            img_size: o.img_size.map(|v| v as usize),
-            in_chans: o.in_chans.map(|v| v as usize),
-            preset: o.preset,
-            layer_decay: layer_decay(o.layer_decay)?,
-        };
-        let (dev, seed) = (device(o.device)?, seed.unwrap_or(0) as u64);
-        Ok(job("SegmentationModel.fromPretrained", Ok, move || {
+    ) -> Result<Pending<SegmentationModel>> {
+        let o: PretrainedOptions = config_from_js(options, "pretrained options")?;
+        layer_decay(Some(o.init.layer_decay))?;
+        let (init, dev, seed) = (o.init, device(o.device)?, seed.unwrap_or(0) as u64);
+        Ok(job("SegmentationModel.fromPretrained", move || {
             let (t, r) = SegmentationTrainer::from_pretrained(Path::new(&path), &init, seed, &dev)
                 .map_err(crate::err)?;
             let info = SegmentationInitInfo {
@@ -203,12 +196,9 @@ impl SegmentationModel {
 
     /// Load a fine-tuned model saved by `save` (weights, BatchNorm buffers, optimizer, step).
     #[napi(catch_unwind, ts_return_type = "Promise<SegmentationModel>")]
-    pub fn load(
-        path: String,
-        device: Option<String>,
-    ) -> Result<Pending<SegmentationModel, SegmentationModel>> {
+    pub fn load(path: String, device: Option<String>) -> Result<Pending<SegmentationModel>> {
         let dev = crate::device(device)?;
-        Ok(job("SegmentationModel.load", Ok, move || {
+        Ok(job("SegmentationModel.load", move || {
             let (t, extra) =
                 SegmentationTrainer::load(Path::new(&path), &dev).map_err(crate::err)?;
             Ok(SegmentationModel::wrap(t, None, extra))
@@ -265,8 +255,8 @@ impl SegmentationModel {
     /// Save weights (encoder in timm names, head under `head.*`), BatchNorm buffers, AdamW state,
     /// config, step and `extra` (any JSON string) to a temporary file renamed into place.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, extra: Option<String>) -> Pending<(), ()> {
-        self.state.task("SegmentationModel.save", Ok, move |t| {
+    pub fn save(&self, path: String, extra: Option<String>) -> Pending<()> {
+        self.state.task("SegmentationModel.save", move |t| {
             t.save(Path::new(&path), extra.as_deref())
         })
     }
@@ -278,17 +268,15 @@ impl SegmentationModel {
         &self,
         batch: &Batch,
         options: SegmentationStepOptions,
-    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
+    ) -> Result<Pending<SegmentationStepResult>> {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, o) = (batch.inner.clone(), options);
         Ok(self
             .state
-            .task("SegmentationModel.trainStepBatch", step_result, move |t| {
-                Ok((t.step_batch(&b, o.lr, o.weight_decay)?, t.step))
+            .task("SegmentationModel.trainStepBatch", move |t| {
+                let l = t.step_batch(&b, o.lr, o.weight_decay)?;
+                Ok(step_result(l, t.step))
             }))
     }
 
@@ -300,31 +288,25 @@ impl SegmentationModel {
         images: Float32Array,
         maps: Float32Array,
         options: SegmentationStepOptions,
-    ) -> Result<Pending<(SegmentationLoss, u64), SegmentationStepResult>> {
+    ) -> Result<Pending<SegmentationStepResult>> {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
-        {
-            let s = self.state.lock()?;
-            let b = s.batch_of(&images).map_err(rejected)?;
-            s.check_maps(&maps, b).map_err(rejected)?;
-        }
+        self.state
+            .check(|t| t.check_maps(&maps, t.batch_of(&images)?))?;
         let (x, m, o) = (images.to_vec(), maps.to_vec(), options);
-        Ok(self
-            .state
-            .task("SegmentationModel.trainStep", step_result, move |t| {
-                Ok((t.step_arrays(&x, &m, o.lr, o.weight_decay)?, t.step))
-            }))
+        Ok(self.state.task("SegmentationModel.trainStep", move |t| {
+            let l = t.step_arrays(&x, &m, o.lr, o.weight_decay)?;
+            Ok(step_result(l, t.step))
+        }))
     }
 
     /// Eval-mode probabilities (B, K, S, S) of normalised images (B, C, S, S).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn predict(&self, images: Float32Array) -> Result<Pending<Vec<f32>, Float32Array>> {
-        self.state.lock()?.batch_of(&images).map_err(rejected)?;
+    pub fn predict(&self, images: Float32Array) -> Result<Pending<Float32Array>> {
+        self.state.check(|t| t.batch_of(&images))?;
         let x = images.to_vec();
-        Ok(self.state.task(
-            "SegmentationModel.predict",
-            |v| Ok(Float32Array::new(v)),
-            move |t| t.predict_arrays(&x),
-        ))
+        Ok(self.state.task("SegmentationModel.predict", move |t| {
+            Ok(t.predict_arrays(&x)?.into())
+        }))
     }
 
     /// Probabilities of grey images of any size at their own size: resized to the model's input
@@ -335,7 +317,7 @@ impl SegmentationModel {
         &self,
         images: Vec<GreyImageInput>,
         options: NormaliseOptions,
-    ) -> Result<Pending<Vec<Vec<f32>>, Vec<Float32Array>>> {
+    ) -> Result<Pending<Vec<Float32Array>>> {
         let data: Vec<(Vec<u8>, usize, usize)> = images
             .iter()
             .map(|im| {
@@ -346,10 +328,9 @@ impl SegmentationModel {
         let o = &options;
         let mean: Vec<f32> = o.mean.iter().map(|&v| v as f32).collect();
         let std: Vec<f32> = o.std.iter().map(|&v| v as f32).collect();
-        let to_js = |v: Vec<Vec<f32>>| Ok(v.into_iter().map(Float32Array::new).collect());
         Ok(self
             .state
-            .task("SegmentationModel.predictImages", to_js, move |t| {
+            .task("SegmentationModel.predictImages", move |t| {
                 if data.is_empty() {
                     return Ok(vec![]);
                 }
@@ -357,7 +338,8 @@ impl SegmentationModel {
                     .iter()
                     .map(|(p, w, h)| (p.as_slice(), *w, *h))
                     .collect();
-                t.predict_grey(&views, &mean, &std)
+                let probs = t.predict_grey(&views, &mean, &std)?;
+                Ok(probs.into_iter().map(Float32Array::new).collect())
             }))
     }
 }

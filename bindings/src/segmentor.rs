@@ -67,13 +67,14 @@ fn dims(size: u32, width: Option<u32>) -> Result<(usize, usize)> {
     image_dims(size as usize, width.map(|w| w as usize)).map_err(rejected)
 }
 
-fn step_result((l, step): (SegmentorLoss, u64)) -> Result<SegmentorStepResult> {
-    Ok(SegmentorStepResult {
-        loss: l.loss,
-        bce: l.bce,
-        dice: l.dice,
-        step: step as i64,
-    })
+fn step_result(l: SegmentorLoss, step: u64) -> SegmentorStepResult {
+    let (loss, bce, dice, step) = (l.loss, l.bce, l.dice, step as i64);
+    SegmentorStepResult {
+        loss,
+        bce,
+        dice,
+        step,
+    }
 }
 
 /// UNeXt-S (≈0.25 M parameters) with its training state: training on (image, vessel map) pairs
@@ -120,13 +121,10 @@ impl Segmentor {
     /// Load our safetensors or a PyTorch state dict (the authors' `unext.pth`, or a
     /// pre-training checkpoint with a `seg_model.` prefix).
     #[napi(catch_unwind, ts_return_type = "Promise<Segmentor>")]
-    pub fn load(
-        path: String,
-        options: Option<SegmentorLoadOptions>,
-    ) -> Result<Pending<Segmentor, Segmentor>> {
+    pub fn load(path: String, options: Option<SegmentorLoadOptions>) -> Result<Pending<Segmentor>> {
         let o = options.unwrap_or_default();
         let (strict, dev) = (o.strict.unwrap_or(true), device(o.device)?);
-        Ok(job("Segmentor.load", Ok, move || {
+        Ok(job("Segmentor.load", move || {
             let (t, r) =
                 SegmentorTrainer::load(Path::new(&path), &dev, strict).map_err(crate::err)?;
             let info = SegmentorLoadInfo {
@@ -166,9 +164,9 @@ impl Segmentor {
     /// to a temporary file and renamed). `withOptimizer: false` leaves the Adam moments out (a
     /// third of the size: for a frozen segmentor that is only used, not trained further).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn save(&self, path: String, with_optimizer: Option<bool>) -> Pending<(), ()> {
+    pub fn save(&self, path: String, with_optimizer: Option<bool>) -> Pending<()> {
         let with_opt = with_optimizer.unwrap_or(true);
-        self.state.task("Segmentor.save", Ok, move |t| {
+        self.state.task("Segmentor.save", move |t| {
             t.save(Path::new(&path), with_opt)
         })
     }
@@ -181,24 +179,18 @@ impl Segmentor {
         images: Float32Array,
         masks: Float32Array,
         options: SegmentorStepOptions,
-    ) -> Result<Pending<(SegmentorLoss, u64), SegmentorStepResult>> {
+    ) -> Result<Pending<SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
         let size = options
             .size
             .ok_or_else(|| crate::invalid("size: the image side of flat arrays is required"))?;
         let hw = dims(size, options.width)?;
-        let b = self
-            .state
-            .lock()?
-            .batch_of(&images, hw.0, hw.1)
-            .map_err(rejected)?;
+        let b = self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         check_masks(&masks, b, hw.0, hw.1).map_err(rejected)?;
         let (x, y, lr) = (images.to_vec(), masks.to_vec(), options.lr);
-        Ok(self
-            .state
-            .task("Segmentor.trainStep", step_result, move |t| {
-                Ok((t.step_arrays(&x, &y, hw, lr)?, t.step))
-            }))
+        Ok(self.state.task("Segmentor.trainStep", move |t| {
+            Ok(step_result(t.step_arrays(&x, &y, hw, lr)?, t.step))
+        }))
     }
 
     /// One training step on a loader `Batch` (its images and vessel maps, without copying
@@ -208,18 +200,13 @@ impl Segmentor {
         &self,
         batch: &Batch,
         options: SegmentorStepOptions,
-    ) -> Result<Pending<(SegmentorLoss, u64), SegmentorStepResult>> {
+    ) -> Result<Pending<SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
-        self.state
-            .lock()?
-            .check_loader_batch(&batch.inner)
-            .map_err(rejected)?;
+        self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, lr) = (batch.inner.clone(), options.lr);
-        Ok(self
-            .state
-            .task("Segmentor.trainStepBatch", step_result, move |t| {
-                Ok((t.step_batch(&b, lr)?, t.step))
-            }))
+        Ok(self.state.task("Segmentor.trainStepBatch", move |t| {
+            Ok(step_result(t.step_batch(&b, lr)?, t.step))
+        }))
     }
 
     /// Eval-mode vessel probabilities (B, 1, H, W) of images (B, C, H, W).
@@ -228,17 +215,12 @@ impl Segmentor {
         &self,
         images: Float32Array,
         options: SegmentorImageOptions,
-    ) -> Result<Pending<Vec<f32>, Float32Array>> {
+    ) -> Result<Pending<Float32Array>> {
         let hw = dims(options.size, options.width)?;
-        self.state
-            .lock()?
-            .batch_of(&images, hw.0, hw.1)
-            .map_err(rejected)?;
+        self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         let x = images.to_vec();
-        Ok(self.state.task(
-            "Segmentor.predict",
-            |v| Ok(Float32Array::new(v)),
-            move |t| t.predict_arrays(&x, hw),
-        ))
+        Ok(self.state.task("Segmentor.predict", move |t| {
+            Ok(t.predict_arrays(&x, hw)?.into())
+        }))
     }
 }

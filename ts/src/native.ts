@@ -46,9 +46,6 @@ export function packageVersion(): string {
   return (JSON.parse(readFileSync(join(packageRoot(), 'package.json'), 'utf8')) as { version: string }).version;
 }
 export type { SegmentorLoadInfo, SegmentorStepResult, Segmentor } from '../../bindings/index.js';
-export type {
-  PretrainedOptions,
-  SegmentationInitInfo,
-  SegmentationModel,
-  SegmentationStepResult,
-} from '../../bindings/index.js';
+/** Options of `SegmentationModel.fromPretrained` (the core's `PretrainedInit` and the device). */
+export type PretrainedOptions = Parameters<typeof Native.SegmentationModel.fromPretrained>[1];
+export type { SegmentationInitInfo, SegmentationModel, SegmentationStepResult } from '../../bindings/index.js';

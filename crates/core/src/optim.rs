@@ -14,6 +14,7 @@ use candle_core::{
     backprop::GradStore, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var,
 };
 use rayon::prelude::*;
+use serde::Deserialize;
 
 use crate::nn::ParamStore;
 
@@ -23,7 +24,9 @@ pub fn decays(name: &str, rank: usize) -> bool {
     rank > 1 && !name.ends_with(".bias")
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// One step's AdamW hyper-parameters (camelCase in JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AdamWParams {
     pub lr: f64,
     pub weight_decay: f64,

@@ -627,3 +627,17 @@ fn trainer_checks_inputs_loads_encoders_and_counts_steps() {
         .to_string();
     assert!(e.contains("gone.safetensors"), "{e}");
 }
+
+#[test]
+fn pretrained_init_reads_camel_case_json_and_names_bad_fields() {
+    use vasomim_core::trainer::segmentation::{PretrainedInit, LAYER_DECAY};
+    let o = serde_json::json!({ "numClasses": 2, "headScale": 1, "dropPath": 0.1, "imgSize": 64 });
+    let p: PretrainedInit = serde_json::from_value(o).unwrap();
+    assert_eq!((p.num_classes, p.img_size, p.in_chans), (2, Some(64), None));
+    assert_eq!((p.head_scale, p.layer_decay), (1.0, LAYER_DECAY));
+    let o = serde_json::json!({ "numClasses": 2, "headScale": 1, "dropPath": 0.1, "inChan": 1 });
+    let e = serde_json::from_value::<PretrainedInit>(o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `inChan`"), "{e}");
+}

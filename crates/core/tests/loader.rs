@@ -244,3 +244,34 @@ fn channels_replicate_grey_or_stay_single_and_maps_must_match_images() {
         .unwrap_err()
         .contains("no samples"));
 }
+
+#[test]
+fn loader_config_reads_camel_case_json_and_names_bad_fields() {
+    let json = |seed: serde_json::Value, extra: &str| {
+        let augment = serde_json::json!({
+            "size": 32, "randomCrop": true, "scale": [0.2, 1.0], "ratio": [0.75, 1.25],
+            "hflip": 0.5, "mean": [0.5], "std": [0.25]
+        });
+        let mut o = serde_json::json!({
+            "batchSize": 4, "seed": seed, "shuffle": true, "dropLast": false, "rank": 0,
+            "world": 1, "workers": 2, "prefetch": 2, "augment": augment
+        });
+        if !extra.is_empty() {
+            o[extra] = true.into();
+        }
+        serde_json::from_value::<LoaderConfig>(o)
+    };
+    // JS integers above 2^32 cross N-API as floats.
+    let c = json(9007199254740991.0.into(), "").unwrap();
+    assert_eq!(
+        (c.seed, c.batch_size, c.augment.scale),
+        (9007199254740991, 4, (0.2, 1.0))
+    );
+    assert_eq!(c.augment.std, vec![0.25f32]);
+    for bad in [1.5, -1.0, 9007199254740992.0] {
+        let e = json(bad.into(), "").unwrap_err().to_string();
+        assert!(e.contains("seed must be an integer in [0, 2^53)"), "{e}");
+    }
+    let e = json(7.into(), "randomCrop").unwrap_err().to_string();
+    assert!(e.contains("unknown field `randomCrop`"), "{e}");
+}

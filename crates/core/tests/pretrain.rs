@@ -502,3 +502,37 @@ mod trainer_state {
         assert!(l.trainer.device().same_device(&dev));
     }
 }
+
+#[test]
+fn step_params_read_camel_case_json_and_name_bad_fields() {
+    let p: StepParams = serde_json::from_value(serde_json::json!({
+        "lr": 1e-3, "weightDecay": 0.05, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
+        "clipGrad": 1.0, "microBatches": 2, "consWeight": 0.5
+    }))
+    .unwrap();
+    assert_eq!(
+        (p.adamw.lr, p.adamw.beta2, p.clip_grad),
+        (1e-3, 0.95, Some(1.0))
+    );
+    assert_eq!((p.micro_batches, p.cons_weight), (2, 0.5));
+    let base = serde_json::json!({
+        "lr": 1e-3, "weightDecay": 0.05, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
+        "microBatches": 1, "consWeight": 0.0
+    });
+    let p: StepParams = serde_json::from_value(base.clone()).unwrap();
+    assert_eq!(p.clip_grad, None);
+    let with = |k: &str, v: serde_json::Value| {
+        let mut o = base.clone();
+        o[k] = v;
+        serde_json::from_value::<StepParams>(o)
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(with("clipGrads", 1.0.into()).contains("unknown field `clipGrads`"));
+    let mut o = base.clone();
+    o.as_object_mut().unwrap().remove("beta1");
+    let e = serde_json::from_value::<StepParams>(o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing field `beta1`"), "{e}");
+}

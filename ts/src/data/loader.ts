@@ -142,25 +142,11 @@ export async function openLoader(
   }
   let loader: NativeLoader;
   try {
+    const { channels: _channels, ...augment } = c.augment;
+    const { batchSize, seed, shuffle, dropLast, rank, world, workers, prefetch } = c;
     loader = new native.Loader(
       samples.map((s) => ({ image: s.image, map: s.map, frame: s.frame })),
-      {
-        batchSize: c.batchSize,
-        seed: c.seed,
-        shuffle: c.shuffle,
-        dropLast: c.dropLast,
-        rank: c.rank,
-        world: c.world,
-        workers: c.workers,
-        prefetch: c.prefetch,
-        size: c.augment.size,
-        randomCrop: c.augment.randomCrop,
-        scale: [...c.augment.scale],
-        ratio: [...c.augment.ratio],
-        hflip: c.augment.hflip,
-        mean: c.augment.mean,
-        std: c.augment.std,
-      },
+      { batchSize, seed, shuffle, dropLast, rank, world, workers, prefetch, augment },
     );
   } catch (e) {
     throw new DatasetError(`${where}: ${(e as Error).message}`);

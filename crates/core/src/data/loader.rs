@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
+use serde::{Deserialize, Deserializer};
+
 use super::rng::{key, permutation, SplitMix64, TAG_PERMUTATION, TAG_SAMPLE};
 use super::transforms::{
     hflip, normalise_into, resize_bicubic, resize_nearest, rrc_params, CropBox, View,
@@ -33,8 +35,9 @@ pub struct Sample {
     pub frame: usize,
 }
 
-/// The per-sample transform (method §2).
-#[derive(Debug, Clone, PartialEq)]
+/// The per-sample transform (method §2); camelCase in JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Augment {
     /// Output side in pixels (224).
     pub size: usize,
@@ -84,9 +87,13 @@ impl Augment {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The loader's settings; camelCase in JSON (the TS layer's `LoaderSchema`, `augment` nested).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoaderConfig {
     pub batch_size: usize,
+    /// An integer in [0, 2^53) (a JS number).
+    #[serde(deserialize_with = "js_seed")]
     pub seed: u64,
     pub shuffle: bool,
     pub drop_last: bool,
@@ -97,6 +104,17 @@ pub struct LoaderConfig {
     /// Batches built ahead of the consumer (>= 1).
     pub prefetch: usize,
     pub augment: Augment,
+}
+
+/// A seed from JSON: JS integers above 2^32 arrive as floats, so take any number that is an
+/// integer a JS number holds exactly.
+fn js_seed<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if !((0.0..9007199254740992.0).contains(&v) && v.fract() == 0.0) {
+        let msg = format!("seed must be an integer in [0, 2^53), got {v}");
+        return Err(serde::de::Error::custom(msg));
+    }
+    Ok(v as u64)
 }
 
 /// A file that could not be used, and why.

@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Result, Tensor};
+use serde::Deserialize;
 
 use crate::checkpoint::{self, LoadOptions, LoadReport};
 use crate::data::Batch;
@@ -29,9 +30,12 @@ use crate::optim::{clip_grad_norm, global_norm, AdamW, AdamWParams};
 use super::tune_allocator;
 
 /// Hyper-parameters of one step, all explicit: the user-facing defaults live in the TypeScript
-/// `StepOptionsSchema`; [`StepParams::default`] serves Rust-only code (tests, benchmarks).
-#[derive(Clone, Debug)]
+/// `StepOptionsSchema`; [`StepParams::default`] serves Rust-only code (tests, benchmarks). In
+/// JSON: camelCase, the AdamW fields flat beside the others (`{ lr, weightDecay, …, consWeight }`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StepParams {
+    #[serde(flatten)]
     pub adamw: AdamWParams,
     /// Clip the global gradient norm to this value (MAE pre-training uses none).
     pub clip_grad: Option<f64>,

@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
+use serde::Deserialize;
 
 use crate::checkpoint::{segmentation as ckpt, LoadOptions, LoadReport};
 use crate::data::rng::key;
@@ -49,8 +50,9 @@ pub struct SegmentationLoss {
 }
 
 /// Fine-tuning from a pre-trained checkpoint: the head's settings; the encoder's shape comes
-/// from the file.
-#[derive(Clone, Debug)]
+/// from the file. camelCase in JSON; `layerDecay` defaults to [`LAYER_DECAY`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PretrainedInit {
     pub num_classes: usize,
     pub head_scale: f64,
@@ -61,7 +63,12 @@ pub struct PretrainedInit {
     pub in_chans: Option<usize>,
     /// Preset name for a bare file whose shapes do not name one.
     pub preset: Option<String>,
+    #[serde(default = "layer_decay_default")]
     pub layer_decay: f64,
+}
+
+fn layer_decay_default() -> f64 {
+    LAYER_DECAY
 }
 
 pub struct SegmentationTrainer {
