@@ -46,11 +46,7 @@ pub fn probe_images(paths: Vec<String>, decode: bool, threads: u32) -> Pending<V
                 frames: i.frames as u32,
                 format: i.format,
             },
-            Err(e) => ProbeResult {
-                path,
-                error: Some(e),
-                ..Default::default()
-            },
+            Err(e) => ProbeResult { path, error: Some(e), ..Default::default() },
         };
         Ok(out.into_iter().zip(paths).map(result).collect())
     })
@@ -68,12 +64,7 @@ pub struct FrameFile {
 
 /// Every frame of `input` (DICOM cine or any image) as 8-bit PNG `<outDir>/<stem>_<k>.png`.
 #[napi(catch_unwind, ts_return_type = "Promise<Array<FrameFile>>")]
-pub fn extract_frames_to_png(
-    input: String,
-    out_dir: String,
-    stem: String,
-    overwrite: bool,
-) -> Pending<Vec<FrameFile>> {
+pub fn extract_frames_to_png(input: String, out_dir: String, stem: String, overwrite: bool) -> Pending<Vec<FrameFile>> {
     job("extractFrames", move || {
         let out = extract_frames(input.as_ref(), out_dir.as_ref(), &stem, overwrite)
             .map_err(|e| failed(format!("{input}: {e}")))?;
@@ -154,15 +145,7 @@ impl Batch {
             self.inner
                 .crops
                 .iter()
-                .flat_map(|(c, f)| {
-                    [
-                        c.top as i32,
-                        c.left as i32,
-                        c.height as i32,
-                        c.width as i32,
-                        *f as i32,
-                    ]
-                })
+                .flat_map(|(c, f)| [c.top as i32, c.left as i32, c.height as i32, c.width as i32, *f as i32])
                 .collect(),
         )
     }
@@ -172,11 +155,7 @@ impl Batch {
         self.inner
             .skipped
             .iter()
-            .map(|s| SkippedFile {
-                index: s.index as u32,
-                path: s.path.clone(),
-                error: s.error.clone(),
-            })
+            .map(|s| SkippedFile { index: s.index as u32, path: s.path.clone(), error: s.error.clone() })
             .collect()
     }
     /// A copy of the image tensor (for tests and visualisation; training never needs it).
@@ -240,10 +219,7 @@ impl Loader {
             })
             .collect();
         let inner = core::Loader::new(samples, config).map_err(invalid)?;
-        Ok(Loader {
-            inner: Arc::new(inner),
-            iter: Arc::new(Mutex::new(None)),
-        })
+        Ok(Loader { inner: Arc::new(inner), iter: Arc::new(Mutex::new(None)) })
     }
 
     #[napi(getter)]
@@ -265,13 +241,7 @@ impl Loader {
     /// This rank's dataset indices for `epoch`, in batch order.
     #[napi]
     pub fn shard(&self, epoch: u32) -> Uint32Array {
-        Uint32Array::new(
-            self.inner
-                .shard(epoch as u64)
-                .iter()
-                .map(|&i| i as u32)
-                .collect(),
-        )
+        Uint32Array::new(self.inner.shard(epoch as u64).iter().map(|&i| i as u32).collect())
     }
 
     /// Start (or restart) delivering `epoch` from batch `startBatch`; workers begin at once.
@@ -279,14 +249,9 @@ impl Loader {
     pub fn start_epoch(&self, epoch: u32, start_batch: u32) -> Result<()> {
         let n = self.inner.batches_per_epoch();
         if start_batch as usize > n {
-            return Err(invalid(format!(
-                "startBatch {start_batch} is past the end of the epoch ({n} batches)"
-            )));
+            return Err(invalid(format!("startBatch {start_batch} is past the end of the epoch ({n} batches)")));
         }
-        drop_later(
-            &self.iter,
-            Some(self.inner.epoch(epoch as u64, start_batch as usize)),
-        )
+        drop_later(&self.iter, Some(self.inner.epoch(epoch as u64, start_batch as usize)))
     }
 
     /// The next batch of the current epoch, or null at its end.
@@ -295,9 +260,8 @@ impl Loader {
         let iter = self.iter.clone();
         job("Loader.next", move || {
             let mut slot = iter.lock().map_err(|_| failed("loader state poisoned"))?;
-            let it = slot.as_mut().ok_or_else(|| {
-                invalid("no epoch started: call startEpoch(epoch, startBatch) first")
-            })?;
+            let it =
+                slot.as_mut().ok_or_else(|| invalid("no epoch started: call startEpoch(epoch, startBatch) first"))?;
             Ok(it.next().transpose().map_err(failed)?.map(Batch::new))
         })
     }

@@ -17,8 +17,7 @@ use napi::{Env, Task};
 use napi_derive::napi;
 use serde::{de::DeserializeOwned, Serialize};
 use vasomim_core::vessels::{
-    self as vessels_core, map_of, response_of, vessel_maps, vesselness_file as core_file, MapJob,
-    Precision, Response,
+    self as vessels_core, map_of, response_of, vessel_maps, vesselness_file as core_file, MapJob, Precision, Response,
 };
 
 pub mod data;
@@ -34,23 +33,14 @@ pub(crate) fn failed(msg: impl Into<String>) -> Error {
     Error::new(Status::GenericFailure, msg.into())
 }
 
-/// A candle error's message only (candle appends a backtrace when RUST_BACKTRACE is set, which
-/// means nothing to a JS caller).
-fn candle_message(e: candle_core::Error) -> String {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
-        e => e.to_string(),
-    }
-}
-
 /// A core error inside a running job.
 pub(crate) fn err(e: candle_core::Error) -> Error {
-    failed(candle_message(e))
+    failed(vasomim_core::error_message(e))
 }
 
 /// A core input check that failed before the job started (bad argument).
 pub(crate) fn rejected(e: candle_core::Error) -> Error {
-    invalid(candle_message(e))
+    invalid(vasomim_core::error_message(e))
 }
 
 /// The device named by the caller (`cpu` when absent); an unknown or unavailable one is a bad
@@ -92,10 +82,7 @@ impl<T: ToNapiValue + TypeName + Send + 'static> Task for Job<T> {
     type Output = T;
     type JsValue = T;
     fn compute(&mut self) -> Result<T> {
-        let work = self
-            .work
-            .take()
-            .ok_or_else(|| failed(format!("{} ran twice", self.name)))?;
+        let work = self.work.take().ok_or_else(|| failed(format!("{} ran twice", self.name)))?;
         guarded(self.name, work)
     }
     fn resolve(&mut self, _env: Env, out: T) -> Result<T> {
@@ -112,16 +99,12 @@ pub(crate) struct Shared<T> {
 
 impl<T: Send + 'static> Shared<T> {
     pub(crate) fn new(t: T, what: &'static str) -> Self {
-        Shared {
-            inner: Arc::new(Mutex::new(t)),
-            what,
-        }
+        Shared { inner: Arc::new(Mutex::new(t)), what }
     }
 
     pub(crate) fn lock(&self) -> Result<MutexGuard<'_, T>> {
         let what = self.what;
-        (self.inner.lock())
-            .map_err(|_| failed(format!("{what} state is poisoned by an earlier panic")))
+        (self.inner.lock()).map_err(|_| failed(format!("{what} state is poisoned by an earlier panic")))
     }
 
     /// A check of the caller's input on the locked object, before a Promise starts: its error is
@@ -137,9 +120,7 @@ impl<T: Send + 'static> Shared<T> {
         f: impl FnOnce(&mut T) -> candle_core::Result<J> + Send + 'static,
     ) -> Pending<J> {
         let (inner, what) = (self.inner.clone(), self.what);
-        job(name, move || {
-            f(&mut *Shared { inner, what }.lock()?).map_err(err)
-        })
+        job(name, move || f(&mut *Shared { inner, what }.lock()?).map_err(err))
     }
 }
 
@@ -151,10 +132,7 @@ pub(crate) fn job<J: ToNapiValue + TypeName + Send + 'static>(
     name: &'static str,
     work: impl FnOnce() -> Result<J> + Send + 'static,
 ) -> Pending<J> {
-    AsyncTask::new(Job {
-        name,
-        work: Some(Box::new(work)),
-    })
+    AsyncTask::new(Job { name, work: Some(Box::new(work)) })
 }
 
 /// Vesselness filter options (validated again here; the TS layer parses them with zod first).
@@ -229,8 +207,7 @@ pub struct MapOutcome {
 
 fn filter_params(o: &FilterOptions) -> Result<frangi::VesselnessParams> {
     let frangi = (o.alpha, o.beta, o.gamma);
-    vessels_core::filter_params(&o.filter, o.sigmas.clone(), o.black_ridges, frangi)
-        .map_err(invalid)
+    vessels_core::filter_params(&o.filter, o.sigmas.clone(), o.black_ridges, frangi).map_err(invalid)
 }
 
 fn map_params(o: &MapOptions) -> Result<frangi::MapParams> {
@@ -253,8 +230,7 @@ fn check_pixels(len: usize, width: u32, height: u32) -> Result<()> {
 /// Frame `frame` of a file as a Promise of its grey image; behind `readImage` and `readFrame`.
 pub(crate) fn read_frame_job(path: String, frame: usize) -> Pending<DecodedImage> {
     job("readImage", move || {
-        let img = vasomim_core::io::read_frame(path.as_ref(), frame)
-            .map_err(|e| failed(format!("{path}: {e}")))?;
+        let img = vasomim_core::io::read_frame(path.as_ref(), frame).map_err(|e| failed(format!("{path}: {e}")))?;
         Ok(DecodedImage {
             width: img.width as u32,
             height: img.height as u32,
@@ -291,39 +267,24 @@ pub fn vesselness(
             Response::F64(v) => ("float64", Either::B(v.into())),
         };
         let dtype = dtype.into();
-        Ok(VesselnessResult {
-            width,
-            height,
-            dtype,
-            data,
-            max,
-        })
+        Ok(VesselnessResult { width, height, dtype, data, max })
     }))
 }
 
 /// Read `input`, filter it, write the response to `output` (.npy raw or .png display image,
 /// response / max · 255).
 #[napi(catch_unwind, ts_return_type = "Promise<FileResult>")]
-pub fn vesselness_file(
-    input: String,
-    output: String,
-    options: FilterOptions,
-) -> Result<Pending<FileResult>> {
+pub fn vesselness_file(input: String, output: String, options: FilterOptions) -> Result<Pending<FileResult>> {
     let (params, prec) = (filter_params(&options)?, precision(&options.precision)?);
     Ok(job("vesselnessFile", move || {
-        let (w, h, max) =
-            core_file(input.as_ref(), output.as_ref(), &params, prec).map_err(failed)?;
+        let (w, h, max) = core_file(input.as_ref(), output.as_ref(), &params, prec).map_err(failed)?;
         let (width, height) = (w as u32, h as u32);
         Ok(FileResult { width, height, max })
     }))
 }
 
 fn map_job(f: &FilterOptions, m: &MapOptions) -> Result<MapJob> {
-    Ok(MapJob {
-        filter: filter_params(f)?,
-        map: map_params(m)?,
-        precision: precision(&f.precision)?,
-    })
+    Ok(MapJob { filter: filter_params(f)?, map: map_params(m)?, precision: precision(&f.precision)? })
 }
 
 /// The {0, 255} VasoMIM vessel map of a grey image given as pixels.
@@ -353,10 +314,7 @@ pub fn vessel_map_files(
     threads: u32,
 ) -> Result<Pending<Vec<MapOutcome>>> {
     let job_ = map_job(&filter, &map)?;
-    let pairs: Vec<(PathBuf, PathBuf)> = pairs
-        .into_iter()
-        .map(|p| (p.input.into(), p.output.into()))
-        .collect();
+    let pairs: Vec<(PathBuf, PathBuf)> = pairs.into_iter().map(|p| (p.input.into(), p.output.into())).collect();
     let name = |p: PathBuf| p.to_string_lossy().into_owned();
     Ok(job("vesselMapFiles", move || {
         let out = vessel_maps(pairs, &job_, threads as usize).map_err(invalid)?;

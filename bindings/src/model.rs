@@ -8,11 +8,9 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use vasomim_core::checkpoint::{LoadOptions, LoadReport};
 use vasomim_core::nn::presets::MaeConfig;
-use vasomim_core::trainer::pretrain::{MaskArrays, PretrainStats, PretrainTrainer, StepParams};
+use vasomim_core::trainer::pretrain::{MaskArrays, MaskBuf, PretrainStats, PretrainTrainer, StepParams};
 
-use crate::{
-    config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared,
-};
+use crate::{config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared};
 
 #[napi(object)]
 #[derive(Default)]
@@ -84,38 +82,13 @@ pub struct Features {
     pub shape: Vec<u32>,
 }
 
-/// Owned copies of the caller's masking (the arrays cannot cross to the pool thread).
-struct Masks(Vec<u32>, Vec<u32>, Vec<f32>);
-
-impl Masks {
-    fn new(ids_keep: &[u32], ids_restore: &[u32], mask: &[f32]) -> Self {
-        Masks(ids_keep.to_vec(), ids_restore.to_vec(), mask.to_vec())
-    }
-    fn arrays(&self) -> MaskArrays<'_> {
-        MaskArrays {
-            ids_keep: &self.0,
-            ids_restore: &self.1,
-            mask: &self.2,
-        }
-    }
-}
-
 fn step_result(s: PretrainStats, step: u64) -> StepResult {
-    StepResult {
-        loss_rec: s.loss_rec,
-        loss_cons: s.loss_cons,
-        loss: s.loss,
-        grad_norm: s.grad_norm,
-        step: step as i64,
-    }
+    StepResult { loss_rec: s.loss_rec, loss_cons: s.loss_cons, loss: s.loss, grad_norm: s.grad_norm, step: step as i64 }
 }
 
 fn features(data: Vec<f32>, d: usize) -> Features {
     let shape = vec![(data.len() / (2 * d)) as u32, 2, d as u32];
-    Features {
-        data: data.into(),
-        shape,
-    }
+    Features { data: data.into(), shape }
 }
 
 fn load_info(r: LoadReport, step: u64, loop_state: Option<String>) -> LoadInfo {
@@ -139,15 +112,12 @@ pub struct Model {
 
 impl Model {
     fn wrap(t: PretrainTrainer, load_info: Option<LoadInfo>) -> Self {
-        Model {
-            cfg: t.cfg().clone(),
-            state: Shared::new(t, "model"),
-            load_info,
-        }
+        Model { cfg: t.cfg().clone(), state: Shared::new(t, "model"), load_info }
     }
 
-    fn masks(&self, b: usize, k: &[u32], r: &[u32], m: &[f32]) -> Result<Masks> {
-        let masks = Masks::new(k, r, m);
+    /// The caller's masking, checked, copied for the pool thread.
+    fn masks(&self, b: usize, k: &[u32], r: &[u32], m: &[f32]) -> Result<MaskBuf> {
+        let masks = MaskBuf::new(MaskArrays { ids_keep: k, ids_restore: r, mask: m });
         self.state.check(|t| t.check_masking(b, masks.arrays()))?;
         Ok(masks)
     }
@@ -173,9 +143,8 @@ impl Model {
         cfg.validate().map_err(invalid)?;
         let dev = crate::device(device)?;
         guarded("Model.create", || {
-            let model =
-                vasomim_core::nn::mae::MaskedAutoencoder::new(&cfg, &dev, seed.unwrap_or(0) as u64)
-                    .map_err(crate::err)?;
+            let model = vasomim_core::nn::mae::MaskedAutoencoder::new(&cfg, &dev, seed.unwrap_or(0) as u64)
+                .map_err(crate::err)?;
             let t = PretrainTrainer::new(model, &frozen.unwrap_or_default()).map_err(crate::err)?;
             Ok(Model::wrap(t, None))
         })
@@ -193,8 +162,7 @@ impl Model {
         };
         let frozen = o.frozen.unwrap_or_default();
         Ok(job("Model.load", move || {
-            let l = PretrainTrainer::load(Path::new(&path), &opts, &frozen, &dev)
-                .map_err(crate::err)?;
+            let l = PretrainTrainer::load(Path::new(&path), &opts, &frozen, &dev).map_err(crate::err)?;
             let info = load_info(l.report, l.trainer.step, l.loop_state);
             Ok(Model::wrap(l.trainer, Some(info)))
         }))
@@ -232,32 +200,26 @@ impl Model {
     /// Save parameters, position buffers, optimizer state, config and step (safetensors).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String) -> Pending<()> {
-        self.state
-            .task("Model.save", move |t| t.save(Path::new(&path), None))
+        self.state.task("Model.save", move |t| t.save(Path::new(&path), None))
     }
 
     /// Save like `save`, with the training loop's state (a JSON string) in the same file.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save_training(&self, path: String, loop_state: String) -> Pending<()> {
-        self.state.task("Model.saveTraining", move |t| {
-            t.save(Path::new(&path), Some(&loop_state))
-        })
+        self.state.task("Model.saveTraining", move |t| t.save(Path::new(&path), Some(&loop_state)))
     }
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn export_timm(&self, path: String) -> Pending<()> {
-        self.state
-            .task("Model.exportTimm", move |t| t.export_timm(Path::new(&path)))
+        self.state.task("Model.exportTimm", move |t| t.export_timm(Path::new(&path)))
     }
 
     /// Attach the frozen vessel segmentor S (a UNeXt-S checkpoint: ours, the authors'
     /// `unext.pth`, or one under `seg_model.`), used in eval mode for the guidance map and L_cons.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn attach_segmentor(&self, path: String) -> Pending<()> {
-        self.state.task("Model.attachSegmentor", move |t| {
-            t.attach_segmentor(Path::new(&path))
-        })
+        self.state.task("Model.attachSegmentor", move |t| t.attach_segmentor(Path::new(&path)))
     }
 
     /// One pre-training step on `images` (B, C, S, S normalised) with the caller's masking:
@@ -329,9 +291,8 @@ impl Model {
         let (b, with_prob) = (batch.inner.clone(), with_prob.unwrap_or(false));
         Ok(self.state.task("Model.guidance", move |t| {
             let g = t.guidance_of(&b, eta)?;
-            let flat = |x: &Tensor| -> candle_core::Result<Float32Array> {
-                Ok(x.flatten_all()?.to_vec1::<f32>()?.into())
-            };
+            let flat =
+                |x: &Tensor| -> candle_core::Result<Float32Array> { Ok(x.flatten_all()?.to_vec1::<f32>()?.into()) };
             let prob = g.prob.as_ref().filter(|_| with_prob);
             Ok(GuidanceResult {
                 mass: flat(&g.mass)?,
@@ -364,19 +325,13 @@ impl Model {
     pub fn embed(&self, images: Float32Array) -> Result<Pending<Features>> {
         self.batch_of(images.len())?;
         let (images, d) = (images.to_vec(), self.cfg.embed_dim);
-        Ok(self
-            .state
-            .task("Model.embed", move |t| Ok(features(t.embed(&images)?, d))))
+        Ok(self.state.task("Model.embed", move |t| Ok(features(t.embed(&images)?, d))))
     }
 
     /// Features (N, 2, D) of image files (preprocessed as in pre-training); also written as a
     /// `.npy` when `out` is given.
     #[napi(catch_unwind, ts_return_type = "Promise<Features>")]
-    pub fn embed_files(
-        &self,
-        paths: Vec<String>,
-        out: Option<String>,
-    ) -> Result<Pending<Features>> {
+    pub fn embed_files(&self, paths: Vec<String>, out: Option<String>) -> Result<Pending<Features>> {
         if paths.is_empty() {
             return Err(invalid("no images given"));
         }
@@ -394,11 +349,7 @@ impl Model {
 /// channels, camelCase.
 #[napi]
 pub fn preset_config(name: String) -> Result<serde_json::Value> {
-    let cfg = MaeConfig::preset(&name).ok_or_else(|| {
-        invalid(format!(
-            "unknown preset {name:?} (one of {})",
-            MaeConfig::preset_names().join(", ")
-        ))
-    })?;
+    let cfg = MaeConfig::preset(&name)
+        .ok_or_else(|| invalid(format!("unknown preset {name:?} (one of {})", MaeConfig::preset_names().join(", "))))?;
     config_to_js(&cfg)
 }

@@ -13,9 +13,7 @@ use vasomim_core::trainer::segmentation::{
 };
 
 use crate::data::Batch;
-use crate::{
-    config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared,
-};
+use crate::{config_from_js, config_to_js, device, guarded, invalid, job, rejected, Pending, Shared};
 
 #[napi(object)]
 #[derive(Default)]
@@ -102,12 +100,7 @@ fn layer_decay(v: Option<f64>) -> Result<f64> {
 
 fn step_result(l: SegmentationLoss, step: u64) -> SegmentationStepResult {
     let (loss, dice, ce, step) = (l.loss, l.dice, l.ce, step as i64);
-    SegmentationStepResult {
-        loss,
-        dice,
-        ce,
-        step,
-    }
+    SegmentationStepResult { loss, dice, ce, step }
 }
 
 /// The segmentation ViT of METHOD.md §9 with its training state.
@@ -120,17 +113,8 @@ pub struct SegmentationModel {
 }
 
 impl SegmentationModel {
-    fn wrap(
-        t: SegmentationTrainer,
-        init: Option<SegmentationInitInfo>,
-        extra: Option<String>,
-    ) -> Self {
-        SegmentationModel {
-            cfg: t.model.cfg.clone(),
-            state: Shared::new(t, "segmentation model"),
-            init,
-            extra,
-        }
+    fn wrap(t: SegmentationTrainer, init: Option<SegmentationInitInfo>, extra: Option<String>) -> Self {
+        SegmentationModel { cfg: t.model.cfg.clone(), state: Shared::new(t, "segmentation model"), init, extra }
     }
 }
 
@@ -150,8 +134,7 @@ impl SegmentationModel {
         let o = options.unwrap_or_default();
         let (ld, dev) = (layer_decay(o.layer_decay)?, device(o.device)?);
         guarded("SegmentationModel.create", || {
-            let t = SegmentationTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64, ld)
-                .map_err(crate::err)?;
+            let t = SegmentationTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64, ld).map_err(crate::err)?;
             let init = SegmentationInitInfo {
                 source: "scratch".into(),
                 missing: vec![],
@@ -181,8 +164,8 @@ impl SegmentationModel {
         layer_decay(Some(o.init.layer_decay))?;
         let (init, dev, seed) = (o.init, device(o.device)?, seed.unwrap_or(0) as u64);
         Ok(job("SegmentationModel.fromPretrained", move || {
-            let (t, r) = SegmentationTrainer::from_pretrained(Path::new(&path), &init, seed, &dev)
-                .map_err(crate::err)?;
+            let (t, r) =
+                SegmentationTrainer::from_pretrained(Path::new(&path), &init, seed, &dev).map_err(crate::err)?;
             let info = SegmentationInitInfo {
                 source: path,
                 missing: r.missing,
@@ -199,8 +182,7 @@ impl SegmentationModel {
     pub fn load(path: String, device: Option<String>) -> Result<Pending<SegmentationModel>> {
         let dev = crate::device(device)?;
         Ok(job("SegmentationModel.load", move || {
-            let (t, extra) =
-                SegmentationTrainer::load(Path::new(&path), &dev).map_err(crate::err)?;
+            let (t, extra) = SegmentationTrainer::load(Path::new(&path), &dev).map_err(crate::err)?;
             Ok(SegmentationModel::wrap(t, None, extra))
         }))
     }
@@ -243,22 +225,14 @@ impl SegmentationModel {
     pub fn param_groups(&self) -> Result<Vec<ParamGroup>> {
         let s = self.state.lock()?;
         let groups = s.opt.lr_scales().into_iter().zip(s.opt.groups());
-        Ok(groups
-            .map(|((name, lr_scale), (_, decay))| ParamGroup {
-                name,
-                lr_scale,
-                decay,
-            })
-            .collect())
+        Ok(groups.map(|((name, lr_scale), (_, decay))| ParamGroup { name, lr_scale, decay }).collect())
     }
 
     /// Save weights (encoder in timm names, head under `head.*`), BatchNorm buffers, AdamW state,
     /// config, step and `extra` (any JSON string) to a temporary file renamed into place.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String, extra: Option<String>) -> Pending<()> {
-        self.state.task("SegmentationModel.save", move |t| {
-            t.save(Path::new(&path), extra.as_deref())
-        })
+        self.state.task("SegmentationModel.save", move |t| t.save(Path::new(&path), extra.as_deref()))
     }
 
     /// One training step on a loader `Batch`: its images and maps (targets: binary = map > 0.5;
@@ -272,12 +246,10 @@ impl SegmentationModel {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
         self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, o) = (batch.inner.clone(), options);
-        Ok(self
-            .state
-            .task("SegmentationModel.trainStepBatch", move |t| {
-                let l = t.step_batch(&b, o.lr, o.weight_decay)?;
-                Ok(step_result(l, t.step))
-            }))
+        Ok(self.state.task("SegmentationModel.trainStepBatch", move |t| {
+            let l = t.step_batch(&b, o.lr, o.weight_decay)?;
+            Ok(step_result(l, t.step))
+        }))
     }
 
     /// One training step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in
@@ -290,8 +262,7 @@ impl SegmentationModel {
         options: SegmentationStepOptions,
     ) -> Result<Pending<SegmentationStepResult>> {
         check_step_options(options.lr, options.weight_decay).map_err(rejected)?;
-        self.state
-            .check(|t| t.check_maps(&maps, t.batch_of(&images)?))?;
+        self.state.check(|t| t.check_maps(&maps, t.batch_of(&images)?))?;
         let (x, m, o) = (images.to_vec(), maps.to_vec(), options);
         Ok(self.state.task("SegmentationModel.trainStep", move |t| {
             let l = t.step_arrays(&x, &m, o.lr, o.weight_decay)?;
@@ -304,9 +275,7 @@ impl SegmentationModel {
     pub fn predict(&self, images: Float32Array) -> Result<Pending<Float32Array>> {
         self.state.check(|t| t.batch_of(&images))?;
         let x = images.to_vec();
-        Ok(self.state.task("SegmentationModel.predict", move |t| {
-            Ok(t.predict_arrays(&x)?.into())
-        }))
+        Ok(self.state.task("SegmentationModel.predict", move |t| Ok(t.predict_arrays(&x)?.into())))
     }
 
     /// Probabilities of grey images of any size at their own size: resized to the model's input
@@ -328,18 +297,13 @@ impl SegmentationModel {
         let o = &options;
         let mean: Vec<f32> = o.mean.iter().map(|&v| v as f32).collect();
         let std: Vec<f32> = o.std.iter().map(|&v| v as f32).collect();
-        Ok(self
-            .state
-            .task("SegmentationModel.predictImages", move |t| {
-                if data.is_empty() {
-                    return Ok(vec![]);
-                }
-                let views: Vec<(&[u8], usize, usize)> = data
-                    .iter()
-                    .map(|(p, w, h)| (p.as_slice(), *w, *h))
-                    .collect();
-                let probs = t.predict_grey(&views, &mean, &std)?;
-                Ok(probs.into_iter().map(Float32Array::new).collect())
-            }))
+        Ok(self.state.task("SegmentationModel.predictImages", move |t| {
+            if data.is_empty() {
+                return Ok(vec![]);
+            }
+            let views: Vec<(&[u8], usize, usize)> = data.iter().map(|(p, w, h)| (p.as_slice(), *w, *h)).collect();
+            let probs = t.predict_grey(&views, &mean, &std)?;
+            Ok(probs.into_iter().map(Float32Array::new).collect())
+        }))
     }
 }

@@ -7,8 +7,7 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use vasomim_core::nn::unext::UNextConfig;
 use vasomim_core::trainer::segmentor::{
-    check_lr, check_masks, config_from_json, config_to_json, image_dims, SegmentorLoss,
-    SegmentorTrainer,
+    check_lr, check_masks, config_from_json, config_to_json, image_dims, SegmentorLoss, SegmentorTrainer,
 };
 
 use crate::data::Batch;
@@ -69,12 +68,7 @@ fn dims(size: u32, width: Option<u32>) -> Result<(usize, usize)> {
 
 fn step_result(l: SegmentorLoss, step: u64) -> SegmentorStepResult {
     let (loss, bce, dice, step) = (l.loss, l.bce, l.dice, step as i64);
-    SegmentorStepResult {
-        loss,
-        bce,
-        dice,
-        step,
-    }
+    SegmentorStepResult { loss, bce, dice, step }
 }
 
 /// UNeXt-S (≈0.25 M parameters) with its training state: training on (image, vessel map) pairs
@@ -88,11 +82,7 @@ pub struct Segmentor {
 
 impl Segmentor {
     fn wrap(t: SegmentorTrainer, load_info: Option<SegmentorLoadInfo>) -> Self {
-        Segmentor {
-            cfg: t.cfg().clone(),
-            state: Shared::new(t, "segmentor"),
-            load_info,
-        }
+        Segmentor { cfg: t.cfg().clone(), state: Shared::new(t, "segmentor"), load_info }
     }
 }
 
@@ -101,19 +91,14 @@ impl Segmentor {
     /// A freshly initialised segmentor (PyTorch's default init, deterministic in `seed`) on
     /// `device` (default cpu). `config`: `{ inChans: 1 | 3 }` (default 3).
     #[napi(factory, catch_unwind)]
-    pub fn create(
-        config: Option<serde_json::Value>,
-        seed: Option<i64>,
-        device: Option<String>,
-    ) -> Result<Segmentor> {
+    pub fn create(config: Option<serde_json::Value>, seed: Option<i64>, device: Option<String>) -> Result<Segmentor> {
         let cfg = match config {
             Some(v) => config_from_json(v).map_err(rejected)?,
             None => UNextConfig { in_chans: 3 },
         };
         let dev = crate::device(device)?;
         guarded("Segmentor.create", || {
-            let t = SegmentorTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64)
-                .map_err(crate::err)?;
+            let t = SegmentorTrainer::create(&cfg, &dev, seed.unwrap_or(0) as u64).map_err(crate::err)?;
             Ok(Segmentor::wrap(t, None))
         })
     }
@@ -125,8 +110,7 @@ impl Segmentor {
         let o = options.unwrap_or_default();
         let (strict, dev) = (o.strict.unwrap_or(true), device(o.device)?);
         Ok(job("Segmentor.load", move || {
-            let (t, r) =
-                SegmentorTrainer::load(Path::new(&path), &dev, strict).map_err(crate::err)?;
+            let (t, r) = SegmentorTrainer::load(Path::new(&path), &dev, strict).map_err(crate::err)?;
             let info = SegmentorLoadInfo {
                 missing: r.missing,
                 unexpected: r.unexpected,
@@ -166,9 +150,7 @@ impl Segmentor {
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn save(&self, path: String, with_optimizer: Option<bool>) -> Pending<()> {
         let with_opt = with_optimizer.unwrap_or(true);
-        self.state.task("Segmentor.save", move |t| {
-            t.save(Path::new(&path), with_opt)
-        })
+        self.state.task("Segmentor.save", move |t| t.save(Path::new(&path), with_opt))
     }
 
     /// One training step on images (B, C, H, W, normalised) and masks (B, 1, H, W, in {0, 1});
@@ -181,16 +163,12 @@ impl Segmentor {
         options: SegmentorStepOptions,
     ) -> Result<Pending<SegmentorStepResult>> {
         check_lr(options.lr).map_err(rejected)?;
-        let size = options
-            .size
-            .ok_or_else(|| crate::invalid("size: the image side of flat arrays is required"))?;
+        let size = options.size.ok_or_else(|| crate::invalid("size: the image side of flat arrays is required"))?;
         let hw = dims(size, options.width)?;
         let b = self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         check_masks(&masks, b, hw.0, hw.1).map_err(rejected)?;
         let (x, y, lr) = (images.to_vec(), masks.to_vec(), options.lr);
-        Ok(self.state.task("Segmentor.trainStep", move |t| {
-            Ok(step_result(t.step_arrays(&x, &y, hw, lr)?, t.step))
-        }))
+        Ok(self.state.task("Segmentor.trainStep", move |t| Ok(step_result(t.step_arrays(&x, &y, hw, lr)?, t.step))))
     }
 
     /// One training step on a loader `Batch` (its images and vessel maps, without copying
@@ -204,23 +182,15 @@ impl Segmentor {
         check_lr(options.lr).map_err(rejected)?;
         self.state.check(|t| t.check_loader_batch(&batch.inner))?;
         let (b, lr) = (batch.inner.clone(), options.lr);
-        Ok(self.state.task("Segmentor.trainStepBatch", move |t| {
-            Ok(step_result(t.step_batch(&b, lr)?, t.step))
-        }))
+        Ok(self.state.task("Segmentor.trainStepBatch", move |t| Ok(step_result(t.step_batch(&b, lr)?, t.step))))
     }
 
     /// Eval-mode vessel probabilities (B, 1, H, W) of images (B, C, H, W).
     #[napi(catch_unwind, ts_return_type = "Promise<Float32Array>")]
-    pub fn predict(
-        &self,
-        images: Float32Array,
-        options: SegmentorImageOptions,
-    ) -> Result<Pending<Float32Array>> {
+    pub fn predict(&self, images: Float32Array, options: SegmentorImageOptions) -> Result<Pending<Float32Array>> {
         let hw = dims(options.size, options.width)?;
         self.state.check(|t| t.batch_of(&images, hw.0, hw.1))?;
         let x = images.to_vec();
-        Ok(self.state.task("Segmentor.predict", move |t| {
-            Ok(t.predict_arrays(&x, hw)?.into())
-        }))
+        Ok(self.state.task("Segmentor.predict", move |t| Ok(t.predict_arrays(&x, hw)?.into())))
     }
 }

@@ -11,20 +11,14 @@ use vasomim_core::nn::InitRng;
 use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
@@ -39,20 +33,12 @@ fn main() -> candle_core::Result<()> {
     let steps: usize = arg(&args, "--steps", 10);
     let warmup: usize = arg(&args, "--warmup", 2);
     let chans: usize = arg(&args, "--chans", 3);
-    let cfg = MaeConfig {
-        img_size: img,
-        in_chans: chans,
-        ..MaeConfig::preset(&preset).expect("unknown preset")
-    };
+    let cfg = MaeConfig { img_size: img, in_chans: chans, ..MaeConfig::preset(&preset).expect("unknown preset") };
     let dev = Device::Cpu;
     let mut tr = PretrainTrainer::create(&cfg, &dev, 0)?;
     let mut rng = InitRng::new(1);
     let n = batch * chans * img * img;
-    let x = Tensor::from_vec(
-        (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(),
-        (batch, chans, img, img),
-        &dev,
-    )?;
+    let x = Tensor::from_vec((0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (batch, chans, img, img), &dev)?;
     let p = StepParams::default();
     let mut step = |rng: &mut InitRng| -> candle_core::Result<()> {
         let m = random_masking(batch, cfg.num_patches(), mask, rng, &dev)?;

@@ -15,27 +15,17 @@ use vasomim_core::nn::InitRng;
 use vasomim_core::trainer::segmentor::SegmentorTrainer;
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let (b, s, c) = (
-        arg(&args, "--batch", 8),
-        arg(&args, "--img", 224),
-        arg(&args, "--chans", 3),
-    );
+    let (b, s, c) = (arg(&args, "--batch", 8), arg(&args, "--img", 224), arg(&args, "--chans", 3));
     let (steps, warmup) = (arg(&args, "--steps", 5), arg(&args, "--warmup", 1));
     let mut rng = InitRng::new(1);
     let n = b * c * s * s;
     let x: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    let y: Vec<f32> = (0..b * s * s)
-        .map(|_| (rng.uniform() < 0.1) as u8 as f32)
-        .collect();
+    let y: Vec<f32> = (0..b * s * s).map(|_| (rng.uniform() < 0.1) as u8 as f32).collect();
     let x = Tensor::from_vec(x, (b, c, s, s), &Device::Cpu)?;
     let y = Tensor::from_vec(y, (b, 1, s, s), &Device::Cpu)?;
     let mut tr = SegmentorTrainer::create(&UNextConfig { in_chans: c }, &Device::Cpu, 0)?;
@@ -69,9 +59,7 @@ fn main() -> candle_core::Result<()> {
     })?;
     let dw_candle = time(&mut || {
         let nchw = dx.as_tensor().permute((0, 3, 1, 2))?.contiguous()?;
-        let y = nchw
-            .conv2d(dw.as_tensor(), 1, 1, 1, dc)?
-            .broadcast_add(&db.as_tensor().reshape((1, dc, 1, 1))?)?;
+        let y = nchw.conv2d(dw.as_tensor(), 1, 1, 1, dc)?.broadcast_add(&db.as_tensor().reshape((1, dc, 1, 1))?)?;
         y.sum_all()?.backward().map(|_| ())
     })?;
     println!(

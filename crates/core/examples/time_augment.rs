@@ -22,15 +22,7 @@ fn main() {
     let mut out = Vec::new();
     for _ in 0..reps {
         let crop = rrc_params(g.height, g.width, (0.2, 1.0), (0.75, 4.0 / 3.0), &mut rng);
-        out = resize_bicubic(
-            View {
-                pixels: &g.pixels,
-                stride: g.width,
-                crop,
-            },
-            224,
-            224,
-        );
+        out = resize_bicubic(View { pixels: &g.pixels, stride: g.width, crop }, 224, 224);
     }
     let res = t.elapsed().as_secs_f64() / reps as f64;
     let mut planes = vec![0f32; 3 * 224 * 224];

@@ -90,11 +90,7 @@ fn check_lengths(bytes: &[u8]) -> Result<(), String> {
             if elem == 0xE0DD {
                 encapsulated = false;
             }
-            p += 8 + if encapsulated && elem == 0xE000 {
-                len as usize
-            } else {
-                0
-            };
+            p += 8 + if encapsulated && elem == 0xE000 { len as usize } else { 0 };
             continue;
         }
         if encapsulated {
@@ -107,25 +103,11 @@ fn check_lengths(bytes: &[u8]) -> Result<(), String> {
             if !VRS.chunks_exact(2).any(|v| v == vr) {
                 // Explicit VR is two capital letters: anything else is a corrupt or misaligned
                 // header, and parsing on would read garbage lengths.
-                return Err(format!(
-                    "element ({group:04X},{elem:04X}) at byte {p} has no valid VR (corrupt file)"
-                ));
+                return Err(format!("element ({group:04X},{elem:04X}) at byte {p} has no valid VR (corrupt file)"));
             }
             if matches!(
                 &vr,
-                b"OB"
-                    | b"OD"
-                    | b"OF"
-                    | b"OL"
-                    | b"OV"
-                    | b"OW"
-                    | b"SQ"
-                    | b"SV"
-                    | b"UC"
-                    | b"UN"
-                    | b"UR"
-                    | b"UT"
-                    | b"UV"
+                b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
             ) {
                 if p + 12 > n {
                     break;
@@ -196,21 +178,13 @@ fn open(bytes: &[u8], header_only: bool) -> Result<DefaultDicomObject, String> {
     if header_only {
         opts = opts.read_until(tags::PIXEL_DATA);
     }
-    opts.from_reader(Cursor::new(&bytes[128..]))
-        .map_err(|e| format!("cannot parse DICOM: {}", chain(&e)))
+    opts.from_reader(Cursor::new(&bytes[128..])).map_err(|e| format!("cannot parse DICOM: {}", chain(&e)))
 }
 
-fn int_of(
-    obj: &DefaultDicomObject,
-    tag: dicom_core::Tag,
-    name: &str,
-) -> Result<Option<i64>, String> {
+fn int_of(obj: &DefaultDicomObject, tag: dicom_core::Tag, name: &str) -> Result<Option<i64>, String> {
     match obj.element_opt(tag).map_err(|e| format!("{name}: {e}"))? {
         None => Ok(None),
-        Some(e) => e
-            .to_int::<i64>()
-            .map(Some)
-            .map_err(|e| format!("{name} is not an integer: {e}")),
+        Some(e) => e.to_int::<i64>().map(Some).map_err(|e| format!("{name} is not an integer: {e}")),
     }
 }
 
@@ -232,14 +206,10 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
     let signed = int_of(obj, tags::PIXEL_REPRESENTATION, "Pixel Representation")?.unwrap_or(0) == 1;
     let planar = int_of(obj, tags::PLANAR_CONFIGURATION, "Planar Configuration")?.unwrap_or(0) == 1;
     if rows < 1 || columns < 1 || frames < 1 || rows > 65535 || columns > 65535 {
-        return Err(format!(
-            "bad image size: {rows} rows x {columns} columns x {frames} frames"
-        ));
+        return Err(format!("bad image size: {rows} rows x {columns} columns x {frames} frames"));
     }
     if !matches!(bits_allocated, 8 | 16 | 32) || bits_stored < 1 || bits_stored > bits_allocated {
-        return Err(format!(
-            "unsupported sample layout: {bits_allocated} bits allocated, {bits_stored} stored"
-        ));
+        return Err(format!("unsupported sample layout: {bits_allocated} bits allocated, {bits_stored} stored"));
     }
     // A corrupt header must not make us allocate gigabytes: 2^26 samples is 8k x 8k.
     if rows * columns * spp.max(1) > 1 << 26 {
@@ -272,11 +242,7 @@ fn info_of(obj: &DefaultDicomObject) -> Result<DicomInfo, String> {
             (Some(c), Some(w)) if c.is_finite() && w.is_finite() && w > 0.0 => Some((c, w)),
             _ => None,
         },
-        transfer_syntax: obj
-            .meta()
-            .transfer_syntax()
-            .trim_end_matches('\0')
-            .to_string(),
+        transfer_syntax: obj.meta().transfer_syntax().trim_end_matches('\0').to_string(),
     })
 }
 
@@ -318,9 +284,7 @@ fn syntax_name(uid: &str) -> Option<&'static str> {
     match uid {
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some("JPEG-LS"),
         "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => Some("JPEG 2000"),
-        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => {
-            Some("HTJ2K")
-        }
+        "1.2.840.10008.1.2.4.201" | "1.2.840.10008.1.2.4.202" | "1.2.840.10008.1.2.4.203" => Some("HTJ2K"),
         _ => None,
     }
 }
@@ -336,11 +300,8 @@ impl DicomImage {
                 info.transfer_syntax.as_str(),
                 "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2.2"
             );
-            let need = info.rows
-                * info.columns
-                * info.samples_per_pixel
-                * (info.bits_allocated as usize / 8)
-                * info.frames;
+            let need =
+                info.rows * info.columns * info.samples_per_pixel * (info.bits_allocated as usize / 8) * info.frames;
             if native && need > bytes.len() {
                 return Err(format!(
                     "pixel data truncated: {} frame(s) of {} x {} need {need} bytes, the file has {}",
@@ -358,18 +319,13 @@ impl DicomImage {
     pub fn stored_frame(&self, k: usize) -> Result<Vec<i32>, String> {
         let i = &self.info;
         if k >= i.frames {
-            return Err(format!(
-                "frame {k} out of range (the file has {} frames)",
-                i.frames
-            ));
+            return Err(format!("frame {k} out of range (the file has {} frames)", i.frames));
         }
         guard(|| {
             let decoded = self.obj.decode_pixel_data_frame(k as u32).map_err(|e| {
                 let s = chain(&e);
                 match syntax_name(&i.transfer_syntax) {
-                    Some(name) => format!(
-                        "cannot decode pixel data: {name} is not supported by this build ({s})"
-                    ),
+                    Some(name) => format!("cannot decode pixel data: {name} is not supported by this build ({s})"),
                     None => format!("cannot decode pixel data of frame {k}: {s}"),
                 }
             })?;
@@ -377,12 +333,11 @@ impl DicomImage {
             let n = i.rows * i.columns * i.samples_per_pixel;
             let bps = (decoded.bits_allocated() as usize).div_ceil(8);
             let data = decoded.data();
-            let start =
-                if decoded.number_of_frames() as usize > 1 && data.len() >= (k + 1) * n * bps {
-                    k * n * bps
-                } else {
-                    0
-                };
+            let start = if decoded.number_of_frames() as usize > 1 && data.len() >= (k + 1) * n * bps {
+                k * n * bps
+            } else {
+                0
+            };
             if data.len() < start + n * bps {
                 return Err(format!(
                     "pixel data truncated: frame {k} needs {} bytes, {} available",
@@ -392,13 +347,7 @@ impl DicomImage {
             }
             let bytes = &data[start..start + n * bps];
             // dicom-rs hands native samples over in little-endian order whatever the syntax.
-            let mut out = samples(
-                bytes,
-                decoded.bits_allocated(),
-                i.bits_stored,
-                i.signed,
-                false,
-            );
+            let mut out = samples(bytes, decoded.bits_allocated(), i.bits_stored, i.signed, false);
             if i.samples_per_pixel == 3 && decoded.planar_configuration() as u8 == 1 {
                 out = interleave(&out, i.rows * i.columns);
             }
@@ -409,32 +358,29 @@ impl DicomImage {
     /// Stored values through the linear modality LUT (Rescale Slope / Intercept).
     pub fn modality_frame(&self, k: usize) -> Result<Vec<f64>, String> {
         let (m, b) = (self.info.slope, self.info.intercept);
-        Ok(self
-            .stored_frame(k)?
-            .into_iter()
-            .map(|v| v as f64 * m + b)
-            .collect())
+        Ok(self.stored_frame(k)?.into_iter().map(|v| v as f64 * m + b).collect())
     }
 
     /// Display grey of frame `k` in 8-bit units (see the module docs for the mapping).
     pub fn grey_frame(&self, k: usize) -> Result<GreyImage, String> {
         let i = &self.info;
         let stored = self.stored_frame(k)?;
-        let grey: Vec<f64> = if i.samples_per_pixel == 3 {
-            let ybr = i.photometric.starts_with("YBR");
-            stored
-                .chunks_exact(3)
-                .map(|p| {
-                    if ybr {
-                        p[0] as f64
-                    } else {
-                        0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
-                    }
-                })
-                .collect()
-        } else {
-            stored.iter().map(|&v| v as f64).collect()
-        };
+        let grey: Vec<f64> =
+            if i.samples_per_pixel == 3 {
+                let ybr = i.photometric.starts_with("YBR");
+                stored
+                    .chunks_exact(3)
+                    .map(|p| {
+                        if ybr {
+                            p[0] as f64
+                        } else {
+                            0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64
+                        }
+                    })
+                    .collect()
+            } else {
+                stored.iter().map(|&v| v as f64).collect()
+            };
         let map = DisplayMap::new(i);
         let invert = i.photometric == "MONOCHROME1";
         let pixels = grey
@@ -470,11 +416,7 @@ pub struct DisplayMap {
 
 impl DisplayMap {
     pub fn new(i: &DicomInfo) -> DisplayMap {
-        let bits = if i.samples_per_pixel == 3 {
-            8.min(i.bits_stored)
-        } else {
-            i.bits_stored
-        } as i32;
+        let bits = if i.samples_per_pixel == 3 { 8.min(i.bits_stored) } else { i.bits_stored } as i32;
         let (smin, smax) = if i.signed && i.samples_per_pixel == 1 {
             (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0)
         } else {
@@ -484,11 +426,7 @@ impl DisplayMap {
         DisplayMap {
             slope: i.slope,
             intercept: i.intercept,
-            window: if i.samples_per_pixel == 1 {
-                i.window
-            } else {
-                None
-            },
+            window: if i.samples_per_pixel == 1 { i.window } else { None },
             lo: a.min(b),
             hi: a.max(b),
         }
@@ -530,11 +468,7 @@ fn samples(bytes: &[u8], allocated: u16, stored: u16, signed: bool, big: bool) -
             .chunks_exact(2)
             .map(|c| {
                 let a = [c[0], c[1]];
-                (if big {
-                    u16::from_be_bytes(a)
-                } else {
-                    u16::from_le_bytes(a)
-                }) as u32
+                (if big { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) }) as u32
             })
             .collect(),
         _ => bytes
@@ -549,11 +483,7 @@ fn samples(bytes: &[u8], allocated: u16, stored: u16, signed: bool, big: bool) -
             })
             .collect(),
     };
-    let mask = if bits >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits) - 1
-    };
+    let mask = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
     raw.into_iter()
         .map(|r| {
             let v = r & mask;

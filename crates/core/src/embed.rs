@@ -29,11 +29,7 @@ pub fn preprocess(img: &GreyImage, size: usize, chans: usize) -> Vec<f32> {
     };
     let mut out = Vec::with_capacity(chans * size * size);
     for c in 0..chans {
-        let (m, s) = if chans == 3 {
-            (IMAGENET_MEAN[c], IMAGENET_STD[c])
-        } else {
-            (GREY_MEAN, GREY_STD)
-        };
+        let (m, s) = if chans == 3 { (IMAGENET_MEAN[c], IMAGENET_STD[c]) } else { (GREY_MEAN, GREY_STD) };
         out.extend(plane.iter().map(|v| (v - m) / s));
     }
     out
@@ -56,8 +52,7 @@ pub fn embed_files(
     for chunk in paths.chunks(batch.max(1)) {
         let mut data = Vec::with_capacity(chunk.len() * c * s * s);
         for p in chunk {
-            let img = read_grey(p)
-                .map_err(|e| candle_core::Error::msg(format!("{}: {e}", p.display())))?;
+            let img = read_grey(p).map_err(|e| candle_core::Error::msg(format!("{}: {e}", p.display())))?;
             data.extend(preprocess(&img, s, c));
         }
         let t = Tensor::from_vec(data, (chunk.len(), c, s, s), device)?;

@@ -17,28 +17,14 @@ pub struct FrameFile {
 
 /// Write frames of `input` as `<out_dir>/<stem>_<frame:04>.png` (`<stem>.png` for single-frame
 /// files), atomically; existing files are kept unless `overwrite`.
-pub fn extract_frames(
-    input: &Path,
-    out_dir: &Path,
-    stem: &str,
-    overwrite: bool,
-) -> Result<Vec<FrameFile>, String> {
+pub fn extract_frames(input: &Path, out_dir: &Path, stem: &str, overwrite: bool) -> Result<Vec<FrameFile>, String> {
     let bytes = std::fs::read(input).map_err(|e| format!("cannot open: {e}"))?;
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
-    let dicom = if crate::dicom::is_dicom(&bytes) {
-        Some(DicomImage::from_bytes(&bytes)?)
-    } else {
-        None
-    };
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
+    let dicom = if crate::dicom::is_dicom(&bytes) { Some(DicomImage::from_bytes(&bytes)?) } else { None };
     let frames = dicom.as_ref().map(|d| d.info.frames).unwrap_or(1);
     let mut out = Vec::with_capacity(frames);
     for k in 0..frames {
-        let name = if frames == 1 {
-            format!("{stem}.png")
-        } else {
-            format!("{stem}_{k:04}.png")
-        };
+        let name = if frames == 1 { format!("{stem}.png") } else { format!("{stem}_{k:04}.png") };
         let path = out_dir.join(name);
         let g = match &dicom {
             Some(d) => d.grey_frame(k),
@@ -48,12 +34,7 @@ pub fn extract_frames(
         if overwrite || !path.exists() {
             write_png_grey8(&path, g.width, g.height, &g.to_u8())?;
         }
-        out.push(FrameFile {
-            frame: k,
-            path,
-            width: g.width,
-            height: g.height,
-        });
+        out.push(FrameFile { frame: k, path, width: g.width, height: g.height });
     }
     Ok(out)
 }

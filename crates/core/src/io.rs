@@ -31,10 +31,7 @@ pub struct GreyImage {
 impl GreyImage {
     /// Pixels rounded to 8-bit (exact for 8-bit sources).
     pub fn to_u8(&self) -> Vec<u8> {
-        self.pixels
-            .iter()
-            .map(|&v| v.round().clamp(0.0, 255.0) as u8)
-            .collect()
+        self.pixels.iter().map(|&v| v.round().clamp(0.0, 255.0) as u8).collect()
     }
 }
 
@@ -59,9 +56,7 @@ pub fn decode_grey(bytes: &[u8], frame: usize) -> Result<GreyImage, String> {
         return crate::dicom::DicomImage::from_bytes(bytes)?.grey_frame(frame);
     }
     if frame != 0 {
-        return Err(format!(
-            "frame {frame} out of range (not a multi-frame file)"
-        ));
+        return Err(format!("frame {frame} out of range (not a multi-frame file)"));
     }
     Ok(to_grey(decode_raster(bytes)?))
 }
@@ -79,25 +74,15 @@ pub struct Grey8 {
 pub fn decode_grey8(bytes: &[u8], frame: usize) -> Result<Grey8, String> {
     if bytes.is_empty() || crate::dicom::is_dicom(bytes) || frame != 0 {
         let g = decode_grey(bytes, frame)?;
-        return Ok(Grey8 {
-            width: g.width,
-            height: g.height,
-            pixels: g.to_u8(),
-        });
+        return Ok(Grey8 { width: g.width, height: g.height, pixels: g.to_u8() });
     }
     match decode_raster(bytes)? {
-        DynamicImage::ImageLuma8(b) => Ok(Grey8 {
-            width: b.width() as usize,
-            height: b.height() as usize,
-            pixels: b.into_raw(),
-        }),
+        DynamicImage::ImageLuma8(b) => {
+            Ok(Grey8 { width: b.width() as usize, height: b.height() as usize, pixels: b.into_raw() })
+        }
         other => {
             let g = to_grey(other);
-            Ok(Grey8 {
-                width: g.width,
-                height: g.height,
-                pixels: g.to_u8(),
-            })
+            Ok(Grey8 { width: g.width, height: g.height, pixels: g.to_u8() })
         }
     }
 }
@@ -134,12 +119,7 @@ pub fn probe_bytes(bytes: &[u8]) -> Result<ImageInfo, String> {
     }
     if crate::dicom::is_dicom(bytes) {
         let i = crate::dicom::probe(bytes)?;
-        return Ok(ImageInfo {
-            width: i.columns,
-            height: i.rows,
-            frames: i.frames,
-            format: "dicom".into(),
-        });
+        return Ok(ImageInfo { width: i.columns, height: i.rows, frames: i.frames, format: "dicom".into() });
     }
     let format = image::guess_format(bytes)
         .map_err(|_| "not an image (no PNG, JPEG, BMP, TIFF or DICOM signature)".to_string())?;
@@ -148,12 +128,7 @@ pub fn probe_bytes(bytes: &[u8]) -> Result<ImageInfo, String> {
             .into_dimensions()
             .map_err(|e| format!("cannot read {} header: {e}", format_name(format)))
     })?;
-    Ok(ImageInfo {
-        width: w as usize,
-        height: h as usize,
-        frames: 1,
-        format: format_name(format).into(),
-    })
+    Ok(ImageInfo { width: w as usize, height: h as usize, frames: 1, format: format_name(format).into() })
 }
 
 fn format_name(f: image::ImageFormat) -> &'static str {
@@ -172,37 +147,20 @@ fn to_grey(img: DynamicImage) -> GreyImage {
         DynamicImage::ImageLuma8(b) => b.as_raw().iter().map(|&v| v as f32).collect(),
         DynamicImage::ImageLumaA8(b) => b.as_raw().chunks_exact(2).map(|p| p[0] as f32).collect(),
         DynamicImage::ImageLuma16(b) => b.as_raw().iter().map(|&v| v as f32 / 257.0).collect(),
-        DynamicImage::ImageLumaA16(b) => b
-            .as_raw()
-            .chunks_exact(2)
-            .map(|p| p[0] as f32 / 257.0)
-            .collect(),
+        DynamicImage::ImageLumaA16(b) => b.as_raw().chunks_exact(2).map(|p| p[0] as f32 / 257.0).collect(),
         DynamicImage::ImageRgb8(b) => b.as_raw().chunks_exact(3).map(rgb8).collect(),
         DynamicImage::ImageRgba8(b) => b.as_raw().chunks_exact(4).map(rgb8).collect(),
-        DynamicImage::ImageRgb16(b) => b
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0)
-            .collect(),
-        DynamicImage::ImageRgba16(b) => b
-            .as_raw()
-            .chunks_exact(4)
-            .map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0)
-            .collect(),
-        other => other
-            .to_rgb32f()
-            .as_raw()
-            .chunks_exact(3)
-            .map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0) * 255.0)
-            .collect(),
+        DynamicImage::ImageRgb16(b) => {
+            b.as_raw().chunks_exact(3).map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0).collect()
+        }
+        DynamicImage::ImageRgba16(b) => {
+            b.as_raw().chunks_exact(4).map(|p| luma(p[0] as f32, p[1] as f32, p[2] as f32) / 257.0).collect()
+        }
+        other => {
+            other.to_rgb32f().as_raw().chunks_exact(3).map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0) * 255.0).collect()
+        }
     };
-    GreyImage {
-        width,
-        height,
-        pixels,
-        bit_depth,
-        channels,
-    }
+    GreyImage { width, height, pixels, bit_depth, channels }
 }
 
 /// 8-bit RGB -> grey with integer BT.601 weights and rounding (identical channels stay exact).
@@ -235,10 +193,7 @@ pub fn write_atomic(
 fn temp_path(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let n = N.fetch_add(1, Ordering::Relaxed);
     path.with_file_name(format!(".{name}.vasomim-tmp-{}-{n}", std::process::id()))
 }
@@ -247,12 +202,7 @@ fn temp_path(path: &Path) -> PathBuf {
 pub const TEMP_MARKER: &str = ".vasomim-tmp-";
 
 /// 8-bit grey PNG.
-pub fn write_png_grey8(
-    path: &Path,
-    width: usize,
-    height: usize,
-    data: &[u8],
-) -> Result<(), String> {
+pub fn write_png_grey8(path: &Path, width: usize, height: usize, data: &[u8]) -> Result<(), String> {
     assert_eq!(data.len(), width * height);
     write_atomic(path, |w| {
         let mut enc = png::Encoder::new(w, width as u32, height as u32);
@@ -293,15 +243,8 @@ impl NpyElem for u8 {
 pub fn npy_bytes<T: NpyElem>(shape: &[usize], data: &[T]) -> Vec<u8> {
     assert_eq!(shape.iter().product::<usize>(), data.len());
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_txt}, }}",
-        T::DESCR
-    );
+    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape_txt}, }}", T::DESCR);
     // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));

@@ -36,3 +36,12 @@ pub mod vessels;
 pub(crate) use frangi::multiversion;
 
 pub use io::{read_grey, GreyImage};
+
+/// A candle error's message without the backtrace candle appends when RUST_BACKTRACE is set
+/// (which means nothing to a user of the CLI or the Node API).
+pub fn error_message(e: candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => error_message(*inner),
+        e => e.to_string(),
+    }
+}

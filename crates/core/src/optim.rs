@@ -10,9 +10,7 @@ use std::collections::HashMap;
 
 use std::sync::Mutex;
 
-use candle_core::{
-    backprop::GradStore, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var,
-};
+use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -38,13 +36,7 @@ pub struct AdamWParams {
 impl Default for AdamWParams {
     /// METHOD.md §8: β = (0.9, 0.95), ε = 1e-8, weight decay 0.05.
     fn default() -> Self {
-        AdamWParams {
-            lr: 1.5e-4,
-            weight_decay: 0.05,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-        }
+        AdamWParams { lr: 1.5e-4, weight_decay: 0.05, beta1: 0.9, beta2: 0.95, eps: 1e-8 }
     }
 }
 
@@ -70,11 +62,7 @@ impl AdamW {
         let slots = params
             .entries
             .iter()
-            .filter(|(n, _)| {
-                !frozen
-                    .iter()
-                    .any(|f| n == f || n.starts_with(&format!("{f}.")))
-            })
+            .filter(|(n, _)| !frozen.iter().any(|f| n == f || n.starts_with(&format!("{f}."))))
             .map(|(n, v)| {
                 let z = Tensor::zeros(v.shape(), DType::F32, v.device())?;
                 Ok(Slot {
@@ -106,25 +94,16 @@ impl AdamW {
     }
 
     pub fn lr_scales(&self) -> Vec<(String, f64)> {
-        self.slots
-            .iter()
-            .map(|s| (s.name.clone(), s.lr_scale))
-            .collect()
+        self.slots.iter().map(|s| (s.name.clone(), s.lr_scale)).collect()
     }
 
     /// Names of the optimized tensors and whether each decays.
     pub fn groups(&self) -> Vec<(String, bool)> {
-        self.slots
-            .iter()
-            .map(|s| (s.name.clone(), s.decay))
-            .collect()
+        self.slots.iter().map(|s| (s.name.clone(), s.decay)).collect()
     }
 
     pub fn vars(&self) -> Vec<(&str, &Var)> {
-        self.slots
-            .iter()
-            .map(|s| (s.name.as_str(), &s.var))
-            .collect()
+        self.slots.iter().map(|s| (s.name.as_str(), &s.var)).collect()
     }
 
     /// The gradients of the optimized tensors, in slot order; a tensor absent from `grads`
@@ -147,11 +126,7 @@ impl AdamW {
     /// `fused`: the one-pass CPU kernel where it applies; otherwise candle's composite ops.
     fn step_impl(&mut self, grads: &[Tensor], p: &AdamWParams, fused: bool) -> Result<()> {
         if grads.len() != self.slots.len() {
-            candle_core::bail!(
-                "{} gradients for {} parameters",
-                grads.len(),
-                self.slots.len()
-            );
+            candle_core::bail!("{} gradients for {} parameters", grads.len(), self.slots.len());
         }
         self.step += 1;
         let t = self.step as i32;
@@ -187,10 +162,7 @@ impl AdamW {
             .flat_map(|s| {
                 [
                     (format!("optimizer.exp_avg.{}", s.name), s.exp_avg.clone()),
-                    (
-                        format!("optimizer.exp_avg_sq.{}", s.name),
-                        s.exp_avg_sq.clone(),
-                    ),
+                    (format!("optimizer.exp_avg_sq.{}", s.name), s.exp_avg_sq.clone()),
                 ]
             })
             .collect()
@@ -205,9 +177,9 @@ impl AdamW {
             let mut pair = Vec::with_capacity(2);
             for kind in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("optimizer.{kind}.{}", s.name);
-                let t = tensors.get(&key).ok_or_else(|| {
-                    candle_core::Error::msg(format!("optimizer state: missing {key}"))
-                })?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| candle_core::Error::msg(format!("optimizer state: missing {key}")))?;
                 if t.dims() != s.var.dims() {
                     candle_core::bail!(
                         "optimizer state: {key} has shape {:?}, parameter has {:?}",
@@ -246,23 +218,15 @@ struct Consts {
 /// tensors: the parameter in place, new moment tensors returned. Same f32 operations in the same
 /// order as the composite path below it in [`AdamW::step`], so bit-identical (tested). `None`
 /// where the tensors are elsewhere or strided: the caller runs the composite path.
-fn fused_step(
-    s: &Slot,
-    g: &Tensor,
-    p: &AdamWParams,
-    bc1: f64,
-    bc2_sqrt: f64,
-) -> Result<Option<(Tensor, Tensor)>> {
+fn fused_step(s: &Slot, g: &Tensor, p: &AdamWParams, bc1: f64, bc2_sqrt: f64) -> Result<Option<(Tensor, Tensor)>> {
     let w = s.var.as_tensor();
     let all = [w, g, &s.exp_avg, &s.exp_avg_sq];
-    if !all.iter().all(|t| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims()
-    }) {
+    if !all.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims())
+    {
         return Ok(None);
     }
     let c = Consts {
-        decay: (s.decay && p.weight_decay != 0.0)
-            .then_some((1.0 - p.lr * s.lr_scale * p.weight_decay) as f32),
+        decay: (s.decay && p.weight_decay != 0.0).then_some((1.0 - p.lr * s.lr_scale * p.weight_decay) as f32),
         b1: p.beta1 as f32,
         one_m_b1: (1.0 - p.beta1) as f32,
         b2: p.beta2 as f32,
@@ -275,13 +239,7 @@ fn fused_step(
     let (ms, ml) = s.exp_avg.storage_and_layout();
     let (vs, vl) = s.exp_avg_sq.storage_and_layout();
     let (g, m, v) = (cpu_f32(&gs, gl)?, cpu_f32(&ms, ml)?, cpu_f32(&vs, vl)?);
-    let op = AdamWOp {
-        g,
-        m,
-        v,
-        c,
-        out: Mutex::new(None),
-    };
+    let op = AdamWOp { g, m, v, c, out: Mutex::new(None) };
     w.inplace_op1(&op)?;
     let (m, v) = op
         .out
@@ -289,10 +247,7 @@ fn fused_step(
         .map_err(|_| candle_core::Error::msg("adamw: poisoned"))?
         .ok_or_else(|| candle_core::Error::msg("adamw: kernel did not run"))?;
     let dev = w.device();
-    Ok(Some((
-        Tensor::from_vec(m, w.shape(), dev)?,
-        Tensor::from_vec(v, w.shape(), dev)?,
-    )))
+    Ok(Some((Tensor::from_vec(m, w.shape(), dev)?, Tensor::from_vec(v, w.shape(), dev)?)))
 }
 
 fn cpu_f32<'a>(st: &'a candle_core::Storage, l: &Layout) -> Result<&'a [f32]> {
@@ -328,28 +283,16 @@ impl InplaceOp1 for AdamWOp<'_> {
         const CHUNK: usize = 1 << 14;
         let c = self.c;
         if n >= 2 * CHUNK {
-            w.par_chunks_mut(CHUNK)
-                .zip(m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK)))
-                .enumerate()
-                .for_each(|(i, (wc, (mc, vc)))| {
+            w.par_chunks_mut(CHUNK).zip(m2.par_chunks_mut(CHUNK).zip(v2.par_chunks_mut(CHUNK))).enumerate().for_each(
+                |(i, (wc, (mc, vc)))| {
                     let r = i * CHUNK..i * CHUNK + wc.len();
-                    adamw_kernel(
-                        wc,
-                        mc,
-                        vc,
-                        &self.g[r.clone()],
-                        &self.m[r.clone()],
-                        &self.v[r],
-                        c,
-                    )
-                });
+                    adamw_kernel(wc, mc, vc, &self.g[r.clone()], &self.m[r.clone()], &self.v[r], c)
+                },
+            );
         } else {
             adamw_kernel(w, &mut m2, &mut v2, self.g, self.m, self.v, c);
         }
-        *self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::msg("adamw: poisoned"))? = Some((m2, v2));
+        *self.out.lock().map_err(|_| candle_core::Error::msg("adamw: poisoned"))? = Some((m2, v2));
         Ok(())
     }
 }
@@ -388,11 +331,7 @@ crate::multiversion! {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut s = 0f64;
     for g in grads {
-        s += g
-            .to_dtype(DType::F32)?
-            .sqr()?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
+        s += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
     }
     Ok(s.sqrt())
 }
@@ -424,13 +363,9 @@ mod tests {
         let dev = Device::Cpu;
         let make = || {
             let pb = ParamBuilder::new(&dev, 7);
-            pb.pp("a")
-                .var("weight", &[37, 29], Init::XavierUniform)
-                .unwrap();
+            pb.pp("a").var("weight", &[37, 29], Init::XavierUniform).unwrap();
             pb.pp("a").var("bias", &[37], Init::Normal(0.1)).unwrap();
-            pb.pp("b")
-                .var("weight", &[300, 129], Init::XavierUniform)
-                .unwrap();
+            pb.pp("b").var("weight", &[300, 129], Init::XavierUniform).unwrap();
             pb.var("tok", &[1, 1, 5], Init::Normal(0.02)).unwrap();
             let store = pb.into_store();
             let opt = AdamW::new(&store, &[]).unwrap();
@@ -439,11 +374,7 @@ mod tests {
         let (sa, mut a) = make();
         let (sb, mut b) = make();
         let mut rng = InitRng::new(3);
-        let p = AdamWParams {
-            lr: 1e-2,
-            weight_decay: 0.05,
-            ..Default::default()
-        };
+        let p = AdamWParams { lr: 1e-2, weight_decay: 0.05, ..Default::default() };
         for _ in 0..4 {
             let grads: Vec<Tensor> = sa
                 .entries
@@ -458,13 +389,7 @@ mod tests {
             b.step_impl(&grads, &p, false).unwrap();
         }
         let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
         };
         for ((n, va), (_, vb)) in sa.entries.iter().zip(&sb.entries) {
             assert_eq!(bits(va.as_tensor()), bits(vb.as_tensor()), "{n}");

@@ -23,9 +23,7 @@ impl Precision {
         match name {
             "f32" => Ok(Precision::F32),
             "f64" => Ok(Precision::F64),
-            other => Err(format!(
-                "precision: unknown precision {other:?} (expected f32 or f64)"
-            )),
+            other => Err(format!("precision: unknown precision {other:?} (expected f32 or f64)")),
         }
     }
 }
@@ -38,29 +36,14 @@ pub fn filter_params(
     black_ridges: bool,
     (alpha, beta, gamma): (f64, f64, Option<f64>),
 ) -> Result<VesselnessParams, String> {
-    let frangi = |frangi1998| {
-        Filter::Frangi(FrangiParams {
-            alpha,
-            beta,
-            gamma,
-            frangi1998,
-        })
-    };
+    let frangi = |frangi1998| Filter::Frangi(FrangiParams { alpha, beta, gamma, frangi1998 });
     let filter = match filter {
         "sato" => Filter::Sato,
         "frangi" => frangi(false),
         "frangi1998" => frangi(true),
-        other => {
-            return Err(format!(
-                "filter: unknown filter {other:?} (expected sato, frangi or frangi1998)"
-            ))
-        }
+        other => return Err(format!("filter: unknown filter {other:?} (expected sato, frangi or frangi1998)")),
     };
-    let p = VesselnessParams {
-        filter,
-        sigmas,
-        black_ridges,
-    };
+    let p = VesselnessParams { filter, sigmas, black_ridges };
     p.validate().map_err(|e| e.to_string())?;
     Ok(p)
 }
@@ -71,21 +54,12 @@ pub fn map_params(border: usize, percentile: f64, cast: &str) -> Result<MapParam
     let cast = match cast {
         "clamp" => Cast::Clamp,
         "wrap" => Cast::Wrap,
-        other => {
-            return Err(format!(
-                "cast: unknown cast {other:?} (expected clamp or wrap)"
-            ))
-        }
+        other => return Err(format!("cast: unknown cast {other:?} (expected clamp or wrap)")),
     };
     if !(percentile.is_finite() && (0.0..=100.0).contains(&percentile)) {
         return Err(format!("percentile: {percentile} is not in [0, 100]"));
     }
-    Ok(MapParams {
-        border,
-        percentile,
-        cast,
-        scale: 1.0,
-    })
+    Ok(MapParams { border, percentile, cast, scale: 1.0 })
 }
 
 /// Everything that defines a map besides the image.
@@ -103,10 +77,7 @@ impl MapJob {
             Filter::Sato => 1.0,
             Filter::Frangi(_) => 255.0,
         };
-        MapParams {
-            scale: self.map.scale * scale,
-            ..self.map.clone()
-        }
+        MapParams { scale: self.map.scale * scale, ..self.map.clone() }
     }
 }
 
@@ -159,15 +130,7 @@ pub fn map_of(pixels: &[f32], h: usize, w: usize, job: &MapJob) -> Result<Vec<u8
 
 fn one(input: PathBuf, output: PathBuf, job: &MapJob) -> Outcome {
     let t = Instant::now();
-    let mut o = Outcome {
-        input,
-        output,
-        error: None,
-        width: 0,
-        height: 0,
-        vessel_pixels: 0,
-        millis: 0.0,
-    };
+    let mut o = Outcome { input, output, error: None, width: 0, height: 0, vessel_pixels: 0, millis: 0.0 };
     let r = read_grey(&o.input).and_then(|img| {
         o.width = img.width;
         o.height = img.height;
@@ -181,26 +144,14 @@ fn one(input: PathBuf, output: PathBuf, job: &MapJob) -> Outcome {
 }
 
 /// Run the job on every pair with `threads` workers (0: all cores). Outcomes in input order.
-pub fn vessel_maps(
-    pairs: Vec<(PathBuf, PathBuf)>,
-    job: &MapJob,
-    threads: usize,
-) -> Result<Vec<Outcome>, String> {
+pub fn vessel_maps(pairs: Vec<(PathBuf, PathBuf)>, job: &MapJob, threads: usize) -> Result<Vec<Outcome>, String> {
     job.filter.validate().map_err(|e| e.to_string())?;
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
     Ok(pool.install(|| pairs.into_par_iter().map(|(i, o)| one(i, o, job)).collect()))
 }
 
 /// Write a raw response as `.npy` in its own precision.
-pub fn write_response_npy(
-    path: &std::path::Path,
-    h: usize,
-    w: usize,
-    r: &Response,
-) -> Result<(), String> {
+pub fn write_response_npy(path: &std::path::Path, h: usize, w: usize, r: &Response) -> Result<(), String> {
     match r {
         Response::F32(v) => write_npy(path, &[h, w], v),
         Response::F64(v) => write_npy(path, &[h, w], v),
@@ -231,23 +182,12 @@ impl Response {
 
 /// Write a response by the output's extension: `.npy` the raw response in its precision,
 /// `.png` the display image of [`Response::display_u8`]; any other name is an error naming it.
-pub fn write_response(
-    path: &std::path::Path,
-    h: usize,
-    w: usize,
-    r: &Response,
-) -> Result<(), String> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+pub fn write_response(path: &std::path::Path, h: usize, w: usize, r: &Response) -> Result<(), String> {
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match ext.as_deref() {
         Some("npy") => write_response_npy(path, h, w, r),
         Some("png") => write_png_grey8(path, w, h, &r.display_u8()),
-        _ => Err(format!(
-            "{}: output must end in .npy (raw response) or .png (display image)",
-            path.display()
-        )),
+        _ => Err(format!("{}: output must end in .npy (raw response) or .png (display image)", path.display())),
     }
 }
 
@@ -272,26 +212,14 @@ mod tests {
     #[test]
     fn option_names_are_checked_and_errors_name_the_field() {
         assert_eq!(Precision::parse("f64"), Ok(Precision::F64));
-        assert!(Precision::parse("f16")
-            .unwrap_err()
-            .starts_with("precision:"));
+        assert!(Precision::parse("f16").unwrap_err().starts_with("precision:"));
         let f = filter_params("frangi1998", vec![1.0, 2.0], true, (0.5, 0.5, None)).unwrap();
-        assert!(matches!(
-            f.filter,
-            Filter::Frangi(FrangiParams {
-                frangi1998: true,
-                ..
-            })
-        ));
+        assert!(matches!(f.filter, Filter::Frangi(FrangiParams { frangi1998: true, .. })));
         let e = filter_params("hessian", vec![1.0], true, (0.5, 0.5, None)).unwrap_err();
         assert!(e.starts_with("filter: unknown filter \"hessian\""), "{e}");
         assert!(map_params(0, 94.0, "wrap").is_ok());
-        assert!(map_params(0, 94.0, "round")
-            .unwrap_err()
-            .starts_with("cast:"));
-        assert!(map_params(0, 101.0, "clamp")
-            .unwrap_err()
-            .starts_with("percentile:"));
+        assert!(map_params(0, 94.0, "round").unwrap_err().starts_with("cast:"));
+        assert!(map_params(0, 101.0, "clamp").unwrap_err().starts_with("percentile:"));
     }
 
     #[test]

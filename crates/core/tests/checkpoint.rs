@@ -15,23 +15,11 @@ fn imgs(cfg: &MaeConfig, b: usize, seed: u64) -> Tensor {
     let mut rng = InitRng::new(seed);
     let n = b * cfg.in_chans * cfg.img_size * cfg.img_size;
     let v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    Tensor::from_vec(
-        v,
-        (b, cfg.in_chans, cfg.img_size, cfg.img_size),
-        &Device::Cpu,
-    )
-    .unwrap()
+    Tensor::from_vec(v, (b, cfg.in_chans, cfg.img_size, cfg.img_size), &Device::Cpu).unwrap()
 }
 
 fn masking(cfg: &MaeConfig, b: usize, seed: u64) -> Masking {
-    random_masking(
-        b,
-        cfg.num_patches(),
-        0.75,
-        &mut InitRng::new(seed),
-        &Device::Cpu,
-    )
-    .unwrap()
+    random_masking(b, cfg.num_patches(), 0.75, &mut InitRng::new(seed), &Device::Cpu).unwrap()
 }
 
 fn vec(t: &Tensor) -> Vec<f32> {
@@ -39,17 +27,11 @@ fn vec(t: &Tensor) -> Vec<f32> {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    vec(a)
-        .iter()
-        .zip(vec(b))
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    vec(a).iter().zip(vec(b)).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 #[test]
@@ -66,11 +48,7 @@ fn save_load_round_trip_continues_training_identically() {
 
     let loaded = checkpoint::load(&path, &LoadOptions::default(), &Device::Cpu).unwrap();
     assert_eq!(loaded.report.config_source, "metadata");
-    assert!(
-        loaded.report.missing.is_empty() && loaded.report.unexpected.is_empty(),
-        "{:?}",
-        loaded.report
-    );
+    assert!(loaded.report.missing.is_empty() && loaded.report.unexpected.is_empty(), "{:?}", loaded.report);
     assert_eq!(loaded.step, 1);
     assert_eq!(loaded.model.cfg, cfg);
     let mut b = PretrainTrainer::new(loaded.model, &[]).unwrap();
@@ -97,33 +75,17 @@ fn mis_shaped_key_names_the_key_and_both_shapes() {
         Tensor::zeros((100, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
     );
     let path = dir.path().join("bad.safetensors");
-    let meta: HashMap<String, String> =
-        [("config".to_string(), serde_json::to_string(&cfg).unwrap())].into();
-    let bytes = safetensors::tensor::serialize(sd.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
-        .unwrap();
+    let meta: HashMap<String, String> = [("config".to_string(), serde_json::to_string(&cfg).unwrap())].into();
+    let bytes = safetensors::tensor::serialize(sd.iter().map(|(k, v)| (k.as_str(), v)), Some(meta)).unwrap();
     std::fs::write(&path, bytes).unwrap();
-    let e = checkpoint::load(&path, &LoadOptions::default(), &Device::Cpu)
-        .err()
-        .expect("must fail")
-        .to_string();
-    assert!(
-        e.contains("blocks.1.mlp.fc1.weight") && e.contains("[100, 32]") && e.contains("[128, 32]"),
-        "{e}"
-    );
+    let e = checkpoint::load(&path, &LoadOptions::default(), &Device::Cpu).err().expect("must fail").to_string();
+    assert!(e.contains("blocks.1.mlp.fc1.weight") && e.contains("[100, 32]") && e.contains("[128, 32]"), "{e}");
 
-    std::fs::write(
-        dir.path().join("junk.safetensors"),
-        b"not a checkpoint at all",
-    )
-    .unwrap();
-    let e = checkpoint::load(
-        &dir.path().join("junk.safetensors"),
-        &LoadOptions::default(),
-        &Device::Cpu,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    std::fs::write(dir.path().join("junk.safetensors"), b"not a checkpoint at all").unwrap();
+    let e = checkpoint::load(&dir.path().join("junk.safetensors"), &LoadOptions::default(), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("not a safetensors or PyTorch file"), "{e}");
 }
 
@@ -131,44 +93,25 @@ fn mis_shaped_key_names_the_key_and_both_shapes() {
 fn mae_pth_checkpoint_loads_and_gives_pytorchs_loss() {
     // Written by scripts/golden/torch_mae.py: {"model": state_dict, "epoch": 3} of the micro
     // reference with its closed-form weights; its loss on the fixture batch is in the npz.
-    let opts = LoadOptions {
-        preset: Some("micro".into()),
-        ..Default::default()
-    };
-    let e = checkpoint::load(&golden("mae_micro_state.pth"), &opts, &Device::Cpu)
+    let opts = LoadOptions { preset: Some("micro".into()), ..Default::default() };
+    let e = checkpoint::load(&golden("mae_micro_state.pth"), &opts, &Device::Cpu).err().unwrap().to_string();
+    assert!(e.contains("preset micro has embed 64"), "{e}");
+    // The micro reference is narrower than the micro preset: no preset matches by shape either.
+    let e = checkpoint::load(&golden("mae_micro_state.pth"), &LoadOptions::default(), &Device::Cpu)
         .err()
         .unwrap()
         .to_string();
-    assert!(e.contains("preset micro has embed 64"), "{e}");
-    // The micro reference is narrower than the micro preset: no preset matches by shape either.
-    let e = checkpoint::load(
-        &golden("mae_micro_state.pth"),
-        &LoadOptions::default(),
-        &Device::Cpu,
-    )
-    .err()
-    .unwrap()
-    .to_string();
     assert!(e.contains("no preset has embed 32 and depth 2"), "{e}");
 
     let (tensors, _) = checkpoint::read_tensors(&golden("mae_micro_state.pth")).unwrap();
     assert_eq!(tensors["patch_embed.proj.weight"].dims(), &[32, 3, 8, 8]);
-    let g: HashMap<String, Tensor> = Tensor::read_npz(golden("mae_micro.npz"))
-        .unwrap()
-        .into_iter()
-        .collect();
-    let cfg = MaeConfig {
-        in_chans: 3,
-        ..MaeConfig::micro_test()
-    };
+    let g: HashMap<String, Tensor> = Tensor::read_npz(golden("mae_micro.npz")).unwrap().into_iter().collect();
+    let cfg = MaeConfig { in_chans: 3, ..MaeConfig::micro_test() };
     let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, 0).unwrap();
     for (n, v) in &model.params.entries {
         v.set(&tensors[n]).unwrap();
     }
-    assert!(
-        max_abs_diff(&tensors["pos_embed"], &model.encoder.pos_embed) < 1e-6,
-        "PyTorch sin-cos table equals ours"
-    );
+    assert!(max_abs_diff(&tensors["pos_embed"], &model.encoder.pos_embed) < 1e-6, "PyTorch sin-cos table equals ours");
     assert!(max_abs_diff(&tensors["decoder_pos_embed"], &model.decoder_pos_embed) < 1e-6);
     let m = Masking {
         ids_keep: g["ids_keep"].to_dtype(candle_core::DType::U32).unwrap(),
@@ -176,16 +119,9 @@ fn mae_pth_checkpoint_loads_and_gives_pytorchs_loss() {
         mask: g["mask"].clone(),
     };
     let n = 2 * 3 * 32 * 32;
-    let x: Vec<f32> = (0..n)
-        .map(|i| ((0.37 * i as f64 + 0.5).sin() + 0.3 * (0.011 * i as f64).cos()) as f32)
-        .collect();
+    let x: Vec<f32> = (0..n).map(|i| ((0.37 * i as f64 + 0.5).sin() + 0.3 * (0.011 * i as f64).cos()) as f32).collect();
     let x = Tensor::from_vec(x, (2, 3, 32, 32), &Device::Cpu).unwrap();
-    let loss = model
-        .forward(&x, &m)
-        .unwrap()
-        .loss
-        .to_scalar::<f32>()
-        .unwrap();
+    let loss = model.forward(&x, &m).unwrap().loss.to_scalar::<f32>().unwrap();
     let expect = vec(&g["loss"])[0];
     assert!((loss - expect).abs() <= 1e-4 * expect, "{loss} vs {expect}");
 }
@@ -193,93 +129,41 @@ fn mae_pth_checkpoint_loads_and_gives_pytorchs_loss() {
 #[test]
 fn bare_file_is_recognised_and_adapted() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = MaeConfig {
-        img_size: 64,
-        in_chans: 3,
-        ..MaeConfig::preset("micro").unwrap()
-    };
+    let cfg = MaeConfig { img_size: 64, in_chans: 3, ..MaeConfig::preset("micro").unwrap() };
     let src = MaskedAutoencoder::new(&cfg, &Device::Cpu, 5).unwrap();
     let path = dir.path().join("timm.safetensors");
     checkpoint::export_timm(&path, &src).unwrap();
     let (t, _) = checkpoint::read_tensors(&path).unwrap();
     let mut keys: Vec<&String> = t.keys().collect();
     keys.sort();
-    assert!(
-        keys.iter()
-            .all(|k| !k.starts_with("decoder") && *k != "mask_token"),
-        "{keys:?}"
-    );
+    assert!(keys.iter().all(|k| !k.starts_with("decoder") && *k != "mask_token"), "{keys:?}");
     assert_eq!(t.len(), 4 + 12 * cfg.depth + 2);
 
     // Export metadata carries our config: load it without (bare) by stripping metadata.
-    let bytes =
-        safetensors::tensor::serialize(t.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
+    let bytes = safetensors::tensor::serialize(t.iter().map(|(k, v)| (k.as_str(), v)), None).unwrap();
     let bare = dir.path().join("bare.safetensors");
     std::fs::write(&bare, bytes).unwrap();
     let l = checkpoint::load(&bare, &LoadOptions::default(), &Device::Cpu).unwrap();
     assert_eq!(l.report.config_source, "preset micro (by shapes)");
-    assert_eq!(
-        (
-            l.model.cfg.img_size,
-            l.model.cfg.patch_size,
-            l.model.cfg.in_chans
-        ),
-        (64, 16, 3)
-    );
-    assert!(l
-        .report
-        .missing
-        .iter()
-        .all(|k| k.starts_with("decoder") || k == "mask_token"));
+    assert_eq!((l.model.cfg.img_size, l.model.cfg.patch_size, l.model.cfg.in_chans), (64, 16, 3));
+    assert!(l.report.missing.iter().all(|k| k.starts_with("decoder") || k == "mask_token"));
     let x = imgs(&cfg, 2, 9);
-    assert!(
-        max_abs_diff(
-            &src.encoder.embed(&x).unwrap(),
-            &l.model.encoder.embed(&x).unwrap()
-        ) < 1e-6
-    );
+    assert!(max_abs_diff(&src.encoder.embed(&x).unwrap(), &l.model.encoder.embed(&x).unwrap()) < 1e-6);
 
     // 3 -> 1 channels and 64² -> 32²: a grey image replicated gives the same patch embedding sum;
     // the position embedding is resampled.
-    let opts = LoadOptions {
-        img_size: Some(32),
-        in_chans: Some(1),
-        ..Default::default()
-    };
+    let opts = LoadOptions { img_size: Some(32), in_chans: Some(1), ..Default::default() };
     let l1 = checkpoint::load(&bare, &opts, &Device::Cpu).unwrap();
     assert!(
-        l1.report
-            .adapted
-            .contains(&"patch_embed.proj.weight: 3 -> 1 channels".to_string()),
+        l1.report.adapted.contains(&"patch_embed.proj.weight: 3 -> 1 channels".to_string()),
         "{:?}",
         l1.report.adapted
     );
-    assert!(
-        l1.report
-            .adapted
-            .contains(&"pos_embed: grid 4 -> 2".to_string()),
-        "{:?}",
-        l1.report.adapted
-    );
-    let grey = imgs(
-        &MaeConfig {
-            in_chans: 1,
-            img_size: 32,
-            ..cfg.clone()
-        },
-        1,
-        4,
-    );
+    assert!(l1.report.adapted.contains(&"pos_embed: grid 4 -> 2".to_string()), "{:?}", l1.report.adapted);
+    let grey = imgs(&MaeConfig { in_chans: 1, img_size: 32, ..cfg.clone() }, 1, 4);
     let rgb = Tensor::cat(&[&grey, &grey, &grey], 1).unwrap();
-    let small_src = checkpoint::load(
-        &bare,
-        &LoadOptions {
-            img_size: Some(32),
-            ..Default::default()
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
+    let small_src =
+        checkpoint::load(&bare, &LoadOptions { img_size: Some(32), ..Default::default() }, &Device::Cpu).unwrap();
     let a = small_src.model.encoder.patch_embed(&rgb).unwrap();
     let b = l1.model.encoder.patch_embed(&grey).unwrap();
     assert!(max_abs_diff(&a, &b) < 1e-5);
@@ -312,22 +196,8 @@ fn clipping_bounds_the_update_and_reports_the_norm() {
     let before = vasomim_core::optim::clip_grad_norm(&mut clipped, norm / 4.0).unwrap();
     assert!((before - norm).abs() < 1e-9);
     let after = vasomim_core::optim::global_norm(&clipped).unwrap();
-    assert!(
-        (after - norm / 4.0).abs() < 1e-4 * norm,
-        "{after} vs {}",
-        norm / 4.0
-    );
-    let s = a
-        .pretrain_step(
-            &x,
-            &m,
-            None,
-            &StepParams {
-                clip_grad: Some(norm / 4.0),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    assert!((after - norm / 4.0).abs() < 1e-4 * norm, "{after} vs {}", norm / 4.0);
+    let s = a.pretrain_step(&x, &m, None, &StepParams { clip_grad: Some(norm / 4.0), ..Default::default() }).unwrap();
     assert!((s.grad_norm - norm).abs() < 1e-6 * norm);
 }
 
@@ -341,15 +211,9 @@ fn frozen_tensors_are_not_optimized() {
         &["patch_embed".into(), "blocks.0".into()],
     )
     .unwrap();
-    let before: Vec<(String, Tensor)> = tr
-        .model
-        .params
-        .entries
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap()))
-        .collect();
-    tr.pretrain_step(&x, &m, None, &StepParams::default())
-        .unwrap();
+    let before: Vec<(String, Tensor)> =
+        tr.model.params.entries.iter().map(|(n, v)| (n.clone(), v.as_tensor().copy().unwrap())).collect();
+    tr.pretrain_step(&x, &m, None, &StepParams::default()).unwrap();
     for ((n, b), (_, v)) in before.iter().zip(&tr.model.params.entries) {
         let frozen = n.starts_with("patch_embed.") || n.starts_with("blocks.0.");
         let moved = max_abs_diff(b, v.as_tensor()) > 0.0;

@@ -34,64 +34,37 @@ fn stored_values_match_pydicom_pixel_array_on_every_frame() {
     let dir = fixtures().join("dicom");
     for &(name, frames, rows, cols) in GOLDEN {
         let (bytes, img) = open(name);
-        assert_eq!(
-            (img.info.frames, img.info.rows, img.info.columns),
-            (frames, rows, cols),
-            "{name}"
-        );
+        assert_eq!((img.info.frames, img.info.rows, img.info.columns), (frames, rows, cols), "{name}");
         let (shape, want) = read_npy(&dir.join(format!("{name}.pixels.npy")));
         assert_eq!(shape[0], frames, "{name}");
         let per = want.len() / frames;
         for k in 0..frames {
-            let got = img
-                .stored_frame(k)
-                .unwrap_or_else(|e| panic!("{name} frame {k}: {e}"));
+            let got = img.stored_frame(k).unwrap_or_else(|e| panic!("{name} frame {k}: {e}"));
             assert_eq!(got.len(), per, "{name} frame {k}");
-            let bad = got
-                .iter()
-                .zip(&want[k * per..])
-                .filter(|(g, w)| **g as f64 != **w)
-                .count();
-            assert_eq!(
-                bad, 0,
-                "{name} frame {k}: {bad} of {per} values differ from pydicom"
-            );
+            let bad = got.iter().zip(&want[k * per..]).filter(|(g, w)| **g as f64 != **w).count();
+            assert_eq!(bad, 0, "{name} frame {k}: {bad} of {per} values differ from pydicom");
         }
         let modality = dir.join(format!("{name}.modality.npy"));
         if modality.exists() {
             let (_, want) = read_npy(&modality);
             for k in 0..frames {
                 let got = img.modality_frame(k).unwrap();
-                let err = got
-                    .iter()
-                    .zip(&want[k * per..])
-                    .map(|(g, w)| (g - w).abs())
-                    .fold(0.0, f64::max);
+                let err = got.iter().zip(&want[k * per..]).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
                 assert!(err < 1e-9, "{name} frame {k}: modality LUT off by {err}");
             }
         }
         let p = probe_bytes(&bytes).unwrap();
-        assert_eq!(
-            (p.width, p.height, p.frames, p.format.as_str()),
-            (cols, rows, frames, "dicom")
-        );
+        assert_eq!((p.width, p.height, p.frames, p.format.as_str()), (cols, rows, frames, "dicom"));
     }
 }
 
 #[test]
 fn compressed_and_native_copies_decode_identically() {
-    for (a, b) in [
-        ("mf_mono1_window", "mf_mono1_window_rle"),
-        ("MR_small", "MR_small_RLE"),
-    ] {
+    for (a, b) in [("mf_mono1_window", "mf_mono1_window_rle"), ("MR_small", "MR_small_RLE")] {
         let (_, x) = open(a);
         let (_, y) = open(b);
         for k in 0..x.info.frames {
-            assert_eq!(
-                x.grey_frame(k).unwrap(),
-                y.grey_frame(k).unwrap(),
-                "{a} vs {b} frame {k}"
-            );
+            assert_eq!(x.grey_frame(k).unwrap(), y.grey_frame(k).unwrap(), "{a} vs {b} frame {k}");
         }
     }
 }
@@ -118,19 +91,13 @@ fn the_real_xa_file_matches_pydicom_in_both_encodings() {
         let img = DicomImage::from_bytes(&std::fs::read(dir.join(f)).unwrap()).unwrap();
         let v = img.stored_frame(0).unwrap();
         let sum: i64 = v.iter().map(|&x| x as i64).sum();
-        let weighted: i64 = v
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| x as i64 * (i as i64 % 65521))
-            .sum();
+        let weighted: i64 = v.iter().enumerate().map(|(i, &x)| x as i64 * (i as i64 % 65521)).sum();
         assert_eq!((sum, weighted), (112478027, 3683093331524), "{f}");
         assert_eq!(*v.iter().max().unwrap(), 504);
         // No window in the file: 10 bits stored map 0..1023 onto 0..255.
         let g = read_frame(&dir.join(f), 0).unwrap();
         assert_eq!((g.width, g.height), (1024, 1024));
-        assert!(
-            (g.pixels.iter().cloned().fold(0.0, f32::max) - 504.0 / 1023.0 * 255.0).abs() < 1e-3
-        );
+        assert!((g.pixels.iter().cloned().fold(0.0, f32::max) - 504.0 / 1023.0 * 255.0).abs() < 1e-3);
     }
 }
 
@@ -145,34 +112,21 @@ fn rle_with_32_bit_samples_is_a_known_gap_reported_by_name() {
 #[test]
 fn bad_frames_and_files_give_errors_not_panics() {
     let (bytes, img) = open("rtdose");
-    assert!(img
-        .stored_frame(15)
-        .unwrap_err()
-        .contains("frame 15 out of range (the file has 15 frames)"));
-    assert!(decode_grey(&bytes, 99)
-        .unwrap_err()
-        .contains("out of range"));
+    assert!(img.stored_frame(15).unwrap_err().contains("frame 15 out of range (the file has 15 frames)"));
+    assert!(decode_grey(&bytes, 99).unwrap_err().contains("out of range"));
     let trunc = std::fs::read(fixtures().join("dicom/MR_truncated.dcm")).unwrap();
     let e = decode_grey(&trunc, 0).unwrap_err();
-    assert!(
-        e.contains("element (7FE0,0010) declares 8192 bytes but only 8130 remain"),
-        "{e}"
-    );
+    assert!(e.contains("element (7FE0,0010) declares 8192 bytes but only 8130 remain"), "{e}");
     // A header read finds it too (data check without --decode).
     assert!(probe_bytes(&trunc).is_err());
     // A corrupt VR is refused before dicom-rs reads garbage lengths (and allocates them).
     let mut bad_vr = std::fs::read(fixtures().join("dicom/MR_small.dcm")).unwrap();
     bad_vr[136] = b'x';
     let e = decode_grey(&bad_vr, 0).unwrap_err();
-    assert!(
-        e.contains("element (0002,0000) at byte 132 has no valid VR"),
-        "{e}"
-    );
+    assert!(e.contains("element (0002,0000) at byte 132 has no valid VR"), "{e}");
     for cut in [0, 100, 131, 132, 200, bytes.len() / 2, bytes.len() - 1] {
         let _ = decode_grey(&bytes[..cut], 0);
     }
     let png = std::fs::read(samples().join("cadica-samples/p10_v7_00031.png")).unwrap();
-    assert!(decode_grey(&png, 1)
-        .unwrap_err()
-        .contains("not a multi-frame file"));
+    assert!(decode_grey(&png, 1).unwrap_err().contains("not a multi-frame file"));
 }

@@ -31,14 +31,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         add(fixtures().join("dicom").join(f));
     }
     // Small JPEG / BMP / TIFF seeds made here from a real frame.
-    let img = image::open(samples().join("cadica-samples/p10_v7_00031.png"))
-        .unwrap()
-        .resize_exact(64, 64, image::imageops::FilterType::Nearest);
-    for fmt in [
-        image::ImageFormat::Jpeg,
-        image::ImageFormat::Bmp,
-        image::ImageFormat::Tiff,
-    ] {
+    let img = image::open(samples().join("cadica-samples/p10_v7_00031.png")).unwrap().resize_exact(
+        64,
+        64,
+        image::imageops::FilterType::Nearest,
+    );
+    for fmt in [image::ImageFormat::Jpeg, image::ImageFormat::Bmp, image::ImageFormat::Tiff] {
         let mut c = std::io::Cursor::new(Vec::new());
         img.write_to(&mut c, fmt).unwrap();
         out.push((format!("seed.{:?}", fmt), c.into_inner()));
@@ -59,12 +57,8 @@ fn mutate(src: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
         2 => {
             // Overwrite a run with a "magic" value: lengths and sizes are where parsers break.
             let i = rng.below(b.len() as u64) as usize;
-            let v: [u8; 4] = [
-                [0xFF; 4],
-                [0; 4],
-                [0x7F, 0xFF, 0xFF, 0xFF],
-                [0xFF, 0xFF, 0xFF, 0x7F],
-            ][rng.below(4) as usize];
+            let v: [u8; 4] =
+                [[0xFF; 4], [0; 4], [0x7F, 0xFF, 0xFF, 0xFF], [0xFF, 0xFF, 0xFF, 0x7F]][rng.below(4) as usize];
             for (k, x) in v.iter().enumerate() {
                 if i + k < b.len() {
                     b[i + k] = *x;
@@ -101,10 +95,7 @@ fn malformed_files_never_panic_through_the_api() {
             300
         };
         let t = std::time::Instant::now();
-        let tries = std::env::var("FUZZ_TRIES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(tries);
+        let tries = std::env::var("FUZZ_TRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(tries);
         for _ in 0..tries {
             let m = mutate(&bytes, &mut rng);
             let r = std::panic::catch_unwind(|| {
@@ -118,8 +109,7 @@ fn malformed_files_never_panic_through_the_api() {
                 }
                 [a.err(), b.err(), p.err()]
             });
-            let errs =
-                r.unwrap_or_else(|_| panic!("a panic escaped the API on a mutation of {name}"));
+            let errs = r.unwrap_or_else(|_| panic!("a panic escaped the API on a mutation of {name}"));
             for e in errs {
                 match e {
                     None => ok += 1,

@@ -13,22 +13,14 @@ use vasomim_core::trainer::pretrain::{PretrainTrainer, StepParams};
 const REL: f64 = 1e-4;
 
 fn golden(name: &str) -> HashMap<String, Tensor> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    Tensor::read_npz(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .into_iter()
-        .collect()
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    Tensor::read_npz(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
 }
 
 /// Same closed form as `synthetic` in the script.
 fn synthetic(name: &str, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
-    let phase = name
-        .bytes()
-        .fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64
-        * 1e-3;
+    let phase = name.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64 * 1e-3;
     let scale_and_offset = if name == "cls_token" || name == "mask_token" {
         (0.02, 0.0)
     } else if shape.len() >= 2 {
@@ -39,24 +31,19 @@ fn synthetic(name: &str, shape: &[usize]) -> Vec<f32> {
     } else {
         (0.02, 0.0)
     };
-    (0..n)
-        .map(|i| (scale_and_offset.1 + scale_and_offset.0 * (0.7 * i as f64 + phase).sin()) as f32)
-        .collect()
+    (0..n).map(|i| (scale_and_offset.1 + scale_and_offset.0 * (0.7 * i as f64 + phase).sin()) as f32).collect()
 }
 
 fn images(b: usize, c: usize, h: usize) -> Tensor {
     let n = b * c * h * h;
-    let v: Vec<f32> = (0..n)
-        .map(|i| ((0.37 * i as f64 + 0.5).sin() + 0.3 * (0.011 * i as f64).cos()) as f32)
-        .collect();
+    let v: Vec<f32> = (0..n).map(|i| ((0.37 * i as f64 + 0.5).sin() + 0.3 * (0.011 * i as f64).cos()) as f32).collect();
     Tensor::from_vec(v, (b, c, h, h), &Device::Cpu).unwrap()
 }
 
 fn setup(cfg: &MaeConfig, g: &HashMap<String, Tensor>) -> (MaskedAutoencoder, Tensor, Masking) {
     let model = MaskedAutoencoder::new(cfg, &Device::Cpu, 0).unwrap();
     for (name, v) in &model.params.entries {
-        v.set(&Tensor::from_vec(synthetic(name, v.dims()), v.dims(), &Device::Cpu).unwrap())
-            .unwrap();
+        v.set(&Tensor::from_vec(synthetic(name, v.dims()), v.dims(), &Device::Cpu).unwrap()).unwrap();
     }
     let m = Masking {
         ids_keep: g["ids_keep"].to_dtype(DType::U32).unwrap(),
@@ -75,35 +62,21 @@ fn vec(t: &Tensor) -> Vec<f32> {
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs() / scale)
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs() / scale).fold(0.0, f64::max)
 }
 
 /// The micro reference of the script: 32² images, 8² patches, 3 channels, embed 32 / 2 blocks /
 /// 2 heads, decoder 32 / 1 block / 2 heads.
 fn micro_ref() -> MaeConfig {
-    MaeConfig {
-        in_chans: 3,
-        ..MaeConfig::micro_test()
-    }
+    MaeConfig { in_chans: 3, ..MaeConfig::micro_test() }
 }
 
 fn param_names_match(model: &MaskedAutoencoder, g: &HashMap<String, Tensor>, prefix: &str) {
-    let mut ours: Vec<&str> = model
-        .params
-        .entries
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
+    let mut ours: Vec<&str> = model.params.entries.iter().map(|(n, _)| n.as_str()).collect();
     let mut theirs: Vec<&str> = g.keys().filter_map(|k| k.strip_prefix(prefix)).collect();
     ours.sort();
     theirs.sort();
-    assert_eq!(
-        ours, theirs,
-        "parameter names differ from the PyTorch reference"
-    );
+    assert_eq!(ours, theirs, "parameter names differ from the PyTorch reference");
 }
 
 #[test]
@@ -114,33 +87,24 @@ fn micro_loss_and_every_gradient_match_pytorch() {
     let out = model.forward(&imgs, &m).unwrap();
     let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
     let expect = vec(&g["loss"])[0] as f64;
-    assert!(
-        (loss - expect).abs() <= REL * expect.abs(),
-        "loss {loss} vs PyTorch {expect}"
-    );
+    assert!((loss - expect).abs() <= REL * expect.abs(), "loss {loss} vs PyTorch {expect}");
     let grads = out.loss.backward().unwrap();
     let mut worst = 0f64;
     for (name, v) in &model.params.entries {
         let ours = vec(grads.get(v.as_tensor()).unwrap());
         let e = rel_err(&ours, &vec(&g[&format!("grad.{name}")]));
-        assert!(
-            e <= REL,
-            "{name}: gradient differs by {e:e} (relative to its max)"
-        );
+        assert!(e <= REL, "{name}: gradient differs by {e:e} (relative to its max)");
         worst = worst.max(e);
     }
-    eprintln!("micro parity: loss rel. error {:.2e}, worst gradient error {worst:.2e} (relative to each tensor's max)", (loss - expect).abs() / expect);
+    eprintln!(
+        "micro parity: loss rel. error {:.2e}, worst gradient error {worst:.2e} (relative to each tensor's max)",
+        (loss - expect).abs() / expect
+    );
 }
 
 fn adamw_params() -> StepParams {
     StepParams {
-        adamw: AdamWParams {
-            lr: 1e-3,
-            weight_decay: 0.05,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-        },
+        adamw: AdamWParams { lr: 1e-3, weight_decay: 0.05, beta1: 0.9, beta2: 0.95, eps: 1e-8 },
         ..Default::default()
     }
 }
@@ -156,8 +120,7 @@ fn adamw_alone_matches_torch_optim_adamw() {
             .vars()
             .iter()
             .map(|(n, v)| {
-                let phase =
-                    n.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64 * 1e-3;
+                let phase = n.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64 * 1e-3;
                 let d: Vec<f32> = (0..v.elem_count())
                     .map(|i| (1e-2 * (1.3 * i as f64 + phase + 0.9 * step as f64).sin()) as f32)
                     .collect();
@@ -169,19 +132,14 @@ fn adamw_alone_matches_torch_optim_adamw() {
     let mut worst = 0f64;
     for (name, v) in &tr.model.params.entries {
         let e = rel_err(&vec(v.as_tensor()), &vec(&g[&format!("adamw_only.{name}")]));
-        assert!(
-            e <= 1e-6,
-            "{name}: parameter after 5 AdamW steps differs by {e:e}"
-        );
+        assert!(e <= 1e-6, "{name}: parameter after 5 AdamW steps differs by {e:e}");
         worst = worst.max(e);
     }
     eprintln!("AdamW alone: worst parameter error after 5 steps {worst:.2e}");
     // The groups are MAE's: decay on weights and tokens, none on biases and LayerNorm.
     let groups: HashMap<String, bool> = tr.opt.groups().into_iter().collect();
     assert!(groups["blocks.0.attn.qkv.weight"] && groups["cls_token"] && groups["mask_token"]);
-    assert!(
-        !groups["blocks.0.attn.qkv.bias"] && !groups["norm.weight"] && !groups["decoder_norm.bias"]
-    );
+    assert!(!groups["blocks.0.attn.qkv.bias"] && !groups["norm.weight"] && !groups["decoder_norm.bias"]);
 }
 
 /// Five training steps (forward, backward, AdamW) against PyTorch. Adam divides by sqrt(v), so
@@ -218,10 +176,7 @@ fn micro_five_training_steps_match_pytorch() {
             let d = (ours[i] - theirs[i]).abs() as f64;
             if g0[i].abs() < 1e-3 * gmax {
                 noisy += 1;
-                assert!(
-                    d <= 5.0 * p.adamw.lr * 1.01,
-                    "{name}[{i}]: differs by {d:e}, more than 5 steps of lr"
-                );
+                assert!(d <= 5.0 * p.adamw.lr * 1.01, "{name}[{i}]: differs by {d:e}, more than 5 steps of lr");
             } else {
                 assert!(
                     d <= REL * pmax + 1e-3 * 5.0 * p.adamw.lr,
@@ -248,20 +203,14 @@ fn tiny_loss_and_sampled_gradients_match_pytorch() {
     let out = model.forward(&imgs, &m).unwrap();
     let loss = out.loss.to_scalar::<f32>().unwrap() as f64;
     let expect = vec(&g["loss"])[0] as f64;
-    assert!(
-        (loss - expect).abs() <= REL * expect.abs(),
-        "loss {loss} vs PyTorch {expect}"
-    );
+    assert!((loss - expect).abs() <= REL * expect.abs(), "loss {loss} vs PyTorch {expect}");
     let grads = out.loss.backward().unwrap();
     let (mut worst_norm, mut worst_entry) = (0f64, 0f64);
     for (name, v) in &model.params.entries {
         let ours = vec(grads.get(v.as_tensor()).unwrap());
         let norm = ours.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let en = vec(&g[&format!("gnorm.{name}")])[0] as f64;
-        assert!(
-            (norm - en).abs() <= REL * en,
-            "{name}: gradient norm {norm:e} vs {en:e}"
-        );
+        assert!((norm - en).abs() <= REL * en, "{name}: gradient norm {norm:e} vs {en:e}");
         worst_norm = worst_norm.max((norm - en).abs() / en);
         let idx = g[&format!("gidx.{name}")].to_vec1::<i64>().unwrap();
         let picked: Vec<f32> = idx.iter().map(|&i| ours[i as usize]).collect();

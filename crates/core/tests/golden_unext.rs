@@ -16,16 +16,11 @@ use vasomim_core::trainer::segmentor::SegmentorTrainer;
 
 fn golden() -> HashMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/unext_s64.npz");
-    Tensor::read_npz(&p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .into_iter()
-        .collect()
+    Tensor::read_npz(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
 }
 
 fn fnv1a(name: &str) -> u64 {
-    name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
-    })
+    name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
 }
 
 /// SplitMix64 in counter mode, as `uniform01` in the script.
@@ -62,8 +57,7 @@ fn synthetic(name: &str, shape: &[usize]) -> Vec<f32> {
 fn reference_model() -> UNext {
     let model = UNext::new(&UNextConfig { in_chans: 3 }, &Device::Cpu, 7).unwrap();
     for (name, v) in &model.params.entries {
-        v.set(&Tensor::from_vec(synthetic(name, v.dims()), v.dims(), &Device::Cpu).unwrap())
-            .unwrap();
+        v.set(&Tensor::from_vec(synthetic(name, v.dims()), v.dims(), &Device::Cpu).unwrap()).unwrap();
     }
     model
 }
@@ -80,10 +74,7 @@ fn scalar(g: &HashMap<String, Tensor>, k: &str) -> f64 {
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-30);
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).abs() / scale)
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs() / scale).fold(0.0, f64::max)
 }
 
 fn max_abs(v: &[f32]) -> f64 {
@@ -91,10 +82,7 @@ fn max_abs(v: &[f32]) -> f64 {
 }
 
 fn close(what: &str, ours: f64, theirs: f64, rel: f64) {
-    assert!(
-        (ours - theirs).abs() <= rel * theirs.abs().max(1e-12),
-        "{what}: {ours} vs PyTorch {theirs}"
-    );
+    assert!((ours - theirs).abs() <= rel * theirs.abs().max(1e-12), "{what}: {ours} vs PyTorch {theirs}");
 }
 
 /// Observed on this machine (f32 against PyTorch's f64): logits ≈ 1e-6, gradients ≤ 2e-6 of
@@ -133,22 +121,11 @@ fn state_dict_has_the_authors_101_names() {
 fn train_mode_logits_loss_and_every_gradient_match_pytorch() {
     let g = golden();
     let model = reference_model();
-    let mut names: Vec<String> = model
-        .params
-        .entries
-        .iter()
-        .map(|(n, _)| n.clone())
-        .collect();
-    let mut theirs: Vec<String> = g
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad.").map(String::from))
-        .collect();
+    let mut names: Vec<String> = model.params.entries.iter().map(|(n, _)| n.clone()).collect();
+    let mut theirs: Vec<String> = g.keys().filter_map(|k| k.strip_prefix("grad.").map(String::from)).collect();
     names.sort();
     theirs.sort();
-    assert_eq!(
-        names, theirs,
-        "parameter names differ from the PyTorch reference"
-    );
+    assert_eq!(names, theirs, "parameter names differ from the PyTorch reference");
 
     let x = Var::from_tensor(&g["x"]).unwrap();
     let logits = model.forward(x.as_tensor(), true).unwrap();
@@ -161,35 +138,23 @@ fn train_mode_logits_loss_and_every_gradient_match_pytorch() {
     close("dice", s(&l.dice), scalar(&g, "dice"), 1e-5);
 
     let grads = l.loss.backward().unwrap();
-    let global_max = model
-        .params
-        .entries
-        .iter()
-        .map(|(n, _)| max_abs(&vec(&g[&format!("grad.{n}")])))
-        .fold(0f64, f64::max);
+    let global_max =
+        model.params.entries.iter().map(|(n, _)| max_abs(&vec(&g[&format!("grad.{n}")]))).fold(0f64, f64::max);
     let mut worst = (0f64, String::new());
     let mut zero = Vec::new();
     for (name, v) in &model.params.entries {
-        let ours = vec(grads
-            .get(v.as_tensor())
-            .expect("every parameter gets a gradient"));
+        let ours = vec(grads.get(v.as_tensor()).expect("every parameter gets a gradient"));
         let theirs = vec(&g[&format!("grad.{name}")]);
         if max_abs(&theirs) < 1e-12 * global_max {
             // A conv bias right before a train-mode BatchNorm: the gradient is 0 in exact
             // arithmetic (the batch mean absorbs the bias); both sides are rounding noise.
             let m = max_abs(&ours);
-            assert!(
-                m <= 1e-6 * global_max,
-                "{name}: gradient should vanish, max |g| = {m:e}"
-            );
+            assert!(m <= 1e-6 * global_max, "{name}: gradient should vanish, max |g| = {m:e}");
             zero.push(name.clone());
             continue;
         }
         let e = rel_err(&ours, &theirs);
-        assert!(
-            e <= GRAD_REL,
-            "{name}: gradient differs by {e:e} (relative to its max)"
-        );
+        assert!(e <= GRAD_REL, "{name}: gradient differs by {e:e} (relative to its max)");
         if e > worst.0 {
             worst = (e, name.clone());
         }
@@ -207,10 +172,7 @@ fn train_mode_logits_loss_and_every_gradient_match_pytorch() {
             "encoder3.bias"
         ]
     );
-    let ex = rel_err(
-        &vec(grads.get(x.as_tensor()).unwrap()),
-        &vec(&g["x_grad_train"]),
-    );
+    let ex = rel_err(&vec(grads.get(x.as_tensor()).unwrap()), &vec(&g["x_grad_train"]));
     assert!(ex <= GRAD_REL, "input gradient differs by {ex:e}");
 
     let mut worst_stat = 0f64;
@@ -251,30 +213,15 @@ fn eval_mode_logits_and_input_gradient_match_pytorch() {
     let g = golden();
     let model = reference_model();
     set_golden_running(&model, &g);
-    let before: Vec<BnRunning> = model
-        .batch_norms()
-        .iter()
-        .map(|(_, b)| b.running())
-        .collect();
+    let before: Vec<BnRunning> = model.batch_norms().iter().map(|(_, b)| b.running()).collect();
     let x = Var::from_tensor(&g["x"]).unwrap();
     let logits = model.forward(x.as_tensor(), false).unwrap();
     let e = rel_err(&vec(&logits), &vec(&g["logits_eval"]));
     assert!(e <= FWD_REL, "eval logits differ by {e:e}");
-    let grads = segmentor_loss(&logits, &g["y"])
-        .unwrap()
-        .loss
-        .backward()
-        .unwrap();
-    let ex = rel_err(
-        &vec(grads.get(x.as_tensor()).unwrap()),
-        &vec(&g["x_grad_eval"]),
-    );
+    let grads = segmentor_loss(&logits, &g["y"]).unwrap().loss.backward().unwrap();
+    let ex = rel_err(&vec(grads.get(x.as_tensor()).unwrap()), &vec(&g["x_grad_eval"]));
     assert!(ex <= GRAD_REL, "eval input gradient differs by {ex:e}");
-    let after: Vec<BnRunning> = model
-        .batch_norms()
-        .iter()
-        .map(|(_, b)| b.running())
-        .collect();
+    let after: Vec<BnRunning> = model.batch_norms().iter().map(|(_, b)| b.running()).collect();
     assert_eq!(before, after, "eval mode must not touch the running stats");
     eprintln!("UNeXt-S eval parity: logits {e:.2e}, input gradient {ex:.2e}");
 }
@@ -307,10 +254,7 @@ fn two_adam_steps_match_pytorch() {
         for (a, b) in ours.iter().zip(&theirs) {
             let d = (*a as f64 - *b as f64).abs();
             if d > tol {
-                assert!(
-                    d <= 2.0 * lr + tol,
-                    "{name}: weight differs by {d:e} after 2 steps"
-                );
+                assert!(d <= 2.0 * lr + tol, "{name}: weight differs by {d:e} after 2 steps");
                 noisy += 1;
             }
             if !zero_grad {
@@ -323,10 +267,7 @@ fn two_adam_steps_match_pytorch() {
             theirs.len()
         );
     }
-    eprintln!(
-        "UNeXt-S two Adam steps: losses {:.6} / {:.6}, worst weight difference {worst:.2e}",
-        l1.loss, l2.loss
-    );
+    eprintln!("UNeXt-S two Adam steps: losses {:.6} / {:.6}, worst weight difference {worst:.2e}", l1.loss, l2.loss);
 }
 
 /// Directional finite differences of an eval-mode functional Σ r·logits w.r.t. the input.
@@ -338,10 +279,7 @@ fn eval_input_gradient_matches_finite_differences() {
     let model = UNext::new(&UNextConfig { in_chans: 1 }, &Device::Cpu, 3).unwrap();
     // Non-trivial running stats: one train-mode forward on another batch.
     let rand = |seed: u64, n: usize, a: f32, b: f32| -> Vec<f32> {
-        uniform01(seed, n)
-            .into_iter()
-            .map(|u| a * u as f32 + b)
-            .collect()
+        uniform01(seed, n).into_iter().map(|u| a * u as f32 + b).collect()
     };
     let dims = (2, 1, 32, 32);
     let n = 2 * 32 * 32;
@@ -349,51 +287,29 @@ fn eval_input_gradient_matches_finite_differences() {
     model.forward(&warm, true).unwrap();
     let x0 = rand(12, n, 2.0, -1.0);
     let r: Vec<f64> = rand(13, n, 1.0, -0.5).iter().map(|&v| v as f64).collect();
-    let rt = Tensor::from_vec(
-        r.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-        dims,
-        &Device::Cpu,
-    )
-    .unwrap();
+    let rt = Tensor::from_vec(r.iter().map(|&v| v as f32).collect::<Vec<_>>(), dims, &Device::Cpu).unwrap();
     let x = Var::from_vec(x0.clone(), dims, &Device::Cpu).unwrap();
-    let f = (model.forward(x.as_tensor(), false).unwrap() * &rt)
-        .unwrap()
-        .sum_all()
-        .unwrap();
+    let f = (model.forward(x.as_tensor(), false).unwrap() * &rt).unwrap().sum_all().unwrap();
     let grad = vec(f.backward().unwrap().get(x.as_tensor()).unwrap());
     for k in 0..4u64 {
         let d = rand(100 + k, n, 2.0, -1.0);
         let logits = |s: f32| {
             let v: Vec<f32> = x0.iter().zip(&d).map(|(a, b)| a + s * b).collect();
-            vec(&model
-                .forward(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap(), false)
-                .unwrap())
+            vec(&model.forward(&Tensor::from_vec(v, dims, &Device::Cpu).unwrap(), false).unwrap())
         };
         let mut fds: Vec<f64> = [1e-3f32, 5e-4, 2.5e-4]
             .iter()
             .map(|&eps| {
                 let (p, m) = (logits(eps), logits(-eps));
-                let dot: f64 = p
-                    .iter()
-                    .zip(&m)
-                    .zip(&r)
-                    .map(|((a, b), w)| (*a as f64 - *b as f64) * w)
-                    .sum();
+                let dot: f64 = p.iter().zip(&m).zip(&r).map(|((a, b), w)| (*a as f64 - *b as f64) * w).sum();
                 dot / (2.0 * eps as f64)
             })
             .collect();
         fds.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let fd = fds[1];
-        let an: f64 = grad
-            .iter()
-            .zip(&d)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
+        let an: f64 = grad.iter().zip(&d).map(|(a, b)| *a as f64 * *b as f64).sum();
         eprintln!("direction {k}: finite differences {fds:?}, analytic {an}");
-        assert!(
-            (fd - an).abs() <= 5e-2 * an.abs() + 1e-3,
-            "direction {k}: finite difference {fd} vs analytic {an}"
-        );
+        assert!((fd - an).abs() <= 5e-2 * an.abs() + 1e-3, "direction {k}: finite difference {fd} vs analytic {an}");
     }
 }
 
@@ -427,18 +343,8 @@ fn save_load_round_trip_keeps_weights_stats_and_optimizer() {
         let u = &sd1[n];
         assert_eq!(t.dtype(), u.dtype(), "{n}");
         let (a, b) = (
-            t.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
-            u.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap(),
+            t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            u.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap(),
         );
         assert_eq!(a, b, "{n} changed in the round trip");
     }
@@ -459,11 +365,7 @@ fn pytorch_state_dict_with_seg_model_prefix_loads() {
     let g = golden();
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/unext_s64_state.pth");
     let l = segmentor::load(&p, &Device::Cpu, true).unwrap();
-    assert!(
-        l.report.missing.is_empty() && l.report.unexpected.is_empty(),
-        "{:?}",
-        l.report
-    );
+    assert!(l.report.missing.is_empty() && l.report.unexpected.is_empty(), "{:?}", l.report);
     assert_eq!(l.report.ignored_outside_prefix, 1);
     assert_eq!(l.model.cfg.in_chans, 3);
     for (name, v) in &l.model.params.entries {
@@ -490,38 +392,20 @@ fn bad_files_name_their_keys() {
             *t = Tensor::zeros((128, 64), DType::F32, &Device::Cpu).unwrap();
         }
     }
-    sd.push((
-        "head.weight".into(),
-        Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
-    ));
+    sd.push(("head.weight".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap()));
     let p = dir.path().join("bad.safetensors");
     candle_core::safetensors::save(&sd.iter().cloned().collect::<HashMap<_, _>>(), &p).unwrap();
-    let e = segmentor::load(&p, &Device::Cpu, false)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("block2.0.mlp.fc1.weight") && e.contains("[128, 64]"),
-        "{e}"
-    );
+    let e = segmentor::load(&p, &Device::Cpu, false).err().unwrap().to_string();
+    assert!(e.contains("block2.0.mlp.fc1.weight") && e.contains("[128, 64]"), "{e}");
 
     sd.retain(|(n, _)| n != "block2.0.mlp.fc1.weight");
     candle_core::safetensors::save(&sd.iter().cloned().collect::<HashMap<_, _>>(), &p).unwrap();
     let l = segmentor::load(&p, &Device::Cpu, false).unwrap();
-    assert_eq!(
-        l.report.missing,
-        ["block2.0.mlp.fc1.weight", "decoder5.bias"]
-    );
+    assert_eq!(l.report.missing, ["block2.0.mlp.fc1.weight", "decoder5.bias"]);
     assert_eq!(l.report.unexpected, ["head.weight"]);
     assert_eq!(l.report.config_source, "shapes (encoder1.weight)");
-    let e = segmentor::load(&p, &Device::Cpu, true)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        e.contains("missing: block2.0.mlp.fc1.weight, decoder5.bias"),
-        "{e}"
-    );
+    let e = segmentor::load(&p, &Device::Cpu, true).err().unwrap().to_string();
+    assert!(e.contains("missing: block2.0.mlp.fc1.weight, decoder5.bias"), "{e}");
     assert!(e.contains("unexpected: head.weight"), "{e}");
 }
 
@@ -531,41 +415,21 @@ fn segmentor_input_rules_name_the_field_and_the_step_is_counted() {
     assert_eq!(image_dims(64, None).unwrap(), (64, 64));
     assert_eq!(image_dims(64, Some(96)).unwrap(), (64, 96));
     let e = image_dims(48, None).unwrap_err().to_string();
-    assert!(
-        e.contains("48x48: height and width must be positive multiples of 32"),
-        "{e}"
-    );
+    assert!(e.contains("48x48: height and width must be positive multiples of 32"), "{e}");
     assert!(check_lr(-1.0).unwrap_err().to_string().contains("lr (-1)"));
     let e = check_masks(&[0.0, 2.0], 1, 1, 2).unwrap_err().to_string();
     assert!(e.contains("masks[1] = 2 is outside [0, 1]"), "{e}");
-    assert!(check_masks(&[0.0], 1, 1, 2)
-        .unwrap_err()
-        .to_string()
-        .contains("masks has 1 values"));
-    assert_eq!(
-        config_from_json(serde_json::json!({ "inChans": 1 }))
-            .unwrap()
-            .in_chans,
-        1
-    );
-    let e = config_from_json(serde_json::json!({ "inChans": 2 }))
-        .unwrap_err()
-        .to_string();
+    assert!(check_masks(&[0.0], 1, 1, 2).unwrap_err().to_string().contains("masks has 1 values"));
+    assert_eq!(config_from_json(serde_json::json!({ "inChans": 1 })).unwrap().in_chans, 1);
+    let e = config_from_json(serde_json::json!({ "inChans": 2 })).unwrap_err().to_string();
     assert!(e.contains("inChans must be 1 or 3"), "{e}");
-    let e = config_from_json(serde_json::json!({ "in_chans": 1 }))
-        .unwrap_err()
-        .to_string();
+    let e = config_from_json(serde_json::json!({ "in_chans": 1 })).unwrap_err().to_string();
     assert!(e.contains("unknown field `in_chans`"), "{e}");
 
     let mut tr = SegmentorTrainer::create(&UNextConfig { in_chans: 1 }, &Device::Cpu, 0).unwrap();
     let x: Vec<f32> = (0..2 * 32 * 32).map(|i| (i % 7) as f32 / 7.0).collect();
-    let y: Vec<f32> = (0..2 * 32 * 32)
-        .map(|i| (i % 3 == 0) as u8 as f32)
-        .collect();
-    let e = tr
-        .step_arrays(&x[1..], &y, (32, 32), 1e-3)
-        .unwrap_err()
-        .to_string();
+    let y: Vec<f32> = (0..2 * 32 * 32).map(|i| (i % 3 == 0) as u8 as f32).collect();
+    let e = tr.step_arrays(&x[1..], &y, (32, 32), 1e-3).unwrap_err().to_string();
     assert!(e.contains("images has 2047 values"), "{e}");
     tr.step_arrays(&x, &y, (32, 32), 1e-3).unwrap();
     assert_eq!(tr.step, 1);
@@ -574,8 +438,5 @@ fn segmentor_input_rules_name_the_field_and_the_step_is_counted() {
     tr.save(&path, true).unwrap();
     let (back, _) = SegmentorTrainer::load(&path, &Device::Cpu, true).unwrap();
     assert_eq!(back.step, 1);
-    assert_eq!(
-        back.predict_arrays(&x, (32, 32)).unwrap(),
-        tr.predict_arrays(&x, (32, 32)).unwrap()
-    );
+    assert_eq!(back.predict_arrays(&x, (32, 32)).unwrap(), tr.predict_arrays(&x, (32, 32)).unwrap());
 }

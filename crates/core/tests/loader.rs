@@ -14,11 +14,7 @@ use vasomim_core::io::write_png_grey8;
 fn xca(n: usize) -> Vec<Sample> {
     let dir = samples().join("fercer-xca80/Angios_40_training");
     (1..=n)
-        .map(|i| Sample {
-            image: dir.join(format!("{i}.png")),
-            map: Some(dir.join(format!("{i}_gt.png"))),
-            frame: 0,
-        })
+        .map(|i| Sample { image: dir.join(format!("{i}.png")), map: Some(dir.join(format!("{i}_gt.png"))), frame: 0 })
         .collect()
 }
 
@@ -69,10 +65,7 @@ fn batches_do_not_depend_on_workers_prefetch_or_resume() {
         assert!(m.iter().all(|&v| (0.0..=1.0).contains(&v)) && m.contains(&1.0));
     }
     let (e0, e1) = (run(&one, 0, 0), run(&one, 1, 0));
-    assert_ne!(
-        e0[0].samples, e1[0].samples,
-        "epochs must be shuffled differently"
-    );
+    assert_ne!(e0[0].samples, e1[0].samples, "epochs must be shuffled differently");
     // A different seed gives different crops of the same images.
     let mut c = config(1, 1);
     c.shuffle = false;
@@ -96,12 +89,7 @@ fn ranks_get_disjoint_shards_like_distributed_sampler() {
             let s = l.shard(3);
             assert_eq!(s.len(), n / world);
             // DistributedSampler: rank r takes positions r, r + world, ... of the permutation.
-            let want: Vec<usize> = full[..(n / world) * world]
-                .iter()
-                .skip(rank)
-                .step_by(world)
-                .copied()
-                .collect();
+            let want: Vec<usize> = full[..(n / world) * world].iter().skip(rank).step_by(world).copied().collect();
             assert_eq!(s, want);
             all.extend(s);
         }
@@ -113,15 +101,11 @@ fn ranks_get_disjoint_shards_like_distributed_sampler() {
     }
     let mut c = config(1, 1);
     c.world = 30;
-    assert!(Loader::new(xca(18), c)
-        .unwrap_err()
-        .contains("18 samples cannot be sharded over 30 ranks"));
+    assert!(Loader::new(xca(18), c).unwrap_err().contains("18 samples cannot be sharded over 30 ranks"));
     c = config(1, 1);
     c.rank = 2;
     c.world = 2;
-    assert!(Loader::new(xca(18), c)
-        .unwrap_err()
-        .contains("rank must be in 0..world"));
+    assert!(Loader::new(xca(18), c).unwrap_err().contains("rank must be in 0..world"));
 }
 
 #[test]
@@ -143,16 +127,8 @@ fn a_corrupt_file_mid_epoch_is_skipped_named_and_replaced_deterministically() {
     let hit = &a[1]; // positions 4..8
     assert_eq!(hit.skipped.len(), 1);
     assert_eq!(hit.skipped[0].path, bad.display().to_string());
-    assert!(
-        hit.skipped[0].error.contains("truncated.png"),
-        "{}",
-        hit.skipped[0].error
-    );
-    assert_eq!(
-        hit.samples,
-        vec![4, 6, 6, 7],
-        "sample 5 is replaced by the next one, 6"
-    );
+    assert!(hit.skipped[0].error.contains("truncated.png"), "{}", hit.skipped[0].error);
+    assert_eq!(hit.samples, vec![4, 6, 6, 7], "sample 5 is replaced by the next one, 6");
     assert_eq!(hit.n, 4);
     assert!(a[0].skipped.is_empty() && a[2].skipped.is_empty());
 }
@@ -163,21 +139,11 @@ fn image_and_map_share_the_crop_and_the_flip() {
     // pixels of the image must sit where the map is 1.
     let tmp = tempfile::tempdir().unwrap();
     let (w, h) = (90usize, 60usize);
-    let px: Vec<u8> = (0..w * h)
-        .map(|i| if i % w >= w * 2 / 3 { 255 } else { 0 })
-        .collect();
+    let px: Vec<u8> = (0..w * h).map(|i| if i % w >= w * 2 / 3 { 255 } else { 0 }).collect();
     let p = tmp.path().join("step.png");
     write_png_grey8(&p, w, h, &px).unwrap();
-    let sample = Sample {
-        image: p.clone(),
-        map: Some(p),
-        frame: 0,
-    };
-    let aug = Augment {
-        mean: vec![0.0],
-        std: vec![1.0],
-        ..augment(40)
-    };
+    let sample = Sample { image: p.clone(), map: Some(p), frame: 0 };
+    let aug = Augment { mean: vec![0.0], std: vec![1.0], ..augment(40) };
     let mut flips = [0, 0];
     for seed in 0..40u64 {
         let mut rng = vasomim_core::data::rng::SplitMix64::new(seed);
@@ -188,22 +154,14 @@ fn image_and_map_share_the_crop_and_the_flip() {
             for x in 1..39 {
                 let i = y * 40 + x;
                 if map[i - 1] == map[i] && map[i] == map[i + 1] {
-                    assert!(
-                        (img[i] - map[i]).abs() < 0.02,
-                        "seed {seed} ({x},{y}): image {} map {}",
-                        img[i],
-                        map[i]
-                    );
+                    assert!((img[i] - map[i]).abs() < 0.02, "seed {seed} ({x},{y}): image {} map {}", img[i], map[i]);
                 }
             }
         }
         let right = map[39] == 1.0 || map[0] == 0.0;
         flips[right as usize] += 1;
     }
-    assert!(
-        flips[0] > 5 && flips[1] > 5,
-        "flip never or always applied: {flips:?}"
-    );
+    assert!(flips[0] > 5 && flips[1] > 5, "flip never or always applied: {flips:?}");
 }
 
 #[test]
@@ -231,18 +189,10 @@ fn channels_replicate_grey_or_stay_single_and_maps_must_match_images() {
     let mut s = xca(4);
     s[0].map = Some(samples().join("cadica-samples/p10_v7_00031.png"));
     let e = Loader::new(s, c.clone()).unwrap().batch(0, 0).unwrap();
-    assert!(
-        e.skipped[0].error.contains("map is 512x512 but its image"),
-        "{}",
-        e.skipped[0].error
-    );
+    assert!(e.skipped[0].error.contains("map is 512x512 but its image"), "{}", e.skipped[0].error);
     c.batch_size = 5;
-    assert!(Loader::new(xca(4), c)
-        .unwrap_err()
-        .contains("fewer than one batch of 5"));
-    assert!(Loader::new(vec![], config(1, 1))
-        .unwrap_err()
-        .contains("no samples"));
+    assert!(Loader::new(xca(4), c).unwrap_err().contains("fewer than one batch of 5"));
+    assert!(Loader::new(vec![], config(1, 1)).unwrap_err().contains("no samples"));
 }
 
 #[test]
@@ -263,10 +213,7 @@ fn loader_config_reads_camel_case_json_and_names_bad_fields() {
     };
     // JS integers above 2^32 cross N-API as floats.
     let c = json(9007199254740991.0.into(), "").unwrap();
-    assert_eq!(
-        (c.seed, c.batch_size, c.augment.scale),
-        (9007199254740991, 4, (0.2, 1.0))
-    );
+    assert_eq!((c.seed, c.batch_size, c.augment.scale), (9007199254740991, 4, (0.2, 1.0)));
     assert_eq!(c.augment.std, vec![0.25f32]);
     for bad in [1.5, -1.0, 9007199254740992.0] {
         let e = json(bad.into(), "").unwrap_err().to_string();

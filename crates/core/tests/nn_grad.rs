@@ -21,46 +21,26 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
     let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs() / scale)
-        .fold(0f32, f32::max)
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs() / scale).fold(0f32, f32::max)
 }
 
 /// Forward and all input gradients of `f` (fused) and `g` (composite) agree on random data,
 /// with a random upstream gradient (so the test sees more than Σ of the output).
-fn check_op(
-    name: &str,
-    inputs: Vec<Tensor>,
-    f: impl Fn(&[Tensor]) -> Tensor,
-    g: impl Fn(&[Tensor]) -> Tensor,
-) {
+fn check_op(name: &str, inputs: Vec<Tensor>, f: impl Fn(&[Tensor]) -> Tensor, g: impl Fn(&[Tensor]) -> Tensor) {
     let mut rng = InitRng::new(7);
-    let vars: Vec<Var> = inputs
-        .iter()
-        .map(|t| Var::from_tensor(t).unwrap())
-        .collect();
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
     let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let yf = f(&ts);
     let yg = g(&ts);
-    assert!(
-        max_rel(&yf, &yg) < 1e-5,
-        "{name}: forward differs by {}",
-        max_rel(&yf, &yg)
-    );
+    assert!(max_rel(&yf, &yg) < 1e-5, "{name}: forward differs by {}", max_rel(&yf, &yg));
     let up = randn(&mut rng, yf.dims(), 1.0);
     let gf = (&yf * &up).unwrap().sum_all().unwrap().backward().unwrap();
     let gg = (&yg * &up).unwrap().sum_all().unwrap().backward().unwrap();
     for (i, t) in ts.iter().enumerate() {
-        let a = gf
-            .get(t)
-            .unwrap_or_else(|| panic!("{name}: fused op gives no gradient for input {i}"));
+        let a = gf.get(t).unwrap_or_else(|| panic!("{name}: fused op gives no gradient for input {i}"));
         let b = gg.get(t).unwrap();
         let e = max_rel(a, b);
-        assert!(
-            e < 1e-4,
-            "{name}: gradient of input {i} differs by {e} (relative to max)"
-        );
+        assert!(e < 1e-4, "{name}: gradient of input {i} differs by {e} (relative to max)");
     }
 }
 
@@ -119,14 +99,7 @@ fn linear_gelu_matches_composite() {
             "linear + GELU",
             vec![x, w, b],
             |t| linear(&t[0], &t[1], &t[2], Epilogue::Gelu).unwrap(),
-            |t| {
-                t[0].matmul(&t[1].t().unwrap())
-                    .unwrap()
-                    .broadcast_add(&t[2])
-                    .unwrap()
-                    .gelu_erf()
-                    .unwrap()
-            },
+            |t| t[0].matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap().gelu_erf().unwrap(),
         );
     }
 }
@@ -136,12 +109,7 @@ fn linear_gelu_matches_composite() {
 #[test]
 fn attention_from_fused_qkv_matches_composite() {
     let mut rng = InitRng::new(9);
-    for (b, n, h, hd, std) in [
-        (1, 3, 1, 2, 1.0),
-        (2, 17, 3, 8, 1.0),
-        (3, 50, 2, 16, 1.0),
-        (4, 50, 3, 16, 1.5),
-    ] {
+    for (b, n, h, hd, std) in [(1, 3, 1, 2, 1.0), (2, 17, 3, 8, 1.0), (3, 50, 2, 16, 1.0), (4, 50, 3, 16, 1.5)] {
         let d = h * hd;
         let qkv = randn(&mut rng, &[b * n, 3 * d], std);
         let scale = (hd as f64).powf(-0.5);
@@ -158,25 +126,13 @@ fn attention_from_fused_qkv_matches_composite() {
 fn attention_reference(qkv: &Tensor, b: usize, h: usize, scale: f64) -> Tensor {
     let (rows, three_d) = qkv.dims2().unwrap();
     let (n, d) = (rows / b, three_d / 3);
-    let x = qkv
-        .reshape((b, n, 3, h, d / h))
-        .unwrap()
-        .permute((2, 0, 3, 1, 4))
-        .unwrap();
+    let x = qkv.reshape((b, n, 3, h, d / h)).unwrap().permute((2, 0, 3, 1, 4)).unwrap();
     let q = x.get(0).unwrap().contiguous().unwrap();
     let k = x.get(1).unwrap().contiguous().unwrap();
     let v = x.get(2).unwrap().contiguous().unwrap();
     let s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
-    let y = candle_nn::ops::softmax(&s, D::Minus1)
-        .unwrap()
-        .matmul(&v)
-        .unwrap();
-    y.transpose(1, 2)
-        .unwrap()
-        .contiguous()
-        .unwrap()
-        .reshape((rows, d))
-        .unwrap()
+    let y = candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&v).unwrap();
+    y.transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, d)).unwrap()
 }
 
 #[test]
@@ -184,12 +140,7 @@ fn gelu_matches_candle() {
     let mut rng = InitRng::new(3);
     for n in [100, 40_000] {
         let x = randn(&mut rng, &[n], 3.0);
-        check_op(
-            "gelu",
-            vec![x],
-            |t| gelu_erf(&t[0]).unwrap(),
-            |t| t[0].gelu_erf().unwrap(),
-        );
+        check_op("gelu", vec![x], |t| gelu_erf(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap());
     }
 }
 
@@ -209,54 +160,25 @@ fn custom_ops_work_on_strided_input() {
 
 fn micro_batch(cfg: &MaeConfig, b: usize, seed: u64) -> Tensor {
     let mut rng = InitRng::new(seed);
-    randn(
-        &mut rng,
-        &[b, cfg.in_chans, cfg.img_size, cfg.img_size],
-        1.0,
-    )
+    randn(&mut rng, &[b, cfg.in_chans, cfg.img_size, cfg.img_size], 1.0)
 }
 
 #[test]
 fn every_trainable_tensor_gets_a_gradient() {
-    for cfg in [
-        MaeConfig::micro_test(),
-        MaeConfig {
-            in_chans: 3,
-            img_size: 48,
-            ..MaeConfig::micro_test()
-        },
-    ] {
+    for cfg in [MaeConfig::micro_test(), MaeConfig { in_chans: 3, img_size: 48, ..MaeConfig::micro_test() }] {
         let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, 0).unwrap();
         let imgs = micro_batch(&cfg, 2, 1);
-        let m = random_masking(
-            2,
-            cfg.num_patches(),
-            0.75,
-            &mut InitRng::new(5),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let m = random_masking(2, cfg.num_patches(), 0.75, &mut InitRng::new(5), &Device::Cpu).unwrap();
         let out = model.forward(&imgs, &m).unwrap();
         let grads = out.loss.backward().unwrap();
         assert!(!model.params.entries.is_empty());
         for (name, v) in &model.params.entries {
-            let g = grads
-                .get(v.as_tensor())
-                .unwrap_or_else(|| panic!("{name}: no gradient"));
-            let n = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let g = grads.get(v.as_tensor()).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(n > 0.0 && n.is_finite(), "{name}: gradient norm² {n}");
         }
         // 2 + 12 per block + 2 (encoder: patch embed, cls, blocks, norm), decoder: 2 + 1 + 12 + 2 + 2
-        assert_eq!(
-            model.params.entries.len(),
-            3 + 12 * cfg.depth + 2 + 2 + 1 + 12 * cfg.decoder_depth + 4
-        );
+        assert_eq!(model.params.entries.len(), 3 + 12 * cfg.depth + 2 + 2 + 1 + 12 * cfg.decoder_depth + 4);
     }
 }
 
@@ -265,56 +187,26 @@ fn loss_gradient_matches_finite_differences() {
     let cfg = MaeConfig::micro_test();
     let model = MaskedAutoencoder::new(&cfg, &Device::Cpu, 11).unwrap();
     let imgs = micro_batch(&cfg, 2, 12);
-    let m = random_masking(
-        2,
-        cfg.num_patches(),
-        0.5,
-        &mut InitRng::new(13),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let loss_of = || {
-        model
-            .forward(&imgs, &m)
-            .unwrap()
-            .loss
-            .to_scalar::<f32>()
-            .unwrap() as f64
-    };
+    let m = random_masking(2, cfg.num_patches(), 0.5, &mut InitRng::new(13), &Device::Cpu).unwrap();
+    let loss_of = || model.forward(&imgs, &m).unwrap().loss.to_scalar::<f32>().unwrap() as f64;
     let grads = model.forward(&imgs, &m).unwrap().loss.backward().unwrap();
     let mut rng = InitRng::new(14);
     let mut checked = 0;
     for (name, v) in &model.params.entries {
-        let g = grads
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let base = v
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let g = grads.get(v.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let base = v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // The entry with the largest gradient and one at random.
-        let imax = (0..g.len())
-            .max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs()))
-            .unwrap();
+        let imax = (0..g.len()).max_by(|&a, &b| g[a].abs().total_cmp(&g[b].abs())).unwrap();
         for i in [imax, (rng.next_u64() % g.len() as u64) as usize] {
             let h = 1e-2f32;
             let mut p = base.clone();
             p[i] = base[i] + h;
-            v.set(&Tensor::from_vec(p.clone(), v.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            v.set(&Tensor::from_vec(p.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
             let lp = loss_of();
             p[i] = base[i] - h;
-            v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap()).unwrap();
             let lm = loss_of();
-            v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            v.set(&Tensor::from_vec(base.clone(), v.shape(), &Device::Cpu).unwrap()).unwrap();
             let fd = (lp - lm) / (2.0 * h as f64);
             let an = g[i] as f64;
             assert!(

@@ -26,11 +26,7 @@ impl VesselSegmentor for ToySeg {
 
 fn toy(c: usize) -> ToySeg {
     let w: Vec<f32> = (0..c).map(|i| 0.7 - 0.3 * i as f32).collect();
-    ToySeg {
-        w: Tensor::from_vec(w, (1, c, 1, 1), &Device::Cpu).unwrap(),
-        a: 2.0,
-        b: -0.3,
-    }
+    ToySeg { w: Tensor::from_vec(w, (1, c, 1, 1), &Device::Cpu).unwrap(), a: 2.0, b: -0.3 }
 }
 
 fn randn(rng: &mut InitRng, dims: &[usize]) -> Tensor {
@@ -72,9 +68,7 @@ fn guidance_mixes_map_and_probability() {
     let mut rng = InitRng::new(5);
     let imgs = randn(&mut rng, &[2, 1, 8, 8]);
     let maps = Tensor::from_vec(
-        (0..128)
-            .map(|i| ((i * 7) % 3 == 0) as u8 as f32)
-            .collect::<Vec<_>>(),
+        (0..128).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect::<Vec<_>>(),
         (2, 1, 8, 8),
         &Device::Cpu,
     )
@@ -104,78 +98,38 @@ fn guidance_mixes_map_and_probability() {
 fn consistency_loss_matches_its_definition_and_changes_the_gradients() {
     let (tr, imgs, m, prob) = setup(3);
     let seg = toy(1);
-    let cons = Consistency {
-        seg: &seg,
-        prob: &prob,
-        weight: 1.0,
-    };
-    let (st, g_cons) = tr
-        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
-        .unwrap();
+    let cons = Consistency { seg: &seg, prob: &prob, weight: 1.0 };
+    let (st, g_cons) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
     let (st0, g_rec) = tr.pretrain_loss_and_grads(&imgs, &m, None, 1).unwrap();
     assert_eq!(st0.loss_cons, None);
     assert!((st.loss_rec - st0.loss_rec).abs() < 1e-6);
     // L_cons by hand: BCE(S(recon), P).
     let out = tr.model.forward(&imgs, &m).unwrap();
     let recon = tr.model.reconstruct(&imgs, &out.pred).unwrap();
-    let want = bce_with_logits(&seg.logits(&recon).unwrap(), &prob)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
+    let want = bce_with_logits(&seg.logits(&recon).unwrap(), &prob).unwrap().to_scalar::<f32>().unwrap() as f64;
     let lc = st.loss_cons.unwrap();
     assert!((lc - want).abs() < 1e-6, "L_cons {lc} vs {want}");
     assert!((st.loss - (st.loss_rec + lc)).abs() < 1e-6);
     // L_cons reaches the decoder head (and, through the reconstruction, nothing of S is trained).
     let names: Vec<String> = tr.opt.groups().into_iter().map(|(n, _)| n).collect();
-    let i = names
-        .iter()
-        .position(|n| n == "decoder_pred.weight")
-        .unwrap();
-    let d = (&g_cons[i] - &g_rec[i])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap();
-    assert!(
-        d.to_scalar::<f32>().unwrap() > 1e-6,
-        "L_cons left decoder_pred's gradient unchanged"
-    );
+    let i = names.iter().position(|n| n == "decoder_pred.weight").unwrap();
+    let d = (&g_cons[i] - &g_rec[i]).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(d.to_scalar::<f32>().unwrap() > 1e-6, "L_cons left decoder_pred's gradient unchanged");
 }
 
 #[test]
 fn consistency_gradient_matches_finite_differences() {
     let (tr, imgs, m, prob) = setup(2);
     let seg = toy(1);
-    let cons = Consistency {
-        seg: &seg,
-        prob: &prob,
-        weight: 1.0,
-    };
-    let (_, grads) = tr
-        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
-        .unwrap();
-    let vars: Vec<(String, Var)> = tr
-        .opt
-        .vars()
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v.clone()))
-        .collect();
+    let cons = Consistency { seg: &seg, prob: &prob, weight: 1.0 };
+    let (_, grads) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
+    let vars: Vec<(String, Var)> = tr.opt.vars().into_iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
     let mut checked = 0;
-    for name in [
-        "decoder_pred.bias",
-        "decoder_pred.weight",
-        "blocks.0.mlp.fc2.bias",
-    ] {
+    for name in ["decoder_pred.bias", "decoder_pred.weight", "blocks.0.mlp.fc2.bias"] {
         let slot = vars.iter().position(|(n, _)| n == name).unwrap();
         let var = &vars[slot].1;
         let g = grads[slot].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let base = var
-            .as_tensor()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         // the entries with the largest analytic gradient, where f32 differences are meaningful
         let mut idx: Vec<usize> = (0..g.len()).collect();
         idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
@@ -184,16 +138,12 @@ fn consistency_gradient_matches_finite_differences() {
             let at = |delta: f32| {
                 let mut v = base.clone();
                 v[k] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                let (st, _) = tr
-                    .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
-                    .unwrap();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                let (st, _) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
                 st.loss
             };
             let fd = (at(h) - at(-h)) / (2.0 * h as f64);
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
             let an = g[k] as f64;
             assert!(
                 (fd - an).abs() <= 2e-2 * an.abs().max(1e-3),
@@ -209,39 +159,15 @@ fn consistency_gradient_matches_finite_differences() {
 fn micro_batches_accumulate_to_the_full_batch() {
     let (tr, imgs, m, prob) = setup(4);
     let seg = toy(1);
-    let cons = Consistency {
-        seg: &seg,
-        prob: &prob,
-        weight: 0.7,
-    };
-    let (a, ga) = tr
-        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1)
-        .unwrap();
-    let (b, gb) = tr
-        .pretrain_loss_and_grads(&imgs, &m, Some(&cons), 3)
-        .unwrap();
+    let cons = Consistency { seg: &seg, prob: &prob, weight: 0.7 };
+    let (a, ga) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 1).unwrap();
+    let (b, gb) = tr.pretrain_loss_and_grads(&imgs, &m, Some(&cons), 3).unwrap();
     assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
     assert!((a.loss_cons.unwrap() - b.loss_cons.unwrap()).abs() < 1e-6);
     for (x, y) in ga.iter().zip(&gb) {
-        let d = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let s = x
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            d <= 1e-4 * s.max(1e-6),
-            "accumulated gradient differs by {d} (max {s})"
-        );
+        let d = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let s = x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d <= 1e-4 * s.max(1e-6), "accumulated gradient differs by {d} (max {s})");
     }
 }
 
@@ -250,28 +176,13 @@ fn a_non_finite_loss_leaves_the_weights_untouched() {
     let (mut tr, imgs, m, prob) = setup(2);
     let seg = toy(1);
     let bad = (prob * f64::NAN).unwrap();
-    let cons = Consistency {
-        seg: &seg,
-        prob: &bad,
-        weight: 1.0,
-    };
-    let before: Vec<Vec<f32>> = tr
-        .opt
-        .vars()
-        .iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
-        .collect();
-    let e = tr
-        .pretrain_step(&imgs, &m, Some(&cons), &StepParams::default())
-        .err()
-        .unwrap();
+    let cons = Consistency { seg: &seg, prob: &bad, weight: 1.0 };
+    let before: Vec<Vec<f32>> =
+        tr.opt.vars().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
+    let e = tr.pretrain_step(&imgs, &m, Some(&cons), &StepParams::default()).err().unwrap();
     assert!(e.to_string().contains("non-finite loss"), "{e}");
-    let after: Vec<Vec<f32>> = tr
-        .opt
-        .vars()
-        .iter()
-        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
-        .collect();
+    let after: Vec<Vec<f32>> =
+        tr.opt.vars().iter().map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap()).collect();
     assert_eq!(before, after);
     assert_eq!(tr.opt.step, 0);
 }
@@ -290,14 +201,8 @@ mod trainer_state {
 
     fn arrays(m: &Masking) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
         (
-            flat(&m.ids_keep.to_dtype(candle_core::DType::F32).unwrap())
-                .iter()
-                .map(|&v| v as u32)
-                .collect(),
-            flat(&m.ids_restore.to_dtype(candle_core::DType::F32).unwrap())
-                .iter()
-                .map(|&v| v as u32)
-                .collect(),
+            flat(&m.ids_keep.to_dtype(candle_core::DType::F32).unwrap()).iter().map(|&v| v as u32).collect(),
+            flat(&m.ids_restore.to_dtype(candle_core::DType::F32).unwrap()).iter().map(|&v| v as u32).collect(),
             flat(&m.mask),
         )
     }
@@ -325,26 +230,15 @@ mod trainer_state {
     }
 
     fn weights(tr: &PretrainTrainer) -> Vec<Vec<f32>> {
-        tr.opt
-            .vars()
-            .iter()
-            .map(|(_, v)| flat(v.as_tensor()))
-            .collect()
+        tr.opt.vars().iter().map(|(_, v)| flat(v.as_tensor())).collect()
     }
 
     #[test]
     fn array_and_batch_paths_are_one_step_with_or_without_the_cached_p() {
         let (_, imgs, m, _) = setup(2);
         let (k, r, mask) = arrays(&m);
-        let masks = MaskArrays {
-            ids_keep: &k,
-            ids_restore: &r,
-            mask: &mask,
-        };
-        let p = StepParams {
-            cons_weight: 0.7,
-            ..Default::default()
-        };
+        let masks = MaskArrays { ids_keep: &k, ids_restore: &r, mask: &mask };
+        let p = StepParams { cons_weight: 0.7, ..Default::default() };
         let batch = loader_batch(&imgs, 0, 0);
 
         let mut a = trainer();
@@ -356,10 +250,7 @@ mod trainer_state {
         let sc = c.step_batch(&batch, masks, &p).unwrap();
         assert!(sa.loss_cons.is_some());
         for s in [sb, sc] {
-            assert_eq!(
-                (s.loss, s.loss_rec, s.loss_cons),
-                (sa.loss, sa.loss_rec, sa.loss_cons)
-            );
+            assert_eq!((s.loss, s.loss_rec, s.loss_cons), (sa.loss, sa.loss_rec, sa.loss_cons));
         }
         assert_eq!(weights(&a), weights(&b));
         assert_eq!(weights(&a), weights(&c));
@@ -370,15 +261,8 @@ mod trainer_state {
     fn a_cached_p_serves_only_its_own_batch() {
         let (_, imgs, m, _) = setup(2);
         let (k, r, mask) = arrays(&m);
-        let masks = MaskArrays {
-            ids_keep: &k,
-            ids_restore: &r,
-            mask: &mask,
-        };
-        let p = StepParams {
-            cons_weight: 1.0,
-            ..Default::default()
-        };
+        let masks = MaskArrays { ids_keep: &k, ids_restore: &r, mask: &mask };
+        let p = StepParams { cons_weight: 1.0, ..Default::default() };
         let other = (imgs.clone() * -1.0).unwrap();
         let mut a = trainer();
         // P of another batch at the same (epoch, index) but other samples must not be reused.
@@ -396,79 +280,36 @@ mod trainer_state {
         let (mut tr, imgs, m, _) = setup(2);
         let (k, r, mask) = arrays(&m);
         let x = flat(&imgs);
-        let masks = MaskArrays {
-            ids_keep: &k,
-            ids_restore: &r,
-            mask: &mask,
-        };
-        let p = StepParams {
-            cons_weight: 1.0,
-            ..Default::default()
-        };
+        let masks = MaskArrays { ids_keep: &k, ids_restore: &r, mask: &mask };
+        let p = StepParams { cons_weight: 1.0, ..Default::default() };
         let e = tr.step(&x, masks, &p).unwrap_err().to_string();
         assert!(e.contains("consWeight > 0 needs a segmentor"), "{e}");
         assert_eq!(tr.step, 0);
-        let e = tr
-            .step(&x[1..], masks, &StepParams::default())
-            .unwrap_err()
-            .to_string();
+        let e = tr.step(&x[1..], masks, &StepParams::default()).unwrap_err().to_string();
         assert!(e.contains("images has"), "{e}");
-        let short = MaskArrays {
-            mask: &mask[1..],
-            ..masks
-        };
-        let e = tr
-            .step(&x, short, &StepParams::default())
-            .unwrap_err()
-            .to_string();
+        let short = MaskArrays { mask: &mask[1..], ..masks };
+        let e = tr.step(&x, short, &StepParams::default()).unwrap_err().to_string();
         assert!(e.contains("idsRestore") && e.contains("mask"), "{e}");
         let bad: Vec<u32> = k.iter().map(|_| 999).collect();
-        let e = tr
-            .check_masking(
-                2,
-                MaskArrays {
-                    ids_keep: &bad,
-                    ..masks
-                },
-            )
-            .unwrap_err()
-            .to_string();
+        let e = tr.check_masking(2, MaskArrays { ids_keep: &bad, ..masks }).unwrap_err().to_string();
         assert!(e.contains("patch index 999 out of range"), "{e}");
         for (field, p) in [
             (
                 "lr",
                 StepParams {
-                    adamw: vasomim_core::optim::AdamWParams {
-                        lr: -1.0,
-                        ..Default::default()
-                    },
+                    adamw: vasomim_core::optim::AdamWParams { lr: -1.0, ..Default::default() },
                     ..Default::default()
                 },
             ),
             (
                 "beta2",
                 StepParams {
-                    adamw: vasomim_core::optim::AdamWParams {
-                        beta2: 1.0,
-                        ..Default::default()
-                    },
+                    adamw: vasomim_core::optim::AdamWParams { beta2: 1.0, ..Default::default() },
                     ..Default::default()
                 },
             ),
-            (
-                "consWeight",
-                StepParams {
-                    cons_weight: f64::NAN,
-                    ..Default::default()
-                },
-            ),
-            (
-                "microBatches",
-                StepParams {
-                    micro_batches: 0,
-                    ..Default::default()
-                },
-            ),
+            ("consWeight", StepParams { cons_weight: f64::NAN, ..Default::default() }),
+            ("microBatches", StepParams { micro_batches: 0, ..Default::default() }),
         ] {
             let e = p.validate().unwrap_err().to_string();
             assert!(e.starts_with(field), "{field}: {e}");
@@ -485,13 +326,8 @@ mod trainer_state {
     fn save_and_load_keep_the_step_and_the_device() {
         let (mut tr, imgs, m, _) = setup(2);
         let (k, r, mask) = arrays(&m);
-        let masks = MaskArrays {
-            ids_keep: &k,
-            ids_restore: &r,
-            mask: &mask,
-        };
-        tr.step(&flat(&imgs), masks, &StepParams::default())
-            .unwrap();
+        let masks = MaskArrays { ids_keep: &k, ids_restore: &r, mask: &mask };
+        tr.step(&flat(&imgs), masks, &StepParams::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         tr.save(&path, Some("{\"epoch\":1}")).unwrap();
@@ -510,10 +346,7 @@ fn step_params_read_camel_case_json_and_name_bad_fields() {
         "clipGrad": 1.0, "microBatches": 2, "consWeight": 0.5
     }))
     .unwrap();
-    assert_eq!(
-        (p.adamw.lr, p.adamw.beta2, p.clip_grad),
-        (1e-3, 0.95, Some(1.0))
-    );
+    assert_eq!((p.adamw.lr, p.adamw.beta2, p.clip_grad), (1e-3, 0.95, Some(1.0)));
     assert_eq!((p.micro_batches, p.cons_weight), (2, 0.5));
     let base = serde_json::json!({
         "lr": 1e-3, "weightDecay": 0.05, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
@@ -524,15 +357,11 @@ fn step_params_read_camel_case_json_and_name_bad_fields() {
     let with = |k: &str, v: serde_json::Value| {
         let mut o = base.clone();
         o[k] = v;
-        serde_json::from_value::<StepParams>(o)
-            .unwrap_err()
-            .to_string()
+        serde_json::from_value::<StepParams>(o).unwrap_err().to_string()
     };
     assert!(with("clipGrads", 1.0.into()).contains("unknown field `clipGrads`"));
     let mut o = base.clone();
     o.as_object_mut().unwrap().remove("beta1");
-    let e = serde_json::from_value::<StepParams>(o)
-        .unwrap_err()
-        .to_string();
+    let e = serde_json::from_value::<StepParams>(o).unwrap_err().to_string();
     assert!(e.contains("missing field `beta1`"), "{e}");
 }

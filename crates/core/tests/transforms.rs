@@ -40,13 +40,7 @@ fn pillow_13_differences_are_only_the_order_of_the_passes() {
 }
 
 /// Our two-pass bicubic, vertical pass first: transpose, resize, transpose back.
-fn bicubic_vertical_first(
-    px: &[u8],
-    stride: usize,
-    crop: CropBox,
-    ow: usize,
-    oh: usize,
-) -> Vec<u8> {
+fn bicubic_vertical_first(px: &[u8], stride: usize, crop: CropBox, ow: usize, oh: usize) -> Vec<u8> {
     let (w, h) = (crop.width, crop.height);
     let mut t = vec![0u8; w * h];
     for y in 0..h {
@@ -54,21 +48,8 @@ fn bicubic_vertical_first(
             t[x * h + y] = px[(crop.top + y) * stride + crop.left + x];
         }
     }
-    let full = CropBox {
-        top: 0,
-        left: 0,
-        height: w,
-        width: h,
-    };
-    let r = resize_bicubic(
-        View {
-            pixels: &t,
-            stride: h,
-            crop: full,
-        },
-        oh,
-        ow,
-    );
+    let full = CropBox { top: 0, left: 0, height: w, width: h };
+    let r = resize_bicubic(View { pixels: &t, stride: h, crop: full }, oh, ow);
     let mut out = vec![0u8; ow * oh];
     for y in 0..oh {
         for x in 0..ow {
@@ -87,20 +68,11 @@ fn compare_with_pillow(version: &str, tolerance: i32, either_order: bool) {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let f: Vec<&str> = name.split('-').collect();
         let n: Vec<usize> = f[2..].iter().map(|s| s.parse().unwrap()).collect();
-        let crop = CropBox {
-            top: n[0],
-            left: n[1],
-            height: n[2],
-            width: n[3],
-        };
+        let crop = CropBox { top: n[0], left: n[1], height: n[2], width: n[3] };
         let (ow, oh) = (n[4], n[5]);
         let src = read_grey(&repo().join(source(f[1]))).unwrap();
         let px = src.to_u8();
-        let view = View {
-            pixels: &px,
-            stride: src.width,
-            crop,
-        };
+        let view = View { pixels: &px, stride: src.width, crop };
         let got = match f[0] {
             "bicubic" => resize_bicubic(view, ow, oh),
             _ => resize_nearest(view, ow, oh),
@@ -112,27 +84,19 @@ fn compare_with_pillow(version: &str, tolerance: i32, either_order: bool) {
             got
         };
         assert_eq!(got.len(), want.len(), "{name}");
-        let d = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as i32 - *b as i32).abs());
+        let d = got.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs());
         let max = d.clone().max().unwrap();
         off_by_one += d.filter(|&v| v > 0).count();
         total += want.len();
         if f[0] == "nearest" {
             assert_eq!(max, 0, "{name}: nearest must be exact");
         }
-        assert!(
-            max <= tolerance,
-            "{version} {name}: off by {max} grey levels"
-        );
+        assert!(max <= tolerance, "{version} {name}: off by {max} grey levels");
         worst = worst.max(max);
         cases += 1;
     }
     assert_eq!(cases, 15);
-    eprintln!(
-        "{version} parity: worst {worst} grey level(s), {off_by_one} of {total} pixels differ"
-    );
+    eprintln!("{version} parity: worst {worst} grey level(s), {off_by_one} of {total} pixels differ");
 }
 
 /// Two-sample Kolmogorov-Smirnov statistic.
@@ -183,10 +147,8 @@ fn crop_parameters_follow_torchvisions_distribution() {
     for (h, w) in [(512, 512), (300, 300), (480, 640), (100, 400)] {
         let (shape, v) = read_npy(&fixtures().join(format!("rrc/rrc-{h}x{w}.npy")));
         assert_eq!(shape[1], 4);
-        let tv: Vec<[i64; 4]> = v
-            .chunks_exact(4)
-            .map(|c| [c[0] as i64, c[1] as i64, c[2] as i64, c[3] as i64])
-            .collect();
+        let tv: Vec<[i64; 4]> =
+            v.chunks_exact(4).map(|c| [c[0] as i64, c[1] as i64, c[2] as i64, c[3] as i64]).collect();
         let n = tv.len();
         let us = ours(h, w, n, (0.2, 1.0), 42);
         // alpha = 0.001 for two samples of n: c(alpha) * sqrt(2 / n), c = 1.949.
@@ -200,10 +162,7 @@ fn crop_parameters_follow_torchvisions_distribution() {
         // test could not fail.
         let wrong = features(&ours(h, w, n, (0.08, 1.0), 43), h, w);
         let d = ks(ft[0].clone(), wrong[0].clone());
-        assert!(
-            d > crit,
-            "{h}x{w}: KS cannot tell scale (0.08, 1) from (0.2, 1): D = {d:.4}"
-        );
+        assert!(d > crit, "{h}x{w}: KS cannot tell scale (0.08, 1) from (0.2, 1): D = {d:.4}");
         // Central-crop fallbacks happen at the same rate (binomial, 4 sigma).
         let fb = |c: &[[i64; 4]]| {
             c.iter()
@@ -217,9 +176,6 @@ fn crop_parameters_follow_torchvisions_distribution() {
         };
         let (pt, po) = (fb(&tv), fb(&us));
         let sd = (pt.max(1.0 / n as f64) * (1.0 - pt) / n as f64).sqrt() * 2f64.sqrt();
-        assert!(
-            (pt - po).abs() <= 4.0 * sd + 1e-12,
-            "{h}x{w}: fallback rate {po} vs torchvision {pt}"
-        );
+        assert!((pt - po).abs() <= 4.0 * sd + 1e-12, "{h}x{w}: fallback rate {po} vs torchvision {pt}");
     }
 }

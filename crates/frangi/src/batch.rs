@@ -13,14 +13,8 @@ pub struct ImageRef<'a, T> {
 }
 
 /// Vesselness of every image, in parallel; results in input order.
-pub fn vesselness_batch<T: Real>(
-    images: &[ImageRef<'_, T>],
-    p: &VesselnessParams,
-) -> Vec<Result<Vec<T>>> {
-    images
-        .par_iter()
-        .map(|im| vesselness(im.data, im.height, im.width, p))
-        .collect()
+pub fn vesselness_batch<T: Real>(images: &[ImageRef<'_, T>], p: &VesselnessParams) -> Vec<Result<Vec<T>>> {
+    images.par_iter().map(|im| vesselness(im.data, im.height, im.width, p)).collect()
 }
 
 /// Vessel maps of every image, in parallel; results in input order.
@@ -31,13 +25,6 @@ pub fn vessel_map_batch<T: Real>(
 ) -> Vec<Result<Vec<u8>>> {
     images
         .par_iter()
-        .map(|im| {
-            vessel_map(
-                &vesselness(im.data, im.height, im.width, p)?,
-                im.height,
-                im.width,
-                m,
-            )
-        })
+        .map(|im| vessel_map(&vesselness(im.data, im.height, im.width, p)?, im.height, im.width, m))
         .collect()
 }

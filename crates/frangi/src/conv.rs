@@ -73,14 +73,7 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
     mut f: F,
 ) {
     let r = k.phi.len() / 2;
-    let Workspace {
-        gr,
-        gc,
-        lines,
-        rows,
-        starts,
-        line_starts,
-    } = ws;
+    let Workspace { gr, gc, lines, rows, starts, line_starts } = ws;
     line_starts.clear();
     line_starts.extend(0..2 * r + 1);
     for l in lines.iter_mut() {
@@ -93,14 +86,7 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
     let [rr, rc, cc] = rows;
     for i in 0..h {
         row_starts(starts, i, h, w, r);
-        axis0_pair::<T, FMA>(
-            img,
-            starts,
-            &k.phi,
-            &k.phi1,
-            &mut la[r..r + w],
-            &mut lb[r..r + w],
-        );
+        axis0_pair::<T, FMA>(img, starts, &k.phi, &k.phi1, &mut la[r..r + w], &mut lb[r..r + w]);
         pad(la, r, w);
         pad(lb, r, w);
         // la = [phi | .](img), lb = [phi1 | .](img)
@@ -109,14 +95,7 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
     }
     for i in 0..h {
         row_starts(starts, i, h, w, r);
-        axis0_pair::<T, FMA>(
-            gr,
-            starts,
-            &k.phi,
-            &k.phi1,
-            &mut lb[r..r + w],
-            &mut la[r..r + w],
-        );
+        axis0_pair::<T, FMA>(gr, starts, &k.phi, &k.phi1, &mut lb[r..r + w], &mut la[r..r + w]);
         paired::<T, FMA, false>(gc, starts, &k.phi, &mut lc[r..r + w]);
         pad(la, r, w);
         pad(lb, r, w);
@@ -132,8 +111,7 @@ fn hessian_rows_impl<T: Real, F: FnMut(usize, &[T], &[T], &[T]), const FMA: bool
 #[inline(always)]
 fn row_starts(starts: &mut Vec<usize>, i: usize, h: usize, w: usize, r: usize) {
     starts.clear();
-    starts
-        .extend((0..2 * r + 1).map(|t| reflect_index(i as isize + t as isize - r as isize, h) * w));
+    starts.extend((0..2 * r + 1).map(|t| reflect_index(i as isize + t as isize - r as isize, h) * w));
 }
 
 /// Fill `line[..r]` and `line[r + w..]` by reflecting `line[r..r + w]`.
@@ -169,19 +147,13 @@ fn axis0_pair<T: Real, const FMA: bool>(
     while j0 + LANES <= n {
         let mut ae = [T::ZERO; LANES];
         let mut ao = [T::ZERO; LANES];
-        let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES]
-            .try_into()
-            .unwrap();
+        let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES].try_into().unwrap();
         for q in 0..LANES {
             ae[q] = x0[q] * phi[r];
         }
         for t in 0..r {
-            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES]
-                .try_into()
-                .unwrap();
-            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES]
-                .try_into()
-                .unwrap();
+            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES].try_into().unwrap();
+            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES].try_into().unwrap();
             for q in 0..LANES {
                 ae[q] = fma::<T, FMA>(a[q] + b[q], phi[t], ae[q]);
                 ao[q] = fma::<T, FMA>(a[q] - b[q], phi1[t], ao[q]);
@@ -208,12 +180,7 @@ fn axis0_pair<T: Real, const FMA: bool>(
 /// an axis-0 pass when `starts` are row offsets, an axis-1 pass on a reflect-padded line when
 /// they are `0..=2r` (`line.len() == out.len() + 2r`).
 #[inline(always)]
-fn paired<T: Real, const FMA: bool, const ODD: bool>(
-    src: &[T],
-    starts: &[usize],
-    c: &[T],
-    out: &mut [T],
-) {
+fn paired<T: Real, const FMA: bool, const ODD: bool>(src: &[T], starts: &[usize], c: &[T], out: &mut [T]) {
     let r = c.len() / 2;
     let n = out.len();
     let pair = |a: T, b: T| if ODD { a - b } else { a + b };
@@ -221,20 +188,14 @@ fn paired<T: Real, const FMA: bool, const ODD: bool>(
     while j0 + LANES <= n {
         let mut acc = [T::ZERO; LANES];
         if !ODD {
-            let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES]
-                .try_into()
-                .unwrap();
+            let x0: &[T; LANES] = src[starts[r] + j0..starts[r] + j0 + LANES].try_into().unwrap();
             for q in 0..LANES {
                 acc[q] = x0[q] * c[r];
             }
         }
         for t in 0..r {
-            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES]
-                .try_into()
-                .unwrap();
-            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES]
-                .try_into()
-                .unwrap();
+            let a: &[T; LANES] = src[starts[t] + j0..starts[t] + j0 + LANES].try_into().unwrap();
+            let b: &[T; LANES] = src[starts[2 * r - t] + j0..starts[2 * r - t] + j0 + LANES].try_into().unwrap();
             for q in 0..LANES {
                 acc[q] = fma::<T, FMA>(pair(a[q], b[q]), c[t], acc[q]);
             }
@@ -243,17 +204,9 @@ fn paired<T: Real, const FMA: bool, const ODD: bool>(
         j0 += LANES;
     }
     for j in j0..n {
-        let mut acc = if ODD {
-            T::ZERO
-        } else {
-            src[starts[r] + j] * c[r]
-        };
+        let mut acc = if ODD { T::ZERO } else { src[starts[r] + j] * c[r] };
         for t in 0..r {
-            acc = fma::<T, FMA>(
-                pair(src[starts[t] + j], src[starts[2 * r - t] + j]),
-                c[t],
-                acc,
-            );
+            acc = fma::<T, FMA>(pair(src[starts[t] + j], src[starts[2 * r - t] + j]), c[t], acc);
         }
         out[j] = acc;
     }

@@ -19,12 +19,7 @@ pub struct FrangiParams {
 
 impl Default for FrangiParams {
     fn default() -> Self {
-        FrangiParams {
-            alpha: 0.5,
-            beta: 0.5,
-            gamma: None,
-            frangi1998: false,
-        }
+        FrangiParams { alpha: 0.5, beta: 0.5, gamma: None, frangi1998: false }
     }
 }
 
@@ -45,11 +40,7 @@ pub struct VesselnessParams {
 impl VesselnessParams {
     /// The VasoMIM vessel-map filter: Sato, sigma 1..4, dark ridges.
     pub fn sato() -> Self {
-        VesselnessParams {
-            filter: Filter::Sato,
-            sigmas: vec![1.0, 2.0, 3.0, 4.0],
-            black_ridges: true,
-        }
+        VesselnessParams { filter: Filter::Sato, sigmas: vec![1.0, 2.0, 3.0, 4.0], black_ridges: true }
     }
     /// scikit-image's `frangi` defaults: sigma 1,3,5,7,9, alpha = beta = 0.5, gamma from data.
     pub fn frangi() -> Self {
@@ -62,38 +53,22 @@ impl VesselnessParams {
 
     pub fn validate(&self) -> Result<()> {
         if self.sigmas.is_empty() {
-            return Err(Error::Param {
-                name: "sigmas",
-                value: "[]".into(),
-                expected: "at least one sigma",
-            });
+            return Err(Error::Param { name: "sigmas", value: "[]".into(), expected: "at least one sigma" });
         }
         for &s in &self.sigmas {
             if !(s.is_finite() && s > 0.0 && s <= 256.0) {
-                return Err(Error::Param {
-                    name: "sigma",
-                    value: s.to_string(),
-                    expected: "a number in (0, 256]",
-                });
+                return Err(Error::Param { name: "sigma", value: s.to_string(), expected: "a number in (0, 256]" });
             }
         }
         if let Filter::Frangi(f) = &self.filter {
             for (name, v) in [("alpha", f.alpha), ("beta", f.beta)] {
                 if !(v.is_finite() && v > 0.0) {
-                    return Err(Error::Param {
-                        name,
-                        value: v.to_string(),
-                        expected: "a finite number > 0",
-                    });
+                    return Err(Error::Param { name, value: v.to_string(), expected: "a finite number > 0" });
                 }
             }
             if let Some(g) = f.gamma {
                 if !(g.is_finite() && g > 0.0) {
-                    return Err(Error::Param {
-                        name: "gamma",
-                        value: g.to_string(),
-                        expected: "a finite number > 0",
-                    });
+                    return Err(Error::Param { name: "gamma", value: g.to_string(), expected: "a finite number > 0" });
                 }
             }
         }
@@ -180,23 +155,8 @@ crate::multiversion! {
 }
 
 /// `sato(img, sigmas, black_ridges)` as scikit-image.
-pub fn sato<T: Real>(
-    img: &[T],
-    h: usize,
-    w: usize,
-    sigmas: &[f64],
-    black_ridges: bool,
-) -> Result<Vec<T>> {
-    vesselness(
-        img,
-        h,
-        w,
-        &VesselnessParams {
-            filter: Filter::Sato,
-            sigmas: sigmas.to_vec(),
-            black_ridges,
-        },
-    )
+pub fn sato<T: Real>(img: &[T], h: usize, w: usize, sigmas: &[f64], black_ridges: bool) -> Result<Vec<T>> {
+    vesselness(img, h, w, &VesselnessParams { filter: Filter::Sato, sigmas: sigmas.to_vec(), black_ridges })
 }
 
 /// `frangi(img, sigmas, alpha, beta, gamma, black_ridges)` as scikit-image.
@@ -208,16 +168,7 @@ pub fn frangi<T: Real>(
     params: FrangiParams,
     black_ridges: bool,
 ) -> Result<Vec<T>> {
-    vesselness(
-        img,
-        h,
-        w,
-        &VesselnessParams {
-            filter: Filter::Frangi(params),
-            sigmas: sigmas.to_vec(),
-            black_ridges,
-        },
-    )
+    vesselness(img, h, w, &VesselnessParams { filter: Filter::Frangi(params), sigmas: sigmas.to_vec(), black_ridges })
 }
 
 /// max over j of a[j]^2 + b[j]^2, with 16 partial maxima so the loop vectorises.
@@ -241,14 +192,7 @@ fn max_sq_sum<T: Real>(a: &[T], b: &[T]) -> T {
 /// One sigma of Frangi from the magnitude-sorted eigenvalues; returns the gamma it used.
 /// R_B = |l_a| / max(l_b, 1e-10), S = sqrt(l_a^2 + l_b^2) from the unclipped values,
 /// gamma (if not given) = max(S) / 2, or 1 when the image has no structure at all.
-fn frangi_scale<T: Real>(
-    la: &[T],
-    lb: &[T],
-    s_max: T,
-    f: &FrangiParams,
-    gamma: Option<f64>,
-    out: &mut [T],
-) -> f64 {
+fn frangi_scale<T: Real>(la: &[T], lb: &[T], s_max: T, f: &FrangiParams, gamma: Option<f64>, out: &mut [T]) -> f64 {
     let g = gamma.unwrap_or_else(|| {
         let g = s_max.to_f64() / 2.0;
         if g == 0.0 {
@@ -267,16 +211,8 @@ fn frangi_scale<T: Real>(
         let rb = a.abs() / b.max(floor);
         let arg1 = -(rb * rb) / two_b2;
         let arg2 = -(a * a + b * b) / two_g2;
-        let blob = if arg1 < exp_zero {
-            T::ZERO
-        } else {
-            arg1.max(exp_zero).exp_fast()
-        };
-        let fade = if arg2 < exp_zero {
-            T::ZERO
-        } else {
-            arg2.max(exp_zero).exp_fast()
-        };
+        let blob = if arg1 < exp_zero { T::ZERO } else { arg1.max(exp_zero).exp_fast() };
+        let fade = if arg2 < exp_zero { T::ZERO } else { arg2.max(exp_zero).exp_fast() };
         *o = o.max(blob * (one - fade));
     }
     g
@@ -288,9 +224,7 @@ mod tests {
 
     /// A dark horizontal line (a "vessel") on a flat background.
     fn line_image(h: usize, w: usize) -> Vec<f64> {
-        (0..h * w)
-            .map(|i| if (i / w) == h / 2 { 40.0 } else { 160.0 })
-            .collect()
+        (0..h * w).map(|i| if (i / w) == h / 2 { 40.0 } else { 160.0 }).collect()
     }
 
     #[test]
@@ -312,49 +246,21 @@ mod tests {
         let (h, w) = (21, 21);
         let img = line_image(h, w);
         let sk = frangi(&img, h, w, &[1.0], FrangiParams::default(), true).unwrap();
-        let f98 = frangi(
-            &img,
-            h,
-            w,
-            &[1.0],
-            FrangiParams {
-                frangi1998: true,
-                ..FrangiParams::default()
-            },
-            true,
-        )
-        .unwrap();
+        let f98 =
+            frangi(&img, h, w, &[1.0], FrangiParams { frangi1998: true, ..FrangiParams::default() }, true).unwrap();
         // One sigma = 1: sigma^2 = 1 and gamma is chosen the same way, so the two agree.
         assert!(sk.iter().zip(&f98).all(|(a, b)| (a - b).abs() < 1e-12));
         let sk2 = frangi(&img, h, w, &[1.0, 4.0], FrangiParams::default(), true).unwrap();
-        let f982 = frangi(
-            &img,
-            h,
-            w,
-            &[1.0, 4.0],
-            FrangiParams {
-                frangi1998: true,
-                ..FrangiParams::default()
-            },
-            true,
-        )
-        .unwrap();
+        let f982 = frangi(&img, h, w, &[1.0, 4.0], FrangiParams { frangi1998: true, ..FrangiParams::default() }, true)
+            .unwrap();
         assert!(sk2.iter().zip(&f982).any(|(a, b)| (a - b).abs() > 1e-3));
     }
 
     #[test]
     fn constant_image_gives_exact_zeros() {
         let img = vec![77.0f64; 36];
-        assert!(sato(&img, 6, 6, &[1.0, 2.0], true)
-            .unwrap()
-            .iter()
-            .all(|&v| v == 0.0));
-        assert!(
-            frangi(&img, 6, 6, &[1.0, 3.0], FrangiParams::default(), true)
-                .unwrap()
-                .iter()
-                .all(|&v| v == 0.0)
-        );
+        assert!(sato(&img, 6, 6, &[1.0, 2.0], true).unwrap().iter().all(|&v| v == 0.0));
+        assert!(frangi(&img, 6, 6, &[1.0, 3.0], FrangiParams::default(), true).unwrap().iter().all(|&v| v == 0.0));
     }
 
     #[test]
@@ -364,33 +270,14 @@ mod tests {
         assert!(e.contains("sigmas"), "{e}");
         let e = sato(&img, 2, 2, &[-1.0], true).unwrap_err().to_string();
         assert!(e.contains("sigma = -1"), "{e}");
-        let e = frangi(
-            &img,
-            2,
-            2,
-            &[1.0],
-            FrangiParams {
-                beta: 0.0,
-                ..FrangiParams::default()
-            },
-            true,
-        )
-        .unwrap_err()
-        .to_string();
+        let e = frangi(&img, 2, 2, &[1.0], FrangiParams { beta: 0.0, ..FrangiParams::default() }, true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("beta"), "{e}");
-        let e = frangi(
-            &img,
-            2,
-            2,
-            &[1.0],
-            FrangiParams {
-                gamma: Some(f64::INFINITY),
-                ..FrangiParams::default()
-            },
-            true,
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            frangi(&img, 2, 2, &[1.0], FrangiParams { gamma: Some(f64::INFINITY), ..FrangiParams::default() }, true)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("gamma"), "{e}");
     }
 }

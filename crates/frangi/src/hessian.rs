@@ -40,10 +40,7 @@ pub fn gaussian_kernels(sigma: f64) -> (Vec<f64>, Vec<f64>) {
     phi.iter_mut().for_each(|v| *v /= sum);
     let phi1: Vec<f64> = xs.iter().zip(&phi).map(|(x, p)| -x / s2 * p).collect();
     // Correlation weights are the reversed kernel (scipy's gaussian_filter1d does [::-1]).
-    (
-        phi.into_iter().rev().collect(),
-        phi1.into_iter().rev().collect(),
-    )
+    (phi.into_iter().rev().collect(), phi1.into_iter().rev().collect())
 }
 
 /// Kernels for sigma in the working precision, with the taps that cannot matter at that
@@ -56,18 +53,13 @@ pub(crate) struct SigmaKernels<T> {
 impl<T: Real> SigmaKernels<T> {
     pub fn new(sigma: f64) -> Result<Self> {
         if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(Error::Param {
-                name: "sigma",
-                value: sigma.to_string(),
-                expected: "a finite number > 0",
-            });
+            return Err(Error::Param { name: "sigma", value: sigma.to_string(), expected: "a finite number > 0" });
         }
         let (phi, phi1) = gaussian_kernels(sigma);
         let r = phi.len() / 2;
         let max0 = phi.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let max1 = phi1.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let needed =
-            |k: usize| phi[k].abs() >= T::TAP_EPS * max0 || phi1[k].abs() >= T::TAP_EPS * max1;
+        let needed = |k: usize| phi[k].abs() >= T::TAP_EPS * max0 || phi1[k].abs() >= T::TAP_EPS * max1;
         let first = (0..r).find(|&k| needed(k)).unwrap_or(r);
         let keep = first..phi.len() - first;
         Ok(SigmaKernels {
@@ -82,11 +74,7 @@ pub fn hessian<T: Real>(img: &[T], h: usize, w: usize, sigma: f64) -> Result<Hes
     check_shape(img.len(), h, w)?;
     let k = SigmaKernels::<T>::new(sigma)?;
     let n = img.len();
-    let mut out = Hessian {
-        rr: vec![T::ZERO; n],
-        rc: vec![T::ZERO; n],
-        cc: vec![T::ZERO; n],
-    };
+    let mut out = Hessian { rr: vec![T::ZERO; n], rc: vec![T::ZERO; n], cc: vec![T::ZERO; n] };
     hessian_rows(img, h, w, &k, &mut Workspace::new(n), |i, rr, rc, cc| {
         out.rr[i * w..(i + 1) * w].copy_from_slice(rr);
         out.rc[i * w..(i + 1) * w].copy_from_slice(rc);
@@ -120,16 +108,7 @@ mod tests {
 
     #[test]
     fn kernel_radii_follow_scikit_image_truncation() {
-        for (sigma, r) in [
-            (1.0, 71),
-            (2.0, 11),
-            (3.0, 17),
-            (4.0, 23),
-            (5.0, 28),
-            (7.0, 40),
-            (9.0, 51),
-            (0.5, 35),
-        ] {
+        for (sigma, r) in [(1.0, 71), (2.0, 11), (3.0, 17), (4.0, 23), (5.0, 28), (7.0, 40), (9.0, 51), (0.5, 35)] {
             let (phi, phi1) = gaussian_kernels(sigma);
             assert_eq!(phi.len(), 2 * r + 1, "sigma {sigma}");
             assert_eq!(phi1.len(), 2 * r + 1);
@@ -144,11 +123,7 @@ mod tests {
     fn trimmed_kernels_keep_every_tap_that_matters() {
         let k64 = SigmaKernels::<f64>::new(1.0).unwrap();
         let k32 = SigmaKernels::<f32>::new(1.0).unwrap();
-        assert!(
-            k64.phi.len() < 143 && k64.phi.len() >= 13,
-            "{}",
-            k64.phi.len()
-        );
+        assert!(k64.phi.len() < 143 && k64.phi.len() >= 13, "{}", k64.phi.len());
         assert!(k32.phi.len() <= k64.phi.len());
         assert_eq!(SigmaKernels::<f64>::new(4.0).unwrap().phi.len(), 47);
     }
@@ -173,10 +148,7 @@ mod tests {
 
     #[test]
     fn bad_sigma_and_shape_are_errors() {
-        assert!(hessian(&[0.0f64; 4], 2, 2, 0.0)
-            .unwrap_err()
-            .to_string()
-            .contains("sigma"));
+        assert!(hessian(&[0.0f64; 4], 2, 2, 0.0).unwrap_err().to_string().contains("sigma"));
         assert!(hessian(&[0.0f64; 4], 2, 2, f64::NAN).is_err());
         let e = hessian(&[0.0f64; 5], 2, 2, 1.0).unwrap_err().to_string();
         assert!(e.contains("5 values") && e.contains("2x2"), "{e}");

@@ -32,26 +32,17 @@ pub use vesselmap::{vessel_map, Cast, MapParams};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// `data.len()` is not `height * width`, or a side is zero.
-    Shape {
-        len: usize,
-        height: usize,
-        width: usize,
-    },
+    Shape { len: usize, height: usize, width: usize },
     /// A parameter is out of its domain (name, value, what is allowed).
-    Param {
-        name: &'static str,
-        value: String,
-        expected: &'static str,
-    },
+    Param { name: &'static str, value: String, expected: &'static str },
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Shape { len, height, width } => write!(
-                f,
-                "image buffer has {len} values but the shape is {height}x{width} (height x width, both >= 1)"
-            ),
+            Error::Shape { len, height, width } => {
+                write!(f, "image buffer has {len} values but the shape is {height}x{width} (height x width, both >= 1)")
+            }
             Error::Param { name, value, expected } => {
                 write!(f, "invalid {name} = {value}: expected {expected}")
             }

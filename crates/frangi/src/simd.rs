@@ -23,10 +23,7 @@ static LEVEL: AtomicU8 = AtomicU8::new(u8::MAX);
 /// Forces a level (tests compare the versions; a level the CPU lacks falls back to the widest
 /// it has); `None` returns to detection.
 pub fn force_level(level: Option<u8>) {
-    LEVEL.store(
-        level.map_or(u8::MAX, |l| l.min(detect())),
-        Ordering::Relaxed,
-    );
+    LEVEL.store(level.map_or(u8::MAX, |l| l.min(detect())), Ordering::Relaxed);
 }
 
 /// The widest instruction set the kernels may use on this CPU.

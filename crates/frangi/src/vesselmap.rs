@@ -26,12 +26,7 @@ pub struct MapParams {
 
 impl Default for MapParams {
     fn default() -> Self {
-        MapParams {
-            border: 20,
-            percentile: 92.0,
-            cast: Cast::Clamp,
-            scale: 1.0,
-        }
+        MapParams { border: 20, percentile: 92.0, cast: Cast::Clamp, scale: 1.0 }
     }
 }
 
@@ -147,11 +142,7 @@ pub fn vessel_map<T: Real>(resp: &[T], h: usize, w: usize, p: &MapParams) -> Res
         });
     }
     if !(p.scale.is_finite() && p.scale > 0.0) {
-        return Err(Error::Param {
-            name: "scale",
-            value: p.scale.to_string(),
-            expected: "a finite number > 0",
-        });
+        return Err(Error::Param { name: "scale", value: p.scale.to_string(), expected: "a finite number > 0" });
     }
     let mut v = to_u8(resp, p.cast, p.scale);
     zero_border(&mut v, h, w, p.border);
@@ -171,15 +162,9 @@ mod tests {
     #[test]
     fn cast_clamps_or_wraps_like_numpy() {
         let v = [-3.7f64, 0.0, 12.9, 255.0, 255.5, 300.2, 513.0, f64::NAN];
-        assert_eq!(
-            to_u8(&v, Cast::Clamp, 1.0),
-            vec![0, 0, 12, 255, 255, 255, 255, 0]
-        );
+        assert_eq!(to_u8(&v, Cast::Clamp, 1.0), vec![0, 0, 12, 255, 255, 255, 255, 0]);
         // numpy: astype(int64) truncates toward zero (-3.7 -> -3 -> 253), then keeps the low byte.
-        assert_eq!(
-            to_u8(&v, Cast::Wrap, 1.0),
-            vec![253, 0, 12, 255, 255, 44, 1, 0]
-        );
+        assert_eq!(to_u8(&v, Cast::Wrap, 1.0), vec![253, 0, 12, 255, 255, 44, 1, 0]);
         assert_eq!(to_u8(&[0.5f32], Cast::Clamp, 255.0), vec![127]);
     }
 
@@ -229,41 +214,16 @@ mod tests {
         r[0] = 50.0;
         r[1] = 10.0;
         r[99] = 60.0;
-        let m = vessel_map(
-            &r,
-            10,
-            10,
-            &MapParams {
-                border: 0,
-                ..MapParams::default()
-            },
-        )
-        .unwrap();
+        let m = vessel_map(&r, 10, 10, &MapParams { border: 0, ..MapParams::default() }).unwrap();
         let on: Vec<usize> = (0..100).filter(|&i| m[i] == 255).collect();
         assert_eq!(on, vec![99]);
     }
 
     #[test]
     fn bad_parameters_name_the_field() {
-        let e = vessel_map(
-            &[0.0f64; 4],
-            2,
-            2,
-            &MapParams {
-                percentile: 101.0,
-                ..MapParams::default()
-            },
-        );
+        let e = vessel_map(&[0.0f64; 4], 2, 2, &MapParams { percentile: 101.0, ..MapParams::default() });
         assert!(e.unwrap_err().to_string().contains("percentile"));
-        let e = vessel_map(
-            &[0.0f64; 4],
-            2,
-            2,
-            &MapParams {
-                scale: f64::NAN,
-                ..MapParams::default()
-            },
-        );
+        let e = vessel_map(&[0.0f64; 4], 2, 2, &MapParams { scale: f64::NAN, ..MapParams::default() });
         assert!(e.unwrap_err().to_string().contains("scale"));
     }
 }

@@ -10,9 +10,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 fn golden(f: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(f)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(f)
 }
 
 /// Minimal .npy reader (v1/v2 headers, C order, '<f8' or '|u1').
@@ -22,10 +20,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
     let (hlen, off) = if b[6] == 1 {
         (u16::from_le_bytes([b[8], b[9]]) as usize, 10)
     } else {
-        (
-            u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize,
-            12,
-        )
+        (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12)
     };
     let header = std::str::from_utf8(&b[off..off + hlen]).unwrap();
     assert!(header.contains("'fortran_order': False"));
@@ -41,15 +36,11 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
         .collect();
     let data = &b[off + hlen..];
     let vals = if header.contains("<f8") {
-        data.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
     } else if header.contains("|u1") {
         data.iter().map(|&v| v as f64).collect()
     } else if header.contains("<i8") {
-        data.chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect()
+        data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64).collect()
     } else {
         panic!("{}: unsupported dtype in {header}", path.display())
     };
@@ -75,10 +66,7 @@ fn manifest() -> Value {
 fn case_input(c: &Value) -> (usize, usize, Vec<u8>) {
     match c["image"].as_str() {
         None => {
-            let (s, v) = read_npy(&golden(&format!(
-                "{}.input.npy",
-                c["name"].as_str().unwrap()
-            )));
+            let (s, v) = read_npy(&golden(&format!("{}.input.npy", c["name"].as_str().unwrap())));
             (s[0], s[1], v.into_iter().map(|x| x as u8).collect())
         }
         Some(p) => {
@@ -100,12 +88,7 @@ fn case_input(c: &Value) -> (usize, usize, Vec<u8>) {
 
 fn params(c: &Value) -> VesselnessParams {
     let p = &c["params"];
-    let sigmas = p["sigmas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
+    let sigmas = p["sigmas"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let black_ridges = p["black_ridges"].as_bool().unwrap();
     let filter = match c["filter"].as_str().unwrap() {
         "sato" => Filter::Sato,
@@ -116,19 +99,13 @@ fn params(c: &Value) -> VesselnessParams {
             frangi1998: false,
         }),
     };
-    VesselnessParams {
-        filter,
-        sigmas,
-        black_ridges,
-    }
+    VesselnessParams { filter, sigmas, black_ridges }
 }
 
 /// max |ours - ref| / max |ref| (absolute when the reference is all zero).
 fn rel_err(ours: impl Iterator<Item = f64>, reference: &[f64]) -> f64 {
     let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let err = ours
-        .zip(reference)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = ours.zip(reference).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     if scale > 0.0 {
         err / scale
     } else {
@@ -140,12 +117,7 @@ fn rel_err(ours: impl Iterator<Item = f64>, reference: &[f64]) -> f64 {
 fn raw_responses_match_skimage_f64_and_f32() {
     let m = manifest();
     let mut n = 0;
-    for c in m["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "response")
-    {
+    for c in m["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "response") {
         let (h, w, img) = case_input(c);
         let (shape, reference) = read_npy(&golden(c["golden"].as_str().unwrap()));
         assert_eq!(shape, vec![h, w]);
@@ -153,13 +125,7 @@ fn raw_responses_match_skimage_f64_and_f32() {
         let x64: Vec<f64> = img.iter().map(|&v| v as f64).collect();
         let x32: Vec<f32> = img.iter().map(|&v| v as f32).collect();
         let e64 = rel_err(vesselness(&x64, h, w, &p).unwrap().into_iter(), &reference);
-        let e32 = rel_err(
-            vesselness(&x32, h, w, &p)
-                .unwrap()
-                .into_iter()
-                .map(|v| v as f64),
-            &reference,
-        );
+        let e32 = rel_err(vesselness(&x32, h, w, &p).unwrap().into_iter().map(|v| v as f64), &reference);
         let name = c["golden"].as_str().unwrap();
         assert!(e64 <= 1e-6, "{name}: f64 relative error {e64:e} > 1e-6");
         assert!(e32 <= 1e-4, "{name}: f32 relative error {e32:e} > 1e-4");
@@ -172,44 +138,17 @@ fn raw_responses_match_skimage_f64_and_f32() {
 fn vessel_maps_match_reference_pipeline() {
     let m = manifest();
     let mut n = 0;
-    for c in m["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["kind"] == "map")
-    {
+    for c in m["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "map") {
         let (h, w, img) = read_png_grey(&repo().join(c["image"].as_str().unwrap()));
         let x: Vec<f64> = img.iter().map(|&v| v as f64).collect();
         let resp = vesselness(&x, h, w, &VesselnessParams::sato()).unwrap();
-        let cast = if c["cast"] == "wrap" {
-            Cast::Wrap
-        } else {
-            Cast::Clamp
-        };
-        let ours = vessel_map(
-            &resp,
-            h,
-            w,
-            &MapParams {
-                cast,
-                ..MapParams::default()
-            },
-        )
-        .unwrap();
+        let cast = if c["cast"] == "wrap" { Cast::Wrap } else { Cast::Clamp };
+        let ours = vessel_map(&resp, h, w, &MapParams { cast, ..MapParams::default() }).unwrap();
         let (gh, gw, reference) = read_png_grey(&golden(c["golden"].as_str().unwrap()));
         assert_eq!((gh, gw), (h, w));
         let differ = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
-        assert!(
-            reference.iter().filter(|&&v| v == 255).count() > 100,
-            "degenerate golden map"
-        );
-        assert_eq!(
-            differ,
-            0,
-            "{}: {differ} of {} pixels differ",
-            c["golden"],
-            h * w
-        );
+        assert!(reference.iter().filter(|&&v| v == 255).count() > 100, "degenerate golden map");
+        assert_eq!(differ, 0, "{}: {differ} of {} pixels differ", c["golden"], h * w);
         n += 1;
     }
     assert!(n >= 4);

@@ -72,18 +72,13 @@ pub fn state_dict(model: &MaskedAutoencoder) -> Vec<(String, Tensor)> {
     out
 }
 
-fn write_safetensors(
-    path: &Path,
-    tensors: Vec<(String, Tensor)>,
-    meta: HashMap<String, String>,
-) -> Result<()> {
+fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, meta: HashMap<String, String>) -> Result<()> {
     let tensors: Vec<(String, Tensor)> = tensors
         .into_iter()
         .map(|(n, t)| Ok((n, t.to_device(&crate::device::host())?.contiguous()?)))
         .collect::<Result<_>>()?;
     let bytes =
-        safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(err)?;
+        safetensors::tensor::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta)).map_err(err)?;
     crate::io::write_atomic(path, |w| std::io::Write::write_all(w, &bytes)).map_err(err)
 }
 
@@ -101,19 +96,8 @@ pub fn save_with_loop_state(
     step: u64,
     loop_state: Option<&str>,
 ) -> Result<()> {
-    let extra: Vec<(&str, String)> = loop_state
-        .map(|l| ("loop_state", l.to_string()))
-        .into_iter()
-        .collect();
-    write_checkpoint(
-        path,
-        FORMAT,
-        &model.cfg,
-        state_dict(model),
-        opt,
-        step,
-        &extra,
-    )
+    let extra: Vec<(&str, String)> = loop_state.map(|l| ("loop_state", l.to_string())).into_iter().collect();
+    write_checkpoint(path, FORMAT, &model.cfg, state_dict(model), opt, step, &extra)
 }
 
 /// Write a training checkpoint of any model atomically: its `tensors` (weights and buffers), the
@@ -133,10 +117,7 @@ pub(crate) fn write_checkpoint<C: serde::Serialize>(
     let opt = opt.filter(|o| o.step > 0);
     let mut meta = HashMap::from([
         ("format".to_string(), format.to_string()),
-        (
-            "config".to_string(),
-            serde_json::to_string(config).map_err(err)?,
-        ),
+        ("config".to_string(), serde_json::to_string(config).map_err(err)?),
         ("step".to_string(), step.to_string()),
     ]);
     if let Some(o) = opt {
@@ -157,20 +138,11 @@ pub fn export_timm(path: &Path, model: &MaskedAutoencoder) -> Result<()> {
             || n.starts_with("blocks.")
             || n.starts_with("norm.")
     };
-    let tensors: Vec<(String, Tensor)> = state_dict(model)
-        .into_iter()
-        .filter(|(n, _)| enc(n))
-        .collect();
+    let tensors: Vec<(String, Tensor)> = state_dict(model).into_iter().filter(|(n, _)| enc(n)).collect();
     let mut meta = HashMap::new();
     meta.insert("format".into(), "pt".into());
-    meta.insert(
-        "source".into(),
-        "vasomim export --format timm (encoder only)".into(),
-    );
-    meta.insert(
-        "config".into(),
-        serde_json::to_string(&model.cfg).map_err(err)?,
-    );
+    meta.insert("source".into(), "vasomim export --format timm (encoder only)".into());
+    meta.insert("config".into(), serde_json::to_string(&model.cfg).map_err(err)?);
     write_safetensors(path, tensors, meta)
 }
 
@@ -180,8 +152,7 @@ pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<Str
     let mut head = [0u8; 4];
     {
         use std::io::Read;
-        let mut f =
-            std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let mut f = std::fs::File::open(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let _ = f.read(&mut head);
     }
     // .pth files are zip archives ("PK\x03\x04"); anything else is tried as safetensors.
@@ -195,46 +166,25 @@ pub fn read_tensors(path: &Path) -> Result<(HashMap<String, Tensor>, HashMap<Str
                 }
             }
         }
-        let v = found.ok_or_else(|| {
-            err(format!(
-                "{}: no tensors found in the PyTorch file",
-                path.display()
-            ))
-        })?;
+        let v = found.ok_or_else(|| err(format!("{}: no tensors found in the PyTorch file", path.display())))?;
         (v.into_iter().collect::<HashMap<_, _>>(), HashMap::new())
     } else {
         let data = std::fs::read(path).map_err(|e| err(format!("{}: {e}", path.display())))?;
-        let (_, md) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| {
-            err(format!(
-                "{}: not a safetensors or PyTorch file ({e})",
-                path.display()
-            ))
-        })?;
+        let (_, md) = safetensors::SafeTensors::read_metadata(&data)
+            .map_err(|e| err(format!("{}: not a safetensors or PyTorch file ({e})", path.display())))?;
         let meta = md.metadata().clone().unwrap_or_default();
-        (
-            candle_core::safetensors::load_buffer(&data, &crate::device::host())?,
-            meta,
-        )
+        (candle_core::safetensors::load_buffer(&data, &crate::device::host())?, meta)
     };
     // DataParallel / DDP prefixes.
     if tensors.keys().all(|k| k.starts_with("module.")) {
-        tensors = tensors
-            .into_iter()
-            .map(|(k, v)| (k["module.".len()..].to_string(), v))
-            .collect();
+        tensors = tensors.into_iter().map(|(k, v)| (k["module.".len()..].to_string(), v)).collect();
     }
     Ok((tensors, meta))
 }
 
 fn count_blocks(t: &HashMap<String, Tensor>, prefix: &str) -> usize {
     t.keys()
-        .filter_map(|k| {
-            k.strip_prefix(prefix)?
-                .split('.')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<usize>().ok())
         .map(|i| i + 1)
         .max()
         .unwrap_or(0)
@@ -242,28 +192,16 @@ fn count_blocks(t: &HashMap<String, Tensor>, prefix: &str) -> usize {
 
 /// The configuration of a file without our metadata, from its shapes (and `preset` for the
 /// head counts, which shapes do not tell).
-pub fn infer_config(
-    t: &HashMap<String, Tensor>,
-    preset: Option<&str>,
-) -> Result<(MaeConfig, String)> {
-    let w = t
-        .get("patch_embed.proj.weight")
-        .ok_or_else(|| err("not a ViT checkpoint: no patch_embed.proj.weight"))?;
-    let (d, c, p, _) = w.dims4().map_err(|_| {
-        err(format!(
-            "patch_embed.proj.weight has shape {:?}, expected (D, C, p, p)",
-            w.dims()
-        ))
-    })?;
+pub fn infer_config(t: &HashMap<String, Tensor>, preset: Option<&str>) -> Result<(MaeConfig, String)> {
+    let w = t.get("patch_embed.proj.weight").ok_or_else(|| err("not a ViT checkpoint: no patch_embed.proj.weight"))?;
+    let (d, c, p, _) = w
+        .dims4()
+        .map_err(|_| err(format!("patch_embed.proj.weight has shape {:?}, expected (D, C, p, p)", w.dims())))?;
     let depth = count_blocks(t, "blocks.");
     let (mut cfg, source) = match preset {
         Some(name) => {
-            let cfg = MaeConfig::preset(name).ok_or_else(|| {
-                err(format!(
-                    "unknown preset {name:?} (one of {:?})",
-                    MaeConfig::preset_names()
-                ))
-            })?;
+            let cfg = MaeConfig::preset(name)
+                .ok_or_else(|| err(format!("unknown preset {name:?} (one of {:?})", MaeConfig::preset_names())))?;
             if cfg.embed_dim != d || cfg.depth != depth {
                 candle_core::bail!(
                     "preset {name} has embed {} and depth {}, the file has {d} and {depth}",
@@ -274,12 +212,12 @@ pub fn infer_config(
             (cfg, format!("preset {name} (named)"))
         }
         None => {
-            let name = MaeConfig::preset_name_for(d, depth)
-                .ok_or_else(|| err(format!("no preset has embed {d} and depth {depth}; name one with --preset or use a file with a config")))?;
-            (
-                MaeConfig::preset(name).unwrap(),
-                format!("preset {name} (by shapes)"),
-            )
+            let name = MaeConfig::preset_name_for(d, depth).ok_or_else(|| {
+                err(format!(
+                    "no preset has embed {d} and depth {depth}; name one with --preset or use a file with a config"
+                ))
+            })?;
+            (MaeConfig::preset(name).unwrap(), format!("preset {name} (by shapes)"))
         }
     };
     cfg.patch_size = p;
@@ -355,16 +293,11 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
     }
     cfg.validate().map_err(err)?;
     let model = MaskedAutoencoder::new(&cfg, device, 0)?;
-    let mut report = LoadReport {
-        config_source,
-        ..Default::default()
-    };
+    let mut report = LoadReport { config_source, ..Default::default() };
     let mut used: BTreeMap<&str, ()> = BTreeMap::new();
 
     let fetch = |name: &str| -> Option<Result<Tensor>> {
-        tensors
-            .get(name)
-            .map(|t| t.to_dtype(DType::F32).and_then(|t| t.to_device(device)))
+        tensors.get(name).map(|t| t.to_dtype(DType::F32).and_then(|t| t.to_device(device)))
     };
 
     for (name, var) in &model.params.entries {
@@ -375,21 +308,14 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
         used.insert(tensors.get_key_value(name.as_str()).unwrap().0.as_str(), ());
         let mut t = t?;
         if name == "patch_embed.proj.weight" && t.dims().len() == 4 && t.dim(1)? != cfg.in_chans {
-            report.adapted.push(format!(
-                "{name}: {} -> {} channels",
-                t.dim(1)?,
-                cfg.in_chans
-            ));
+            report.adapted.push(format!("{name}: {} -> {} channels", t.dim(1)?, cfg.in_chans));
             t = adapt_channels(&t, cfg.in_chans)?;
         }
         if (name == "decoder_pred.weight" || name == "decoder_pred.bias")
             && file_cfg.in_chans != cfg.in_chans
             && t.dim(0)? == file_cfg.patch_dim()
         {
-            report.adapted.push(format!(
-                "{name}: {} -> {} channels",
-                file_cfg.in_chans, cfg.in_chans
-            ));
+            report.adapted.push(format!("{name}: {} -> {} channels", file_cfg.in_chans, cfg.in_chans));
             t = adapt_pred_rows(&t, file_cfg.in_chans, cfg.in_chans)?;
         }
         if t.dims() != var.dims() {
@@ -404,10 +330,9 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
     }
 
     let mut model = model;
-    for (name, grid_from) in [
-        ("pos_embed", &mut model.encoder.pos_embed),
-        ("decoder_pos_embed", &mut model.decoder_pos_embed),
-    ] {
+    for (name, grid_from) in
+        [("pos_embed", &mut model.encoder.pos_embed), ("decoder_pos_embed", &mut model.decoder_pos_embed)]
+    {
         let Some(t) = fetch(name) else {
             report.missing.push(name.to_string());
             continue;
@@ -435,31 +360,16 @@ pub fn load(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> 
     }
 
     let mut optimizer = None;
-    let opt_tensors: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("optimizer."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let opt_tensors: HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| k.starts_with("optimizer.")).map(|(k, v)| (k.clone(), v.clone())).collect();
     if !opt_tensors.is_empty() {
-        let s = meta
-            .get("optimizer_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let s = meta.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
         optimizer = Some((opt_tensors, s));
     }
-    let mut unexpected: Vec<String> = tensors
-        .keys()
-        .filter(|k| !used.contains_key(k.as_str()) && !k.starts_with("optimizer."))
-        .cloned()
-        .collect();
+    let mut unexpected: Vec<String> =
+        tensors.keys().filter(|k| !used.contains_key(k.as_str()) && !k.starts_with("optimizer.")).cloned().collect();
     unexpected.sort();
     report.unexpected = unexpected;
     let step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(Loaded {
-        model,
-        report,
-        optimizer,
-        step,
-        loop_state: meta.get("loop_state").cloned(),
-    })
+    Ok(Loaded { model, report, optimizer, step, loop_state: meta.get("loop_state").cloned() })
 }

@@ -27,21 +27,10 @@ pub const FORMAT: &str = "vasomim-segvit";
 /// Save the model, its BatchNorm buffers, the optimizer (when it has stepped), config and
 /// training state, atomically.
 pub fn save(path: &Path, ft: &SegmentationTrainer, step: u64, extra: Option<&str>) -> Result<()> {
-    let mut meta = vec![
-        ("layer_decay", ft.layer_decay.to_string()),
-        ("drop_seed", ft.drop_seed.to_string()),
-    ];
+    let mut meta = vec![("layer_decay", ft.layer_decay.to_string()), ("drop_seed", ft.drop_seed.to_string())];
     meta.extend(extra.map(|e| ("extra", e.to_string())));
     let tensors = ft.model.state_dict()?;
-    write_checkpoint(
-        path,
-        FORMAT,
-        &ft.model.cfg,
-        tensors,
-        Some(&ft.opt),
-        step,
-        &meta,
-    )
+    write_checkpoint(path, FORMAT, &ft.model.cfg, tensors, Some(&ft.opt), step, &meta)
 }
 
 /// What loading found.
@@ -79,10 +68,7 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
         .map_err(|e| err(format!("{}: bad config metadata: {e}", path.display())))?;
     let num = |k: &str| meta.get(k).and_then(|s| s.parse::<f64>().ok());
     let layer_decay = num("layer_decay").unwrap_or(crate::trainer::segmentation::LAYER_DECAY);
-    let drop_seed = meta
-        .get("drop_seed")
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0);
+    let drop_seed = meta.get("drop_seed").and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let mut model = SegmentationViT::new(&cfg, device, 0)?;
     let mut report = SegmentationLoadReport::default();
     let mut used = BTreeSet::new();
@@ -90,11 +76,9 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
     for (name, var) in &model.params.entries {
         match tensors.get(name) {
             None => report.missing.push(name.clone()),
-            Some(t) if t.dims() != var.dims() => bad.push(format!(
-                "{name}: file {:?}, model {:?}",
-                t.dims(),
-                var.dims()
-            )),
+            Some(t) if t.dims() != var.dims() => {
+                bad.push(format!("{name}: file {:?}, model {:?}", t.dims(), var.dims()))
+            }
             Some(t) => {
                 used.insert(name.clone());
                 var.set(&t.to_dtype(DType::F32)?.to_device(device)?)?;
@@ -103,11 +87,9 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
     }
     match tensors.get("pos_embed") {
         None => report.missing.push("pos_embed".into()),
-        Some(t) if t.dims() != model.encoder.pos_embed.dims() => bad.push(format!(
-            "pos_embed: file {:?}, model {:?}",
-            t.dims(),
-            model.encoder.pos_embed.dims()
-        )),
+        Some(t) if t.dims() != model.encoder.pos_embed.dims() => {
+            bad.push(format!("pos_embed: file {:?}, model {:?}", t.dims(), model.encoder.pos_embed.dims()))
+        }
         Some(t) => {
             used.insert("pos_embed".into());
             model.encoder.pos_embed = t.to_dtype(DType::F32)?.to_device(device)?;
@@ -115,18 +97,12 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
     }
     for (bn_name, bn) in model.batch_norms() {
         let c = bn.channels();
-        let mut r = BnRunning {
-            mean: vec![],
-            var: vec![],
-            num_batches_tracked: 0,
-        };
+        let mut r = BnRunning { mean: vec![], var: vec![], num_batches_tracked: 0 };
         for (suffix, dst) in [("running_mean", &mut r.mean), ("running_var", &mut r.var)] {
             let k = format!("{bn_name}.{suffix}");
             match tensors.get(&k) {
                 None => report.missing.push(k),
-                Some(t) if t.dims() != [c] => {
-                    bad.push(format!("{k}: file {:?}, model [{c}]", t.dims()))
-                }
+                Some(t) if t.dims() != [c] => bad.push(format!("{k}: file {:?}, model [{c}]", t.dims())),
                 Some(t) => {
                     used.insert(k);
                     *dst = host_vec(t)?;
@@ -136,8 +112,7 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
         let k = format!("{bn_name}.num_batches_tracked");
         if let Some(t) = tensors.get(&k) {
             used.insert(k);
-            r.num_batches_tracked =
-                t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0] as i64;
+            r.num_batches_tracked = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0] as i64;
         }
         if r.mean.len() == c && r.var.len() == c {
             bn.set_running(r)?;
@@ -147,47 +122,22 @@ pub fn load(path: &Path, device: &Device) -> Result<SegmentationLoaded> {
         candle_core::bail!(
             "{}: {}{}",
             path.display(),
-            if bad.is_empty() {
-                String::new()
-            } else {
-                format!("wrong shapes: {}; ", bad.join("; "))
-            },
-            if report.missing.is_empty() {
-                String::new()
-            } else {
-                format!("missing: {}", report.missing.join(", "))
-            }
+            if bad.is_empty() { String::new() } else { format!("wrong shapes: {}; ", bad.join("; ")) },
+            if report.missing.is_empty() { String::new() } else { format!("missing: {}", report.missing.join(", ")) }
         );
     }
-    report.unexpected = tensors
-        .keys()
-        .filter(|k| !used.contains(*k) && !k.starts_with("optimizer."))
-        .cloned()
-        .collect();
+    report.unexpected =
+        tensors.keys().filter(|k| !used.contains(*k) && !k.starts_with("optimizer.")).cloned().collect();
     report.unexpected.sort();
     let mut tuner = SegmentationTrainer::new(model, layer_decay, drop_seed)?;
-    let opt_tensors: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("optimizer."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let opt_tensors: HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| k.starts_with("optimizer.")).map(|(k, v)| (k.clone(), v.clone())).collect();
     if !opt_tensors.is_empty() {
-        let s = meta
-            .get("optimizer_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        tuner
-            .opt
-            .load_state(&opt_tensors, s)
-            .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let s = meta.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        tuner.opt.load_state(&opt_tensors, s).map_err(|e| err(format!("{}: {e}", path.display())))?;
     }
     tuner.step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(SegmentationLoaded {
-        step: tuner.step,
-        tuner,
-        report,
-        extra: meta.get("extra").cloned(),
-    })
+    Ok(SegmentationLoaded { step: tuner.step, tuner, report, extra: meta.get("extra").cloned() })
 }
 
 /// The encoder configuration of a pre-trained checkpoint at the given input size / channels
@@ -209,24 +159,15 @@ fn is_encoder(name: &str) -> bool {
 /// (embed dim, depth, patch size; the grid and channels are adapted). `missing`: encoder tensors
 /// the file lacks (left at their initial values); `unexpected`: file tensors not used (the MAE
 /// decoder, mask token, segmentor, classifier heads …).
-pub fn init_encoder(
-    model: &mut SegmentationViT,
-    path: &Path,
-    preset: Option<&str>,
-) -> Result<LoadReport> {
+pub fn init_encoder(model: &mut SegmentationViT, path: &Path, preset: Option<&str>) -> Result<LoadReport> {
     let enc = &model.cfg.encoder;
-    let opts = LoadOptions {
-        preset: preset.map(str::to_string),
-        img_size: Some(enc.img_size),
-        in_chans: Some(enc.in_chans),
-    };
+    let opts =
+        LoadOptions { preset: preset.map(str::to_string), img_size: Some(enc.img_size), in_chans: Some(enc.in_chans) };
     let dev = model.encoder.cls_token.device().clone();
     let loaded = super::load(path, &opts, &dev)?;
     let src = &loaded.model;
     let (a, b) = (&src.cfg, enc);
-    if (a.embed_dim, a.depth, a.patch_size, a.num_heads)
-        != (b.embed_dim, b.depth, b.patch_size, b.num_heads)
-    {
+    if (a.embed_dim, a.depth, a.patch_size, a.num_heads) != (b.embed_dim, b.depth, b.patch_size, b.num_heads) {
         candle_core::bail!(
             "{}: encoder embed {} / depth {} / patch {} / heads {} does not fit the model's {} / {} / {} / {}",
             path.display(),
@@ -251,10 +192,8 @@ pub fn init_encoder(
             missing.push(name.clone());
             continue;
         }
-        let t = src
-            .params
-            .get(name)
-            .ok_or_else(|| err(format!("{name}: not an encoder tensor of the loaded model")))?;
+        let t =
+            src.params.get(name).ok_or_else(|| err(format!("{name}: not an encoder tensor of the loaded model")))?;
         var.set(t.as_tensor())?;
     }
     if file_missing.contains("pos_embed") {

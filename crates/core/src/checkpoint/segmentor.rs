@@ -62,15 +62,7 @@ pub struct SegmentorLoaded {
 
 /// Save the segmentor (and the optimizer state when given and stepped) with config and step.
 pub fn save(path: &Path, model: &UNext, opt: Option<&AdamW>, step: u64) -> Result<()> {
-    write_checkpoint(
-        path,
-        FORMAT,
-        &model.cfg,
-        model.state_dict()?,
-        opt,
-        step,
-        &[],
-    )
+    write_checkpoint(path, FORMAT, &model.cfg, model.state_dict()?, opt, step, &[])
 }
 
 fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
@@ -86,10 +78,7 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
     let mut report = SegmentorLoadReport::default();
     let tensors: HashMap<String, Tensor> = if tensors.keys().any(|k| k.starts_with(PREFIX)) {
         report.ignored_outside_prefix = tensors.keys().filter(|k| !k.starts_with(PREFIX)).count();
-        tensors
-            .into_iter()
-            .filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|s| (s.to_string(), v)))
-            .collect()
+        tensors.into_iter().filter_map(|(k, v)| k.strip_prefix(PREFIX).map(|s| (s.to_string(), v))).collect()
     } else {
         tensors
     };
@@ -104,17 +93,11 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
                 err(format!(
                     "{}: not a UNeXt checkpoint (no encoder1.weight{})",
                     path.display(),
-                    if report.ignored_outside_prefix > 0 {
-                        " under seg_model."
-                    } else {
-                        ""
-                    }
+                    if report.ignored_outside_prefix > 0 { " under seg_model." } else { "" }
                 ))
             })?;
             report.config_source = "shapes (encoder1.weight)".into();
-            UNextConfig {
-                in_chans: w.dims4()?.1,
-            }
+            UNextConfig { in_chans: w.dims4()?.1 }
         }
     };
     let model = UNext::new(&cfg, device, 0)?;
@@ -127,11 +110,7 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
         };
         used.insert(name.clone());
         if t.dims() != var.dims() {
-            mis_shaped.push(format!(
-                "{name}: file {:?}, model {:?}",
-                t.dims(),
-                var.dims()
-            ));
+            mis_shaped.push(format!("{name}: file {:?}, model {:?}", t.dims(), var.dims()));
             continue;
         }
         var.set(&t.to_dtype(DType::F32)?.to_device(device)?)?;
@@ -164,8 +143,7 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
             if t.elem_count() != 1 {
                 mis_shaped.push(format!("{key}: file {:?}, model []", t.dims()));
             } else {
-                r.num_batches_tracked =
-                    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0] as i64;
+                r.num_batches_tracked = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0] as i64;
             }
         }
         if complete {
@@ -180,37 +158,19 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
             mis_shaped.join("; ")
         );
     }
-    let mut unexpected: Vec<String> = tensors
-        .keys()
-        .filter(|k| !used.contains(*k) && !k.starts_with("optimizer."))
-        .cloned()
-        .collect();
+    let mut unexpected: Vec<String> =
+        tensors.keys().filter(|k| !used.contains(*k) && !k.starts_with("optimizer.")).cloned().collect();
     unexpected.sort();
     report.unexpected = unexpected;
     if strict && (!report.missing.is_empty() || !report.unexpected.is_empty()) {
-        candle_core::bail!(
-            "{}: not a UNeXt-S state dict: {}",
-            path.display(),
-            report.describe()
-        );
+        candle_core::bail!("{}: not a UNeXt-S state dict: {}", path.display(), report.describe());
     }
-    let opt_tensors: HashMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(k, _)| k.starts_with("optimizer."))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let opt_tensors: HashMap<String, Tensor> =
+        tensors.iter().filter(|(k, _)| k.starts_with("optimizer.")).map(|(k, v)| (k.clone(), v.clone())).collect();
     let optimizer = (!opt_tensors.is_empty()).then(|| {
-        let s = meta
-            .get("optimizer_step")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let s = meta.get("optimizer_step").and_then(|s| s.parse().ok()).unwrap_or(0);
         (opt_tensors, s)
     });
     let step = meta.get("step").and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok(SegmentorLoaded {
-        model,
-        report,
-        optimizer,
-        step,
-    })
+    Ok(SegmentorLoaded { model, report, optimizer, step })
 }

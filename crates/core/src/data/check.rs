@@ -9,15 +9,8 @@ use crate::io::{decode_grey8, probe_bytes, ImageInfo};
 
 /// Probe every path (`decode`: also decode the pixels of the first frame, which finds
 /// truncated or corrupt data that a header read cannot). Results in input order.
-pub fn probe_many(
-    paths: Vec<PathBuf>,
-    decode: bool,
-    threads: usize,
-) -> Result<Vec<Result<ImageInfo, String>>, String> {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| e.to_string())?;
+pub fn probe_many(paths: Vec<PathBuf>, decode: bool, threads: usize) -> Result<Vec<Result<ImageInfo, String>>, String> {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
     Ok(pool.install(|| {
         paths
             .into_par_iter()

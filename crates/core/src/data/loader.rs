@@ -22,9 +22,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Deserializer};
 
 use super::rng::{key, permutation, SplitMix64, TAG_PERMUTATION, TAG_SAMPLE};
-use super::transforms::{
-    hflip, normalise_into, resize_bicubic, resize_nearest, rrc_params, CropBox, View,
-};
+use super::transforms::{hflip, normalise_into, resize_bicubic, resize_nearest, rrc_params, CropBox, View};
 use crate::io::{decode_grey8, Grey8};
 
 /// One training sample: an image (a frame of it for multi-frame DICOM) and its vessel map.
@@ -63,16 +61,10 @@ impl Augment {
             return bad(format!("size must be in 1..=8192, got {}", self.size));
         }
         if !(self.scale.0 > 0.0 && self.scale.0 <= self.scale.1 && self.scale.1 <= 1.0) {
-            return bad(format!(
-                "scale must satisfy 0 < min <= max <= 1, got {:?}",
-                self.scale
-            ));
+            return bad(format!("scale must satisfy 0 < min <= max <= 1, got {:?}", self.scale));
         }
         if !(self.ratio.0 > 0.0 && self.ratio.0 <= self.ratio.1 && self.ratio.1.is_finite()) {
-            return bad(format!(
-                "ratio must satisfy 0 < min <= max, got {:?}",
-                self.ratio
-            ));
+            return bad(format!("ratio must satisfy 0 < min <= max, got {:?}", self.ratio));
         }
         if !(0.0..=1.0).contains(&self.hflip) {
             return bad(format!("hflip must be in [0, 1], got {}", self.hflip));
@@ -190,21 +182,12 @@ pub fn augment_sample(
     let crop = if aug.random_crop {
         rrc_params(image.height, image.width, aug.scale, aug.ratio, rng)
     } else {
-        CropBox {
-            top: 0,
-            left: 0,
-            height: image.height,
-            width: image.width,
-        }
+        CropBox { top: 0, left: 0, height: image.height, width: image.width }
     };
     let flip = rng.uniform() < aug.hflip;
     let s = aug.size;
     fn view(g: &Grey8, crop: CropBox) -> View<'_> {
-        View {
-            pixels: &g.pixels,
-            stride: g.width,
-            crop,
-        }
+        View { pixels: &g.pixels, stride: g.width, crop }
     }
     let mut px = resize_bicubic(view(&image, crop), s, s);
     if flip {
@@ -238,10 +221,7 @@ impl Loader {
             return Err("batch size must be >= 1".into());
         }
         if c.world == 0 || c.rank >= c.world {
-            return Err(format!(
-                "rank must be in 0..world, got rank {} of world {}",
-                c.rank, c.world
-            ));
+            return Err(format!("rank must be in 0..world, got rank {} of world {}", c.rank, c.world));
         }
         if c.workers == 0 || c.prefetch == 0 {
             return Err("workers and prefetch must be >= 1".into());
@@ -254,11 +234,7 @@ impl Loader {
             ));
         }
         let with_maps = samples.iter().all(|s| s.map.is_some());
-        let loader = Loader {
-            samples,
-            config,
-            with_maps,
-        };
+        let loader = Loader { samples, config, with_maps };
         if loader.batches_per_epoch() == 0 {
             return Err(format!(
                 "each rank gets {} samples per epoch, fewer than one batch of {} (drop_last)",
@@ -300,20 +276,12 @@ impl Loader {
         let c = &self.config;
         let n = self.samples.len();
         let order = if c.shuffle {
-            permutation(
-                n,
-                &mut SplitMix64::new(key(TAG_PERMUTATION, &[c.seed, epoch])),
-            )
+            permutation(n, &mut SplitMix64::new(key(TAG_PERMUTATION, &[c.seed, epoch])))
         } else {
             (0..n).collect()
         };
         let total = self.shard_len() * c.world;
-        order[..total]
-            .iter()
-            .skip(c.rank)
-            .step_by(c.world)
-            .copied()
-            .collect()
+        order[..total].iter().skip(c.rank).step_by(c.world).copied().collect()
     }
 
     /// Build batch `b` of `epoch` (the whole contract lives here; workers just call it).
@@ -327,10 +295,7 @@ impl Loader {
         let a = &c.augment;
         let lo = b * c.batch_size;
         if b >= self.batches_per_epoch() {
-            return Err(format!(
-                "batch {b} out of range (epoch has {})",
-                self.batches_per_epoch()
-            ));
+            return Err(format!("batch {b} out of range (epoch has {})", self.batches_per_epoch()));
         }
         let ids = &shard[lo..(lo + c.batch_size).min(shard.len())];
         let (ch, s) = (a.channels(), a.size);
@@ -345,11 +310,8 @@ impl Loader {
             for attempt in 0..=MAX_REPLACEMENTS {
                 let j = (i + attempt) % self.samples.len();
                 let sample = &self.samples[j];
-                let mut rng =
-                    SplitMix64::new(key(TAG_SAMPLE, &[c.seed, epoch, i as u64, attempt as u64]));
-                let map = maps
-                    .as_mut()
-                    .map(|m| &mut m[slot * s * s..(slot + 1) * s * s]);
+                let mut rng = SplitMix64::new(key(TAG_SAMPLE, &[c.seed, epoch, i as u64, attempt as u64]));
+                let map = maps.as_mut().map(|m| &mut m[slot * s * s..(slot + 1) * s * s]);
                 let r = crate::dicom::guard(|| augment_sample(sample, a, &mut rng, &mut *img, map));
                 match r {
                     Ok(c) => {
@@ -358,11 +320,7 @@ impl Loader {
                         ok = true;
                         break;
                     }
-                    Err(error) => skipped.push(Skipped {
-                        index: j,
-                        path: sample.image.display().to_string(),
-                        error,
-                    }),
+                    Err(error) => skipped.push(Skipped { index: j, path: sample.image.display().to_string(), error }),
                 }
             }
             if !ok {
@@ -374,18 +332,7 @@ impl Loader {
                 ));
             }
         }
-        Ok(Batch {
-            epoch,
-            index: b,
-            n: ids.len(),
-            channels: ch,
-            size: s,
-            images,
-            maps,
-            samples: used,
-            crops,
-            skipped,
-        })
+        Ok(Batch { epoch, index: b, n: ids.len(), channels: ch, size: s, images, maps, samples: used, crops, skipped })
     }
 
     /// Batches `start..` of `epoch`, built by the worker threads ahead of the caller.
@@ -408,11 +355,7 @@ impl Loader {
                 std::thread::spawn(move || worker(&loader, &shared, &shard, epoch))
             })
             .collect();
-        EpochIter {
-            shared,
-            workers,
-            skipped: 0,
-        }
+        EpochIter { shared, workers, skipped: 0 }
     }
 }
 
@@ -446,10 +389,8 @@ fn worker(loader: &Loader, shared: &Shared, shard: &[usize], epoch: u64) {
             st.next_assign += 1;
             st.next_assign - 1
         };
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            loader.batch_of(shard, epoch, b)
-        }))
-        .unwrap_or_else(|_| Err(format!("internal error while building batch {b}")));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loader.batch_of(shard, epoch, b)))
+            .unwrap_or_else(|_| Err(format!("internal error while building batch {b}")));
         let mut st = shared.state.lock().unwrap();
         st.ready.insert(b, r);
         shared.cv.notify_all();

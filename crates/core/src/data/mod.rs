@@ -16,6 +16,4 @@ pub mod loader;
 pub mod rng;
 pub mod transforms;
 
-pub use loader::{
-    augment_sample, Augment, Batch, EpochIter, Loader, LoaderConfig, Sample, Skipped,
-};
+pub use loader::{augment_sample, Augment, Batch, EpochIter, Loader, LoaderConfig, Sample, Skipped};

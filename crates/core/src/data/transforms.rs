@@ -34,13 +34,7 @@ fn round_py(x: f64) -> i64 {
 }
 
 /// torchvision's `RandomResizedCrop.get_params` for an image of `height` x `width`.
-pub fn rrc_params(
-    height: usize,
-    width: usize,
-    scale: (f64, f64),
-    ratio: (f64, f64),
-    rng: &mut SplitMix64,
-) -> CropBox {
+pub fn rrc_params(height: usize, width: usize, scale: (f64, f64), ratio: (f64, f64), rng: &mut SplitMix64) -> CropBox {
     let area = (height * width) as f64;
     let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
     for _ in 0..10 {
@@ -52,12 +46,7 @@ pub fn rrc_params(
             let (w, h) = (w as usize, h as usize);
             let top = rng.below((height - h + 1) as u64) as usize;
             let left = rng.below((width - w + 1) as u64) as usize;
-            return CropBox {
-                top,
-                left,
-                height: h,
-                width: w,
-            };
+            return CropBox { top, left, height: h, width: w };
         }
     }
     central_crop(height, width, ratio)
@@ -68,24 +57,13 @@ pub fn central_crop(height: usize, width: usize, ratio: (f64, f64)) -> CropBox {
     let in_ratio = width as f64 / height as f64;
     let (lo, hi) = (ratio.0.min(ratio.1), ratio.0.max(ratio.1));
     let (w, h) = if in_ratio < lo {
-        (
-            width,
-            (round_py(width as f64 / lo) as usize).clamp(1, height),
-        )
+        (width, (round_py(width as f64 / lo) as usize).clamp(1, height))
     } else if in_ratio > hi {
-        (
-            (round_py(height as f64 * hi) as usize).clamp(1, width),
-            height,
-        )
+        ((round_py(height as f64 * hi) as usize).clamp(1, width), height)
     } else {
         (width, height)
     };
-    CropBox {
-        top: (height - h) / 2,
-        left: (width - w) / 2,
-        height: h,
-        width: w,
-    }
+    CropBox { top: (height - h) / 2, left: (width - w) / 2, height: h, width: w }
 }
 
 /// Pillow's fixed-point precision for 8-bit resampling: 32 − 8 − 2 bits.
@@ -142,21 +120,12 @@ fn coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for x in 0..n {
             let v = if ww != 0.0 { k[x] / ww } else { k[x] };
             let f = v * (1u32 << PRECISION_BITS) as f64;
-            row[x] = if v < 0.0 {
-                (f - 0.5) as i32
-            } else {
-                (f + 0.5) as i32
-            };
+            row[x] = if v < 0.0 { (f - 0.5) as i32 } else { (f + 0.5) as i32 };
         }
         first.push(xmin);
         count.push(n);
     }
-    Coeffs {
-        first,
-        count,
-        ksize,
-        weights,
-    }
+    Coeffs { first, count, ksize, weights }
 }
 
 #[inline]
@@ -196,11 +165,7 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
     }
     // Horizontal pass, only over the rows the vertical pass reads.
     let cv = coeffs(in_h, out_h);
-    let (y_first, y_last) = if need_v {
-        (cv.first[0], cv.first[out_h - 1] + cv.count[out_h - 1])
-    } else {
-        (0, in_h)
-    };
+    let (y_first, y_last) = if need_v { (cv.first[0], cv.first[out_h - 1] + cv.count[out_h - 1]) } else { (0, in_h) };
     let tmp: Vec<u8>;
     let (mid, mid_w): (&[u8], usize) = if need_h {
         let ch = coeffs(in_w, out_w);
@@ -216,9 +181,7 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
         tmp = t;
         (&tmp, out_w)
     } else {
-        tmp = (y_first..y_last)
-            .flat_map(|y| src.row(y).to_vec())
-            .collect();
+        tmp = (y_first..y_last).flat_map(|y| src.row(y).to_vec()).collect();
         (&tmp, in_w)
     };
     if !need_v {
@@ -244,13 +207,7 @@ pub fn resize_bicubic(src: View<'_>, out_w: usize, out_h: usize) -> Vec<u8> {
 }
 
 /// The horizontal pass with each output's taps as stored (variable count).
-fn horizontal_any(
-    src: View<'_>,
-    ch: &Coeffs,
-    y_first: usize,
-    y_last: usize,
-    out_w: usize,
-) -> Vec<u8> {
+fn horizontal_any(src: View<'_>, ch: &Coeffs, y_first: usize, y_last: usize, out_w: usize) -> Vec<u8> {
     let mut t = vec![0u8; (y_last - y_first) * out_w];
     for (y, out_row) in t.chunks_exact_mut(out_w).enumerate() {
         let row = src.row(y + y_first);
@@ -347,9 +304,7 @@ pub fn normalise_into(pixels: &[u8], mean: &[f32], std: &[f32], out: &mut [f32])
     let n = pixels.len();
     assert_eq!(out.len(), n * mean.len());
     for (c, plane) in out.chunks_exact_mut(n).enumerate() {
-        let lut: Vec<f32> = (0..256)
-            .map(|v| (v as f32 / 255.0 - mean[c]) / std[c])
-            .collect();
+        let lut: Vec<f32> = (0..256).map(|v| (v as f32 / 255.0 - mean[c]) / std[c]).collect();
         for (o, &p) in plane.iter_mut().zip(pixels) {
             *o = lut[p as usize];
         }
@@ -361,16 +316,7 @@ mod tests {
     use super::*;
 
     fn view(p: &[u8], w: usize, h: usize) -> View<'_> {
-        View {
-            pixels: p,
-            stride: w,
-            crop: CropBox {
-                top: 0,
-                left: 0,
-                height: h,
-                width: w,
-            },
-        }
+        View { pixels: p, stride: w, crop: CropBox { top: 0, left: 0, height: h, width: w } }
     }
 
     #[test]
@@ -381,14 +327,8 @@ mod tests {
         for (i, o) in [(300, 224), (100, 224), (512, 7), (1, 5)] {
             let c = coeffs(i, o);
             for xx in 0..o {
-                let s: i64 = c.weights[xx * c.ksize..][..c.count[xx]]
-                    .iter()
-                    .map(|&v| v as i64)
-                    .sum();
-                assert!(
-                    (s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64,
-                    "{i}->{o}"
-                );
+                let s: i64 = c.weights[xx * c.ksize..][..c.count[xx]].iter().map(|&v| v as i64).sum();
+                assert!((s - (1 << PRECISION_BITS)).abs() <= c.count[xx] as i64, "{i}->{o}");
             }
         }
     }
@@ -396,12 +336,8 @@ mod tests {
     #[test]
     fn constant_images_stay_constant_and_identity_is_a_copy() {
         let p = vec![77u8; 37 * 23];
-        assert!(resize_bicubic(view(&p, 37, 23), 224, 224)
-            .iter()
-            .all(|&v| v == 77));
-        assert!(resize_bicubic(view(&p, 37, 23), 5, 3)
-            .iter()
-            .all(|&v| v == 77));
+        assert!(resize_bicubic(view(&p, 37, 23), 224, 224).iter().all(|&v| v == 77));
+        assert!(resize_bicubic(view(&p, 37, 23), 5, 3).iter().all(|&v| v == 77));
         let q: Vec<u8> = (0..64u8).collect();
         assert_eq!(resize_bicubic(view(&q, 8, 8), 8, 8), q);
         assert_eq!(resize_nearest(view(&q, 8, 8), 8, 8), q);
@@ -422,11 +358,7 @@ mod tests {
                 width: cw,
             };
             let out_w = 1 + rng.below(60) as usize;
-            let v = View {
-                pixels: &px,
-                stride: w,
-                crop,
-            };
+            let v = View { pixels: &px, stride: w, crop };
             let c = coeffs(cw, out_w);
             let any = horizontal_any(v, &c, 0, ch, out_w);
             let fixed = match c.ksize {
@@ -445,15 +377,7 @@ mod tests {
     #[test]
     fn fallback_is_the_centred_clamped_crop() {
         // 100 wide x 10 high has aspect 10 > 4/3: h = 10, w = round(10 * 4/3) = 13.
-        assert_eq!(
-            central_crop(10, 100, (0.75, 4.0 / 3.0)),
-            CropBox {
-                top: 0,
-                left: 43,
-                height: 10,
-                width: 13
-            }
-        );
+        assert_eq!(central_crop(10, 100, (0.75, 4.0 / 3.0)), CropBox { top: 0, left: 43, height: 10, width: 13 });
         // A 1000 x 1 strip can never satisfy 10 tries of scale >= 0.2: the fallback is used.
         let mut rng = SplitMix64::new(1);
         let c = rrc_params(1, 1000, (0.2, 1.0), (0.75, 4.0 / 3.0), &mut rng);

@@ -24,10 +24,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = pb
-            .var("weight", &[out_dim, in_dim], Init::XavierUniform)?
-            .as_tensor()
-            .clone();
+        let weight = pb.var("weight", &[out_dim, in_dim], Init::XavierUniform)?.as_tensor().clone();
         let bias = pb.var("bias", &[out_dim], Init::Zeros)?.as_tensor().clone();
         Ok(Linear { weight, bias })
     }
@@ -44,23 +41,14 @@ impl Linear {
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&1);
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = linear(
-            &x.reshape((rows, in_dim))?,
-            &self.weight,
-            &self.bias,
-            epilogue,
-        )?;
+        let y = linear(&x.reshape((rows, in_dim))?, &self.weight, &self.bias, epilogue)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out)
     }
 
     /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
-    pub fn forward_with(
-        &self,
-        x: &Tensor,
-        epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward_with(&self, x: &Tensor, epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
         if x.rank() == 2 {
             return epilogue(&x.matmul(&self.weight.t()?)?, &self.bias);
         }
@@ -120,35 +108,13 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         let bound = 1.0 / ((in_c * k * k) as f64).sqrt();
-        let weight = pb
-            .var("weight", &[out_c, in_c, k, k], Init::Uniform(bound))?
-            .as_tensor()
-            .clone();
-        let bias = if bias {
-            Some(
-                pb.var("bias", &[out_c], Init::Uniform(bound))?
-                    .as_tensor()
-                    .clone(),
-            )
-        } else {
-            None
-        };
-        Ok(Conv2d {
-            weight,
-            bias,
-            stride,
-            padding,
-        })
+        let weight = pb.var("weight", &[out_c, in_c, k, k], Init::Uniform(bound))?.as_tensor().clone();
+        let bias = if bias { Some(pb.var("bias", &[out_c], Init::Uniform(bound))?.as_tensor().clone()) } else { None };
+        Ok(Conv2d { weight, bias, stride, padding })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        conv2d(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            self.stride,
-            self.padding,
-        )
+        conv2d(x, &self.weight, self.bias.as_ref(), self.stride, self.padding)
     }
 }
 
@@ -180,11 +146,7 @@ impl BatchNorm2d {
             bias: pb.var("bias", &[c], Init::Zeros)?.as_tensor().clone(),
             eps: BN_EPS,
             momentum: BN_MOMENTUM,
-            running: Arc::new(Mutex::new(BnRunning {
-                mean: vec![0.0; c],
-                var: vec![1.0; c],
-                num_batches_tracked: 0,
-            })),
+            running: Arc::new(Mutex::new(BnRunning { mean: vec![0.0; c], var: vec![1.0; c], num_batches_tracked: 0 })),
         })
     }
 
@@ -193,10 +155,7 @@ impl BatchNorm2d {
     }
 
     pub fn running(&self) -> BnRunning {
-        self.running
-            .lock()
-            .expect("BatchNorm state poisoned")
-            .clone()
+        self.running.lock().expect("BatchNorm state poisoned").clone()
     }
 
     pub fn set_running(&self, r: BnRunning) -> Result<()> {
@@ -219,10 +178,7 @@ impl BatchNorm2d {
         check_cpu_f32(&[x, &self.weight, &self.bias], "batch_norm")?;
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels() {
-            candle_core::bail!(
-                "batch_norm: input has {c} channels, the layer {}",
-                self.channels()
-            );
+            candle_core::bail!("batch_norm: input has {c} channels, the layer {}", self.channels());
         }
         let x3 = x.reshape((b, c, h * w))?;
         let y = if train {
@@ -258,18 +214,9 @@ pub fn bn_buffers<'a, N: AsRef<str>>(
         let (name, dev) = (name.as_ref(), bn.weight.device());
         let r = bn.running();
         let c = r.mean.len();
-        out.push((
-            format!("{name}.running_mean"),
-            Tensor::from_vec(r.mean, c, dev)?,
-        ));
-        out.push((
-            format!("{name}.running_var"),
-            Tensor::from_vec(r.var, c, dev)?,
-        ));
-        out.push((
-            format!("{name}.num_batches_tracked"),
-            Tensor::new(r.num_batches_tracked, dev)?,
-        ));
+        out.push((format!("{name}.running_mean"), Tensor::from_vec(r.mean, c, dev)?));
+        out.push((format!("{name}.running_var"), Tensor::from_vec(r.var, c, dev)?));
+        out.push((format!("{name}.num_batches_tracked"), Tensor::new(r.num_batches_tracked, dev)?));
     }
     Ok(out)
 }
@@ -298,23 +245,9 @@ mod tests {
     fn bn_reference(x: &Tensor, w: &Tensor, b: &Tensor, train: bool, r: &BnRunning) -> Tensor {
         let c = w.dim(0).unwrap();
         let (mean, var) = if train {
-            let m = x
-                .mean_keepdim(0)
-                .unwrap()
-                .mean_keepdim(2)
-                .unwrap()
-                .mean_keepdim(3)
-                .unwrap();
+            let m = x.mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap();
             let d = x.broadcast_sub(&m).unwrap();
-            let v = d
-                .sqr()
-                .unwrap()
-                .mean_keepdim(0)
-                .unwrap()
-                .mean_keepdim(2)
-                .unwrap()
-                .mean_keepdim(3)
-                .unwrap();
+            let v = d.sqr().unwrap().mean_keepdim(0).unwrap().mean_keepdim(2).unwrap().mean_keepdim(3).unwrap();
             (m, v)
         } else {
             (
@@ -344,13 +277,9 @@ mod tests {
             check(
                 &[x.clone(), w.clone(), b.clone()],
                 |t| {
-                    BatchNorm2d {
-                        weight: t[1].clone(),
-                        bias: t[2].clone(),
-                        ..bn.clone()
-                    }
-                    .forward(&t[0], train)
-                    .unwrap()
+                    BatchNorm2d { weight: t[1].clone(), bias: t[2].clone(), ..bn.clone() }
+                        .forward(&t[0], train)
+                        .unwrap()
                 },
                 |t| bn_reference(&t[0], &t[1], &t[2], train, &r0),
                 1e-5,
@@ -361,15 +290,7 @@ mod tests {
         assert_eq!(r.num_batches_tracked, 1);
         let xs = x.permute((1, 0, 2, 3)).unwrap().reshape((3, 120)).unwrap();
         let mean = xs.mean_keepdim(1).unwrap();
-        let var_unbiased = (xs
-            .broadcast_sub(&mean)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum(1)
-            .unwrap()
-            / 119.0)
-            .unwrap();
+        let var_unbiased = (xs.broadcast_sub(&mean).unwrap().sqr().unwrap().sum(1).unwrap() / 119.0).unwrap();
         let mean = mean.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let var_u = var_unbiased.to_vec1::<f32>().unwrap();
         for i in 0..3 {

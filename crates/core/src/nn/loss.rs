@@ -27,8 +27,7 @@ pub fn norm_pix(t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
 /// Mean binary cross-entropy with logits over all elements, in the overflow-free form
 /// max(x, 0) − x·t + log(1 + exp(−|x|)) (as `F.binary_cross_entropy_with_logits`).
 pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let l =
-        ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let l = ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     l.mean_all()
 }
 
@@ -116,16 +115,11 @@ pub fn segmentation_loss(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, T
     let one_hot = targets
         .unsqueeze(1)?
         .broadcast_as((b, k, h, w))?
-        .eq(&Tensor::arange(0u32, k as u32, logits.device())?
-            .reshape((1, k, 1, 1))?
-            .broadcast_as((b, k, h, w))?)?
+        .eq(&Tensor::arange(0u32, k as u32, logits.device())?.reshape((1, k, 1, 1))?.broadcast_as((b, k, h, w))?)?
         .to_dtype(logits.dtype())?;
     let ce = (logp.mul(&one_hot)?.sum(1)?.mean_all()? * -1.0)?;
     // soft Dice per image and foreground class, smoothing 1, averaged
-    let p = logp
-        .exp()?
-        .narrow(1, 1, k - 1)?
-        .reshape((b, k - 1, h * w))?;
+    let p = logp.exp()?.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
     let t = one_hot.narrow(1, 1, k - 1)?.reshape((b, k - 1, h * w))?;
     let inter = (&p * &t)?.sum(D::Minus1)?;
     let denom = (p.sum(D::Minus1)? + t.sum(D::Minus1)?)?;

@@ -52,20 +52,10 @@ impl MaskedAutoencoder {
         let encoder = VisionTransformer::new(&pb, cfg)?;
         let dd = cfg.decoder_embed_dim;
         let decoder_embed = Linear::new(&pb.pp("decoder_embed"), cfg.embed_dim, dd)?;
-        let mask_token = pb
-            .var("mask_token", &[1, 1, dd], Init::Normal(0.02))?
-            .as_tensor()
-            .clone();
+        let mask_token = pb.var("mask_token", &[1, 1, dd], Init::Normal(0.02))?.as_tensor().clone();
         let decoder_pos_embed = sincos_2d_tensor(dd, cfg.grid(), device)?;
         let decoder_blocks = (0..cfg.decoder_depth)
-            .map(|i| {
-                Block::new(
-                    &pb.pp("decoder_blocks").pp(i),
-                    dd,
-                    cfg.decoder_num_heads,
-                    cfg.mlp_ratio,
-                )
-            })
+            .map(|i| Block::new(&pb.pp("decoder_blocks").pp(i), dd, cfg.decoder_num_heads, cfg.mlp_ratio))
             .collect::<Result<Vec<_>>>()?;
         let decoder_norm = LayerNorm::new(&pb.pp("decoder_norm"), dd)?;
         let decoder_pred = Linear::new(&pb.pp("decoder_pred"), dd, cfg.patch_dim())?;
@@ -101,13 +91,9 @@ impl MaskedAutoencoder {
         let l = ids_restore.dim(1)?;
         let mask_tokens = self.mask_token.broadcast_as((b, l + 1 - n, dd))?;
         let x_ = Tensor::cat(&[&x.narrow(1, 1, n - 1)?, &mask_tokens], 1)?; // [B, L, Dd]
-        let idx = ids_restore
-            .unsqueeze(2)?
-            .broadcast_as((b, l, dd))?
-            .contiguous()?;
+        let idx = ids_restore.unsqueeze(2)?.broadcast_as((b, l, dd))?.contiguous()?;
         let x_ = x_.contiguous()?.gather(&idx, 1)?;
-        let x =
-            Tensor::cat(&[&x.narrow(1, 0, 1)?, &x_], 1)?.broadcast_add(&self.decoder_pos_embed)?;
+        let x = Tensor::cat(&[&x.narrow(1, 0, 1)?, &x_], 1)?.broadcast_add(&self.decoder_pos_embed)?;
         let mut x = x.reshape((b * (l + 1), dd))?;
         for blk in &self.decoder_blocks {
             x = blk.forward_rows(&x, b, l + 1)?;
@@ -120,11 +106,7 @@ impl MaskedAutoencoder {
     /// over the masked patches.
     pub fn forward_loss(&self, imgs: &Tensor, pred: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let target = self.patchify(imgs)?;
-        let target = if self.cfg.norm_pix_loss {
-            norm_pix(&target)?.0
-        } else {
-            target
-        };
+        let target = if self.cfg.norm_pix_loss { norm_pix(&target)?.0 } else { target };
         masked_patch_mse(pred, &target, mask)
     }
 
@@ -153,10 +135,7 @@ impl MaskedAutoencoder {
 pub fn patchify(imgs: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, w) = imgs.dims4()?;
     let (gh, gw) = (h / p, w / p);
-    imgs.reshape((b, c, gh, p, gw, p))?
-        .permute((0, 2, 4, 3, 5, 1))?
-        .contiguous()?
-        .reshape((b, gh * gw, p * p * c))
+    imgs.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 3, 5, 1))?.contiguous()?.reshape((b, gh * gw, p * p * c))
 }
 
 /// See [`MaskedAutoencoder::unpatchify`].
@@ -166,10 +145,7 @@ pub fn unpatchify(x: &Tensor, p: usize, c: usize) -> Result<Tensor> {
     if g * g != l {
         candle_core::bail!("unpatchify: {l} patches do not form a square grid");
     }
-    x.reshape((b, g, g, p, p, c))?
-        .permute((0, 5, 1, 3, 2, 4))?
-        .contiguous()?
-        .reshape((b, c, g * p, g * p))
+    x.reshape((b, g, g, p, p, c))?.permute((0, 5, 1, 3, 2, 4))?.contiguous()?.reshape((b, c, g * p, g * p))
 }
 
 /// MAE `random_masking` decided on the host: per image a random permutation (from `rng`), the
@@ -228,11 +204,8 @@ mod tests {
     fn patchify_order_and_inverse() {
         let dev = Device::Cpu;
         // B=1, C=2, 4×4, p=2: element (c, y, x) = 100c + 10y + x
-        let v: Vec<f32> = (0..2)
-            .flat_map(|c| {
-                (0..4).flat_map(move |y| (0..4).map(move |x| (100 * c + 10 * y + x) as f32))
-            })
-            .collect();
+        let v: Vec<f32> =
+            (0..2).flat_map(|c| (0..4).flat_map(move |y| (0..4).map(move |x| (100 * c + 10 * y + x) as f32))).collect();
         let img = Tensor::from_vec(v, (1, 2, 4, 4), &dev).unwrap();
         let p = patchify(&img, 2).unwrap();
         assert_eq!(p.dims(), &[1, 4, 8]);
@@ -258,10 +231,7 @@ mod tests {
             assert!(keep[b].windows(2).all(|w| w[0] < w[1]));
             for &k in &keep[b] {
                 assert_eq!(mask[b][k as usize], 0.0);
-                assert!(
-                    restore[b][k as usize] < 4,
-                    "a kept patch restores to a kept slot"
-                );
+                assert!(restore[b][k as usize] < 4, "a kept patch restores to a kept slot");
             }
             assert_eq!(mask[b].iter().sum::<f32>(), 12.0);
         }

@@ -44,10 +44,7 @@ impl ParamStore {
     }
     /// Every parameter as a (state-dict name, tensor) pair, in creation order.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
-        self.entries
-            .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-            .collect()
+        self.entries.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect()
     }
     pub fn num_elements(&self) -> usize {
         self.entries.iter().map(|(_, v)| v.elem_count()).sum()
@@ -117,15 +114,8 @@ impl ParamBuilder {
     /// The builder for the sub-path `name` (a module or a block index).
     pub fn pp(&self, name: impl ToString) -> Self {
         let name = name.to_string();
-        let prefix = if self.prefix.is_empty() {
-            name
-        } else {
-            format!("{}.{}", self.prefix, name)
-        };
-        ParamBuilder {
-            prefix,
-            ..self.clone()
-        }
+        let prefix = if self.prefix.is_empty() { name } else { format!("{}.{}", self.prefix, name) };
+        ParamBuilder { prefix, ..self.clone() }
     }
 
     pub fn device(&self) -> &Device {
@@ -139,24 +129,16 @@ impl ParamBuilder {
             Init::Zeros => vec![0.0; n],
             Init::Ones => vec![1.0; n],
             Init::Normal(std) => (0..n).map(|_| (rng.normal() * std) as f32).collect(),
-            Init::Uniform(a) => (0..n)
-                .map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32)
-                .collect(),
+            Init::Uniform(a) => (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32).collect(),
             Init::XavierUniform => {
                 let fan_out = dims[0] as f64;
                 let fan_in = (n / dims[0].max(1)) as f64;
                 let a = (6.0 / (fan_in + fan_out)).sqrt();
-                (0..n)
-                    .map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32)
-                    .collect()
+                (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * a) as f32).collect()
             }
         };
         let v = Var::from_tensor(&Tensor::from_vec(data, dims, &self.device)?)?;
-        let full = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{}", self.prefix, name)
-        };
+        let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) };
         self.store.borrow_mut().entries.push((full, v.clone()));
         Ok(v)
     }

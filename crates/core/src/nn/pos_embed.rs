@@ -17,10 +17,7 @@ fn emb_1d(d: usize, x: f64, out: &mut Vec<f32>) {
 /// The (1 + g·g, dim) table for a g×g grid with a zero cls row first; row 1 + r·g + c holds
 /// [emb_1d(dim/2, c), emb_1d(dim/2, r)] (the column first, as MAE's meshgrid order gives).
 pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f32> {
-    assert!(
-        dim.is_multiple_of(4),
-        "sin-cos position embedding needs a width divisible by 4, got {dim}"
-    );
+    assert!(dim.is_multiple_of(4), "sin-cos position embedding needs a width divisible by 4, got {dim}");
     let mut v = vec![0f32; dim];
     for r in 0..grid {
         for c in 0..grid {
@@ -55,9 +52,7 @@ fn weights_1d(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
             let center = scale * (i as f64 + 0.5);
             let lo = ((center - support + 0.5).floor().max(0.0)) as usize;
             let hi = ((center + support + 0.5).floor() as usize).min(n_in);
-            let mut w: Vec<f64> = (lo..hi)
-                .map(|j| cubic((j as f64 - center + 0.5) / fscale))
-                .collect();
+            let mut w: Vec<f64> = (lo..hi).map(|j| cubic((j as f64 - center + 0.5) / fscale)).collect();
             let s: f64 = w.iter().sum();
             if s != 0.0 {
                 w.iter_mut().for_each(|v| *v /= s);
@@ -70,14 +65,7 @@ fn weights_1d(n_in: usize, n_out: usize) -> Vec<(usize, Vec<f64>)> {
 /// Separable bicubic resize of `planes` row-major h×w planes stored one after another, as
 /// `F.interpolate(x, (oh, ow), mode="bicubic", align_corners=False, antialias=True)` on a
 /// (1, planes, h, w) tensor.
-pub fn resize_bicubic(
-    src: &[f32],
-    planes: usize,
-    h: usize,
-    w: usize,
-    oh: usize,
-    ow: usize,
-) -> Vec<f32> {
+pub fn resize_bicubic(src: &[f32], planes: usize, h: usize, w: usize, oh: usize, ow: usize) -> Vec<f32> {
     assert_eq!(src.len(), planes * h * w);
     if (h, w) == (oh, ow) {
         return src.to_vec();
@@ -90,21 +78,13 @@ pub fn resize_bicubic(
         let s = &src[p * h * w..(p + 1) * h * w];
         for y in 0..h {
             for (x, (lo, ws)) in wx.iter().enumerate() {
-                tmp[y * ow + x] = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wk)| wk * s[y * w + lo + k] as f64)
-                    .sum();
+                tmp[y * ow + x] = ws.iter().enumerate().map(|(k, wk)| wk * s[y * w + lo + k] as f64).sum();
             }
         }
         let o = &mut out[p * oh * ow..(p + 1) * oh * ow];
         for (y, (lo, ws)) in wy.iter().enumerate() {
             for x in 0..ow {
-                o[y * ow + x] = ws
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wk)| wk * tmp[(lo + k) * ow + x])
-                    .sum::<f64>() as f32;
+                o[y * ow + x] = ws.iter().enumerate().map(|(k, wk)| wk * tmp[(lo + k) * ow + x]).sum::<f64>() as f32;
             }
         }
     }

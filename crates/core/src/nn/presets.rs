@@ -25,16 +25,7 @@ pub struct MaeConfig {
 }
 
 /// (name, embed, depth, heads, decoder embed, decoder depth, decoder heads, patch)
-pub type Preset = (
-    &'static str,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-);
+pub type Preset = (&'static str, usize, usize, usize, usize, usize, usize, usize);
 
 pub const PRESETS: &[Preset] = &[
     ("micro", 64, 2, 2, 64, 1, 2, 16),
@@ -48,22 +39,19 @@ pub const PRESETS: &[Preset] = &[
 impl MaeConfig {
     /// A preset at 224² with 3 channels (the timm default input).
     pub fn preset(name: &str) -> Option<Self> {
-        PRESETS
-            .iter()
-            .find(|p| p.0 == name)
-            .map(|&(_, e, d, h, de, dd, dh, p)| MaeConfig {
-                img_size: 224,
-                patch_size: p,
-                in_chans: 3,
-                embed_dim: e,
-                depth: d,
-                num_heads: h,
-                decoder_embed_dim: de,
-                decoder_depth: dd,
-                decoder_num_heads: dh,
-                mlp_ratio: 4.0,
-                norm_pix_loss: true,
-            })
+        PRESETS.iter().find(|p| p.0 == name).map(|&(_, e, d, h, de, dd, dh, p)| MaeConfig {
+            img_size: 224,
+            patch_size: p,
+            in_chans: 3,
+            embed_dim: e,
+            depth: d,
+            num_heads: h,
+            decoder_embed_dim: de,
+            decoder_depth: dd,
+            decoder_num_heads: dh,
+            mlp_ratio: 4.0,
+            norm_pix_loss: true,
+        })
     }
 
     /// The unit-test configuration: micro widths on 32² images with 8² patches (16 patches),
@@ -97,10 +85,7 @@ impl MaeConfig {
 
     /// The preset whose encoder has these widths, if any (for files without a config).
     pub fn preset_name_for(embed_dim: usize, depth: usize) -> Option<&'static str> {
-        PRESETS
-            .iter()
-            .find(|p| p.1 == embed_dim && p.2 == depth)
-            .map(|p| p.0)
+        PRESETS.iter().find(|p| p.1 == embed_dim && p.2 == depth).map(|p| p.0)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -119,29 +104,20 @@ impl MaeConfig {
         pos(self.decoder_embed_dim, "decoderEmbedDim")?;
         pos(self.decoder_num_heads, "decoderNumHeads")?;
         if !self.img_size.is_multiple_of(self.patch_size) {
-            return Err(format!(
-                "imgSize {} is not divisible by patchSize {}",
-                self.img_size, self.patch_size
-            ));
+            return Err(format!("imgSize {} is not divisible by patchSize {}", self.img_size, self.patch_size));
         }
         if !matches!(self.in_chans, 1 | 3) {
             return Err(format!("inChans must be 1 or 3, got {}", self.in_chans));
         }
         for (d, h, n) in [
             (self.embed_dim, self.num_heads, "embedDim"),
-            (
-                self.decoder_embed_dim,
-                self.decoder_num_heads,
-                "decoderEmbedDim",
-            ),
+            (self.decoder_embed_dim, self.decoder_num_heads, "decoderEmbedDim"),
         ] {
             if !d.is_multiple_of(h) {
                 return Err(format!("{n} {d} is not divisible by its {h} heads"));
             }
             if !d.is_multiple_of(4) {
-                return Err(format!(
-                    "{n} {d} must be divisible by 4 (2-D sin-cos position embedding)"
-                ));
+                return Err(format!("{n} {d} must be divisible by 4 (2-D sin-cos position embedding)"));
             }
         }
         if self.mlp_ratio.is_nan() || self.mlp_ratio <= 0.0 {
@@ -161,13 +137,7 @@ mod tests {
             MaeConfig::preset(n).unwrap().validate().unwrap();
         }
         MaeConfig::micro_test().validate().unwrap();
-        let bad = MaeConfig {
-            img_size: 30,
-            ..MaeConfig::micro_test()
-        };
-        assert_eq!(
-            bad.validate().unwrap_err(),
-            "imgSize 30 is not divisible by patchSize 8"
-        );
+        let bad = MaeConfig { img_size: 30, ..MaeConfig::micro_test() };
+        assert_eq!(bad.validate().unwrap_err(), "imgSize 30 is not divisible by patchSize 8");
     }
 }

@@ -196,9 +196,7 @@ impl SegmentationViT {
 
     /// Whether a parameter is trained (everything except [`FROZEN`]).
     pub fn is_trainable(name: &str) -> bool {
-        !FROZEN
-            .iter()
-            .any(|f| name == *f || name.starts_with(&format!("{f}.")))
+        !FROZEN.iter().any(|f| name == *f || name.starts_with(&format!("{f}.")))
     }
 
     /// Encoder tokens after the last block, before the final norm, as a (B, D, g, g) grid.
@@ -210,11 +208,7 @@ impl SegmentationViT {
         let depth = self.encoder.blocks.len();
         let mut rng = drop;
         for (i, blk) in self.encoder.blocks.iter().enumerate() {
-            let rate = if depth > 1 {
-                self.cfg.drop_path * i as f64 / (depth - 1) as f64
-            } else {
-                self.cfg.drop_path
-            };
+            let rate = if depth > 1 { self.cfg.drop_path * i as f64 / (depth - 1) as f64 } else { self.cfg.drop_path };
             match rng.as_deref_mut() {
                 Some(r) if rate > 0.0 => {
                     let a = blk.attn.forward_rows(&blk.norm1.forward(&x)?, b, n)?;
@@ -226,11 +220,7 @@ impl SegmentationViT {
             }
         }
         let g = ((n - 1) as f64).sqrt().round() as usize;
-        x.reshape((b, n, d))?
-            .narrow(1, 1, n - 1)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, d, g, g))
+        x.reshape((b, n, d))?.narrow(1, 1, n - 1)?.transpose(1, 2)?.contiguous()?.reshape((b, d, g, g))
     }
 
     /// Class logits (B, K, H, W). `train`: BatchNorm batch statistics (and their running update)
@@ -271,11 +261,7 @@ impl SegmentationViT {
 fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Result<Tensor> {
     let keep: Vec<f32> = (0..b)
         .flat_map(|_| {
-            let k = if rng.uniform() >= p {
-                (1.0 / (1.0 - p)) as f32
-            } else {
-                0.0
-            };
+            let k = if rng.uniform() >= p { (1.0 / (1.0 - p)) as f32 } else { 0.0 };
             std::iter::repeat_n(k, n)
         })
         .collect();
@@ -285,16 +271,10 @@ fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Resul
 /// Layer id for layer-wise LR decay (BEiT / MAE fine-tuning): 0 for the patch embed, position
 /// embedding and cls token, i + 1 for block i, depth + 1 for everything after the blocks.
 pub fn layer_id(name: &str, depth: usize) -> usize {
-    if name.starts_with("cls_token")
-        || name.starts_with("pos_embed")
-        || name.starts_with("patch_embed")
-    {
+    if name.starts_with("cls_token") || name.starts_with("pos_embed") || name.starts_with("patch_embed") {
         0
     } else if let Some(rest) = name.strip_prefix("blocks.") {
-        rest.split('.')
-            .next()
-            .and_then(|i| i.parse::<usize>().ok())
-            .map_or(depth + 1, |i| i + 1)
+        rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map_or(depth + 1, |i| i + 1)
     } else {
         depth + 1
     }

@@ -18,9 +18,7 @@ use super::kernels::conv::dwconv3x3_nhwc;
 use super::kernels::linear::bias_add_residual;
 use super::kernels::norm::layer_norm;
 use super::kernels::resample::{max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x};
-use super::layers::{
-    bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, Linear,
-};
+use super::layers::{bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, Linear};
 use super::{Init, ParamBuilder, ParamStore};
 
 /// LayerNorm eps of UNeXt (PyTorch's default).
@@ -46,14 +44,8 @@ pub const EMBED_DIMS: [usize; 2] = [64, 128];
 fn linear(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
     let a = 1.0 / (in_dim as f64).sqrt();
     Ok(Linear {
-        weight: pb
-            .var("weight", &[out_dim, in_dim], Init::Uniform(a))?
-            .as_tensor()
-            .clone(),
-        bias: pb
-            .var("bias", &[out_dim], Init::Uniform(a))?
-            .as_tensor()
-            .clone(),
+        weight: pb.var("weight", &[out_dim, in_dim], Init::Uniform(a))?.as_tensor().clone(),
+        bias: pb.var("bias", &[out_dim], Init::Uniform(a))?.as_tensor().clone(),
     })
 }
 
@@ -96,22 +88,10 @@ impl ShiftedBlock {
         let dw = mlp.pp("dwconv").pp("dwconv");
         // nn.Conv2d(dim, dim, 3, groups=dim): fan_in = 9.
         let a = 1.0 / 3.0;
-        let dw_weight = dw
-            .var("weight", &[dim, 1, 3, 3], Init::Uniform(a))?
-            .as_tensor()
-            .clone();
-        let dw_bias = dw
-            .var("bias", &[dim], Init::Uniform(a))?
-            .as_tensor()
-            .clone();
+        let dw_weight = dw.var("weight", &[dim, 1, 3, 3], Init::Uniform(a))?.as_tensor().clone();
+        let dw_bias = dw.var("bias", &[dim], Init::Uniform(a))?.as_tensor().clone();
         let fc2 = linear(&mlp.pp("fc2"), dim, dim)?;
-        Ok(ShiftedBlock {
-            norm2,
-            fc1,
-            dw_weight,
-            dw_bias,
-            fc2,
-        })
+        Ok(ShiftedBlock { norm2, fc1, dw_weight, dw_bias, fc2 })
     }
 
     /// Tokens (B, H·W, C) of an (H, W) grid → tokens.
@@ -127,9 +107,7 @@ impl ShiftedBlock {
         let t = gelu_erf(&t)?;
         let t = shift_chunks_nhwc(&t, 2)?.reshape((b * n, c))?;
         let r = x.reshape((b * n, c))?;
-        self.fc2
-            .forward_with(&t, |p, bias| bias_add_residual(p, bias, &r))?
-            .reshape((b, n, c))
+        self.fc2.forward_with(&t, |p, bias| bias_add_residual(p, bias, &r))?.reshape((b, n, c))
     }
 }
 
@@ -301,10 +279,7 @@ impl UNext {
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, c, h, w) = x.dims4()?;
         if c != self.cfg.in_chans {
-            candle_core::bail!(
-                "UNeXt: input has {c} channels, the model takes {}",
-                self.cfg.in_chans
-            );
+            candle_core::bail!("UNeXt: input has {c} channels, the model takes {}", self.cfg.in_chans);
         }
         if h == 0 || w == 0 || h % 32 != 0 || w % 32 != 0 {
             candle_core::bail!("UNeXt: input size {h}x{w} must be a positive multiple of 32");
@@ -336,15 +311,11 @@ impl UNext {
         // Decoder.
         let out = (up(&out, &self.decoder1, Some(&self.dbn1))? + &t4)?;
         let (_, _, h4, w4) = out.dims4()?;
-        let tok = self
-            .dnorm3
-            .forward(&self.dblock1.forward(&nchw_to_tokens(&out)?, h4, w4)?)?;
+        let tok = self.dnorm3.forward(&self.dblock1.forward(&nchw_to_tokens(&out)?, h4, w4)?)?;
         let out = tokens_to_nchw(&tok, h4, w4)?;
         let out = (up(&out, &self.decoder2, Some(&self.dbn2))? + &t3)?;
         let (_, _, h3, w3) = out.dims4()?;
-        let tok = self
-            .dnorm4
-            .forward(&self.dblock2.forward(&nchw_to_tokens(&out)?, h3, w3)?)?;
+        let tok = self.dnorm4.forward(&self.dblock2.forward(&nchw_to_tokens(&out)?, h3, w3)?)?;
         let out = tokens_to_nchw(&tok, h3, w3)?;
         let out = (up(&out, &self.decoder3, Some(&self.dbn3))? + &t2)?;
         let out = (up(&out, &self.decoder4, Some(&self.dbn4))? + &t1)?;

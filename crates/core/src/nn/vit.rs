@@ -31,15 +31,9 @@ impl VisionTransformer {
     pub fn new(pb: &ParamBuilder, cfg: &MaeConfig) -> Result<Self> {
         let (p, c, d) = (cfg.patch_size, cfg.in_chans, cfg.embed_dim);
         let pe = pb.pp("patch_embed").pp("proj");
-        let patch_embed_weight = pe
-            .var("weight", &[d, c, p, p], Init::XavierUniform)?
-            .as_tensor()
-            .clone();
+        let patch_embed_weight = pe.var("weight", &[d, c, p, p], Init::XavierUniform)?.as_tensor().clone();
         let patch_embed_bias = pe.var("bias", &[d], Init::Zeros)?.as_tensor().clone();
-        let cls_token = pb
-            .var("cls_token", &[1, 1, d], Init::Normal(0.02))?
-            .as_tensor()
-            .clone();
+        let cls_token = pb.var("cls_token", &[1, 1, d], Init::Normal(0.02))?.as_tensor().clone();
         let pos_embed = sincos_2d_tensor(d, cfg.grid(), pb.device())?;
         let blocks = (0..cfg.depth)
             .map(|i| Block::new(&pb.pp("blocks").pp(i), d, cfg.num_heads, cfg.mlp_ratio))
@@ -63,26 +57,21 @@ impl VisionTransformer {
         let (b, c, h, w) = imgs.dims4()?;
         let p = self.patch_size;
         if c != self.in_chans || h % p != 0 || w % p != 0 {
-            candle_core::bail!(
-                "input (B, {c}, {h}, {w}) does not fit {} channels and patch {p}",
-                self.in_chans
-            );
+            candle_core::bail!("input (B, {c}, {h}, {w}) does not fit {} channels and patch {p}", self.in_chans);
         }
         let (gh, gw) = (h / p, w / p);
-        let x = imgs
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b, gh * gw, c * p * p))?;
+        let x = imgs.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((
+            b,
+            gh * gw,
+            c * p * p,
+        ))?;
         let d = self.patch_embed_weight.dim(0)?;
         let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
-        linear(
-            &x.reshape((b * gh * gw, c * p * p))?,
-            &wmat,
-            &self.patch_embed_bias,
-            Epilogue::None,
-        )?
-        .reshape((b, gh * gw, d))
+        linear(&x.reshape((b * gh * gw, c * p * p))?, &wmat, &self.patch_embed_bias, Epilogue::None)?.reshape((
+            b,
+            gh * gw,
+            d,
+        ))
     }
 
     /// Tokens entering the first block (B, 1 + K, D): all patches embedded, the position
@@ -92,11 +81,7 @@ impl VisionTransformer {
         let x = self.patch_embed(imgs)?; // [B, L, D]
         let (b, l, d) = x.dims3()?;
         if self.pos_embed.dim(1)? != l + 1 {
-            candle_core::bail!(
-                "{} patches but a position embedding for {}",
-                l,
-                self.pos_embed.dim(1)? - 1
-            );
+            candle_core::bail!("{} patches but a position embedding for {}", l, self.pos_embed.dim(1)? - 1);
         }
         let x = x.broadcast_add(&self.pos_embed.narrow(1, 1, l)?)?;
         let x = match ids_keep {
@@ -107,10 +92,7 @@ impl VisionTransformer {
             }
             None => x,
         };
-        let cls = self
-            .cls_token
-            .broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?
-            .broadcast_as((b, 1, d))?;
+        let cls = self.cls_token.broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?.broadcast_as((b, 1, d))?;
         Tensor::cat(&[&cls, &x], 1)
     }
 
@@ -160,8 +142,7 @@ impl Attention {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
-            .reshape((b, n, d))
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?.reshape((b, n, d))
     }
 
     /// Attention on tokens stored as rows, `x` (B·N, D) -> (B·N, D).
@@ -174,22 +155,14 @@ impl Attention {
     }
 
     /// [`Self::forward_rows`] plus `residual`, added inside the output projection's epilogue.
-    pub fn forward_rows_residual(
-        &self,
-        x: &Tensor,
-        b: usize,
-        _n: usize,
-        residual: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward_rows_residual(&self, x: &Tensor, b: usize, _n: usize, residual: Option<&Tensor>) -> Result<Tensor> {
         let d = x.dim(1)?;
         let hd = d / self.num_heads;
         // [B·N, 3D] -> heads split, attended and merged inside one op -> [B·N, D]
         let qkv = self.qkv.forward(x)?;
         let y = attention_qkv(&qkv, b, self.num_heads, (hd as f64).powf(-0.5))?;
         match residual {
-            Some(r) => self
-                .proj
-                .forward_with(&y, |p, bias| bias_add_residual(p, bias, r)),
+            Some(r) => self.proj.forward_with(&y, |p, bias| bias_add_residual(p, bias, r)),
             None => self.proj.forward(&y),
         }
     }
@@ -204,10 +177,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(pb: &ParamBuilder, dim: usize, hidden: usize) -> Result<Self> {
-        Ok(Mlp {
-            fc1: Linear::new(&pb.pp("fc1"), dim, hidden)?,
-            fc2: Linear::new(&pb.pp("fc2"), hidden, dim)?,
-        })
+        Ok(Mlp { fc1: Linear::new(&pb.pp("fc1"), dim, hidden)?, fc2: Linear::new(&pb.pp("fc2"), hidden, dim)? })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_act(x, Epilogue::Gelu)?)
@@ -215,10 +185,7 @@ impl Mlp {
 
     /// `residual + mlp(x)` with the residual added in fc2's epilogue.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward_with(&self.fc1.forward_act(x, Epilogue::Gelu)?, |p, bias| {
-                bias_add_residual(p, bias, residual)
-            })
+        self.fc2.forward_with(&self.fc1.forward_act(x, Epilogue::Gelu)?, |p, bias| bias_add_residual(p, bias, residual))
     }
 }
 
@@ -242,17 +209,14 @@ impl Block {
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n, d) = x.dims3()?;
-        self.forward_rows(&x.reshape((b * n, d))?, b, n)?
-            .reshape((b, n, d))
+        self.forward_rows(&x.reshape((b * n, d))?, b, n)?.reshape((b, n, d))
     }
 
     /// The block on tokens stored as rows (B·N, D); see [`Attention::forward_rows`].
     pub fn forward_rows(&self, x: &Tensor, b: usize, n: usize) -> Result<Tensor> {
         // Residual adds ride in the projections' bias epilogues: one pass and one graph node
         // fewer each.
-        let x = self
-            .attn
-            .forward_rows_residual(&self.norm1.forward(x)?, b, n, Some(x))?;
+        let x = self.attn.forward_rows_residual(&self.norm1.forward(x)?, b, n, Some(x))?;
         self.mlp.forward_residual(&self.norm2.forward(&x)?, &x)
     }
 }

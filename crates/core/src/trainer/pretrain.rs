@@ -48,12 +48,7 @@ pub struct StepParams {
 
 impl Default for StepParams {
     fn default() -> Self {
-        StepParams {
-            adamw: AdamWParams::default(),
-            clip_grad: None,
-            micro_batches: 1,
-            cons_weight: 0.0,
-        }
+        StepParams { adamw: AdamWParams::default(), clip_grad: None, micro_batches: 1, cons_weight: 0.0 }
     }
 }
 
@@ -61,20 +56,11 @@ impl StepParams {
     /// An error naming the first out-of-range field (JS names: the options cross N-API as is).
     pub fn validate(&self) -> Result<()> {
         let a = &self.adamw;
-        let finite_nonneg = [
-            ("lr", a.lr),
-            ("weightDecay", a.weight_decay),
-            ("consWeight", self.cons_weight),
-        ];
-        if let Some((name, v)) = finite_nonneg
-            .iter()
-            .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
-        {
+        let finite_nonneg = [("lr", a.lr), ("weightDecay", a.weight_decay), ("consWeight", self.cons_weight)];
+        if let Some((name, v)) = finite_nonneg.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
             candle_core::bail!("{name} ({v}) must be finite and >= 0");
         }
-        if let Some((name, v)) = [("beta1", a.beta1), ("beta2", a.beta2)]
-            .iter()
-            .find(|(_, v)| !(0.0..1.0).contains(v))
+        if let Some((name, v)) = [("beta1", a.beta1), ("beta2", a.beta2)].iter().find(|(_, v)| !(0.0..1.0).contains(v))
         {
             candle_core::bail!("{name} ({v}) must be in [0, 1)");
         }
@@ -100,6 +86,19 @@ pub struct MaskArrays<'a> {
     pub mask: &'a [f32],
 }
 
+/// An owned copy of a masking (e.g. to carry it to another thread).
+#[derive(Clone, Debug, Default)]
+pub struct MaskBuf(pub Vec<u32>, pub Vec<u32>, pub Vec<f32>);
+
+impl MaskBuf {
+    pub fn new(m: MaskArrays) -> Self {
+        MaskBuf(m.ids_keep.to_vec(), m.ids_restore.to_vec(), m.mask.to_vec())
+    }
+    pub fn arrays(&self) -> MaskArrays<'_> {
+        MaskArrays { ids_keep: &self.0, ids_restore: &self.1, mask: &self.2 }
+    }
+}
+
 /// Which loader batch a cached P belongs to: its position and its samples, so that a batch of
 /// another loader at the same (epoch, index) never reuses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,11 +110,7 @@ struct BatchKey {
 
 impl BatchKey {
     fn of(b: &Batch) -> Self {
-        BatchKey {
-            epoch: b.epoch,
-            index: b.index,
-            samples: b.samples.clone(),
-        }
+        BatchKey { epoch: b.epoch, index: b.index, samples: b.samples.clone() }
     }
 }
 
@@ -150,14 +145,7 @@ impl PretrainTrainer {
         tune_allocator();
         let opt = AdamW::new(&model.params, frozen)?;
         let device = model.encoder.pos_embed.device().clone();
-        Ok(PretrainTrainer {
-            model,
-            opt,
-            step: 0,
-            device,
-            segmentor: None,
-            prob_cache: None,
-        })
+        Ok(PretrainTrainer { model, opt, step: 0, device, segmentor: None, prob_cache: None })
     }
 
     /// A freshly initialised model (MAE init, deterministic in `seed`) on `device`.
@@ -168,23 +156,14 @@ impl PretrainTrainer {
 
     /// Load a checkpoint (ours, timm safetensors, MAE `.pth`) onto `device`, with its optimizer
     /// moments and step when the file has them.
-    pub fn load(
-        path: &Path,
-        opts: &LoadOptions,
-        frozen: &[String],
-        device: &Device,
-    ) -> Result<PretrainLoaded> {
+    pub fn load(path: &Path, opts: &LoadOptions, frozen: &[String], device: &Device) -> Result<PretrainLoaded> {
         let l = checkpoint::load(path, opts, device)?;
         let mut trainer = Self::new(l.model, frozen)?;
         if let Some((state, s)) = &l.optimizer {
             trainer.opt.load_state(state, *s)?;
         }
         trainer.step = l.step;
-        Ok(PretrainLoaded {
-            trainer,
-            report: l.report,
-            loop_state: l.loop_state,
-        })
+        Ok(PretrainLoaded { trainer, report: l.report, loop_state: l.loop_state })
     }
 
     /// Save parameters, position buffers, optimizer state, config, step and the training loop's
@@ -214,10 +193,7 @@ impl PretrainTrainer {
             .map_err(|e| candle_core::Error::msg(format!("segmentor {}: {e}", path.display())))?;
         let (got, want) = (l.model.cfg.in_chans, self.model.cfg.in_chans);
         if got != want {
-            candle_core::bail!(
-                "segmentor {} takes {got} input channel(s), the model {want}",
-                path.display()
-            );
+            candle_core::bail!("segmentor {} takes {got} input channel(s), the model {want}", path.display());
         }
         self.set_segmentor(Box::new(l.model));
         Ok(())
@@ -251,12 +227,7 @@ impl PretrainTrainer {
         if k == 0 || !k.is_multiple_of(b) || k / b > l {
             candle_core::bail!("idsKeep has {k} values: expected B*K with B = {b}, 1 <= K <= {l}");
         }
-        if let Some(bad) = m
-            .ids_keep
-            .iter()
-            .chain(m.ids_restore)
-            .find(|&&i| i as usize >= l)
-        {
+        if let Some(bad) = m.ids_keep.iter().chain(m.ids_restore).find(|&&i| i as usize >= l) {
             candle_core::bail!("patch index {bad} out of range 0..{l}");
         }
         Ok(())
@@ -291,22 +262,14 @@ impl PretrainTrainer {
     pub fn images(&self, images: &[f32]) -> Result<Tensor> {
         let b = self.batch_of(images.len())?;
         let c = &self.model.cfg;
-        Tensor::from_slice(
-            images,
-            (b, c.in_chans, c.img_size, c.img_size),
-            &self.device,
-        )
+        Tensor::from_slice(images, (b, c.in_chans, c.img_size, c.img_size), &self.device)
     }
 
     fn loader_tensors(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
         self.check_loader_batch(b)?;
         let imgs = self.images(&b.images)?;
         let maps = match &b.maps {
-            Some(m) => Some(Tensor::from_slice(
-                m,
-                (b.n, 1, b.size, b.size),
-                &self.device,
-            )?),
+            Some(m) => Some(Tensor::from_slice(m, (b.n, 1, b.size, b.size), &self.device)?),
             None => None,
         };
         Ok((imgs, maps))
@@ -325,13 +288,7 @@ impl PretrainTrainer {
     /// The training step: L_rec, plus w·L_cons through the attached segmentor when
     /// `p.cons_weight` > 0 (P from the cache when `key` names the batch it was computed for),
     /// clipping, AdamW, step counter. Both the flat-array and the loader-batch paths end here.
-    fn step_on(
-        &mut self,
-        imgs: &Tensor,
-        m: &Masking,
-        key: Option<BatchKey>,
-        p: &StepParams,
-    ) -> Result<PretrainStats> {
+    fn step_on(&mut self, imgs: &Tensor, m: &Masking, key: Option<BatchKey>, p: &StepParams) -> Result<PretrainStats> {
         p.validate()?;
         if p.cons_weight == 0.0 {
             return self.pretrain_step(imgs, m, None, p);
@@ -341,27 +298,15 @@ impl PretrainTrainer {
             _ => None,
         };
         let Some(seg) = self.segmentor.take() else {
-            candle_core::bail!(
-                "consWeight > 0 needs a segmentor: attach one (or set consWeight to 0)"
-            );
+            candle_core::bail!("consWeight > 0 needs a segmentor: attach one (or set consWeight to 0)");
         };
         let prob = match cached {
             Some(prob) => Ok(prob),
-            None => guidance(
-                Some(seg.as_ref()),
-                imgs,
-                None,
-                0.0,
-                self.model.cfg.patch_size,
-            )
-            .map(|g| g.prob.expect("a segmentor gives P")),
+            None => guidance(Some(seg.as_ref()), imgs, None, 0.0, self.model.cfg.patch_size)
+                .map(|g| g.prob.expect("a segmentor gives P")),
         };
         let out = prob.and_then(|prob| {
-            let cons = Consistency {
-                seg: seg.as_ref(),
-                prob: &prob,
-                weight: p.cons_weight,
-            };
+            let cons = Consistency { seg: seg.as_ref(), prob: &prob, weight: p.cons_weight };
             self.pretrain_step(imgs, m, Some(&cons), p)
         });
         self.segmentor = Some(seg);
@@ -369,24 +314,14 @@ impl PretrainTrainer {
     }
 
     /// One step on flat arrays: images (B, C, S, S) normalised and the caller's masking.
-    pub fn step(
-        &mut self,
-        images: &[f32],
-        masks: MaskArrays,
-        p: &StepParams,
-    ) -> Result<PretrainStats> {
+    pub fn step(&mut self, images: &[f32], masks: MaskArrays, p: &StepParams) -> Result<PretrainStats> {
         let x = self.images(images)?;
         let m = self.masking(x.dim(0)?, masks)?;
         self.step_on(&x, &m, None, p)
     }
 
     /// One step on a loader batch (images never leave Rust) with the caller's masking.
-    pub fn step_batch(
-        &mut self,
-        batch: &Batch,
-        masks: MaskArrays,
-        p: &StepParams,
-    ) -> Result<PretrainStats> {
+    pub fn step_batch(&mut self, batch: &Batch, masks: MaskArrays, p: &StepParams) -> Result<PretrainStats> {
         let (x, _) = self.loader_tensors(batch)?;
         let m = self.masking(batch.n, masks)?;
         self.step_on(&x, &m, Some(BatchKey::of(batch)), p)
@@ -399,10 +334,7 @@ impl PretrainTrainer {
         let m = self.masking(x.dim(0)?, masks)?;
         let out = self.model.forward(&x, &m)?;
         let rec = self.model.reconstruct(&x, &out.pred)?;
-        Ok((
-            rec.flatten_all()?.to_vec1::<f32>()?,
-            out.loss.to_scalar::<f32>()? as f64,
-        ))
+        Ok((rec.flatten_all()?.to_vec1::<f32>()?, out.loss.to_scalar::<f32>()? as f64))
     }
 
     /// Encoder only in timm's layout (`timm.create_model(..., num_classes=0)` loads it).
@@ -431,12 +363,7 @@ impl PretrainTrainer {
 
     /// Loss and summed gradients (slot order) of L_rec without updating, over `micro_batches`
     /// chunks (the MAE case of [`PretrainTrainer::pretrain_loss_and_grads`]).
-    pub fn loss_and_grads(
-        &self,
-        imgs: &Tensor,
-        m: &Masking,
-        micro_batches: usize,
-    ) -> Result<(f64, Vec<Tensor>)> {
+    pub fn loss_and_grads(&self, imgs: &Tensor, m: &Masking, micro_batches: usize) -> Result<(f64, Vec<Tensor>)> {
         let (st, grads) = self.pretrain_loss_and_grads(imgs, m, None, micro_batches)?;
         Ok((st.loss_rec, grads))
     }
@@ -463,12 +390,11 @@ pub struct Guidance {
 pub fn patch_mass(map: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, w) = map.dims4()?;
     if c != 1 || h % p != 0 || w % p != 0 {
-        candle_core::bail!("patch_mass: map of shape ({b}, {c}, {h}, {w}) is not (B, 1, H, W) with sides divisible by {p}");
+        candle_core::bail!(
+            "patch_mass: map of shape ({b}, {c}, {h}, {w}) is not (B, 1, H, W) with sides divisible by {p}"
+        );
     }
-    map.reshape((b, h / p, p, w / p, p))?
-        .sum(4)?
-        .sum(2)?
-        .reshape((b, (h / p) * (w / p)))
+    map.reshape((b, h / p, p, w / p, p))?.sum(4)?.sum(2)?.reshape((b, (h / p) * (w / p)))
 }
 
 /// Guidance for one batch: G = η·B + (1 − η)·P (METHOD.md §1; v1 is η = 1). `maps` are the
@@ -485,27 +411,21 @@ pub fn guidance(
         candle_core::bail!("eta = {eta} must be in [0, 1]");
     }
     let prob = match seg {
-        Some(s) => Some(candle_nn::ops::sigmoid(
-            &s.logits(&imgs.detach())?.detach(),
-        )?),
+        Some(s) => Some(candle_nn::ops::sigmoid(&s.logits(&imgs.detach())?.detach())?),
         None => None,
     };
     let g = match (eta, maps, &prob) {
         (1.0, Some(b), _) => b.clone(),
         (0.0, _, Some(p)) => p.clone(),
         (e, Some(b), Some(p)) => ((b * e)? + (p * (1.0 - e))?)?,
-        (_, None, _) => candle_core::bail!(
-            "guidance with eta = {eta} needs the offline vessel maps, and the batch has none"
-        ),
-        (_, _, None) => candle_core::bail!(
-            "guidance with eta = {eta} needs the segmentor's probability map: load a segmentor"
-        ),
+        (_, None, _) => {
+            candle_core::bail!("guidance with eta = {eta} needs the offline vessel maps, and the batch has none")
+        }
+        (_, _, None) => {
+            candle_core::bail!("guidance with eta = {eta} needs the segmentor's probability map: load a segmentor")
+        }
     };
-    Ok(Guidance {
-        mass: patch_mass(&g, patch)?,
-        vessel: maps.map(|b| patch_mass(b, patch)).transpose()?,
-        prob,
-    })
+    Ok(Guidance { mass: patch_mass(&g, patch)?, vessel: maps.map(|b| patch_mass(b, patch)).transpose()?, prob })
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -547,7 +467,9 @@ impl PretrainTrainer {
             let (pb, pc, ph, pw) = c.prob.dims4()?;
             let (_, _, h, w) = imgs.dims4()?;
             if (pb, pc, ph, pw) != (b, 1, h, w) {
-                candle_core::bail!("consistency target has shape ({pb}, {pc}, {ph}, {pw}), expected ({b}, 1, {h}, {w})");
+                candle_core::bail!(
+                    "consistency target has shape ({pb}, {pc}, {ph}, {pw}), expected ({b}, 1, {h}, {w})"
+                );
             }
         }
         let (mut rec, mut con) = (0f64, 0f64);
@@ -585,11 +507,7 @@ impl PretrainTrainer {
             let grads = self.opt.collect(&total.backward()?)?;
             acc = Some(match acc {
                 None => grads,
-                Some(a) => a
-                    .iter()
-                    .zip(&grads)
-                    .map(|(x, y)| x + y)
-                    .collect::<Result<_>>()?,
+                Some(a) => a.iter().zip(&grads).map(|(x, y)| x + y).collect::<Result<_>>()?,
             });
         }
         let loss_cons = cons.map(|_| con);

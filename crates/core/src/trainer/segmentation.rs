@@ -89,29 +89,15 @@ impl SegmentationTrainer {
         if !(layer_decay > 0.0 && layer_decay <= 1.0) {
             candle_core::bail!("layerDecay = {layer_decay} must be in (0, 1]");
         }
-        let frozen: Vec<String> = crate::nn::segmentation::FROZEN
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let frozen: Vec<String> = crate::nn::segmentation::FROZEN.iter().map(|s| s.to_string()).collect();
         let mut opt = AdamW::new(&model.params, &frozen)?;
         let depth = model.cfg.encoder.depth;
         opt.set_lr_scales(|n| layer_decay_scale(n, depth, layer_decay));
         opt.set_decays(ft_decays);
-        Ok(SegmentationTrainer {
-            model,
-            opt,
-            step: 0,
-            layer_decay,
-            drop_seed,
-        })
+        Ok(SegmentationTrainer { model, opt, step: 0, layer_decay, drop_seed })
     }
 
-    pub fn create(
-        cfg: &SegmentationConfig,
-        device: &Device,
-        seed: u64,
-        layer_decay: f64,
-    ) -> Result<Self> {
+    pub fn create(cfg: &SegmentationConfig, device: &Device, seed: u64, layer_decay: f64) -> Result<Self> {
         Self::new(SegmentationViT::new(cfg, device, seed)?, layer_decay, seed)
     }
 
@@ -127,17 +113,9 @@ impl SegmentationTrainer {
         let p = path.display().to_string();
         let named = |e: candle_core::Error| {
             let m = e.to_string();
-            candle_core::Error::msg(if m.contains(&p) {
-                m
-            } else {
-                format!("{p}: {m}")
-            })
+            candle_core::Error::msg(if m.contains(&p) { m } else { format!("{p}: {m}") })
         };
-        let opts = LoadOptions {
-            preset: init.preset.clone(),
-            img_size: init.img_size,
-            in_chans: init.in_chans,
-        };
+        let opts = LoadOptions { preset: init.preset.clone(), img_size: init.img_size, in_chans: init.in_chans };
         let encoder = ckpt::encoder_config(path, &opts).map_err(named)?;
         let cfg = SegmentationConfig {
             encoder,
@@ -145,8 +123,7 @@ impl SegmentationTrainer {
             head_scale: init.head_scale,
             drop_path: init.drop_path,
         };
-        cfg.validate()
-            .map_err(|e| candle_core::Error::msg(format!("{p}: {e}")))?;
+        cfg.validate().map_err(|e| candle_core::Error::msg(format!("{p}: {e}")))?;
         let mut model = SegmentationViT::new(&cfg, device, seed)?;
         let report = ckpt::init_encoder(&mut model, path, init.preset.as_deref()).map_err(named)?;
         Ok((Self::new(model, init.layer_decay, seed)?, report))
@@ -192,10 +169,7 @@ impl SegmentationTrainer {
     pub fn check_maps(&self, maps: &[f32], b: usize) -> Result<()> {
         let s = self.model.cfg.encoder.img_size;
         if maps.len() != b * s * s {
-            candle_core::bail!(
-                "maps has {} values, expected B*1*S*S = {b}*1*{s}*{s}",
-                maps.len()
-            );
+            candle_core::bail!("maps has {} values, expected B*1*S*S = {b}*1*{s}*{s}", maps.len());
         }
         if let Some(i) = maps.iter().position(|v| !(0.0..=1.0).contains(v)) {
             candle_core::bail!("maps[{i}] = {} is outside [0, 1]", maps[i]);
@@ -224,11 +198,7 @@ impl SegmentationTrainer {
     fn images(&self, images: &[f32]) -> Result<Tensor> {
         let b = self.batch_of(images)?;
         let e = &self.model.cfg.encoder;
-        Tensor::from_slice(
-            images,
-            (b, e.in_chans, e.img_size, e.img_size),
-            self.device(),
-        )
+        Tensor::from_slice(images, (b, e.in_chans, e.img_size, e.img_size), self.device())
     }
 
     /// One step on flat arrays: images (B, C, S, S) normalised, maps (B, 1, S, S) in [0, 1]
@@ -251,12 +221,7 @@ impl SegmentationTrainer {
     }
 
     /// One step on a loader batch: its images and maps.
-    pub fn step_batch(
-        &mut self,
-        batch: &Batch,
-        lr: f64,
-        weight_decay: f64,
-    ) -> Result<SegmentationLoss> {
+    pub fn step_batch(&mut self, batch: &Batch, lr: f64, weight_decay: f64) -> Result<SegmentationLoss> {
         self.check_loader_batch(batch)?;
         let maps = batch.maps.as_deref().unwrap_or_default();
         self.step_arrays(&batch.images, maps, lr, weight_decay)
@@ -264,9 +229,7 @@ impl SegmentationTrainer {
 
     /// Eval-mode probabilities (B, K, S, S) of flat normalised images (B, C, S, S), flat.
     pub fn predict_arrays(&self, images: &[f32]) -> Result<Vec<f32>> {
-        self.predict(&self.images(images)?)?
-            .flatten_all()?
-            .to_vec1::<f32>()
+        self.predict(&self.images(images)?)?.flatten_all()?.to_vec1::<f32>()
     }
 
     pub fn cfg(&self) -> &SegmentationConfig {
@@ -303,24 +266,13 @@ impl SegmentationTrainer {
 
     /// Train-mode forward (BatchNorm batch statistics, running stats updated; drop-path of the
     /// next step's draws), the loss and the gradients in the optimizer's slot order. No update.
-    pub fn loss_and_grads(
-        &self,
-        images: &Tensor,
-        targets: &Tensor,
-    ) -> Result<(SegmentationLoss, Vec<Tensor>)> {
+    pub fn loss_and_grads(&self, images: &Tensor, targets: &Tensor) -> Result<(SegmentationLoss, Vec<Tensor>)> {
         let mut rng = InitRng::new(key(self.drop_seed, &[self.opt.step + 1]));
         let logits = self.model.forward(images, true, Some(&mut rng))?;
         let (loss, dice, ce) = segmentation_loss(&logits, targets)?;
         let grads = self.opt.collect(&loss.backward()?)?;
         let s = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-        Ok((
-            SegmentationLoss {
-                loss: s(&loss)?,
-                dice: s(&dice)?,
-                ce: s(&ce)?,
-            },
-            grads,
-        ))
+        Ok((SegmentationLoss { loss: s(&loss)?, dice: s(&dice)?, ce: s(&ce)? }, grads))
     }
 
     /// One AdamW step (β = (0.9, 0.999), ε = 1e-8, the given lr and weight decay; per-tensor lr
@@ -351,12 +303,7 @@ impl SegmentationTrainer {
     /// value per input channel, the grey plane replicated), predicted in one batch, and each of
     /// the K probability maps resized back bilinearly (`align_corners = false`). Returns one
     /// class-major (K, h, w) vector per image.
-    pub fn predict_grey(
-        &self,
-        images: &[(&[u8], usize, usize)],
-        mean: &[f32],
-        std: &[f32],
-    ) -> Result<Vec<Vec<f32>>> {
+    pub fn predict_grey(&self, images: &[(&[u8], usize, usize)], mean: &[f32], std: &[f32]) -> Result<Vec<Vec<f32>>> {
         let cfg = &self.model.cfg.encoder;
         let (s, c) = (cfg.img_size, cfg.in_chans);
         if mean.len() != c || std.len() != c || std.iter().any(|v| v.is_nan() || *v <= 0.0) {
@@ -371,16 +318,7 @@ impl SegmentationTrainer {
             if px.len() != w * h || w == 0 || h == 0 {
                 candle_core::bail!("image {i}: {} pixels for {w}x{h}", px.len());
             }
-            let view = View {
-                pixels: px,
-                stride: w,
-                crop: CropBox {
-                    top: 0,
-                    left: 0,
-                    height: h,
-                    width: w,
-                },
-            };
+            let view = View { pixels: px, stride: w, crop: CropBox { top: 0, left: 0, height: h, width: w } };
             let r = resize_bicubic(view, s, s);
             normalise_into(&r, mean, std, &mut x[i * c * s * s..(i + 1) * c * s * s]);
         }
@@ -405,9 +343,8 @@ impl SegmentationTrainer {
 
 /// The learning rate and weight decay of a step must be finite and >= 0.
 pub fn check_step_options(lr: f64, weight_decay: f64) -> Result<()> {
-    if let Some((name, v)) = [("lr", lr), ("weightDecay", weight_decay)]
-        .into_iter()
-        .find(|(_, v)| !(v.is_finite() && *v >= 0.0))
+    if let Some((name, v)) =
+        [("lr", lr), ("weightDecay", weight_decay)].into_iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0))
     {
         candle_core::bail!("{name} ({v}) must be finite and >= 0");
     }
@@ -416,13 +353,7 @@ pub fn check_step_options(lr: f64, weight_decay: f64) -> Result<()> {
 
 /// AdamW with the fine-tuning betas (BEiT / MAE fine-tuning: β = (0.9, 0.999), ε = 1e-8).
 pub fn adamw_params(lr: f64, weight_decay: f64) -> AdamWParams {
-    AdamWParams {
-        lr,
-        weight_decay,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-    }
+    AdamWParams { lr, weight_decay, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
 }
 
 /// Bilinear resize of a (h, w) plane to (oh, ow), `F.interpolate(mode="bilinear",

@@ -20,13 +20,7 @@ use crate::trainer::tune_allocator;
 
 /// Adam with PyTorch's defaults at learning rate `lr`.
 pub fn adam_params(lr: f64) -> AdamWParams {
-    AdamWParams {
-        lr,
-        weight_decay: 0.0,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-    }
+    AdamWParams { lr, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
 }
 
 /// Loss terms of one step (before the update).
@@ -48,8 +42,7 @@ pub struct UNextConfigJs {
 
 /// [`UNextConfig`] from its camelCase JSON, checked (1 or 3 input channels).
 pub fn config_from_json(v: serde_json::Value) -> Result<UNextConfig> {
-    let cfg = UNextConfigJs::deserialize(v)
-        .map_err(|e| candle_core::Error::msg(format!("segmentor config: {e}")))?;
+    let cfg = UNextConfigJs::deserialize(v).map_err(|e| candle_core::Error::msg(format!("segmentor config: {e}")))?;
     if cfg.in_chans != 1 && cfg.in_chans != 3 {
         candle_core::bail!("inChans must be 1 or 3, got {}", cfg.in_chans);
     }
@@ -74,17 +67,10 @@ pub fn image_dims(size: usize, width: Option<usize>) -> Result<(usize, usize)> {
 /// Masks (B, 1, H, W) must have B·H·W values in [0, 1].
 pub fn check_masks(masks: &[f32], b: usize, h: usize, w: usize) -> Result<()> {
     if masks.len() != b * h * w {
-        candle_core::bail!(
-            "masks has {} values, expected B*1*H*W = {b}*1*{h}*{w} = {}",
-            masks.len(),
-            b * h * w
-        );
+        candle_core::bail!("masks has {} values, expected B*1*H*W = {b}*1*{h}*{w} = {}", masks.len(), b * h * w);
     }
     if let Some(i) = masks.iter().position(|v| !(0.0..=1.0).contains(v)) {
-        candle_core::bail!(
-            "masks[{i}] = {} is outside [0, 1] (vessel maps are 0/1)",
-            masks[i]
-        );
+        candle_core::bail!("masks[{i}] = {} is outside [0, 1] (vessel maps are 0/1)", masks[i]);
     }
     Ok(())
 }
@@ -110,12 +96,7 @@ impl SegmentorTrainer {
         tune_allocator();
         let opt = AdamW::new(&model.params, &[])?;
         let device = model.params.entries[0].1.device().clone();
-        Ok(SegmentorTrainer {
-            model,
-            opt,
-            step: 0,
-            device,
-        })
+        Ok(SegmentorTrainer { model, opt, step: 0, device })
     }
 
     pub fn create(cfg: &UNextConfig, device: &Device, seed: u64) -> Result<Self> {
@@ -128,9 +109,7 @@ impl SegmentorTrainer {
         let l = ckpt::load(path, device, strict)?;
         let mut t = Self::new(l.model)?;
         if let Some((state, s)) = &l.optimizer {
-            t.opt
-                .load_state(state, *s)
-                .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
+            t.opt.load_state(state, *s).map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         }
         t.step = l.step;
         Ok((t, l.report))
@@ -139,13 +118,8 @@ impl SegmentorTrainer {
     /// Save weights, BatchNorm running stats, config, step and (with `with_optimizer`) the Adam
     /// moments, atomically.
     pub fn save(&self, path: &Path, with_optimizer: bool) -> Result<()> {
-        ckpt::save(
-            path,
-            &self.model,
-            with_optimizer.then_some(&self.opt),
-            self.step,
-        )
-        .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
+        ckpt::save(path, &self.model, with_optimizer.then_some(&self.opt), self.step)
+            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
     }
 
     pub fn cfg(&self) -> &UNextConfig {
@@ -184,13 +158,7 @@ impl SegmentorTrainer {
         image_dims(b.size, None)
     }
 
-    fn tensors(
-        &self,
-        images: &[f32],
-        masks: &[f32],
-        h: usize,
-        w: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    fn tensors(&self, images: &[f32], masks: &[f32], h: usize, w: usize) -> Result<(Tensor, Tensor)> {
         let b = self.batch_of(images, h, w)?;
         check_masks(masks, b, h, w)?;
         let c = self.model.cfg.in_chans;
@@ -229,32 +197,16 @@ impl SegmentorTrainer {
 
     /// Train-mode forward (updates the BatchNorm running stats), loss and gradients in the
     /// optimizer's slot order, without updating the weights.
-    pub fn loss_and_grads(
-        &self,
-        images: &Tensor,
-        masks: &Tensor,
-    ) -> Result<(SegmentorLoss, Vec<Tensor>)> {
+    pub fn loss_and_grads(&self, images: &Tensor, masks: &Tensor) -> Result<(SegmentorLoss, Vec<Tensor>)> {
         let logits = self.model.forward(images, true)?;
         let l = segmentor_loss(&logits, masks)?;
         let grads = self.opt.collect(&l.loss.backward()?)?;
         let s = |t: &Tensor| -> Result<f64> { Ok(t.to_scalar::<f32>()? as f64) };
-        Ok((
-            SegmentorLoss {
-                loss: s(&l.loss)?,
-                bce: s(&l.bce)?,
-                dice: s(&l.dice)?,
-            },
-            grads,
-        ))
+        Ok((SegmentorLoss { loss: s(&l.loss)?, bce: s(&l.bce)?, dice: s(&l.dice)? }, grads))
     }
 
     /// One Adam step at learning rate `lr` on images (B, C, H, W) and masks (B, 1, H, W).
-    pub fn train_step(
-        &mut self,
-        images: &Tensor,
-        masks: &Tensor,
-        lr: f64,
-    ) -> Result<SegmentorLoss> {
+    pub fn train_step(&mut self, images: &Tensor, masks: &Tensor, lr: f64) -> Result<SegmentorLoss> {
         let (loss, grads) = self.loss_and_grads(images, masks)?;
         if !loss.loss.is_finite() {
             candle_core::bail!("non-finite segmentation loss {}: step skipped", loss.loss);

@@ -38,9 +38,7 @@ impl CustomOp1 for GeluOp {
         let x = f32_slice(s, l, "gelu")?;
         let mut dst = vec![0f32; x.len()];
         if x.len() >= PAR_MIN {
-            dst.par_chunks_mut(4096)
-                .zip(x.par_chunks(4096))
-                .for_each(|(d, s)| gelu_slice(d, s));
+            dst.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(d, s)| gelu_slice(d, s));
         } else {
             gelu_slice(&mut dst, x);
         }
@@ -120,10 +118,7 @@ fn cdf_pdf(x: f32) -> (f32, f32) {
 #[inline(always)]
 fn erf_abs(z: f32, e: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * z);
-    1.0 - t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4))))
-        * e
+    1.0 - t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152 + t * 1.061_405_4)))) * e
 }
 
 #[cfg(test)]

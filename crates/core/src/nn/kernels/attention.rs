@@ -33,23 +33,12 @@ pub fn attention_qkv(qkv: &Tensor, batch: usize, heads: usize, scale: f64) -> Re
         );
     }
     if use_cpu_kernel(&[qkv]) {
-        qkv.contiguous()?.apply_op1(AttentionQkvOp {
-            batch,
-            heads,
-            scale: scale as f32,
-            probs: Mutex::new(None),
-        })
+        qkv.contiguous()?.apply_op1(AttentionQkvOp { batch, heads, scale: scale as f32, probs: Mutex::new(None) })
     } else {
         let (n, d) = (rows / batch, three_d / 3);
         let hd = d / heads;
-        let t = qkv
-            .reshape((batch, n, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (
-            t.get(0)?.contiguous()?,
-            t.get(1)?.contiguous()?,
-            t.get(2)?.contiguous()?,
-        );
+        let t = qkv.reshape((batch, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (t.get(0)?.contiguous()?, t.get(1)?.contiguous()?, t.get(2)?.contiguous()?);
         let p = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?, D::Minus1)?;
         let y = p.matmul(&v)?;
         y.transpose(1, 2)?.contiguous()?.reshape((rows, d))
@@ -78,35 +67,17 @@ impl CustomOp1 for AttentionQkvOp {
         let scale = self.scale;
         let mut y = vec![0f32; rows * d];
         let mut probs = vec![0f32; b * h * n * n];
-        y.par_chunks_mut(n * d)
-            .zip(probs.par_chunks_mut(h * n * n))
-            .enumerate()
-            .for_each(|(bi, (yb, pb))| {
-                let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
-                for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
-                    let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
-                    mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
-                    softmax_rows(ph, n, scale);
-                    mm_strided(
-                        n,
-                        hd,
-                        n,
-                        &mut yb[hh * hd..],
-                        d,
-                        false,
-                        ph,
-                        n,
-                        1,
-                        v,
-                        three_d,
-                        1,
-                    ); // Y = P·V
-                }
-            });
-        *self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))? = Some(probs);
+        y.par_chunks_mut(n * d).zip(probs.par_chunks_mut(h * n * n)).enumerate().for_each(|(bi, (yb, pb))| {
+            let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
+            for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
+                let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
+                mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
+                softmax_rows(ph, n, scale);
+                mm_strided(n, hd, n, &mut yb[hh * hd..], d, false, ph, n, 1, v, three_d, 1);
+                // Y = P·V
+            }
+        });
+        *self.probs.lock().map_err(|_| candle_core::Error::msg("attention: poisoned cache"))? = Some(probs);
         Ok((CpuStorage::F32(y), Shape::from_dims(&[rows, d])))
     }
 
@@ -116,73 +87,27 @@ impl CustomOp1 for AttentionQkvOp {
         let (n, d) = (rows / b, three_d / 3);
         let hd = d / h;
         let scale = self.scale;
-        let guard = self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::msg("attention: poisoned cache"))?;
-        let probs = guard
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
+        let guard = self.probs.lock().map_err(|_| candle_core::Error::msg("attention: poisoned cache"))?;
+        let probs = guard.as_ref().ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
         let dqkv = with_f32(&[qkv, grad], "attention_qkv backward", |s| {
             let (x, g) = (s[0], s[1]);
             let mut dqkv = vec![0f32; x.len()];
-            dqkv.par_chunks_mut(n * three_d)
-                .enumerate()
-                .for_each(|(bi, db)| {
-                    let xb = &x[bi * n * three_d..(bi + 1) * n * three_d];
-                    let gb = &g[bi * n * d..(bi + 1) * n * d];
-                    let mut ds = vec![0f32; n * n];
-                    for hh in 0..h {
-                        let ph = &probs[(bi * h + hh) * n * n..(bi * h + hh + 1) * n * n];
-                        let (q, k, v) =
-                            (&xb[hh * hd..], &xb[d + hh * hd..], &xb[2 * d + hh * hd..]);
-                        let gh = &gb[hh * hd..];
-                        mm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut db[2 * d + hh * hd..],
-                            three_d,
-                            false,
-                            ph,
-                            1,
-                            n,
-                            gh,
-                            d,
-                            1,
-                        ); // dV = Pᵀ·dY
-                        mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
-                        softmax_bwd_rows(&mut ds, ph, n, scale);
-                        mm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut db[hh * hd..],
-                            three_d,
-                            false,
-                            &ds,
-                            n,
-                            1,
-                            k,
-                            three_d,
-                            1,
-                        ); // dQ = dS·K
-                        mm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut db[d + hh * hd..],
-                            three_d,
-                            false,
-                            &ds,
-                            1,
-                            n,
-                            q,
-                            three_d,
-                            1,
-                        ); // dK = dSᵀ·Q
-                    }
-                });
+            dqkv.par_chunks_mut(n * three_d).enumerate().for_each(|(bi, db)| {
+                let xb = &x[bi * n * three_d..(bi + 1) * n * three_d];
+                let gb = &g[bi * n * d..(bi + 1) * n * d];
+                let mut ds = vec![0f32; n * n];
+                for hh in 0..h {
+                    let ph = &probs[(bi * h + hh) * n * n..(bi * h + hh + 1) * n * n];
+                    let (q, k, v) = (&xb[hh * hd..], &xb[d + hh * hd..], &xb[2 * d + hh * hd..]);
+                    let gh = &gb[hh * hd..];
+                    mm_strided(n, hd, n, &mut db[2 * d + hh * hd..], three_d, false, ph, 1, n, gh, d, 1); // dV = Pᵀ·dY
+                    mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
+                    softmax_bwd_rows(&mut ds, ph, n, scale);
+                    mm_strided(n, hd, n, &mut db[hh * hd..], three_d, false, &ds, n, 1, k, three_d, 1); // dQ = dS·K
+                    mm_strided(n, hd, n, &mut db[d + hh * hd..], three_d, false, &ds, 1, n, q, three_d, 1);
+                    // dK = dSᵀ·Q
+                }
+            });
             Ok(dqkv)
         })?;
         Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))

@@ -14,24 +14,14 @@ use super::host::{check_cpu_f32, f32_slice, for_rows, with_f32, PAR_MIN};
 
 /// `F.conv2d(x, weight, bias, stride, padding)` (groups 1, dilation 1) for x (B, C, H, W) and
 /// weight (O, C, k, k): im2col, one gemm per image, then the channel bias.
-pub fn conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
+pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
     check_cpu_f32(&[x, weight], "conv2d")?;
     let (b, c, h, w) = x.dims4()?;
     let (o, wc, k, _) = weight.dims4()?;
     if wc != c {
         candle_core::bail!("conv2d: input has {c} channels, the weight expects {wc}");
     }
-    let op = Im2Col {
-        k,
-        s: stride,
-        p: padding,
-    };
+    let op = Im2Col { k, s: stride, p: padding };
     let (ho, wo) = op.out_hw(h, w)?;
     let cols = if k == 1 && stride == 1 && padding == 0 {
         x.reshape((b, c, h * w))?
@@ -40,10 +30,7 @@ pub fn conv2d(
     };
     // candle 0.11's CPU matmul gives wrong results for a stride-0 (broadcast) batch
     // operand, so the weight is copied per image (O·C·k·k values, small).
-    let w2 = weight
-        .reshape((o, c * k * k))?
-        .broadcast_left(b)?
-        .contiguous()?;
+    let w2 = weight.reshape((o, c * k * k))?.broadcast_left(b)?.contiguous()?;
     let mut y = w2.matmul(&cols)?;
     if let Some(bias) = bias {
         y = y.apply_op2(bias, ChannelBias)?;
@@ -54,11 +41,7 @@ pub fn conv2d(
 /// `(lo, hi)`: the output positions `o` in `0..n_out` whose input `o·s + k − p` is in `0..n_in`.
 fn valid_range(n_in: usize, n_out: usize, s: usize, k: usize, p: usize) -> (usize, usize) {
     let lo = if p > k { (p - k).div_ceil(s) } else { 0 };
-    let hi = if n_in + p > k {
-        ((n_in + p - k - 1) / s + 1).min(n_out)
-    } else {
-        0
-    };
+    let hi = if n_in + p > k { ((n_in + p - k - 1) / s + 1).min(n_out) } else { 0 };
     (lo.min(hi), hi)
 }
 
@@ -75,10 +58,7 @@ impl Im2Col {
         if h + 2 * self.p < self.k || w + 2 * self.p < self.k {
             candle_core::bail!("conv2d: input {h}x{w} smaller than the kernel {}", self.k);
         }
-        Ok((
-            (h + 2 * self.p - self.k) / self.s + 1,
-            (w + 2 * self.p - self.k) / self.s + 1,
-        ))
+        Ok(((h + 2 * self.p - self.k) / self.s + 1, (w + 2 * self.p - self.k) / self.s + 1))
     }
 }
 
@@ -162,13 +142,7 @@ impl CustomOp2 for ChannelBias {
         "vasomim-channel-bias"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(s1, l1, "channel bias")?;
         let bias = f32_slice(s2, l2, "channel bias")?;
         let (_, c, l) = l1.shape().dims3()?;
@@ -196,10 +170,7 @@ impl CustomOp2 for ChannelBias {
             }
             Ok(db.into_iter().map(|v| v as f32).collect::<Vec<_>>())
         })?;
-        Ok((
-            Some(grad.clone()),
-            Some(Tensor::from_vec(db, &[c], bias.device())?),
-        ))
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, &[c], bias.device())?)))
     }
 }
 
@@ -212,14 +183,9 @@ pub fn dwconv3x3_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tens
     check_cpu_f32(&[x, weight, bias], "dwconv3x3")?;
     let (_, _, _, c) = x.dims4()?;
     if weight.dims() != [c, 1, 3, 3] || bias.dims() != [c] {
-        candle_core::bail!(
-            "dwconv3x3: weight {:?} / bias {:?} do not fit {c} channels",
-            weight.dims(),
-            bias.dims()
-        );
+        candle_core::bail!("dwconv3x3: weight {:?} / bias {:?} do not fit {c} channels", weight.dims(), bias.dims());
     }
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, DwConv)
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, DwConv)
 }
 
 struct DwConv;
@@ -334,9 +300,7 @@ impl CustomOp3 for DwConv {
                             }
                             let src = &xv[((bi * h + iy as usize) * wd + ix as usize) * c..][..c];
                             let t = dy * 3 + ddx;
-                            for ((a, &sv), &gg) in
-                                acc[t * c..(t + 1) * c].iter_mut().zip(src).zip(gv)
-                            {
+                            for ((a, &sv), &gg) in acc[t * c..(t + 1) * c].iter_mut().zip(src).zip(gv) {
                                 *a += sv * gg;
                             }
                         }
@@ -349,16 +313,13 @@ impl CustomOp3 for DwConv {
                 a
             };
             let total: Vec<f64> = if xv.len() >= PAR_MIN {
-                (0..b * h)
-                    .into_par_iter()
-                    .fold(|| vec![0f64; 10 * c], |a, r| add(a, row_acc(r)))
-                    .reduce(
-                        || vec![0f64; 10 * c],
-                        |mut a, v| {
-                            a.iter_mut().zip(v).for_each(|(x, y)| *x += y);
-                            a
-                        },
-                    )
+                (0..b * h).into_par_iter().fold(|| vec![0f64; 10 * c], |a, r| add(a, row_acc(r))).reduce(
+                    || vec![0f64; 10 * c],
+                    |mut a, v| {
+                        a.iter_mut().zip(v).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                )
             } else {
                 (0..b * h).fold(vec![0f64; 10 * c], |a, r| add(a, row_acc(r)))
             };
@@ -387,12 +348,7 @@ mod tests {
 
     #[test]
     fn conv2d_matches_candle() {
-        for (k, s, p, h, w) in [
-            (3, 1, 1, 9, 7),
-            (3, 2, 1, 8, 8),
-            (3, 2, 1, 7, 5),
-            (1, 1, 0, 4, 6),
-        ] {
+        for (k, s, p, h, w) in [(3, 1, 1, 9, 7), (3, 2, 1, 8, 8), (3, 2, 1, 7, 5), (1, 1, 0, 4, 6)] {
             eprintln!("case k{k} s{s} p{p} {h}x{w}");
             let x = rand(1, &[2, 3, h, w]);
             let wt = rand(2, &[5, 3, k, k]);
@@ -401,10 +357,7 @@ mod tests {
                 &[x, wt, b],
                 |t| conv2d(&t[0], &t[1], Some(&t[2]), s, p).unwrap(),
                 |t| {
-                    t[0].conv2d(&t[1], p, s, 1, 1)
-                        .unwrap()
-                        .broadcast_add(&t[2].reshape((1, 5, 1, 1)).unwrap())
-                        .unwrap()
+                    t[0].conv2d(&t[1], p, s, 1, 1).unwrap().broadcast_add(&t[2].reshape((1, 5, 1, 1)).unwrap()).unwrap()
                 },
                 1e-5,
             );

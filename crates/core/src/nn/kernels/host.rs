@@ -16,9 +16,7 @@ pub const PAR_MIN: usize = 1 << 14;
 
 /// The f32 data `layout` addresses in `storage`, which must be contiguous.
 pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(s) = storage else {
-        candle_core::bail!("{what}: expected f32 storage")
-    };
+    let CpuStorage::F32(s) = storage else { candle_core::bail!("{what}: expected f32 storage") };
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&s[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
@@ -26,11 +24,7 @@ pub fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Re
 }
 
 /// Runs `f` on the contiguous f32 data of CPU tensors (a strided tensor is copied first).
-pub fn with_f32<R>(
-    ts: &[&Tensor],
-    what: &str,
-    f: impl FnOnce(&[&[f32]]) -> Result<R>,
-) -> Result<R> {
+pub fn with_f32<R>(ts: &[&Tensor], what: &str, f: impl FnOnce(&[&[f32]]) -> Result<R>) -> Result<R> {
     let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(ts.len());
@@ -46,19 +40,14 @@ pub fn with_f32<R>(
 /// Whether the CPU kernels apply (f32 tensors on the CPU); the ops fall back to candle
 /// primitives otherwise.
 pub fn use_cpu_kernel(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// An error naming the op unless every tensor is f32 on the CPU (ops without a fallback).
 pub fn check_cpu_f32(ts: &[&Tensor], what: &str) -> Result<()> {
     for t in ts {
         if !t.device().is_cpu() || t.dtype() != DType::F32 {
-            candle_core::bail!(
-                "{what}: f32 CPU tensors only (got {:?} on {:?})",
-                t.dtype(),
-                t.device()
-            );
+            candle_core::bail!("{what}: f32 CPU tensors only (got {:?} on {:?})", t.dtype(), t.device());
         }
     }
     Ok(())
@@ -70,9 +59,7 @@ pub fn for_rows(dst: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + S
         return;
     }
     if dst.len() >= PAR_MIN {
-        dst.par_chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, r)| f(i, r));
+        dst.par_chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
     } else {
         dst.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
     }

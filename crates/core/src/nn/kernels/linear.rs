@@ -31,14 +31,7 @@ pub enum Epilogue {
 /// one op. Its backward computes dx = dz·W, dW = dzᵀ·x, db = Σ_rows dz directly.
 pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
     if use_cpu_kernel(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 {
-        x.contiguous()?.apply_op3(
-            &w.contiguous()?,
-            &b.contiguous()?,
-            LinearOp {
-                epilogue,
-                pre: Mutex::new(None),
-            },
-        )
+        x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { epilogue, pre: Mutex::new(None) })
     } else {
         let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?;
         match epilogue {
@@ -80,16 +73,10 @@ fn gemm_par(
         return;
     }
     assert!(
-        dst.len() >= m * n
-            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
-            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+        dst.len() >= m * n && a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
     );
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
     unsafe {
         gemm::gemm(
@@ -136,12 +123,7 @@ impl CustomOp3 for LinearOp {
         let (rows, k) = l1.shape().dims2()?;
         let (out, k2) = l2.shape().dims2()?;
         if k2 != k || b.len() != out {
-            candle_core::bail!(
-                "linear: x {:?}, weight {:?}, bias {:?}",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
+            candle_core::bail!("linear: x {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
         }
         let mut z = vec![0f32; rows * out];
         gemm_par(rows, out, k, &mut z, false, x, k, 1, w, 1, k); // z = x·Wᵀ
@@ -151,13 +133,8 @@ impl CustomOp3 for LinearOp {
             Epilogue::None => z,
             Epilogue::Gelu => {
                 let mut y = vec![0f32; z.len()];
-                for_rows(&mut y, out, |i, r| {
-                    gelu_slice(r, &z[i * out..(i + 1) * out])
-                });
-                *self
-                    .pre
-                    .lock()
-                    .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
+                for_rows(&mut y, out, |i, r| gelu_slice(r, &z[i * out..(i + 1) * out]));
+                *self.pre.lock().map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
                 y
             }
         };
@@ -174,10 +151,7 @@ impl CustomOp3 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, k) = x.dims2()?;
         let out = w.dim(0)?;
-        let guard = self
-            .pre
-            .lock()
-            .map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
+        let guard = self.pre.lock().map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
         let (dx, dw, db) = with_f32(&[x, w, grad], "linear backward", |s| {
             let (x, w, g) = (s[0], s[1], s[2]);
             // dz = g (no epilogue) or g ⊙ gelu'(z); db = Σ_rows dz in per-thread partials.
@@ -185,9 +159,7 @@ impl CustomOp3 for LinearOp {
             let (dz, db): (&[f32], Vec<f32>) = match self.epilogue {
                 Epilogue::None => (g, column_sums(g, out)),
                 Epilogue::Gelu => {
-                    let z = guard.as_ref().ok_or_else(|| {
-                        candle_core::Error::msg("linear: backward before forward")
-                    })?;
+                    let z = guard.as_ref().ok_or_else(|| candle_core::Error::msg("linear: backward before forward"))?;
                     let (d, db) = gelu_bwd_rows(z, g, out);
                     gelu_dz = d;
                     (&gelu_dz[..], db)
@@ -236,8 +208,7 @@ fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
 /// `y + b + r` with `b` broadcast over the rows of the last dimension.
 pub fn bias_add_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
     if use_cpu_kernel(&[y, b, r]) && y.dims() == r.dims() {
-        y.contiguous()?
-            .apply_op3(b, &r.contiguous()?, BiasAddResidualOp)
+        y.contiguous()?.apply_op3(b, &r.contiguous()?, BiasAddResidualOp)
     } else {
         y.broadcast_add(b)? + r
     }
@@ -264,17 +235,10 @@ impl CustomOp3 for BiasAddResidualOp {
         let r = f32_slice(s3, l3, "bias_add_residual residual")?;
         let n = *l1.dims().last().unwrap_or(&1);
         if b.len() != n || r.len() != y.len() {
-            candle_core::bail!(
-                "bias_add_residual: y {:?}, bias {}, residual {:?}",
-                l1.dims(),
-                b.len(),
-                l3.dims()
-            );
+            candle_core::bail!("bias_add_residual: y {:?}, bias {}, residual {:?}", l1.dims(), b.len(), l3.dims());
         }
         let mut dst = vec![0f32; y.len()];
-        for_rows(&mut dst, n, |i, out| {
-            add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n])
-        });
+        for_rows(&mut dst, n, |i, out| add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n]));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -287,14 +251,8 @@ impl CustomOp3 for BiasAddResidualOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let n = b.elem_count();
-        let db = with_f32(&[grad], "bias_add_residual backward", |s| {
-            Ok(column_sums(s[0], n))
-        })?;
-        Ok((
-            Some(grad.clone()),
-            Some(Tensor::from_vec(db, b.shape(), b.device())?),
-            Some(grad.clone()),
-        ))
+        let db = with_f32(&[grad], "bias_add_residual backward", |s| Ok(column_sums(s[0], n)))?;
+        Ok((Some(grad.clone()), Some(Tensor::from_vec(db, b.shape(), b.device())?), Some(grad.clone())))
     }
 }
 
@@ -332,16 +290,9 @@ mod tests {
                 let v: Vec<f32> = data(n, seed).iter().map(|x| x * s as f32).collect();
                 Tensor::from_vec(v, d, &dev).unwrap()
             };
-            let x = if transposed {
-                t(&[k, rows], 1.0, seed).t().unwrap()
-            } else {
-                t(&[rows, k], 1.0, seed)
-            };
-            let (w, b, gy) = (
-                t(&[out, k], 0.1, seed + 100),
-                t(&[out], 0.1, seed + 200),
-                t(&[rows, out], 1.0, seed + 300),
-            );
+            let x = if transposed { t(&[k, rows], 1.0, seed).t().unwrap() } else { t(&[rows, k], 1.0, seed) };
+            let (w, b, gy) =
+                (t(&[out, k], 0.1, seed + 100), t(&[out], 0.1, seed + 200), t(&[rows, out], 1.0, seed + 300));
             for ep in [Epilogue::None, Epilogue::Gelu] {
                 let run = |dt: DType, fused: bool| -> Vec<Vec<f64>> {
                     let v = |t: &Tensor| Var::from_tensor(&t.to_dtype(dt).unwrap()).unwrap();
@@ -349,11 +300,7 @@ mod tests {
                     let y = if fused {
                         linear(&x, &w, &b, ep).unwrap()
                     } else {
-                        let z = x
-                            .matmul(&w.t().unwrap())
-                            .unwrap()
-                            .broadcast_add(&b)
-                            .unwrap();
+                        let z = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
                         match ep {
                             Epilogue::None => z,
                             Epilogue::Gelu => z.gelu_erf().unwrap(),
@@ -361,40 +308,17 @@ mod tests {
                     };
                     let l = (&y * gy.to_dtype(dt).unwrap()).unwrap().sum_all().unwrap();
                     let g = l.backward().unwrap();
-                    [
-                        &y,
-                        g.get(&x).unwrap(),
-                        g.get(&w).unwrap(),
-                        g.get(&b).unwrap(),
-                    ]
-                    .iter()
-                    .map(|t| {
-                        t.flatten_all()
-                            .unwrap()
-                            .to_dtype(DType::F64)
-                            .unwrap()
-                            .to_vec1::<f64>()
-                            .unwrap()
-                    })
-                    .collect()
+                    [&y, g.get(&x).unwrap(), g.get(&w).unwrap(), g.get(&b).unwrap()]
+                        .iter()
+                        .map(|t| t.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap())
+                        .collect()
                 };
                 let (ours, reference) = (run(DType::F32, true), run(DType::F64, false));
-                for (what, (a, r)) in ["y", "dx", "dw", "db"]
-                    .iter()
-                    .zip(ours.iter().zip(&reference))
-                {
+                for (what, (a, r)) in ["y", "dx", "dw", "db"].iter().zip(ours.iter().zip(&reference)) {
                     assert_eq!(a.len(), r.len());
                     let m = r.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-                    let e = a
-                        .iter()
-                        .zip(r)
-                        .map(|(p, q)| (p - q).abs())
-                        .fold(0f64, f64::max)
-                        / m;
-                    assert!(
-                        e < 1e-5,
-                        "{ep:?} {rows}x{k}->{out} (x transposed: {transposed}): {what} error {e:e}"
-                    );
+                    let e = a.iter().zip(r).map(|(p, q)| (p - q).abs()).fold(0f64, f64::max) / m;
+                    assert!(e < 1e-5, "{ep:?} {rows}x{k}->{out} (x transposed: {transposed}): {what} error {e:e}");
                 }
             }
         }

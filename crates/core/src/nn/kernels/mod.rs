@@ -42,16 +42,7 @@ pub(crate) mod testing {
 
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
 
     /// Forward and the gradients of Σ r·f against a reference built from candle ops.
@@ -64,11 +55,7 @@ pub(crate) mod testing {
         let vars: Vec<Var> = args.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
         let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let (a, b) = (ours(&ts), reference(&ts));
-        assert!(
-            max_diff(&a, &b) <= tol,
-            "forward differs by {}",
-            max_diff(&a, &b)
-        );
+        assert!(max_diff(&a, &b) <= tol, "forward differs by {}", max_diff(&a, &b));
         let r = rand(99, a.dims());
         let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -123,16 +110,10 @@ mod tests {
                 let mut acc = w.clone();
                 gelu_bwd_row(&mut o, &mut acc, &x[..n], &g[..n]);
                 outs.extend([o.clone(), acc]);
-                outs.push(vec![
-                    simd::sum(&x),
-                    simd::max(&x),
-                    simd::sum2(&x, &g, |a, b| a * b),
-                ]);
+                outs.push(vec![simd::sum(&x), simd::max(&x), simd::sum2(&x, &g, |a, b| a * b)]);
             }
             simd::force_level(None);
-            outs.into_iter()
-                .map(|v| v.iter().map(|f| f.to_bits()).collect())
-                .collect()
+            outs.into_iter().map(|v| v.iter().map(|f| f.to_bits()).collect()).collect()
         };
         let base = run(0);
         assert_eq!(run(1), base, "AVX2 differs from the baseline");

@@ -61,17 +61,11 @@ impl CustomOp3 for LayerNormOp {
         let b = f32_slice(s3, l3, "layer_norm bias")?;
         let n = *l1.dims().last().unwrap_or(&1);
         if w.len() != n || b.len() != n {
-            candle_core::bail!(
-                "layer_norm: last dim {n} but weight {} / bias {}",
-                w.len(),
-                b.len()
-            );
+            candle_core::bail!("layer_norm: last dim {n} but weight {} / bias {}", w.len(), b.len());
         }
         let eps = self.eps;
         let mut dst = vec![0f32; x.len()];
-        for_rows(&mut dst, n, |i, out| {
-            layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps)
-        });
+        for_rows(&mut dst, n, |i, out| layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -197,47 +191,20 @@ pub struct BnStats {
 /// x, weight and bias.
 pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, BnStats)> {
     let stash = Arc::new(Mutex::new(None));
-    let y = x.contiguous()?.apply_op3(
-        w,
-        b,
-        BnOp {
-            eps,
-            fixed: None,
-            stash: stash.clone(),
-        },
-    )?;
-    let stats = stash
-        .lock()
-        .expect("stats")
-        .clone()
-        .expect("batch_norm forward records its statistics");
+    let y = x.contiguous()?.apply_op3(w, b, BnOp { eps, fixed: None, stash: stash.clone() })?;
+    let stats = stash.lock().expect("stats").clone().expect("batch_norm forward records its statistics");
     Ok((y, stats))
 }
 
 /// Eval-mode batch norm of x (B, C, L): normalised with the running `mean` and `var` (C).
 /// Gradients flow to x, weight and bias.
-pub fn batch_norm_eval(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    mean: &[f32],
-    var: &[f32],
-    eps: f64,
-) -> Result<Tensor> {
+pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f32], var: &[f32], eps: f64) -> Result<Tensor> {
     let stats = BnStats {
         mean: mean.iter().map(|&v| v as f64).collect(),
         var: var.iter().map(|&v| v as f64).collect(),
         invstd: var.iter().map(|&v| 1.0 / (v as f64 + eps).sqrt()).collect(),
     };
-    x.contiguous()?.apply_op3(
-        w,
-        b,
-        BnOp {
-            eps,
-            fixed: Some(stats),
-            stash: Arc::new(Mutex::new(None)),
-        },
-    )
+    x.contiguous()?.apply_op3(w, b, BnOp { eps, fixed: Some(stats), stash: Arc::new(Mutex::new(None)) })
 }
 
 /// x (B, C, L), weight (C), bias (C). `fixed`: eval-mode stats; else batch stats, recorded in
@@ -250,13 +217,7 @@ struct BnOp {
 
 /// Per channel Σ over b of `f(ci, offset of row (b, ci))` for (B, C, L) data, parallel over
 /// channels when `len` (the data's size) is large.
-fn channel_sums(
-    len: usize,
-    b: usize,
-    c: usize,
-    l: usize,
-    f: impl Fn(usize, usize) -> f64 + Sync,
-) -> Vec<f64> {
+fn channel_sums(len: usize, b: usize, c: usize, l: usize, f: impl Fn(usize, usize) -> f64 + Sync) -> Vec<f64> {
     let one = |ci: usize| -> f64 { (0..b).map(|bi| f(ci, (bi * c + ci) * l)).sum() };
     if len >= PAR_MIN {
         (0..c).into_par_iter().map(one).collect()
@@ -276,12 +237,7 @@ fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
             acc[j] += f(ac[j], bc[j]);
         }
     }
-    let tail: f64 = ai
-        .remainder()
-        .iter()
-        .zip(bi.remainder())
-        .map(|(&u, &v)| f(u, v) as f64)
-        .sum();
+    let tail: f64 = ai.remainder().iter().zip(bi.remainder()).map(|(&u, &v)| f(u, v) as f64).sum();
     acc.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 
@@ -308,11 +264,10 @@ impl CustomOp3 for BnOp {
             None => {
                 let n = (b * l) as f64;
                 let row = |o: usize| &x[o..o + l];
-                let mean: Vec<f64> =
-                    channel_sums(x.len(), b, c, l, |_, o| lane_sum2(row(o), row(o), |v, _| v))
-                        .into_iter()
-                        .map(|s| s / n)
-                        .collect();
+                let mean: Vec<f64> = channel_sums(x.len(), b, c, l, |_, o| lane_sum2(row(o), row(o), |v, _| v))
+                    .into_iter()
+                    .map(|s| s / n)
+                    .collect();
                 let var: Vec<f64> = channel_sums(x.len(), b, c, l, |ci, o| {
                     let m = mean[ci] as f32;
                     lane_sum2(row(o), row(o), |v, _| (v - m) * (v - m))
@@ -326,12 +281,9 @@ impl CustomOp3 for BnOp {
                 s
             }
         };
-        let scale: Vec<f32> = (0..c)
-            .map(|i| (w[i] as f64 * stats.invstd[i]) as f32)
-            .collect();
-        let shift: Vec<f32> = (0..c)
-            .map(|i| (bb[i] as f64 - stats.mean[i] * w[i] as f64 * stats.invstd[i]) as f32)
-            .collect();
+        let scale: Vec<f32> = (0..c).map(|i| (w[i] as f64 * stats.invstd[i]) as f32).collect();
+        let shift: Vec<f32> =
+            (0..c).map(|i| (bb[i] as f64 - stats.mean[i] * w[i] as f64 * stats.invstd[i]) as f32).collect();
         let mut dst = vec![0f32; x.len()];
         for_rows(&mut dst, l, |i, row| {
             let (a, s) = (scale[i % c], shift[i % c]);
@@ -363,9 +315,7 @@ impl CustomOp3 for BnOp {
         let n = (b * l) as f64;
         let (dx, dw, db) = with_f32(&[x, w, grad], "batch_norm backward", |s| {
             let (x, wv, g) = (s[0], s[1], s[2]);
-            let sg = channel_sums(g.len(), b, c, l, |_, o| {
-                lane_sum2(&g[o..o + l], &g[o..o + l], |v, _| v)
-            });
+            let sg = channel_sums(g.len(), b, c, l, |_, o| lane_sum2(&g[o..o + l], &g[o..o + l], |v, _| v));
             // Σ g·(x − μ) per channel: rows of g and x side by side.
             let sgx = channel_sums(g.len(), b, c, l, |ci, o| {
                 let m = stats.mean[ci] as f32;

@@ -33,12 +33,7 @@ struct MaxPool {
 #[inline]
 fn window_max(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
     let base = 2 * oy * w + 2 * ox;
-    let vals = [
-        plane[base],
-        plane[base + 1],
-        plane[base + w],
-        plane[base + w + 1],
-    ];
+    let vals = [plane[base], plane[base + 1], plane[base + w], plane[base + w + 1]];
     let mut best = (0, vals[0]);
     for (i, &v) in vals.iter().enumerate().skip(1) {
         if v > best.1 || v.is_nan() {
@@ -112,19 +107,13 @@ fn bilinear_taps(o: usize, n: usize) -> (usize, usize, f32, f32) {
 /// `relu`; differentiable (candle's `upsample_bilinear2d` has no backward).
 pub fn upsample_bilinear2x(x: &Tensor, relu: bool) -> Result<Tensor> {
     check_cpu_f32(&[x], "upsample_bilinear2x")?;
-    x.contiguous()?.apply_op1(Upsample {
-        bilinear: true,
-        relu,
-    })
+    x.contiguous()?.apply_op1(Upsample { bilinear: true, relu })
 }
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`, then ReLU when `relu`.
 pub fn upsample_nearest2x(x: &Tensor, relu: bool) -> Result<Tensor> {
     check_cpu_f32(&[x], "upsample_nearest2x")?;
-    x.contiguous()?.apply_op1(Upsample {
-        bilinear: false,
-        relu,
-    })
+    x.contiguous()?.apply_op1(Upsample { bilinear: false, relu })
 }
 
 struct Upsample {
@@ -216,11 +205,7 @@ pub fn shift_chunks_nhwc(x: &Tensor, axis: usize) -> Result<Tensor> {
         candle_core::bail!("shift: axis must be 1 (H) or 2 (W), got {axis}");
     }
     let c = x.dim(3)?;
-    x.contiguous()?.apply_op1(Shift {
-        axis,
-        chunk: c.div_ceil(5).max(1),
-        sign: 1,
-    })
+    x.contiguous()?.apply_op1(Shift { axis, chunk: c.div_ceil(5).max(1), sign: 1 })
 }
 
 struct Shift {
@@ -241,11 +226,8 @@ impl Shift {
                 for (k, start) in (0..c).step_by(self.chunk).enumerate() {
                     let end = (start + self.chunk).min(c);
                     let s = self.sign * (k as isize - 2);
-                    let (sy, sx) = if self.axis == 1 {
-                        (y as isize - s, xo as isize)
-                    } else {
-                        (y as isize, xo as isize - s)
-                    };
+                    let (sy, sx) =
+                        if self.axis == 1 { (y as isize - s, xo as isize) } else { (y as isize, xo as isize - s) };
                     if sy < 0 || sy >= h as isize || sx < 0 || sx >= w as isize {
                         continue;
                     }
@@ -270,11 +252,7 @@ impl CustomOp1 for Shift {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let back = Shift {
-            axis: self.axis,
-            chunk: self.chunk,
-            sign: -self.sign,
-        };
+        let back = Shift { axis: self.axis, chunk: self.chunk, sign: -self.sign };
         let dims = arg.dims4()?;
         let dx = with_f32(&[grad], "shift backward", |g| Ok(back.run(g[0], dims)))?;
         Ok(Some(Tensor::from_vec(dx, arg.dims(), arg.device())?))
