@@ -97,6 +97,16 @@ describe('SegmentationModel', () => {
     );
     await expect(native.SegmentationModel.load(join(XCA, 'Angios_40_training', '1.png'))).rejects.toThrow(/1\.png/);
   });
+
+  it('parses saved metadata with its schema: defaults when absent, an error naming file and field', async () => {
+    const m = native.SegmentationModel.create(micro, 0);
+    const bare = join(tmp.path, 'bare.safetensors');
+    await m.save(bare);
+    expect((await loadSegmentationModel(bare)).meta).toMatchObject({ task: 'vessel-seg', threshold: 0.5 });
+    const bad = join(tmp.path, 'bad-meta.safetensors');
+    await m.save(bad, JSON.stringify({ task: 'vessel-seg', threshold: 7 }));
+    await expect(loadSegmentationModel(bad)).rejects.toThrow(/bad-meta\.safetensors: bad metadata:[\s\S]*threshold/);
+  });
 });
 
 describe('validation split', () => {

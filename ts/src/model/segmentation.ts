@@ -3,7 +3,9 @@
 import { basename } from 'node:path';
 
 import type { Predictor } from '../eval/predictor.js';
+import { SegmentationMetaSchema, type SegmentationMeta } from '../config/checkpoint.js';
 import type { NativeModelConfig } from '../config/model.js';
+import { formatZodError } from '../config/vessels.js';
 import { native } from '../native.js';
 import type { SegmentationModel } from '../native.js';
 
@@ -25,52 +27,46 @@ export function segmentationConfig(model: SegmentationModel): SegmentationConfig
   return model.config as SegmentationConfig;
 }
 
-/** What `vasomim finetune` stores in a checkpoint's `extra` metadata. */
-export interface SegmentationModelMeta {
-  task: string;
-  /** Class names by label; classes[0] is the background (binary: background, foreground). */
-  classes: string[];
-  /** Loader normalisation of training (one value per input channel). */
-  mean: number[];
-  std: number[];
-  /** Foreground threshold (binary). */
-  threshold: number;
-  epoch?: number;
-  valDsc?: number | null;
-  init?: string;
-  dataset?: string;
-}
+/** What `vasomim finetune` stores in a checkpoint's `extra` metadata (`SegmentationMetaSchema`). */
+export type SegmentationModelMeta = SegmentationMeta;
 
 /** Thrown for a file that is not a usable segmentation model (CLI exit 2). */
 export class ModelFileError extends Error {
   override name = 'ModelFileError';
 }
 
+/**
+ * The metadata of a model: its saved `extra` parsed with `SegmentationMetaSchema` (every field optional here,
+ * so a bare model also works), with defaults from the model for what is absent.
+ */
 export function modelMeta(model: SegmentationModel, path = 'model'): SegmentationModelMeta {
-  const raw = model.extra;
   let meta: Partial<SegmentationModelMeta> = {};
-  if (raw) {
+  if (model.extra) {
+    let value: unknown;
     try {
-      meta = JSON.parse(raw) as Partial<SegmentationModelMeta>;
+      value = JSON.parse(model.extra);
     } catch (e) {
       throw new ModelFileError(`${path}: bad metadata (${(e as Error).message})`);
     }
+    const r = SegmentationMetaSchema.partial().safeParse(value);
+    if (!r.success) throw new ModelFileError(`${path}: bad metadata:\n${formatZodError(r.error)}`);
+    meta = r.data;
   }
   const k = segmentationConfig(model).numClasses;
   const c = segmentationConfig(model).encoder.inChans;
   const grey = c === 3 ? { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] } : { mean: [0.449], std: [0.226] };
+  const classes =
+    k === 1
+      ? ['background', 'foreground']
+      : Array.from({ length: k }, (_, i) => (i === 0 ? 'background' : `class${i}`));
   return {
+    ...meta,
     task: meta.task ?? (k === 1 ? 'vessel-seg' : 'segment-seg'),
-    classes:
-      meta.classes ??
-      (k === 1
-        ? ['background', 'foreground']
-        : Array.from({ length: k }, (_, i) => (i === 0 ? 'background' : `class${i}`))),
+    classes: meta.classes ?? classes,
     mean: meta.mean ?? grey.mean,
     std: meta.std ?? grey.std,
     threshold: meta.threshold ?? 0.5,
-    ...meta,
-  } as SegmentationModelMeta;
+  };
 }
 
 /** Load a fine-tuned model; a file of another kind is a ModelFileError naming it. */
