@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 use frangi::simd::{self, exp_f32};
 use rayon::prelude::*;
 
-use super::host::{f32_slice, use_cpu_kernel, with_f32};
+use super::host::{f32_slice, gemm_f32, use_cpu_kernel, with_f32, Mat};
 
 /// Multi-head attention core straight from the fused qkv projection: `qkv` (B·N, 3D) rows →
 /// (B·N, D) rows, heads read and written in place through strides: no reshape / transpose /
@@ -71,9 +71,9 @@ impl CustomOp1 for AttentionQkvOp {
             let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
             for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
                 let (q, k, v) = (&x[hh * hd..], &x[d + hh * hd..], &x[2 * d + hh * hd..]);
-                mm(n, n, hd, ph, false, q, three_d, 1, k, 1, three_d); // S = Q·Kᵀ
+                gemm_f32(n, n, hd, ph, n, false, Mat(q, three_d, 1), Mat(k, 1, three_d), 1); // S = Q·Kᵀ
                 softmax_rows(ph, n, scale);
-                mm_strided(n, hd, n, &mut yb[hh * hd..], d, false, ph, n, 1, v, three_d, 1);
+                gemm_f32(n, hd, n, &mut yb[hh * hd..], d, false, Mat(ph, n, 1), Mat(v, three_d, 1), 1);
                 // Y = P·V
             }
         });
@@ -100,83 +100,17 @@ impl CustomOp1 for AttentionQkvOp {
                     let ph = &probs[(bi * h + hh) * n * n..(bi * h + hh + 1) * n * n];
                     let (q, k, v) = (&xb[hh * hd..], &xb[d + hh * hd..], &xb[2 * d + hh * hd..]);
                     let gh = &gb[hh * hd..];
-                    mm_strided(n, hd, n, &mut db[2 * d + hh * hd..], three_d, false, ph, 1, n, gh, d, 1); // dV = Pᵀ·dY
-                    mm(n, n, hd, &mut ds, false, gh, d, 1, v, 1, three_d); // dP = dY·Vᵀ
+                    gemm_f32(n, hd, n, &mut db[2 * d + hh * hd..], three_d, false, Mat(ph, 1, n), Mat(gh, d, 1), 1); // dV = Pᵀ·dY
+                    gemm_f32(n, n, hd, &mut ds, n, false, Mat(gh, d, 1), Mat(v, 1, three_d), 1); // dP = dY·Vᵀ
                     softmax_bwd_rows(&mut ds, ph, n, scale);
-                    mm_strided(n, hd, n, &mut db[hh * hd..], three_d, false, &ds, n, 1, k, three_d, 1); // dQ = dS·K
-                    mm_strided(n, hd, n, &mut db[d + hh * hd..], three_d, false, &ds, 1, n, q, three_d, 1);
+                    gemm_f32(n, hd, n, &mut db[hh * hd..], three_d, false, Mat(&ds, n, 1), Mat(k, three_d, 1), 1); // dQ = dS·K
+                    gemm_f32(n, hd, n, &mut db[d + hh * hd..], three_d, false, Mat(&ds, 1, n), Mat(q, three_d, 1), 1);
                     // dK = dSᵀ·Q
                 }
             });
             Ok(dqkv)
         })?;
         Ok(Some(Tensor::from_vec(dqkv, qkv.shape(), qkv.device())?))
-    }
-}
-
-/// Row-major `dst (m×n) = [dst +] a·b` where `a` and `b` are given by (row stride, column
-/// stride), single-threaded.
-#[allow(clippy::too_many_arguments)]
-fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    mm_strided(m, n, k, dst, n, accumulate, a, a_rs, a_cs, b, b_rs, b_cs)
-}
-
-/// [`mm`] with a row stride for `dst` (a head's columns inside a wider row).
-#[allow(clippy::too_many_arguments)]
-fn mm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    assert!(
-        dst.len() > (m - 1) * dst_rs + n - 1
-            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
-            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
-    );
-    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`rows_reduce`]: the same with one accumulator per thread (weight and bias gradients),
 //!   summed in a fixed order.
 //! - [`add_assign`]: `acc += x`, multiversioned.
+//! - [`gemm_f32`]: `dst (+)= a·b` on strided operands ([`Mat`]), the matrix product of every kernel.
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -103,5 +104,66 @@ frangi::multiversion! {
         for (a, v) in acc.iter_mut().zip(x) {
             *a += v;
         }
+    }
+}
+
+/// A strided f32 matrix operand: its data, row stride and column stride (a transpose is the same
+/// data with the strides swapped).
+#[derive(Clone, Copy)]
+pub struct Mat<'a>(pub &'a [f32], pub usize, pub usize);
+
+/// Row-major `dst (m×n, row stride dst_rs) = [dst +] a (m×k) · b (k×n)` through gemm's kernels, on
+/// `threads` rayon threads (1: the calling thread).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: usize,
+) {
+    let (Mat(a, a_rs, a_cs), Mat(b, b_rs, b_cs)) = (a, b);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            (0..m).for_each(|i| dst[i * dst_rs..i * dst_rs + n].fill(0.0));
+        }
+        return;
+    }
+    assert!(
+        dst.len() > (m - 1) * dst_rs + n - 1
+            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
+            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
+    );
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
     }
 }

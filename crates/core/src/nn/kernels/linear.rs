@@ -17,7 +17,12 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{gelu_bwd_rows, gelu_erf, gelu_slice};
-use super::host::{add_assign, f32_slice, for_rows, use_cpu_kernel, with_f32};
+use super::host::{add_assign, f32_slice, for_rows, gemm_f32, use_cpu_kernel, with_f32, Mat};
+
+/// The matrix products of a Linear use all of candle's threads, as candle's own matmul does.
+fn threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
 
 /// What a [`linear`] applies after x·Wᵀ + b.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,62 +52,6 @@ struct LinearOp {
     pre: Mutex<Option<Vec<f32>>>,
 }
 
-/// `dst (m×n) = [dst +] a·b` on all threads (candle's own matmul parallelism), `a` and `b`
-/// given by (row stride, column stride), dst row-major contiguous.
-#[allow(clippy::too_many_arguments)]
-fn gemm_par(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    accumulate: bool,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].fill(0.0);
-        }
-        return;
-    }
-    assert!(
-        dst.len() >= m * n && a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
-    );
-    let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
 impl CustomOp3 for LinearOp {
     fn name(&self) -> &'static str {
         "vasomim-linear"
@@ -126,8 +75,8 @@ impl CustomOp3 for LinearOp {
             candle_core::bail!("linear: x {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
         }
         let mut z = vec![0f32; rows * out];
-        gemm_par(rows, out, k, &mut z, false, x, k, 1, w, 1, k); // z = x·Wᵀ
-                                                                 // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
+        gemm_f32(rows, out, k, &mut z, out, false, Mat(x, k, 1), Mat(w, 1, k), threads()); // z = x·Wᵀ
+                                                                                           // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
         for_rows(&mut z, out, |_, r| add_assign(r, b));
         let y = match self.epilogue {
             Epilogue::None => z,
@@ -166,9 +115,9 @@ impl CustomOp3 for LinearOp {
                 }
             };
             let mut dx = vec![0f32; rows * k];
-            gemm_par(rows, k, out, &mut dx, false, dz, out, 1, w, k, 1); // dx = dz·W
+            gemm_f32(rows, k, out, &mut dx, k, false, Mat(dz, out, 1), Mat(w, k, 1), threads()); // dx = dz·W
             let mut dw = vec![0f32; out * k];
-            gemm_par(out, k, rows, &mut dw, false, dz, 1, out, x, k, 1); // dW = dzᵀ·x
+            gemm_f32(out, k, rows, &mut dw, k, false, Mat(dz, 1, out), Mat(x, k, 1), threads()); // dW = dzᵀ·x
             Ok((dx, dw, db))
         })?;
         let dev = x.device();
