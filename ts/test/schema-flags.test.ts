@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { parseCommand, UsageError, type CommandSpec } from '../src/cli/args.js';
 import { flagInput, schemaFlags } from '../src/cli/schema-flags.js';
 import { FinetuneSchema } from '../src/config/finetune.js';
+import { DeviceSchema } from '../src/config/model.js';
 import { VesselsJobSchema } from '../src/config/vessels.js';
 
 const Schema = z
@@ -52,6 +53,13 @@ describe('schemaFlags', () => {
       ['globs', 'strings', '<a,...>', '*_gt.*'],
     ]);
     expect(spec.flags!.find((f) => f.name === 'img-size')!.path).toEqual(['inner', 'imgSize']);
+  });
+
+  it('takes a placeholder from .meta() where the type says too little (the device)', () => {
+    const device = schemaFlags(z.object({ device: DeviceSchema }))[0]!;
+    expect([device.arg, device.default]).toEqual(['<cpu|cuda|cuda:N>', 'cpu']);
+    const s = z.object({ out: z.string().meta({ description: 'folder', placeholder: '<dir>' }) });
+    expect(schemaFlags(s)[0]!.arg).toBe('<dir>');
   });
 
   it('maps flags back onto the schema shape, booleans alone or with a value', () => {

@@ -68,6 +68,8 @@ export interface FieldInfo {
   default?: unknown;
   /** `.meta({ defaultText })`: a default in words (e.g. one computed from other fields). */
   defaultText?: string;
+  /** `.meta({ placeholder })`: the flag's argument in help when its type says too little (`<cpu|cuda|cuda:N>`). */
+  placeholder?: string;
   choices?: string[];
   length?: number;
 }
@@ -78,10 +80,12 @@ export function fieldInfo(schema: z.ZodType): FieldInfo {
   let description: string | undefined;
   let dflt: unknown;
   let defaultText: string | undefined;
+  let shownArg: string | undefined;
   for (;;) {
     description ??= s.description;
-    const text = s.meta()?.defaultText;
+    const { defaultText: text, placeholder: arg } = s.meta() ?? {};
     if (typeof text === 'string') defaultText ??= text;
+    if (typeof arg === 'string') shownArg ??= arg;
     const d = defOf(s);
     if ((d.type === 'default' || d.type === 'prefault') && dflt === undefined) dflt = d.defaultValue;
     if (d.innerType && ['default', 'prefault', 'optional', 'nullable', 'readonly'].includes(d.type)) s = d.innerType;
@@ -89,7 +93,7 @@ export function fieldInfo(schema: z.ZodType): FieldInfo {
     else break;
   }
   const d = defOf(s);
-  const info: FieldInfo = { base: s, kind: 'other', description, default: dflt, defaultText };
+  const info: FieldInfo = { base: s, kind: 'other', description, default: dflt, defaultText, placeholder: shownArg };
   const literals = (o: z.ZodType[]) =>
     o
       .map((x) => defOf(x))
@@ -165,7 +169,7 @@ export function schemaFlags(schema: z.ZodType, options: SchemaFlagOptions = {}):
       name: options.names?.[dotted] ?? kebab(key),
       ...(options.short?.[dotted] ? { short: options.short[dotted] } : {}),
       type: 'string',
-      arg: placeholder(info.kind, info.choices, info.length),
+      arg: info.placeholder ?? placeholder(info.kind, info.choices, info.length),
       help: options.help?.[dotted] ?? info.description ?? key,
       ...(shown !== undefined ? { default: shown } : {}),
       path: [...(options.at ?? []), ...rel],

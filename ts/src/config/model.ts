@@ -83,7 +83,10 @@ export const DeviceSchema = z
       ctx.addIssue({ code: 'custom', message: (e as Error).message });
     }
   })
-  .describe('where the model runs: cpu | cuda | cuda:N (cuda needs a CUDA build: docs/CUDA.md)');
+  .meta({
+    description: 'where the model runs: cpu | cuda | cuda:N (cuda needs a CUDA build: docs/CUDA.md)',
+    placeholder: '<cpu|cuda|cuda:N>',
+  });
 
 /** AdamW and step settings of pre-training: the one place their defaults live. */
 export const StepOptionsSchema = z
