@@ -339,6 +339,20 @@ pub fn check_device(device: String) -> Result<()> {
     crate::device(Some(device)).map(|_| ())
 }
 
+/// What this build can run on (`vasomim doctor`): its device features, the CUDA driver and
+/// devices found, and why CUDA is unavailable when it is.
+#[napi(
+    ts_return_type = "{ features: string[]; cudaDriver: number | null; cudaDevices: string[]; cudaUnavailable: string | null }"
+)]
+pub fn device_report() -> Result<serde_json::Value> {
+    config_to_js(&vasomim_core::device::report())
+}
+
+/// The precision named by the caller for a model on `device`, or a rejection naming the choices.
+pub(crate) fn compute_precision(name: &str, device: &Device) -> Result<vasomim_core::device::Precision> {
+    vasomim_core::device::Precision::resolve(name, device).map_err(rejected)
+}
+
 /// Suffix of temporary files an interrupted write may leave (safe to delete).
 #[napi]
 pub fn temp_marker() -> String {

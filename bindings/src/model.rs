@@ -168,6 +168,17 @@ impl Model {
         }))
     }
 
+    /// Compute in `precision` from now on: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `tf32`
+    /// (CUDA) or `bf16` (autocast; weights and optimizer state stay f32). Returns the precision
+    /// in effect.
+    #[napi]
+    pub fn set_precision(&self, precision: String) -> Result<String> {
+        let mut t = self.state.lock()?;
+        let p = crate::compute_precision(&precision, t.device())?;
+        t.set_precision(p);
+        Ok(p.name().to_string())
+    }
+
     /// What `Model.load` did (missing / unexpected / adapted keys); null for a created model.
     #[napi(getter)]
     pub fn load_info(&self) -> Option<LoadInfo> {

@@ -120,6 +120,17 @@ impl SegmentationModel {
 
 #[napi]
 impl SegmentationModel {
+    /// Compute in `precision` from now on: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `tf32`
+    /// (CUDA) or `bf16` (autocast; weights and optimizer state stay f32). Returns the precision
+    /// in effect.
+    #[napi]
+    pub fn set_precision(&self, precision: String) -> Result<String> {
+        let mut t = self.state.lock()?;
+        let p = crate::compute_precision(&precision, t.device())?;
+        t.set_precision(p);
+        Ok(p.name().to_string())
+    }
+
     /// A freshly initialised model (training from scratch) on `options.device` (default cpu),
     /// deterministic in `seed` (which also seeds the drop-path draws). `config`: `{ encoder,
     /// numClasses, headScale, dropPath }` (camelCase; the encoder as `Model.config`).

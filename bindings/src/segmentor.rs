@@ -88,6 +88,17 @@ impl Segmentor {
 
 #[napi]
 impl Segmentor {
+    /// Compute in `precision` from now on: `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `tf32`
+    /// (CUDA) or `bf16` (autocast; weights and optimizer state stay f32). Returns the precision
+    /// in effect.
+    #[napi]
+    pub fn set_precision(&self, precision: String) -> Result<String> {
+        let mut t = self.state.lock()?;
+        let p = crate::compute_precision(&precision, t.device())?;
+        t.set_precision(p);
+        Ok(p.name().to_string())
+    }
+
     /// A freshly initialised segmentor (PyTorch's default init, deterministic in `seed`) on
     /// `device` (default cpu). `config`: `{ inChans: 1 | 3 }` (default 3).
     #[napi(factory, catch_unwind)]

@@ -461,6 +461,48 @@ describe('device', () => {
     }
   });
 
+  it('precision: tf32 on the CPU is a config error before any run folder; bf16 autocast trains near f32', () => {
+    const dir = tempDir();
+    try {
+      const r = cli(['pretrain', '--precision', 'tf32', '--runs', join(dir.path, 'runs')]);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/precision: tf32 needs a CUDA device \(device is cpu\)/);
+      expect(existsSync(join(dir.path, 'runs'))).toBe(false);
+      expect(cli(['pretrain', '--precision', 'fp16', '--runs', join(dir.path, 'runs')]).stderr).toMatch(
+        /--precision: unknown precision "fp16" \(expected auto, f32, tf32, bf16\)/,
+      );
+      // One epoch of the micro run in f32 and in bf16 (autocast: bf16 matrix products, f32 statistics
+      // and losses, f32 weights): same data, masks and init, so the losses differ by bf16 rounding only.
+      const set: Record<string, string> = { '--runs': join(dir.path, 'runs'), '--epochs': '1', '--warmup-epochs': '0' };
+      const base = BASE.map((v, i) => set[BASE[i - 1] ?? ''] ?? v);
+      const f32 = cli([...base, '--name', 'f32']);
+      const bf16 = cli([...base, '--name', 'bf16', '--precision', 'bf16']);
+      expect(f32.code, f32.stderr).toBe(0);
+      expect(bf16.code, bf16.stderr).toBe(0);
+      const losses = (name: string) =>
+        metrics(join(dir.path, 'runs', name))
+          .filter((m) => m.loss !== undefined)
+          .map((m) => m.loss!);
+      const [a, b] = [losses('f32'), losses('bf16')];
+      expect(a.length).toBeGreaterThan(0);
+      expect(b.length).toBe(a.length);
+      for (let i = 0; i < a.length; i++) expect(Math.abs(b[i]! - a[i]!) / a[i]!).toBeLessThan(2e-2);
+      expect(b).not.toEqual(a);
+    } finally {
+      dir.cleanup();
+    }
+  }, 120_000);
+
+  it('vasomim doctor names the build features and why CUDA is unavailable', () => {
+    const r = cli(['doctor', '--json']);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout) as { features: string[]; cudaDevices: string[]; cudaUnavailable: string | null };
+    expect(j.features).toEqual([]);
+    expect(j.cudaDevices).toEqual([]);
+    expect(j.cudaUnavailable).toMatch(/no CUDA support; build it with `--features cuda` \(see docs\/CUDA\.md\)/);
+    expect(cli(['doctor']).stdout).toMatch(/--device cuda: unavailable: this build of vasomim has no CUDA support/);
+  });
+
   it('the native handles take the device and refuse one this build lacks', async () => {
     const { native } = await import('../src/native.js');
     expect(() => native.checkDevice('cpu')).not.toThrow();

@@ -1,12 +1,13 @@
 //! The compute device, chosen once per model: [`resolve`] turns the user's `cpu` | `cuda` |
 //! `cuda:N` into a candle [`Device`], and [`host`] names the CPU where checkpoints are staged.
+//! [`Precision`] is how that device computes: f32, TF32 matrix products, or bf16 autocast.
 //!
 //! This is the only place outside tests that constructs a `Device`: every trainer, loader
 //! tensor and checkpoint takes the device it was given, so a CUDA build never falls back to the
 //! CPU silently. Asking for CUDA from a build without the `cuda` cargo feature is an error that
 //! says how to get one.
 
-use candle_core::{Device, Result};
+use candle_core::{DType, Device, Result};
 
 /// Where to read how a CUDA build is made (repository-relative).
 pub const CUDA_DOC: &str = "docs/CUDA.md";
@@ -28,9 +29,15 @@ pub fn host() -> Device {
     Device::Cpu
 }
 
+/// `cuda:N` on a stream of its own (not the per-thread default stream: calls from different Node
+/// worker threads and NCCL must all land on the one stream of the model), without cross-stream
+/// event tracking (one stream needs none, and it costs an event per allocation).
 #[cfg(feature = "cuda")]
 fn cuda(n: usize) -> Result<Device> {
-    Device::new_cuda(n).map_err(|e| candle_core::Error::msg(format!("device cuda:{n}: {e}")))
+    let dev = Device::new_cuda_with_stream(n).map_err(|e| candle_core::Error::msg(format!("device cuda:{n}: {e}")))?;
+    // SAFETY: called before any tensor exists on this device; everything runs on its one stream.
+    unsafe { dev.as_cuda_device()?.cuda_stream().context().disable_event_tracking() };
+    Ok(dev)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -39,6 +46,115 @@ fn cuda(n: usize) -> Result<Device> {
         "device cuda:{n}: this build of vasomim has no CUDA support; build it with \
          `--features cuda` (see {CUDA_DOC}) or use device cpu"
     )
+}
+
+/// What this build can run on, for `vasomim doctor`.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceReport {
+    /// Cargo features of this build that matter for devices (`cuda`, `nccl`).
+    pub features: Vec<&'static str>,
+    /// The CUDA driver's version (e.g. 13000 = CUDA 13.0), when one answered.
+    pub cuda_driver: Option<i32>,
+    /// One line per CUDA device: `cuda:N <name>, compute X.Y, <memory> GiB`.
+    pub cuda_devices: Vec<String>,
+    /// Why CUDA cannot be used, when it cannot.
+    pub cuda_unavailable: Option<String>,
+}
+
+/// The build's features and the CUDA driver and devices it finds (nothing is allocated).
+pub fn report() -> DeviceReport {
+    let mut features = Vec::new();
+    if cfg!(feature = "cuda") {
+        features.push("cuda");
+    }
+    if cfg!(feature = "nccl") {
+        features.push("nccl");
+    }
+    let (cuda_driver, cuda_devices, cuda_unavailable) = cuda_report();
+    DeviceReport { features, cuda_driver, cuda_devices, cuda_unavailable }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_report() -> (Option<i32>, Vec<String>, Option<String>) {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys, CudaContext};
+    if let Err(e) = result::init() {
+        return (None, vec![], Some(format!("the CUDA driver did not initialise: {e:?} (no NVIDIA driver or GPU?)")));
+    }
+    let mut v = 0;
+    // SAFETY: writes one int.
+    let driver = (unsafe { sys::cuDriverGetVersion(&mut v) } == sys::CUresult::CUDA_SUCCESS).then_some(v);
+    let n = match result::device::get_count() {
+        Ok(n) => n,
+        Err(e) => return (driver, vec![], Some(format!("cannot count CUDA devices: {e:?}"))),
+    };
+    if n == 0 {
+        return (driver, vec![], Some("the CUDA driver sees no device".into()));
+    }
+    let devices = (0..n as usize)
+        .map(|i| match CudaContext::new(i) {
+            Ok(c) => {
+                let name = c.name().unwrap_or_else(|_| "?".into());
+                let (ma, mi) = c.compute_capability().unwrap_or((0, 0));
+                let gib = c.total_mem().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(f64::NAN);
+                format!("cuda:{i} {name}, compute {ma}.{mi}, {gib:.0} GiB")
+            }
+            Err(e) => format!("cuda:{i} unusable: {e:?}"),
+        })
+        .collect();
+    (driver, devices, None)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_report() -> (Option<i32>, Vec<String>, Option<String>) {
+    let why = format!("this build of vasomim has no CUDA support; build it with `--features cuda` (see {CUDA_DOC})");
+    (None, vec![], Some(why))
+}
+
+/// How a model computes (docs/CUDA.md §Precision). Parameters, gradients and optimizer state are
+/// f32 in every mode; only the arithmetic of the forward and backward changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    /// Everything in f32: bit-identical runs and resume on the CPU.
+    #[default]
+    F32,
+    /// f32 tensors, matrix products on TF32 tensor cores (CUDA only).
+    Tf32,
+    /// Autocast as `torch.autocast(dtype=torch.bfloat16)`: matrix products and convolutions in
+    /// bf16 with f32 accumulation; normalisation statistics, softmax and losses in f32.
+    Bf16,
+}
+
+impl Precision {
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32`, `tf32` (CUDA only) or `bf16` for `device`.
+    pub fn resolve(name: &str, device: &Device) -> Result<Precision> {
+        match (name, device.is_cuda()) {
+            ("auto", true) | ("bf16", _) => Ok(Precision::Bf16),
+            ("auto", false) | ("f32", _) => Ok(Precision::F32),
+            ("tf32", true) => Ok(Precision::Tf32),
+            ("tf32", false) => candle_core::bail!("precision tf32 needs a CUDA device (TF32 is a tensor-core format)"),
+            _ => candle_core::bail!("precision {name:?}: expected auto, f32, tf32 or bf16"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The dtype matrix products run in under [`crate::nn::kernels::host::Autocast`].
+    pub fn autocast(&self) -> Option<DType> {
+        (*self == Precision::Bf16).then_some(DType::BF16)
+    }
+
+    /// Makes this precision current for the process where it is a global setting (TF32 in
+    /// candle's cuBLAS calls).
+    pub fn activate(&self) {
+        candle_core::cuda::set_gemm_reduced_precision_f32(*self == Precision::Tf32);
+    }
 }
 
 #[cfg(test)]
@@ -56,6 +172,17 @@ mod tests {
             let e = resolve(bad).unwrap_err().to_string();
             assert!(e.contains("expected cpu, cuda or cuda:N"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn precision_names() {
+        let cpu = Device::Cpu;
+        assert_eq!(Precision::resolve("auto", &cpu).unwrap(), Precision::F32);
+        assert_eq!(Precision::resolve("bf16", &cpu).unwrap(), Precision::Bf16);
+        assert_eq!(Precision::resolve("f32", &cpu).unwrap().autocast(), None);
+        assert_eq!(Precision::Bf16.autocast(), Some(DType::BF16));
+        assert!(Precision::resolve("tf32", &cpu).unwrap_err().to_string().contains("needs a CUDA device"));
+        assert!(Precision::resolve("fp16", &cpu).unwrap_err().to_string().contains("expected auto, f32, tf32 or bf16"));
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -29,6 +29,7 @@ pub mod frames;
 pub mod io;
 pub mod nn;
 pub mod optim;
+pub mod parity;
 pub mod trainer;
 pub mod vessels;
 

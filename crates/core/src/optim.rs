@@ -221,6 +221,20 @@ struct Consts {
 fn fused_step(s: &Slot, g: &Tensor, p: &AdamWParams, bc1: f64, bc2_sqrt: f64) -> Result<Option<(Tensor, Tensor)>> {
     let w = s.var.as_tensor();
     let all = [w, g, &s.exp_avg, &s.exp_avg_sq];
+    #[cfg(feature = "cuda")]
+    if crate::nn::kernels::cuda::applies(&all) && all.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous()) {
+        let c = crate::nn::kernels::cuda::AdamWConsts {
+            decay: (s.decay && p.weight_decay != 0.0).then_some((1.0 - p.lr * s.lr_scale * p.weight_decay) as f32),
+            b1: p.beta1 as f32,
+            one_m_b1: (1.0 - p.beta1) as f32,
+            b2: p.beta2 as f32,
+            one_m_b2: (1.0 - p.beta2) as f32,
+            inv_bc2_sqrt: (1.0 / bc2_sqrt) as f32,
+            eps: p.eps as f32,
+            step_size: (p.lr * s.lr_scale / bc1) as f32,
+        };
+        return crate::nn::kernels::cuda::adamw(w, g, &s.exp_avg, &s.exp_avg_sq, c).map(Some);
+    }
     if !all.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == w.dims())
     {
         return Ok(None);

@@ -28,6 +28,7 @@ const COMMANDS: Record<string, string> = {
   frames: 'DICOM cine runs (or any images) to PNG frames with a manifest',
   data: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
   bench: 'benchmarks: `bench loader` images/s of the data loader',
+  doctor: 'what this installation can run on: build features, CUDA driver and devices',
 };
 
 function usage(): string {

@@ -3,7 +3,7 @@
 // a quarter-width U-Net head, 224², batch 4, lr 2e-3, 40 epochs); `headScale: 1` is the paper's head.
 import { z } from 'zod';
 
-import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { DeviceSchema, PrecisionSchema, ModelConfigSchema } from './model.js';
 import { channels, choice, int, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
@@ -77,6 +77,7 @@ export const FinetuneSchema = z
     threshold: unit('threshold').default(0.5).describe('foreground threshold on the sigmoid output (binary tasks)'),
     seed: int('seed', 0).default(0).describe('initialisation of the head (and a scratch encoder), batches, drop-path'),
     device: DeviceSchema,
+    precision: PrecisionSchema,
     runs: z.string().min(1).default('runs/finetune').describe('parent folder of run folders'),
     name: z.string().min(1).optional().describe('run folder name (default: UTC timestamp)'),
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),

@@ -4,7 +4,7 @@ import { z } from 'zod';
 
 import { native } from '../native.js';
 import { channels, count } from './fields.js';
-import { parseOptions } from './vessels.js';
+import { ConfigError, parseOptions } from './vessels.js';
 
 export const PRESET_NAMES = ['micro', 'tiny', 'small', 'base', 'large', 'huge'] as const;
 export type PresetName = (typeof PRESET_NAMES)[number];
@@ -87,6 +87,23 @@ export const DeviceSchema = z
     description: 'where the model runs: cpu | cuda | cuda:N (cuda needs a CUDA build: docs/CUDA.md)',
     placeholder: '<cpu|cuda|cuda:N>',
   });
+
+/**
+ * How a model computes (docs/CUDA.md §Precision): `auto` (bf16 on CUDA, f32 on the CPU), `f32`,
+ * `tf32` (CUDA) or `bf16` (autocast as torch.autocast: matrix products in bf16, statistics, softmax
+ * and losses in f32). Weights and optimizer state stay f32 in every mode; bit-identical resume is
+ * an f32-on-CPU promise.
+ */
+export const PrecisionSchema = z
+  .enum(['auto', 'f32', 'tf32', 'bf16'])
+  .default('auto')
+  .meta({ description: 'compute precision: auto (bf16 on cuda, f32 on cpu) | f32 | tf32 | bf16' });
+
+/** A device and precision that do not go together (tf32 is a CUDA tensor-core format), as a config error. */
+export function checkPrecision(device: string, precision: z.output<typeof PrecisionSchema>): void {
+  if (precision === 'tf32' && !device.startsWith('cuda'))
+    throw new ConfigError(`precision: tf32 needs a CUDA device (device is ${device}); use f32 or bf16`);
+}
 
 /** AdamW and step settings of pre-training: the one place their defaults live. */
 export const StepOptionsSchema = z

@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
-import { DeviceSchema, ModelConfigSchema } from './model.js';
+import { DeviceSchema, PrecisionSchema, ModelConfigSchema } from './model.js';
 import { int, nonneg, pos, runFields, unit } from './fields.js';
 import { parseOptions } from './vessels.js';
 
@@ -64,6 +64,7 @@ export const PretrainSchema = z
       .describe('images per sample grid (<= 16)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation, batches and masks'),
     device: DeviceSchema,
+    precision: PrecisionSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     /** Any augmentation field (config/data.ts); size and channels come from the model. */
     augment: z.record(z.string(), z.unknown()).default({}),

@@ -2,7 +2,7 @@
 // schema each, shared by the CLI flags, config files and the Node API).
 import { z } from 'zod';
 
-import { DeviceSchema } from './model.js';
+import { DeviceSchema, PrecisionSchema } from './model.js';
 import { FilterSchema } from './vessels.js';
 
 export const SPLITS = ['train', 'val', 'test'] as const;
@@ -116,6 +116,7 @@ export const EvaluateSchema = z
       .default(0)
       .describe('images in flight, 0 = all cores'),
     device: DeviceSchema,
+    precision: PrecisionSchema,
   })
   .strict();
 
@@ -138,6 +139,7 @@ export const PredictSchema = z
       .default(0.5)
       .describe('overlay opacity in [0, 1]'),
     device: DeviceSchema,
+    precision: PrecisionSchema,
   })
   .strict();
 

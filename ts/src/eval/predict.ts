@@ -18,6 +18,8 @@ export interface PredictOptions {
   alpha?: number;
   /** Where the model runs: cpu (default) | cuda | cuda:N. */
   device?: string;
+  /** Compute precision: auto (default: bf16 on CUDA, f32 on the CPU) | f32 | tf32 | bf16. */
+  precision?: 'auto' | 'f32' | 'tf32' | 'bf16';
 }
 
 export interface PredictedFile {
@@ -62,7 +64,7 @@ export async function predictFiles(
   onProgress?: (done: number, total: number) => void,
 ): Promise<PredictResult> {
   if (images.length === 0) throw new Error('no images to predict');
-  const { predictor, meta } = await segmentationPredictorFromFile(model, options.device);
+  const { predictor, meta } = await segmentationPredictorFromFile(model, options.device, options.precision);
   const threshold = options.threshold ?? meta.threshold;
   mkdirSync(options.out, { recursive: true });
   const files: PredictedFile[] = [];

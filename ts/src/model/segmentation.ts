@@ -126,7 +126,9 @@ export function segmentationPredictor(
 export async function segmentationPredictorFromFile(
   path: string,
   device = 'cpu',
+  precision = 'auto',
 ): Promise<{ predictor: Predictor; model: SegmentationModel; meta: SegmentationModelMeta }> {
   const { model, meta } = await loadSegmentationModel(path, device);
+  model.setPrecision(precision);
   return { predictor: segmentationPredictor(model, meta, basename(path), { checkpoint: path }), model, meta };
 }

@@ -12,6 +12,7 @@ import { join, resolve } from 'node:path';
 
 import { parseCheckpointExtra, type FinetuneLoopState } from '../config/checkpoint.js';
 import { resolveFinetuneConfig, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
+import { checkPrecision } from '../config/model.js';
 import { DatasetError, type DataSample } from '../data/dataset.js';
 import { openLoader } from '../data/loader.js';
 import { labelsOf } from '../eval/evaluate.js';
@@ -170,6 +171,7 @@ export async function finetune(
   const split = ds.splits.val.length > 0 ? { train: all, val: ds.splits.val } : holdOut(all, c.valCount);
   await checkSegmentationSamples([...split.train, ...split.val]);
 
+  checkPrecision(c.device, c.precision);
   const run = resumed ?? plan.create();
   log(`run folder ${run.path}`);
   const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
@@ -197,6 +199,7 @@ export async function finetune(
           },
           c.seed,
         );
+  model.setPrecision(c.precision);
   const enc = model.config.encoder;
   const info = model.initInfo ?? { configSource: 'checkpoint', missing: [], unexpected: [], adapted: [] };
   if (c.init !== 'scratch' && !resumed) {

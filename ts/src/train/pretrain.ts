@@ -17,7 +17,7 @@ import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as Loop
 import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
-import { StepOptionsSchema } from '../config/model.js';
+import { StepOptionsSchema, checkPrecision } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
 import { batchMasks, guidedAlpha, maskCounts, runMaskOptions } from './masking.js';
@@ -91,10 +91,12 @@ export async function pretrain(
   let run: RunDir;
   let model: Model;
   let state: LoopState | undefined;
+  checkPrecision(cfg.device, cfg.precision);
   if (plan.resumed) {
     run = plan.resumed;
     const ckpt = run.lastCheckpoint();
     model = await loadModel(ckpt, { device: cfg.device });
+    model.setPrecision(cfg.precision);
     state = parseLoopState(PretrainLoopStateSchema, model.loadInfo?.loopState, ckpt, 'vasomim pretrain');
     run.truncateMetrics(state.step);
     log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})`);
@@ -102,6 +104,7 @@ export async function pretrain(
     run = plan.create();
     plan.write(run, { versions: versions(), device: cfg.device });
     model = native.Model.create(cfg.model, cfg.seed, [], cfg.device);
+    model.setPrecision(cfg.precision);
     log(`run folder ${resolve(run.path)}`);
   }
 

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
-import { DeviceSchema } from '../config/model.js';
+import { DeviceSchema, PrecisionSchema, checkPrecision } from '../config/model.js';
 import { channels, int, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
@@ -38,6 +38,7 @@ export const SegmentorRunSchema = z
     inChans: channels('inChans').default(3).describe('input channels (3 = grey replicated, as pre-training)'),
     seed: int('seed', 0).default(0).describe('seed of initialisation and batches'),
     device: DeviceSchema,
+    precision: PrecisionSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
   })
@@ -96,13 +97,16 @@ export async function trainSegmentor(
   const cfg: SegmentorRunConfig = plan.config;
   let run: RunDir;
   let seg: Segmentor;
+  checkPrecision(cfg.device, cfg.precision);
   if (plan.resumed) {
     run = plan.resumed;
     seg = await loadSegmentor(run.lastCheckpoint(), { device: cfg.device });
+    seg.setPrecision(cfg.precision);
   } else {
     run = plan.create();
     plan.write(run, { versions: { vasomim: packageVersion(), node: process.version } });
     seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed, cfg.device);
+    seg.setPrecision(cfg.precision);
     log(`run folder ${resolve(run.path)}`);
   }
   const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Result, Tensor};
 
 use super::kernels::conv::conv2d;
-use super::kernels::host::check_cpu_f32;
+use super::kernels::host::{matmul, matmul_dtype};
 use super::kernels::linear::{linear, Epilogue};
 use super::kernels::norm::{batch_norm_eval, batch_norm_train, layer_norm};
 use super::{Init, ParamBuilder};
@@ -49,8 +49,10 @@ impl Linear {
 
     /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
     pub fn forward_with(&self, x: &Tensor, epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
+        let dt = matmul_dtype(x.dtype());
+        let (x, w) = (x.to_dtype(dt)?, self.weight.to_dtype(dt)?);
         if x.rank() == 2 {
-            return epilogue(&x.matmul(&self.weight.t()?)?, &self.bias);
+            return epilogue(&matmul(&x, &w.t()?)?, &self.bias);
         }
         // Fold the leading dims into one so candle runs a single 2-D gemm with a transposed
         // (stride-only) weight instead of a batched matmul over a broadcast copy.
@@ -58,7 +60,7 @@ impl Linear {
         let in_dim = *dims.last().unwrap_or(&1);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = epilogue(&x2.matmul(&self.weight.t()?)?, &self.bias)?;
+        let y = epilogue(&matmul(&x2, &w.t()?)?, &self.bias)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out)
@@ -175,7 +177,6 @@ impl BatchNorm2d {
     /// stats (momentum, unbiased variance, `num_batches_tracked` + 1). Eval mode: normalise with
     /// the running stats. Gradients flow to `x`, weight and bias in both modes.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        check_cpu_f32(&[x, &self.weight, &self.bias], "batch_norm")?;
         let (b, c, h, w) = x.dims4()?;
         if c != self.channels() {
             candle_core::bail!("batch_norm: input has {c} channels, the layer {}", self.channels());

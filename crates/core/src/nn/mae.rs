@@ -2,7 +2,7 @@
 //! reconstruction loss of METHOD.md §7 (the loss functions live in [`super::loss`]). Steps are named as in MAE's `models_mae.py`: `patchify`,
 //! `unpatchify`, `random_masking`, `forward_encoder`, `forward_decoder`, `forward_loss`.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 use super::layers::{LayerNorm, Linear};
 use super::loss::{masked_patch_mse, norm_pix};
@@ -86,7 +86,7 @@ impl MaskedAutoencoder {
     /// MAE `forward_decoder`: embed the kept tokens, append mask tokens, un-shuffle with
     /// `ids_restore`, add the position embedding, run the blocks, predict pixels; cls dropped.
     pub fn forward_decoder(&self, latent: &Tensor, ids_restore: &Tensor) -> Result<Tensor> {
-        let x = self.decoder_embed.forward(latent)?; // [B, 1+K, Dd]
+        let x = self.decoder_embed.forward(latent)?.to_dtype(self.mask_token.dtype())?; // [B, 1+K, Dd]
         let (b, n, dd) = x.dims3()?;
         let l = ids_restore.dim(1)?;
         let mask_tokens = self.mask_token.broadcast_as((b, l + 1 - n, dd))?;
@@ -98,7 +98,8 @@ impl MaskedAutoencoder {
         for blk in &self.decoder_blocks {
             x = blk.forward_rows(&x, b, l + 1)?;
         }
-        let x = self.decoder_pred.forward(&self.decoder_norm.forward(&x)?)?;
+        // Predictions (and so the loss) in f32 whatever the autocast dtype.
+        let x = self.decoder_pred.forward(&self.decoder_norm.forward(&x)?)?.to_dtype(DType::F32)?;
         x.reshape((b, l + 1, ()))?.narrow(1, 1, l) // [B, L, p*p*C]
     }
 

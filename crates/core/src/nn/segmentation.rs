@@ -21,7 +21,7 @@
 //! complete timm encoder) but not used: the head reads the tokens before it, so it is frozen
 //! ([`FROZEN`]) — trained, it would never receive a gradient.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::kernels::activation::gelu_erf;
@@ -211,9 +211,10 @@ impl SegmentationViT {
             let rate = if depth > 1 { self.cfg.drop_path * i as f64 / (depth - 1) as f64 } else { self.cfg.drop_path };
             match rng.as_deref_mut() {
                 Some(r) if rate > 0.0 => {
-                    let a = blk.attn.forward_rows(&blk.norm1.forward(&x)?, b, n)?;
+                    // Branches back in the residual stream's dtype (f32, also under bf16 autocast).
+                    let a = blk.attn.forward_rows(&blk.norm1.forward(&x)?, b, n)?.to_dtype(x.dtype())?;
                     x = (&x + drop_path(&a, b, n, rate, r)?)?;
-                    let m = blk.mlp.forward(&blk.norm2.forward(&x)?)?;
+                    let m = blk.mlp.forward(&blk.norm2.forward(&x)?)?.to_dtype(x.dtype())?;
                     x = (&x + drop_path(&m, b, n, rate, r)?)?;
                 }
                 _ => x = blk.forward_rows(&x, b, n)?,
@@ -242,7 +243,8 @@ impl SegmentationViT {
             let up = upsample_nearest2x(&d, false)?;
             d = blk.forward(&Tensor::cat(&[&up, skip], 1)?, train)?;
         }
-        self.classifier.forward(&d)
+        // Logits in f32 whatever the autocast dtype (the losses are f32).
+        self.classifier.forward(&d)?.to_dtype(DType::F32)
     }
 
     /// Probabilities (B, K, H, W) in eval mode: sigmoid (K = 1) or softmax over classes.
@@ -265,7 +267,7 @@ fn drop_path(x: &Tensor, b: usize, n: usize, p: f64, rng: &mut InitRng) -> Resul
             std::iter::repeat_n(k, n)
         })
         .collect();
-    x.broadcast_mul(&Tensor::from_vec(keep, (b * n, 1), x.device())?)
+    x.broadcast_mul(&Tensor::from_vec(keep, (b * n, 1), x.device())?.to_dtype(x.dtype())?)
 }
 
 /// Layer id for layer-wise LR decay (BEiT / MAE fine-tuning): 0 for the patch embed, position

@@ -320,7 +320,8 @@ impl UNext {
         let out = (up(&out, &self.decoder3, Some(&self.dbn3))? + &t2)?;
         let out = (up(&out, &self.decoder4, Some(&self.dbn4))? + &t1)?;
         let out = up(&out, &self.decoder5, None)?;
-        self.final_conv.forward(&out)
+        // Logits in f32 whatever the autocast dtype (the losses and P are f32).
+        self.final_conv.forward(&out)?.to_dtype(DType::F32)
     }
 
     /// Vessel probabilities sigmoid(logits) in eval mode.

@@ -83,7 +83,8 @@ impl VisionTransformer {
         if self.pos_embed.dim(1)? != l + 1 {
             candle_core::bail!("{} patches but a position embedding for {}", l, self.pos_embed.dim(1)? - 1);
         }
-        let x = x.broadcast_add(&self.pos_embed.narrow(1, 1, l)?)?;
+        // The residual stream in the parameters' dtype (f32 also under bf16 autocast).
+        let x = x.to_dtype(self.pos_embed.dtype())?.broadcast_add(&self.pos_embed.narrow(1, 1, l)?)?;
         let x = match ids_keep {
             Some(ids) => {
                 let k = ids.dim(1)?;

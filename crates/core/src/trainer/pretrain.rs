@@ -21,7 +21,9 @@ use serde::Deserialize;
 
 use crate::checkpoint::{self, LoadOptions, LoadReport};
 use crate::data::Batch;
+use crate::device::Precision;
 use crate::embed;
+use crate::nn::kernels::host::Autocast;
 use crate::nn::loss::bce_with_logits;
 use crate::nn::mae::{MaskedAutoencoder, Masking};
 use crate::nn::presets::MaeConfig;
@@ -126,6 +128,7 @@ pub struct PretrainTrainer {
     /// Optimizer steps taken in this lineage (saved with checkpoints).
     pub step: u64,
     device: Device,
+    precision: Precision,
     segmentor: Option<BoxedSegmentor>,
     prob_cache: Option<(BatchKey, Tensor)>,
 }
@@ -145,7 +148,15 @@ impl PretrainTrainer {
         tune_allocator();
         let opt = AdamW::new(&model.params, frozen)?;
         let device = model.encoder.pos_embed.device().clone();
-        Ok(PretrainTrainer { model, opt, step: 0, device, segmentor: None, prob_cache: None })
+        Ok(PretrainTrainer {
+            model,
+            opt,
+            step: 0,
+            device,
+            precision: Precision::F32,
+            segmentor: None,
+            prob_cache: None,
+        })
     }
 
     /// A freshly initialised model (MAE init, deterministic in `seed`) on `device`.
@@ -178,6 +189,20 @@ impl PretrainTrainer {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Compute in `p` from now on (the frozen segmentor too); weights and optimizer stay f32.
+    pub fn set_precision(&mut self, p: Precision) {
+        p.activate();
+        self.precision = p;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    fn autocast(&self) -> Autocast {
+        Autocast::enter(self.precision.autocast())
     }
 
     /// Attach the frozen vessel segmentor S (used in eval mode for P and L_cons).
@@ -278,6 +303,7 @@ impl PretrainTrainer {
     /// VasoMIM guidance of a loader batch (see [`guidance`]); P is kept for the step on the
     /// same batch.
     pub fn guidance_of(&mut self, batch: &Batch, eta: f64) -> Result<Guidance> {
+        let _ac = self.autocast();
         let (imgs, maps) = self.loader_tensors(batch)?;
         let seg = self.segmentor.as_deref().map(|s| s as &dyn VesselSegmentor);
         let g = guidance(seg, &imgs, maps.as_ref(), eta, self.model.cfg.patch_size)?;
@@ -290,6 +316,7 @@ impl PretrainTrainer {
     /// clipping, AdamW, step counter. Both the flat-array and the loader-batch paths end here.
     fn step_on(&mut self, imgs: &Tensor, m: &Masking, key: Option<BatchKey>, p: &StepParams) -> Result<PretrainStats> {
         p.validate()?;
+        let _ac = self.autocast();
         if p.cons_weight == 0.0 {
             return self.pretrain_step(imgs, m, None, p);
         }
@@ -332,6 +359,7 @@ impl PretrainTrainer {
     pub fn reconstruct(&self, images: &[f32], masks: MaskArrays) -> Result<(Vec<f32>, f64)> {
         let x = self.images(images)?;
         let m = self.masking(x.dim(0)?, masks)?;
+        let _ac = self.autocast();
         let out = self.model.forward(&x, &m)?;
         let rec = self.model.reconstruct(&x, &out.pred)?;
         Ok((rec.flatten_all()?.to_vec1::<f32>()?, out.loss.to_scalar::<f32>()? as f64))
@@ -344,6 +372,7 @@ impl PretrainTrainer {
 
     /// Features (N, 2, D) of normalised images (N, C, S, S), flat.
     pub fn embed(&self, images: &[f32]) -> Result<Vec<f32>> {
+        let _ac = self.autocast();
         embed::embed_batch(&self.model, &self.images(images)?)
     }
 
@@ -353,6 +382,7 @@ impl PretrainTrainer {
         if paths.is_empty() {
             candle_core::bail!("no images given");
         }
+        let _ac = self.autocast();
         let (data, d) = embed::embed_files(&self.model, paths, 8, &self.device)?;
         if let Some(out) = out {
             crate::io::write_npy(out, &[paths.len(), 2, d], &data)
@@ -457,6 +487,7 @@ impl PretrainTrainer {
         cons: Option<&Consistency>,
         micro_batches: usize,
     ) -> Result<(PretrainStats, Vec<Tensor>)> {
+        let _ac = self.autocast();
         let b = imgs.dim(0)?;
         let chunks = micro_batches.clamp(1, b.max(1));
         let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;

@@ -23,6 +23,8 @@ use crate::checkpoint::{segmentation as ckpt, LoadOptions, LoadReport};
 use crate::data::rng::key;
 use crate::data::transforms::{normalise_into, resize_bicubic, CropBox, View};
 use crate::data::Batch;
+use crate::device::Precision;
+use crate::nn::kernels::host::Autocast;
 use crate::nn::loss::segmentation_loss;
 use crate::nn::segmentation::{layer_decay_scale, SegmentationConfig, SegmentationViT};
 use crate::nn::InitRng;
@@ -79,6 +81,7 @@ pub struct SegmentationTrainer {
     pub layer_decay: f64,
     /// Seed of the drop-path draws (see the module doc).
     pub drop_seed: u64,
+    precision: Precision,
 }
 
 impl SegmentationTrainer {
@@ -94,7 +97,13 @@ impl SegmentationTrainer {
         let depth = model.cfg.encoder.depth;
         opt.set_lr_scales(|n| layer_decay_scale(n, depth, layer_decay));
         opt.set_decays(ft_decays);
-        Ok(SegmentationTrainer { model, opt, step: 0, layer_decay, drop_seed })
+        Ok(SegmentationTrainer { model, opt, step: 0, layer_decay, drop_seed, precision: Precision::F32 })
+    }
+
+    /// Compute in `p` from now on; weights and optimizer stay f32.
+    pub fn set_precision(&mut self, p: Precision) {
+        p.activate();
+        self.precision = p;
     }
 
     pub fn create(cfg: &SegmentationConfig, device: &Device, seed: u64, layer_decay: f64) -> Result<Self> {
@@ -142,7 +151,7 @@ impl SegmentationTrainer {
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))
     }
 
-    fn device(&self) -> &Device {
+    pub fn device(&self) -> &Device {
         self.model.encoder.cls_token.device()
     }
 
@@ -267,6 +276,7 @@ impl SegmentationTrainer {
     /// Train-mode forward (BatchNorm batch statistics, running stats updated; drop-path of the
     /// next step's draws), the loss and the gradients in the optimizer's slot order. No update.
     pub fn loss_and_grads(&self, images: &Tensor, targets: &Tensor) -> Result<(SegmentationLoss, Vec<Tensor>)> {
+        let _ac = Autocast::enter(self.precision.autocast());
         let mut rng = InitRng::new(key(self.drop_seed, &[self.opt.step + 1]));
         let logits = self.model.forward(images, true, Some(&mut rng))?;
         let (loss, dice, ce) = segmentation_loss(&logits, targets)?;
@@ -295,6 +305,7 @@ impl SegmentationTrainer {
 
     /// Eval-mode probabilities (B, K, H, W): sigmoid (K = 1) or softmax.
     pub fn predict(&self, images: &Tensor) -> Result<Tensor> {
+        let _ac = Autocast::enter(self.precision.autocast());
         self.model.predict(&images.detach())?.detach().contiguous()
     }
 

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::segmentor::{self as ckpt, SegmentorLoadReport};
 use crate::data::Batch;
+use crate::device::Precision;
+use crate::nn::kernels::host::Autocast;
 use crate::nn::loss::segmentor_loss;
 use crate::nn::unext::{UNext, UNextConfig};
 use crate::optim::{AdamW, AdamWParams};
@@ -89,6 +91,7 @@ pub struct SegmentorTrainer {
     /// Optimizer steps taken in this lineage (saved with checkpoints).
     pub step: u64,
     device: Device,
+    precision: Precision,
 }
 
 impl SegmentorTrainer {
@@ -96,7 +99,17 @@ impl SegmentorTrainer {
         tune_allocator();
         let opt = AdamW::new(&model.params, &[])?;
         let device = model.params.entries[0].1.device().clone();
-        Ok(SegmentorTrainer { model, opt, step: 0, device })
+        Ok(SegmentorTrainer { model, opt, step: 0, device, precision: Precision::F32 })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Compute in `p` from now on; weights and optimizer stay f32.
+    pub fn set_precision(&mut self, p: Precision) {
+        p.activate();
+        self.precision = p;
     }
 
     pub fn create(cfg: &UNextConfig, device: &Device, seed: u64) -> Result<Self> {
@@ -198,6 +211,7 @@ impl SegmentorTrainer {
     /// Train-mode forward (updates the BatchNorm running stats), loss and gradients in the
     /// optimizer's slot order, without updating the weights.
     pub fn loss_and_grads(&self, images: &Tensor, masks: &Tensor) -> Result<(SegmentorLoss, Vec<Tensor>)> {
+        let _ac = Autocast::enter(self.precision.autocast());
         let logits = self.model.forward(images, true)?;
         let l = segmentor_loss(&logits, masks)?;
         let grads = self.opt.collect(&l.loss.backward()?)?;
@@ -218,6 +232,7 @@ impl SegmentorTrainer {
 
     /// Eval-mode vessel probabilities (B, 1, H, W).
     pub fn predict(&self, images: &Tensor) -> Result<Tensor> {
+        let _ac = Autocast::enter(self.precision.autocast());
         self.model.predict(&images.detach())?.detach().contiguous()
     }
 }

@@ -95,7 +95,7 @@ export const run = command(spec, async ({ values, positionals }) => {
   >((m, l) => mergeConfig(m, (l ?? {}) as Record<string, unknown>), {});
   let predictor: Predictor;
   if (modelPath) {
-    const m = await segmentationPredictorFromFile(modelPath, parsed.device);
+    const m = await segmentationPredictorFromFile(modelPath, parsed.device, parsed.precision);
     predictor = m.predictor;
     // models: the threshold saved with them (0.5), no tuning on the data
     if (parsed.threshold === undefined && m.model.config.numClasses === 1) parsed.threshold = m.meta.threshold;

@@ -19,6 +19,10 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if use_cpu_kernel(&[x]) {
         x.contiguous()?.apply_op1(GeluOp)
     } else {
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&[x]) {
+            return super::cuda::gelu(x);
+        }
         x.gelu_erf()
     }
 }

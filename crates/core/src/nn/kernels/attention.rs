@@ -13,11 +13,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
 use frangi::simd::{self, exp_f32};
 use rayon::prelude::*;
 
-use super::host::{f32_slice, gemm_f32, use_cpu_kernel, with_f32, Mat};
+use super::host::{f32_slice, gemm_f32, matmul, use_cpu_kernel, with_f32, Mat};
 
 /// Multi-head attention core straight from the fused qkv projection: `qkv` (B·N, 3D) rows →
 /// (B·N, D) rows, heads read and written in place through strides: no reshape / transpose /
@@ -39,8 +39,15 @@ pub fn attention_qkv(qkv: &Tensor, batch: usize, heads: usize, scale: f64) -> Re
         let hd = d / heads;
         let t = qkv.reshape((batch, n, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
         let (q, k, v) = (t.get(0)?.contiguous()?, t.get(1)?.contiguous()?, t.get(2)?.contiguous()?);
-        let p = candle_nn::ops::softmax(&(q.matmul(&k.t()?)? * scale)?, D::Minus1)?;
-        let y = p.matmul(&v)?;
+        // Scores and softmax in f32 whatever the compute dtype.
+        let s = matmul(&q, &k.t()?)?;
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&[&s]) {
+            let p = super::cuda::softmax(&s, scale)?;
+            return matmul(&p, &v)?.transpose(1, 2)?.contiguous()?.reshape((rows, d));
+        }
+        let p = candle_nn::ops::softmax(&(s.to_dtype(DType::F32)? * scale)?, D::Minus1)?.to_dtype(v.dtype())?;
+        let y = matmul(&p, &v)?;
         y.transpose(1, 2)?.contiguous()?.reshape((rows, d))
     }
 }

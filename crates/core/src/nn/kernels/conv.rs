@@ -4,18 +4,18 @@
 //! - [`dwconv3x3_nhwc`]: the depthwise 3×3 conv on channels-last tokens.
 //!
 //! Why not candle's own: grouped / depthwise `conv2d` runs one conv per group, and `conv2d`'s
-//! input gradient goes through a direct `conv_transpose2d` loop. The kernels run on f32 CPU
-//! tensors; other devices are an error for now.
+//! input gradient goes through a direct `conv_transpose2d` loop. Off the fused CPU path (CUDA,
+//! bf16) [`conv2d`] is candle's `conv2d` (cuDNN / im2col on CUDA, differentiable) and the
+//! depthwise conv a sum of nine shifted, per-channel scaled views.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{check_cpu_f32, f32_slice, for_rows, with_f32, PAR_MIN};
+use super::host::{bias_add, f32_slice, for_rows, matmul_dtype, use_cpu_kernel, with_f32, PAR_MIN};
 
 /// `F.conv2d(x, weight, bias, stride, padding)` (groups 1, dilation 1) for x (B, C, H, W) and
 /// weight (O, C, k, k): im2col, one gemm per image, then the channel bias.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
-    check_cpu_f32(&[x, weight], "conv2d")?;
     let (b, c, h, w) = x.dims4()?;
     let (o, wc, k, _) = weight.dims4()?;
     if wc != c {
@@ -23,6 +23,18 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, stride: usize,
     }
     let op = Im2Col { k, s: stride, p: padding };
     let (ho, wo) = op.out_hw(h, w)?;
+    if !use_cpu_kernel(&[x, weight]) {
+        let dt = matmul_dtype(x.dtype());
+        // As [`matmul`](super::host::matmul): bf16 on the CPU computed in f32 and rounded back.
+        let cpu_bf16 = x.device().is_cpu() && dt == DType::BF16;
+        let work = if cpu_bf16 { DType::F32 } else { dt };
+        let (xw, ww) = (x.to_dtype(dt)?.to_dtype(work)?, weight.to_dtype(dt)?.to_dtype(work)?);
+        let y = xw.conv2d(&ww, padding, stride, 1, 1)?.to_dtype(dt)?;
+        return match bias {
+            Some(bias) => bias_add(&y, &bias.reshape((1, o, 1, 1))?),
+            None => Ok(y),
+        };
+    }
     let cols = if k == 1 && stride == 1 && padding == 0 {
         x.reshape((b, c, h * w))?
     } else {
@@ -180,12 +192,23 @@ impl CustomOp2 for ChannelBias {
 /// PyTorch weight (C, 1, 3, 3) and bias (C): `nn.Conv2d(C, C, 3, 1, 1, groups=C)` applied to
 /// the tokens of an (H, W) grid without transposing them.
 pub fn dwconv3x3_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    check_cpu_f32(&[x, weight, bias], "dwconv3x3")?;
-    let (_, _, _, c) = x.dims4()?;
+    let (_, h, w, c) = x.dims4()?;
     if weight.dims() != [c, 1, 3, 3] || bias.dims() != [c] {
         candle_core::bail!("dwconv3x3: weight {:?} / bias {:?} do not fit {c} channels", weight.dims(), bias.dims());
     }
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, DwConv)
+    if use_cpu_kernel(&[x, weight, bias]) {
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, DwConv);
+    }
+    // Σ over the taps (dy, dx) of the zero-padded input shifted by (dy, dx), times the tap's
+    // per-channel weight; summed in f32 (and so are the gradients), returned in x's dtype.
+    let taps = weight.to_dtype(DType::F32)?.reshape((c, 9))?.t()?.contiguous()?;
+    let xp = x.to_dtype(DType::F32)?.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut y = bias.to_dtype(DType::F32)?.reshape((1, 1, 1, c))?;
+    for t in 0..9 {
+        let view = xp.narrow(1, t / 3, h)?.narrow(2, t % 3, w)?;
+        y = y.broadcast_add(&view.broadcast_mul(&taps.get(t)?)?)?;
+    }
+    y.to_dtype(x.dtype())
 }
 
 struct DwConv;

@@ -2,12 +2,17 @@
 //!
 //! - [`f32_slice`]: the contiguous f32 data of a storage and layout (inside `cpu_fwd`).
 //! - [`with_f32`]: the contiguous f32 data of CPU tensors (inside `bwd`).
-//! - [`use_cpu_kernel`] / [`check_cpu_f32`]: whether a kernel applies, or an error saying why not.
+//! - [`use_cpu_kernel`]: whether the fused CPU kernel applies, else the op's composite of candle
+//!   primitives (other devices, other dtypes, [`Autocast`] or [`force_composite`] on this thread).
+//! - [`Autocast`] / [`matmul_dtype`]: mixed precision per thread, as `torch.autocast`;
+//!   [`matmul`]: the composites' matrix product (bf16 also on the CPU).
 //! - [`for_rows`]: a closure over the rows of an output, on the rayon pool when the work is large.
 //! - [`rows_reduce`]: the same with one accumulator per thread (weight and bias gradients),
 //!   summed in a fixed order.
 //! - [`add_assign`]: `acc += x`, multiversioned.
 //! - [`gemm_f32`]: `dst (+)= a·b` on strided operands ([`Mat`]), the matrix product of every kernel.
+
+use std::cell::Cell;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -38,20 +43,75 @@ pub fn with_f32<R>(ts: &[&Tensor], what: &str, f: impl FnOnce(&[&[f32]]) -> Resu
     f(&slices)
 }
 
-/// Whether the CPU kernels apply (f32 tensors on the CPU); the ops fall back to candle
-/// primitives otherwise.
-pub fn use_cpu_kernel(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+thread_local! {
+    static FORCE_COMPOSITE: Cell<bool> = const { Cell::new(false) };
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
 }
 
-/// An error naming the op unless every tensor is f32 on the CPU (ops without a fallback).
-pub fn check_cpu_f32(ts: &[&Tensor], what: &str) -> Result<()> {
-    for t in ts {
-        if !t.device().is_cpu() || t.dtype() != DType::F32 {
-            candle_core::bail!("{what}: f32 CPU tensors only (got {:?} on {:?})", t.dtype(), t.device());
-        }
+/// Mixed precision as `torch.autocast` does it, for the ops called from this thread while the
+/// guard lives: matrix products (Linear, conv) run in `dtype` (bf16), normalisations, softmax
+/// and losses in f32, and the residual stream stays in the parameters' dtype (f32). `None` or
+/// f32: everything in f32. Restores the previous setting when dropped.
+pub struct Autocast(Option<DType>);
+
+impl Autocast {
+    pub fn enter(dtype: Option<DType>) -> Autocast {
+        let dtype = dtype.filter(|d| *d != DType::F32);
+        Autocast(AUTOCAST.with(|a| a.replace(dtype)))
     }
-    Ok(())
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        AUTOCAST.with(|a| a.set(self.0));
+    }
+}
+
+/// The dtype matrix products run in on this thread: the [`Autocast`] dtype, else `fallback`
+/// (the operand's own).
+pub fn matmul_dtype(fallback: DType) -> DType {
+    AUTOCAST.with(|a| a.get()).unwrap_or(fallback)
+}
+
+/// Routes every op called from this thread through its composite of candle primitives (the path
+/// CUDA and bf16 take) even for f32 CPU tensors: how the composites are checked against the fused
+/// kernels on a machine without a GPU. Per thread, so parallel tests do not see each other's.
+pub fn force_composite(on: bool) {
+    FORCE_COMPOSITE.with(|f| f.set(on));
+}
+
+/// `a.broadcast_matmul(b)` for the composites. candle has no bf16 matmul on the CPU: there the
+/// product is taken in f32 and rounded back, as cuBLAS computes bf16 GEMMs (bf16 operands, f32
+/// accumulation, bf16 result), so the mixed-precision path runs (and is tested) without a GPU.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == DType::BF16 {
+        a.to_dtype(DType::F32)?.broadcast_matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)
+    } else {
+        a.broadcast_matmul(b)
+    }
+}
+
+/// `y + b` (b broadcast) for the composites, with the sum (and so b's gradient, a reduction over
+/// the broadcast dims) in f32 when y is in a lower precision, as PyTorch accumulates bias
+/// gradients; the result has y's dtype.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::cuda::applies(&[y]) && b.rank() == 1 && y.dims().last() == Some(&b.dim(0)?) {
+        return super::cuda::bias_add(y, b);
+    }
+    if y.dtype() == DType::F32 {
+        y.broadcast_add(&b.to_dtype(DType::F32)?)
+    } else {
+        y.to_dtype(DType::F32)?.broadcast_add(&b.to_dtype(DType::F32)?)?.to_dtype(y.dtype())
+    }
+}
+
+/// Whether the fused CPU kernels apply (f32 tensors on the CPU, composites not forced); the ops
+/// fall back to their composite of candle primitives otherwise.
+pub fn use_cpu_kernel(ts: &[&Tensor]) -> bool {
+    !FORCE_COMPOSITE.with(|f| f.get())
+        && AUTOCAST.with(|a| a.get()).is_none()
+        && ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
 
 /// `f(i, row)` over `dst` cut into rows of `width`, in parallel when the work is large.

@@ -17,7 +17,9 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{gelu_bwd_rows, gelu_erf, gelu_slice};
-use super::host::{add_assign, f32_slice, for_rows, gemm_f32, use_cpu_kernel, with_f32, Mat};
+use super::host::{
+    add_assign, bias_add, f32_slice, for_rows, gemm_f32, matmul, matmul_dtype, use_cpu_kernel, with_f32, Mat,
+};
 
 /// The matrix products of a Linear use all of candle's threads, as candle's own matmul does.
 fn threads() -> usize {
@@ -38,7 +40,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<
     if use_cpu_kernel(&[x, w, b]) && x.rank() == 2 && w.rank() == 2 {
         x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { epilogue, pre: Mutex::new(None) })
     } else {
-        let y = x.broadcast_matmul(&w.t()?)?.broadcast_add(b)?;
+        let dt = matmul_dtype(x.dtype());
+        let y = bias_add(&matmul(&x.to_dtype(dt)?, &w.to_dtype(dt)?.t()?)?, b)?;
         match epilogue {
             Epilogue::None => Ok(y),
             Epilogue::Gelu => gelu_erf(&y),
@@ -159,7 +162,8 @@ pub fn bias_add_residual(y: &Tensor, b: &Tensor, r: &Tensor) -> Result<Tensor> {
     if use_cpu_kernel(&[y, b, r]) && y.dims() == r.dims() {
         y.contiguous()?.apply_op3(b, &r.contiguous()?, BiasAddResidualOp)
     } else {
-        y.broadcast_add(b)? + r
+        // The sum takes the residual's dtype (f32 under bf16 autocast, as PyTorch promotes).
+        bias_add(&y.to_dtype(r.dtype())?, b)? + r
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`activation`]: exact GELU (erf).
 //! - [`conv`]: im2col conv with channel bias, depthwise 3×3 conv.
 //! - [`resample`]: max-pool 2×2, bilinear / nearest ×2 upsampling, the shifted MLP's shift.
+//! - `cuda` (CUDA builds): our CUDA kernels for the hot ops of the GPU path (LayerNorm, softmax,
+//!   GELU, bias add, AdamW); the other ops run their composites there.
 //!
 //! Each op is a candle `CustomOp` with a fused f32 CPU forward *and* backward (candle's own
 //! either lack a backward or are slow on the CPU; each file says which). Where the maths has a
@@ -18,6 +20,8 @@
 pub mod activation;
 pub mod attention;
 pub mod conv;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod host;
 pub mod linear;
 pub mod norm;

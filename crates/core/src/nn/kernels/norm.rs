@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use frangi::simd;
 use rayon::prelude::*;
 
@@ -25,17 +25,24 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
         let x = x.contiguous()?;
         x.apply_op3(w, b, LayerNormOp { eps: eps as f32 })
     } else {
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&[x]) {
+            return super::cuda::layer_norm(x, w, b, eps);
+        }
         layer_norm_composite(x, w, b, eps)
     }
 }
 
-/// The reference (and non-CPU) LayerNorm, from differentiable primitives.
+/// The reference (and non-CPU) LayerNorm, from differentiable primitives. Statistics and the
+/// affine map are computed in f32 whatever the input's dtype; the result has the input's dtype.
 pub fn layer_norm_composite(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
     let mu = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mu)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    xn.broadcast_mul(w)?.broadcast_add(b)
+    xn.broadcast_mul(&w.to_dtype(DType::F32)?)?.broadcast_add(&b.to_dtype(DType::F32)?)?.to_dtype(dt)
 }
 
 struct LayerNormOp {
@@ -190,6 +197,9 @@ pub struct BnStats {
 /// mean and biased variance, which are returned for the running-stat update. Gradients flow to
 /// x, weight and bias.
 pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, BnStats)> {
+    if !use_cpu_kernel(&[x, w, b]) {
+        return batch_norm_composite(x, w, b, eps, None);
+    }
     let stash = Arc::new(Mutex::new(None));
     let y = x.contiguous()?.apply_op3(w, b, BnOp { eps, fixed: None, stash: stash.clone() })?;
     let stats = stash.lock().expect("stats").clone().expect("batch_norm forward records its statistics");
@@ -204,7 +214,41 @@ pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f32], var: &[
         var: var.iter().map(|&v| v as f64).collect(),
         invstd: var.iter().map(|&v| 1.0 / (v as f64 + eps).sqrt()).collect(),
     };
+    if !use_cpu_kernel(&[x, w, b]) {
+        return Ok(batch_norm_composite(x, w, b, eps, Some((mean, var)))?.0);
+    }
     x.contiguous()?.apply_op3(w, b, BnOp { eps, fixed: Some(stats), stash: Arc::new(Mutex::new(None)) })
+}
+
+/// Batch norm of x (B, C, L) from differentiable primitives (CUDA, bf16), in f32 whatever the
+/// input's dtype: with the running (`mean`, `var`) given, else with the batch statistics, which
+/// are returned (copied to the host for the running update).
+fn batch_norm_composite(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    eps: f64,
+    running: Option<(&[f32], &[f32])>,
+) -> Result<(Tensor, BnStats)> {
+    let (dt, c) = (x.dtype(), x.dim(1)?);
+    let x = x.to_dtype(DType::F32)?;
+    let (mean, var) = match running {
+        Some((m, v)) => (Tensor::from_slice(m, (1, c, 1), x.device())?, Tensor::from_slice(v, (1, c, 1), x.device())?),
+        None => {
+            let mean = x.mean_keepdim(2)?.mean_keepdim(0)?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(2)?.mean_keepdim(0)?;
+            (mean, var)
+        }
+    };
+    let scale = (var.affine(1.0, eps)?.sqrt()?.recip()? * w.to_dtype(DType::F32)?.reshape((1, c, 1))?)?;
+    let y =
+        x.broadcast_sub(&mean)?.broadcast_mul(&scale)?.broadcast_add(&b.to_dtype(DType::F32)?.reshape((1, c, 1))?)?;
+    let host = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.detach().flatten_all()?.to_vec1::<f32>()?.into_iter().map(f64::from).collect())
+    };
+    let (mean, var) = (host(&mean)?, host(&var)?);
+    let invstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    Ok((y.to_dtype(dt)?, BnStats { mean, var, invstd }))
 }
 
 /// x (B, C, L), weight (C), bias (C). `fixed`: eval-mode stats; else batch stats, recorded in

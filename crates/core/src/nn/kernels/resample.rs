@@ -6,23 +6,34 @@
 //! - [`shift_chunks_nhwc`]: the shifted MLP's channel-chunk shift (UNeXt) on channels-last x.
 //!
 //! Why not candle's own: `upsample_bilinear2d` has no backward, and `max_pool2d`'s backward
-//! splits the gradient between ties (PyTorch gives it to the first maximum).
+//! splits the gradient between ties (PyTorch gives it to the first maximum). Off the fused CPU
+//! path (CUDA, bf16) each op is a composite of differentiable candle primitives
+//! (`*_composite`); the max-pool composite gives a tied window's gradient to every maximum.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::host::{check_cpu_f32, f32_slice, for_rows, with_f32};
+use super::host::{f32_slice, for_rows, use_cpu_kernel, with_f32};
 
 // --------------------------------------------------------------------- max-pool 2×2 (NCHW)
 
 /// `F.max_pool2d(x, 2, 2)` (odd sizes floor), then ReLU when `relu`. The gradient goes to the
 /// first maximum of each window in row-major order, as PyTorch's CPU kernel.
 pub fn max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor> {
-    check_cpu_f32(&[x], "max_pool2x2")?;
-    let (_, _, h, w) = x.dims4()?;
+    let (b, c, h, w) = x.dims4()?;
     if h < 2 || w < 2 {
         candle_core::bail!("max_pool2x2: input {h}x{w} is smaller than the window");
     }
-    x.contiguous()?.apply_op1(MaxPool { relu })
+    if use_cpu_kernel(&[x]) {
+        return x.contiguous()?.apply_op1(MaxPool { relu });
+    }
+    let (ho, wo) = (h / 2, w / 2);
+    let x = x.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?.contiguous()?;
+    let y = x.reshape((b, c, ho, 2, wo, 2))?.max(5)?.max(3)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 struct MaxPool {
@@ -106,14 +117,56 @@ fn bilinear_taps(o: usize, n: usize) -> (usize, usize, f32, f32) {
 /// `F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)`, then ReLU when
 /// `relu`; differentiable (candle's `upsample_bilinear2d` has no backward).
 pub fn upsample_bilinear2x(x: &Tensor, relu: bool) -> Result<Tensor> {
-    check_cpu_f32(&[x], "upsample_bilinear2x")?;
-    x.contiguous()?.apply_op1(Upsample { bilinear: true, relu })
+    if use_cpu_kernel(&[x]) {
+        return x.contiguous()?.apply_op1(Upsample { bilinear: true, relu });
+    }
+    x.dims4()?;
+    let y = bilinear2x_axis(&bilinear2x_axis(x, 2)?, 3)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
+}
+
+/// Bilinear ×2 (`align_corners = false`) along one axis: output 2i is ¼·x[i−1] + ¾·x[i] and
+/// 2i+1 is ¾·x[i] + ¼·x[i+1], the border value repeated outside.
+fn bilinear2x_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let n = x.dim(axis)?;
+    let (prev, next) = if n == 1 {
+        (x.clone(), x.clone())
+    } else {
+        (
+            Tensor::cat(&[&x.narrow(axis, 0, 1)?, &x.narrow(axis, 0, n - 1)?], axis)?,
+            Tensor::cat(&[&x.narrow(axis, 1, n - 1)?, &x.narrow(axis, n - 1, 1)?], axis)?,
+        )
+    };
+    let x34 = x.affine(0.75, 0.0)?;
+    let even = (&x34 + prev.affine(0.25, 0.0)?)?;
+    let odd = (&x34 + next.affine(0.25, 0.0)?)?;
+    interleave(&even, &odd, axis)
+}
+
+/// `a` and `b` interleaved along `axis` (a₀ b₀ a₁ b₁ …).
+fn interleave(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    let mut dims = a.dims().to_vec();
+    dims[axis] *= 2;
+    Tensor::stack(&[a, b], axis + 1)?.reshape(dims)
 }
 
 /// `F.interpolate(x, scale_factor=2, mode="nearest")`, then ReLU when `relu`.
 pub fn upsample_nearest2x(x: &Tensor, relu: bool) -> Result<Tensor> {
-    check_cpu_f32(&[x], "upsample_nearest2x")?;
-    x.contiguous()?.apply_op1(Upsample { bilinear: false, relu })
+    if use_cpu_kernel(&[x]) {
+        return x.contiguous()?.apply_op1(Upsample { bilinear: false, relu });
+    }
+    x.dims4()?;
+    let y = interleave(x, x, 2)?;
+    let y = interleave(&y, &y, 3)?;
+    if relu {
+        y.relu()
+    } else {
+        Ok(y)
+    }
 }
 
 struct Upsample {
@@ -200,12 +253,32 @@ impl CustomOp1 for Upsample {
 /// k − 2 along H (`axis` 1) or W (`axis` 2), zeros filling in. This equals UNeXt's zero-pad 2 →
 /// `torch.roll` → crop, as no value rolls around the padded border into the crop.
 pub fn shift_chunks_nhwc(x: &Tensor, axis: usize) -> Result<Tensor> {
-    check_cpu_f32(&[x], "shift")?;
     if axis != 1 && axis != 2 {
         candle_core::bail!("shift: axis must be 1 (H) or 2 (W), got {axis}");
     }
-    let c = x.dim(3)?;
-    x.contiguous()?.apply_op1(Shift { axis, chunk: c.div_ceil(5).max(1), sign: 1 })
+    let c = x.dims4()?.3;
+    let chunk = c.div_ceil(5).max(1);
+    if use_cpu_kernel(&[x]) {
+        return x.contiguous()?.apply_op1(Shift { axis, chunk, sign: 1 });
+    }
+    let n = x.dim(axis)?;
+    let parts = (0..c)
+        .step_by(chunk)
+        .enumerate()
+        .map(|(k, start)| {
+            let part = x.narrow(3, start, chunk.min(c - start))?;
+            let s = k as isize - 2;
+            // out[i] = part[i − s] along the axis, zeros where i − s falls outside.
+            if s.unsigned_abs() >= n {
+                part.zeros_like()
+            } else if s >= 0 {
+                part.narrow(axis, 0, n - s as usize)?.pad_with_zeros(axis, s as usize, 0)
+            } else {
+                part.narrow(axis, (-s) as usize, n - (-s) as usize)?.pad_with_zeros(axis, 0, (-s) as usize)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 3)
 }
 
 struct Shift {

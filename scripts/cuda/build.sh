@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the CUDA variant on a machine without a GPU (docs/CUDA.md §Build):
+#   1. the toolkit from PyPI wheels + link stubs (scripts/cuda/toolkit.sh, cached in target/cuda-toolkit),
+#   2. the GPU check binary `cuda_check` (crates/core/examples/cuda_check.rs) with CUDA and NCCL,
+#      stripped, xz-compressed with its scripts into dist/cuda/ (ignored; copy that folder to a GPU machine),
+#   3. the CUDA variant of the Node addon (bindings/vasomim.linux-x64-gnu.node built with --features cuda)
+#      into dist/cuda/addon/ — unless --no-addon.
+# Idempotent: the toolkit and target/cuda are reused; a second run rebuilds only what changed.
+# usage: scripts/cuda/build.sh [--no-addon]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ADDON=1
+[[ "${1:-}" == "--no-addon" ]] && ADDON=0
+t0=$(date +%s)
+source scripts/cuda/env.sh
+echo "== toolkit: $(nvcc --version | tail -1)"
+echo "== cuda_check (release, cuda + nccl; first build: ~15-25 min on 2 cores, see docs/CUDA.md)"
+cargo build --profile cuda-check -p vasomim-core --features nccl --example cuda_check
+OUT=dist/cuda
+mkdir -p "$OUT"
+BIN="$CARGO_TARGET_DIR/cuda-check/examples/cuda_check"
+cp "$BIN" "$OUT/cuda_check"
+strip "$OUT/cuda_check" 2>/dev/null || true
+xz -9 -T0 -f -k "$OUT/cuda_check"
+cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py "$OUT/"
+if [[ $ADDON == 1 ]]; then
+  echo "== the Node addon with --features cuda"
+  mkdir -p "$OUT/addon"
+  npx napi build --platform --release --manifest-path bindings/Cargo.toml --output-dir "$OUT/addon" \
+    --js false --dts false --features cuda
+fi
+ls -la "$OUT"
+echo "== built in $(( $(date +%s) - t0 )) s; needs at run time: $(readelf -d "$OUT/cuda_check" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"
