@@ -22,7 +22,8 @@ BIN="$CARGO_TARGET_DIR/cuda-check/examples/cuda_check"
 cp "$BIN" "$OUT/cuda_check"
 strip "$OUT/cuda_check" 2>/dev/null || true
 xz -9 -T0 -f -k "$OUT/cuda_check"
-cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py "$OUT/"
+cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py scripts/peers/torch_mae_step.py \
+  scripts/golden/torch_unext.py "$OUT/"
 if [[ $ADDON == 1 ]]; then
   echo "== the Node addon with --features cuda"
   mkdir -p "$OUT/addon"

@@ -2,6 +2,7 @@
 # Unpacks a CUDA 13.0 toolkit from PyPI wheels into target/cuda-toolkit (no GPU, no root, no Debian
 # non-free) and generates link stubs for the libraries cudarc links dynamically. Idempotent.
 # Prints the toolkit prefix (C) on its last line. See docs/CUDA.md §Build.
+# usage: scripts/cuda/toolkit.sh [--no-stubs]   (--no-stubs: nvcc only, for compiling kernels)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -16,6 +17,11 @@ if [[ ! -x "$C/bin/nvcc" ]]; then
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 >&2
 fi
 [[ -x "$C/bin/nvcc" ]] || { echo "toolkit: no nvcc under $C/bin after the wheel install" >&2; exit 1; }
+
+if [[ "${1:-}" == "--no-stubs" ]]; then
+  echo "$C"
+  exit 0
+fi
 
 # Link stubs: one `int f(void){return 34;}` per function cudarc declares, built with the real SONAME,
 # named lib<name>.so (the link-time name only): at run time the loader looks for the SONAME and finds the
