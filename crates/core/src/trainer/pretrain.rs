@@ -11,6 +11,10 @@
 //!    [`PretrainTrainer::step`] on flat arrays or [`PretrainTrainer::step_batch`] on a loader
 //!    batch, with the input checks both share.
 //!
+//! 4. Data parallel: with a [`Collective`] attached ([`PretrainTrainer::set_collective`], which
+//!    broadcasts rank 0's parameters), each step averages the gradients across ranks after the
+//!    backward and before clipping and AdamW, and averages the loss terms for logging.
+//!
 //! The segmentor enters through the [`VesselSegmentor`] trait so that this file needs nothing of
 //! its architecture (UNeXt-S lives in `nn::unext`).
 
@@ -21,6 +25,7 @@ use serde::Deserialize;
 
 use crate::checkpoint::{self, LoadOptions, LoadReport};
 use crate::data::Batch;
+use crate::distributed::{self, Collective, ReduceOp, BUCKET_BYTES};
 use crate::embed;
 use crate::nn::loss::bce_with_logits;
 use crate::nn::mae::{MaskedAutoencoder, Masking};
@@ -128,6 +133,8 @@ pub struct PretrainTrainer {
     device: Device,
     segmentor: Option<BoxedSegmentor>,
     prob_cache: Option<(BatchKey, Tensor)>,
+    /// The process group of a data-parallel run (none: one process).
+    collective: Option<Box<dyn Collective>>,
 }
 
 /// A checkpoint loaded into a trainer, with what loading found.
@@ -145,7 +152,7 @@ impl PretrainTrainer {
         tune_allocator();
         let opt = AdamW::new(&model.params, frozen)?;
         let device = model.encoder.pos_embed.device().clone();
-        Ok(PretrainTrainer { model, opt, step: 0, device, segmentor: None, prob_cache: None })
+        Ok(PretrainTrainer { model, opt, step: 0, device, segmentor: None, prob_cache: None, collective: None })
     }
 
     /// A freshly initialised model (MAE init, deterministic in `seed`) on `device`.
@@ -201,6 +208,31 @@ impl PretrainTrainer {
 
     pub fn has_segmentor(&self) -> bool {
         self.segmentor.is_some()
+    }
+
+    /// Join a data-parallel group: every rank must be at the same optimizer step (resumed from
+    /// the same checkpoint), then takes rank 0's parameters. From here on each step averages
+    /// gradients and loss terms across the group.
+    pub fn set_collective(&mut self, c: Box<dyn Collective>) -> Result<()> {
+        let mine = self.step as f64;
+        let root = c.broadcast(&Tensor::new(&[mine], &Device::Cpu)?.to_device(&self.device)?, 0)?;
+        let root = root.to_vec1::<f64>()?[0];
+        if root != mine {
+            candle_core::bail!(
+                "rank {} is at optimizer step {mine}, rank 0 at {root}: every rank must start from the same \
+                 checkpoint (a run folder all ranks can read)",
+                c.rank()
+            );
+        }
+        let vars: Vec<_> = self.model.params.entries.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        distributed::broadcast_vars(c.as_ref(), &vars, BUCKET_BYTES)?;
+        self.collective = Some(c);
+        Ok(())
+    }
+
+    /// The data-parallel group, when one is attached.
+    pub fn collective(&self) -> Option<&dyn Collective> {
+        self.collective.as_deref()
     }
 
     /// Batch size of `len` image values (B, C, S, S), or an error naming the layout.
@@ -531,6 +563,16 @@ impl PretrainTrainer {
         p: &StepParams,
     ) -> Result<PretrainStats> {
         let (mut st, mut grads) = self.pretrain_loss_and_grads(imgs, m, cons, p.micro_batches)?;
+        if let Some(c) = self.collective.as_deref() {
+            // Equal shards with equal masked counts: the mean of the ranks' losses is the global one.
+            let names: Vec<&str> = self.opt.vars().into_iter().map(|(n, _)| n).collect();
+            distributed::all_reduce_grads(c, &names, &mut grads, BUCKET_BYTES)?;
+            let terms = [st.loss, st.loss_rec, st.loss_cons.unwrap_or(0.0)];
+            let [loss, rec, cons] = distributed::all_reduce_values(c, &terms, ReduceOp::Avg, &self.device)?[..] else {
+                unreachable!("three values in, three out")
+            };
+            (st.loss, st.loss_rec, st.loss_cons) = (loss, rec, st.loss_cons.map(|_| cons));
+        }
         st.grad_norm = match p.clip_grad {
             Some(c) => clip_grad_norm(&mut grads, c)?,
             None => global_norm(&grads)?,
