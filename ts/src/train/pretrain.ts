@@ -76,6 +76,22 @@ function schedule(c: PretrainConfig): LrSchedule {
   return { lr: c.lr ?? absoluteLr(c.blr, c.batchSize), minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
 }
 
+/** The config of a new or resumed run (see `planRun`); maxSteps, workers and the launch belong to the invocation. */
+export function planPretrain(layers: Record<string, unknown>[], resume: string | undefined) {
+  return planRun({
+    layers,
+    resume,
+    resolve: resolvePretrainConfig,
+    invocation: ['maxSteps', 'workers', 'gpus', 'nproc', 'distTimeout'],
+  });
+}
+
+/** Every rank takes batchSize / world images of each batch. */
+export function checkWorld(cfg: PretrainConfig, world: number): void {
+  if (cfg.batchSize % world !== 0)
+    throw new Error(`batchSize (${cfg.batchSize}) must be a multiple of the number of ranks (${world})`);
+}
+
 /**
  * Run (or resume, with `resume` = a run folder) VasoMIM pre-training. `layers` are config
  * objects applied over the preset in order (config file, then flags).
@@ -89,16 +105,9 @@ export async function pretrain(
   const world = group?.worldSize ?? 1;
   const owner = (group?.rank ?? 0) === 0; // rank 0 owns the run folder and the log
   const log = owner ? (options.onLog ?? (() => {})) : () => {};
-  // maxSteps, workers and the launch belong to this invocation, not to the run.
-  const plan = planRun({
-    layers,
-    resume: options.resume,
-    resolve: resolvePretrainConfig,
-    invocation: ['maxSteps', 'workers', 'gpus', 'nproc', 'distTimeout'],
-  });
+  const plan = planPretrain(layers, options.resume);
   const cfg: PretrainConfig = plan.config;
-  if (cfg.batchSize % world !== 0)
-    throw new Error(`batchSize (${cfg.batchSize}) must be a multiple of the number of ranks (${world})`);
+  checkWorld(cfg, world);
   const device = rankDevice(cfg.device, group);
   let run: RunDir | undefined;
   let model: Model;

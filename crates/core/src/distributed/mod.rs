@@ -7,7 +7,7 @@
 //!   a test double for machines without GPUs) and NCCL (the `nccl` feature of the CUDA build).
 //! - [`plan_buckets`], [`all_reduce_grads`], [`broadcast_vars`], [`all_reduce_values`]: what a
 //!   data-parallel step does with a collective, written once for every implementation:
-//!   gradients in name order flattened into fixed buckets and averaged, parameters broadcast
+//!   gradients in name order flattened into fixed buckets and summed, parameters broadcast
 //!   from rank 0, loss terms and counters reduced for logging.
 //! - [`Rendezvous`]: rank, world size, local rank and the master's address from torchrun's
 //!   (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's
@@ -107,13 +107,14 @@ fn bucketed(
     Ok(())
 }
 
-/// Average gradients across ranks in place: `names[i]` names `grads[i]`; buckets of
-/// [`plan_buckets`], so every rank reduces the same elements in the same calls.
+/// Sum gradients across ranks in place (each rank weighed its loss by its share of the batch):
+/// `names[i]` names `grads[i]`; buckets of [`plan_buckets`], so every rank reduces the same
+/// elements in the same calls.
 pub fn all_reduce_grads(c: &dyn Collective, names: &[&str], grads: &mut [Tensor], bucket_bytes: usize) -> Result<()> {
     if c.world_size() == 1 {
         return Ok(());
     }
-    bucketed(names, grads, bucket_bytes, |t| c.all_reduce(t, ReduceOp::Avg))
+    bucketed(names, grads, bucket_bytes, |t| c.all_reduce(t, ReduceOp::Sum))
 }
 
 /// Set every variable to rank 0's value (the start of a run: one model on every rank).

@@ -400,7 +400,7 @@ mod tests {
     }
 
     #[test]
-    fn gradients_averaged_in_buckets() {
+    fn gradients_summed_in_buckets() {
         let out = group(2, |c| {
             let r = c.rank() as f32 + 1.0;
             let dev = Device::Cpu;
@@ -416,9 +416,9 @@ mod tests {
         });
         for (g, h) in out {
             assert_eq!(g[0].dims(), &[2, 3]);
-            assert_eq!(g[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.5; 6]);
-            assert_eq!(g[1].to_vec1::<f32>().unwrap(), vec![1.5, 3.0]);
-            assert_eq!(h[1].to_vec1::<f32>().unwrap(), vec![1.5, 3.0]);
+            assert_eq!(g[0].flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![3.0; 6]);
+            assert_eq!(g[1].to_vec1::<f32>().unwrap(), vec![3.0, 6.0]);
+            assert_eq!(h[1].to_vec1::<f32>().unwrap(), vec![6.0, 12.0]);
         }
     }
 

@@ -12,8 +12,9 @@
 //!    batch, with the input checks both share.
 //!
 //! 4. Data parallel: with a [`Collective`] attached ([`PretrainTrainer::set_collective`], which
-//!    broadcasts rank 0's parameters), each step averages the gradients across ranks after the
-//!    backward and before clipping and AdamW, and averages the loss terms for logging.
+//!    broadcasts rank 0's parameters), each step is micro-batch accumulation across processes:
+//!    every rank weighs its chunks by their share of the whole batch, and the gradients (after
+//!    the backward, before clipping and AdamW) and loss terms are summed over the ranks.
 //!
 //! The segmentor enters through the [`VesselSegmentor`] trait so that this file needs nothing of
 //! its architecture (UNeXt-S lives in `nn::unext`).
@@ -489,9 +490,24 @@ impl PretrainTrainer {
         cons: Option<&Consistency>,
         micro_batches: usize,
     ) -> Result<(PretrainStats, Vec<Tensor>)> {
+        let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
+        self.shard_loss_and_grads(imgs, m, cons, micro_batches, (total_masked, imgs.dim(0)?))
+    }
+
+    /// [`Self::pretrain_loss_and_grads`] of one shard of a larger batch of `totals` = (masked
+    /// patches, images): each chunk weighted by its share of the whole batch, so the sum of the
+    /// shards' values and gradients is the batch's (and each image's gradient is the one a
+    /// single process computes for it).
+    fn shard_loss_and_grads(
+        &self,
+        imgs: &Tensor,
+        m: &Masking,
+        cons: Option<&Consistency>,
+        micro_batches: usize,
+        (total_masked, total_images): (f64, usize),
+    ) -> Result<(PretrainStats, Vec<Tensor>)> {
         let b = imgs.dim(0)?;
         let chunks = micro_batches.clamp(1, b.max(1));
-        let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
         if total_masked <= 0.0 {
             candle_core::bail!("the mask hides no patch: the reconstruction loss is undefined");
         }
@@ -528,7 +544,7 @@ impl PretrainTrainer {
                 let recon = self.model.reconstruct(&x, &out.pred)?;
                 let logits = c.seg.logits(&recon)?;
                 let target = c.prob.narrow(0, start, n)?.detach();
-                let l = (bce_with_logits(&logits, &target)? * (n as f64 / b as f64))?;
+                let l = (bce_with_logits(&logits, &target)? * (n as f64 / total_images as f64))?;
                 con += l.to_scalar::<f32>()? as f64;
                 total = (total + (l * c.weight)?)?;
             } else if masked == 0.0 {
@@ -562,17 +578,23 @@ impl PretrainTrainer {
         cons: Option<&Consistency>,
         p: &StepParams,
     ) -> Result<PretrainStats> {
-        let (mut st, mut grads) = self.pretrain_loss_and_grads(imgs, m, cons, p.micro_batches)?;
-        if let Some(c) = self.collective.as_deref() {
-            // Equal shards with equal masked counts: the mean of the ranks' losses is the global one.
-            let names: Vec<&str> = self.opt.vars().into_iter().map(|(n, _)| n).collect();
-            distributed::all_reduce_grads(c, &names, &mut grads, BUCKET_BYTES)?;
-            let terms = [st.loss, st.loss_rec, st.loss_cons.unwrap_or(0.0)];
-            let [loss, rec, cons] = distributed::all_reduce_values(c, &terms, ReduceOp::Avg, &self.device)?[..] else {
-                unreachable!("three values in, three out")
-            };
-            (st.loss, st.loss_rec, st.loss_cons) = (loss, rec, st.loss_cons.map(|_| cons));
-        }
+        let (mut st, mut grads) = match self.collective.as_deref() {
+            None => self.pretrain_loss_and_grads(imgs, m, cons, p.micro_batches)?,
+            // Data parallel: micro-batch accumulation across processes. Each rank weighs its
+            // chunks by their share of the whole batch; the sums over the ranks are the batch's.
+            Some(c) => {
+                let local = [m.mask.sum_all()?.to_scalar::<f32>()? as f64, imgs.dim(0)? as f64];
+                let totals = distributed::all_reduce_values(c, &local, ReduceOp::Sum, &self.device)?;
+                let (mut st, mut grads) =
+                    self.shard_loss_and_grads(imgs, m, cons, p.micro_batches, (totals[0], totals[1] as usize))?;
+                let names: Vec<&str> = self.opt.vars().into_iter().map(|(n, _)| n).collect();
+                distributed::all_reduce_grads(c, &names, &mut grads, BUCKET_BYTES)?;
+                let terms = [st.loss, st.loss_rec, st.loss_cons.unwrap_or(0.0)];
+                let sums = distributed::all_reduce_values(c, &terms, ReduceOp::Sum, &self.device)?;
+                (st.loss, st.loss_rec, st.loss_cons) = (sums[0], sums[1], st.loss_cons.map(|_| sums[2]));
+                (st, grads)
+            }
+        };
         st.grad_norm = match p.clip_grad {
             Some(c) => clip_grad_norm(&mut grads, c)?,
             None => global_norm(&grads)?,

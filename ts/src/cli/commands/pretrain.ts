@@ -6,7 +6,7 @@ import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { LaunchSchema, PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { parseOptions } from '../../config/vessels.js';
 import { groupFromEnv, launchLocal } from '../../train/distributed.js';
-import { pretrain, type StepRecord } from '../../train/pretrain.js';
+import { checkWorld, planPretrain, pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
 import { presetSummary, reportStop, runLongJob } from '../long-job.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
@@ -64,8 +64,11 @@ export const run = command(spec, async ({ values, positionals }) => {
   const { gpus, nproc } = parseOptions(LaunchSchema, { ...pick(file), ...pick(flags) }, 'launch');
   if ((gpus !== undefined || nproc !== undefined) && !groupFromEnv()) {
     const ids = gpus?.split(',').map(Number);
+    const world = ids?.length ?? nproc!;
+    // The run's own checks once here, before any rank starts.
+    checkWorld(planPretrain([file, flags], values.resume as string | undefined).config, world);
     const args = process.argv.slice(2);
-    return launchLocal({ world: ids?.length ?? nproc!, gpus: ids, args: ids ? [...args, '--device', 'cuda'] : args });
+    return launchLocal({ world, gpus: ids, args: ids ? [...args, '--device', 'cuda'] : args });
   }
   const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     pretrain(configLayers(spec, values), {
