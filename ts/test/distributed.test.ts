@@ -274,6 +274,50 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     expect(r.code, r.stderr).toBe(0);
   }, 120_000);
 
+  it('Ctrl-C reaches every rank: they stop at the same step with a checkpoint (exit 130) and resume', async () => {
+    const run = join(runs, 'interrupted');
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        import.meta.resolve('tsx'),
+        join(ROOT, 'ts/src/cli/main.ts'),
+        ...BASE,
+        '--epochs',
+        '400',
+        '--name',
+        'interrupted',
+        '--nproc',
+        '2',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const code = await new Promise<number | null>((resolve) => {
+      let sent = false;
+      const poll = setInterval(() => {
+        const steps = existsSync(join(run, 'metrics.jsonl')) ? metrics(run).length : 0;
+        if (!sent && steps >= 3) {
+          sent = true;
+          child.kill('SIGINT');
+        }
+      }, 5);
+      child.on('exit', (c) => {
+        clearInterval(poll);
+        resolve(c);
+      });
+    });
+    expect(code, stderr).toBe(130);
+    expect(stderr).toContain(`resume with: vasomim pretrain --resume ${run}`);
+    const m = await native.Model.load(last('interrupted'));
+    const at = JSON.parse(m.loadInfo!.loopState!).step as number;
+    expect(at).toBe(metrics(run).filter((r) => r.event === undefined).length);
+    const r = cli(['pretrain', '--resume', run, '--nproc', '2', '--workers', '1', '--max-steps', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(metrics(run).filter((r) => r.event === undefined).length).toBe(at + 1);
+  }, 120_000);
+
   it('rejects bad launch options with one error naming the field', () => {
     const r = cli([...BASE, '--name', 'bad', '--gpus', '0,x']);
     expect(r.code).toBe(2);

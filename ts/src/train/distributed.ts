@@ -144,8 +144,9 @@ export interface LaunchOptions {
  * `cuda:r`). Rank 0 prints as usual; the others' stderr is prefixed with their rank. When a
  * rank fails (non-zero exit, signal), the others are stopped (SIGTERM) at once and one line
  * names the rank and how it ended; the exit code is that rank's (128 + signal for a signal).
- * Ctrl-C reaches every child (the terminal's process group): they agree on the step to stop
- * at and exit 130.
+ * The children run in their own process group: Ctrl-C (SIGINT) and SIGTERM reach the launcher,
+ * which passes each one on once to every rank (the ranks agree on the step to stop at, write
+ * the checkpoint and exit 130; a second Ctrl-C quits at once, as in one process).
  */
 export async function launchLocal(o: LaunchOptions): Promise<number> {
   const log = o.onLog ?? ((l: string) => process.stderr.write(l + '\n'));
@@ -154,8 +155,12 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
   const children: ChildProcess[] = [];
   const stopped = new Set<number>(); // ranks the launcher itself stopped
   const failures: { rank: number; how: string; code: number; signal: boolean }[] = [];
-  const ignoreSigint = () => {}; // the children handle Ctrl-C; the launcher waits for them
-  process.on('SIGINT', ignoreSigint);
+  const forward = (signal: NodeJS.Signals) => () =>
+    children.forEach((c) => c.exitCode === null && c.signalCode === null && c.kill(signal));
+  const onInt = forward('SIGINT');
+  const onTerm = forward('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
   try {
     const exits = Array.from({ length: o.world }, (_, rank) => {
       const env: NodeJS.ProcessEnv = {
@@ -171,6 +176,7 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
       const child = spawn(process.execPath, [...process.execArgv, script, ...o.args], {
         env,
         stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'pipe'],
+        detached: true,
       });
       children.push(child);
       child.stderr?.on('data', (d: Buffer) => {
@@ -207,6 +213,7 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
     }
     return Math.max(...codes);
   } finally {
-    process.off('SIGINT', ignoreSigint);
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
   }
 }
