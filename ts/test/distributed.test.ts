@@ -2,7 +2,7 @@
 // 2 and 3 local ranks train like 1 process with the same effective batch (every logged number
 // and the final weights within 1e-6 relative), DistributedSampler sharding, a SIGKILLed rank
 // stopping the run with an intact checkpoint, and resuming on another world size.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
@@ -330,4 +330,53 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     expect(odd.stderr).toContain('batchSize (6) must be a multiple of the number of ranks (4)');
     expect(odd.stderr.match(/batchSize \(6\) must be/g)?.length).toBe(1);
   }, 60_000);
+
+  describe('the launch scripts run as written (dry run)', () => {
+    const vasomim = `${process.execPath} --import ${import.meta.resolve('tsx')} ${join(ROOT, 'ts/src/cli/main.ts')}`;
+    const script = (name: string, env: Record<string, string>) =>
+      spawnSync('bash', [join(ROOT, 'scripts/distributed', name), '/data/XA-170K', 'unext.safetensors'], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: { ...process.env, DRY_RUN: '1', VASOMIM: vasomim, ...env },
+      });
+
+    it('pretrain_8gpu.sh: 8 ranks of the paper run, effective batch 2048', () => {
+      const r = script('pretrain_8gpu.sh', {});
+      expect(r.status, r.stderr).toBe(0);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines[0]).toBe(
+        'effective batch 2048 = 8 rank(s) x 256 images per rank per step (4 accumulated micro-batch(es) of <= 64)',
+      );
+      const ranks = lines.slice(1);
+      expect(ranks.length).toBe(8);
+      ranks.forEach((l, i) => {
+        expect(l).toMatch(
+          new RegExp(`^RANK=${i} WORLD_SIZE=8 LOCAL_RANK=${i} LOCAL_WORLD_SIZE=8 MASTER_ADDR=127.0.0.1 `),
+        );
+        expect(l).toContain('CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7 ');
+        expect(l).toContain(' pretrain --preset vasomim-vit-b --data /data/XA-170K --segmentor unext.safetensors');
+        expect(l).toMatch(/ --device cuda$/);
+        expect(l).not.toContain('--dry-run');
+      });
+      expect(new Set(ranks.map((l) => /MASTER_PORT=(\d+)/.exec(l)?.[1])).size).toBe(1);
+    }, 30_000);
+
+    it('pretrain.sbatch: every rank resolves its place from the Slurm variables', () => {
+      const r = script('pretrain.sbatch', { NODES: '2', GPUS_PER_NODE: '2', DEVICE: 'cpu', NODELIST: 'gn[07-08]' });
+      expect(r.status, r.stderr).toBe(0);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines.length).toBe(8); // the command and its --dry-run line, per rank
+      for (let rank = 0; rank < 4; rank++) {
+        expect(lines[2 * rank]).toMatch(
+          new RegExp(
+            `^SLURM_PROCID=${rank} SLURM_NTASKS=4 SLURM_LOCALID=${rank % 2} SLURM_JOB_NODELIST=gn\\[07-08\\] `,
+          ),
+        );
+        expect(lines[2 * rank + 1]).toBe(
+          `rank ${rank} of 4 (slurm, local rank ${rank % 2}), rank 0 at gn07:29500: device cpu, backend tcp; ` +
+            'effective batch 2048 = 4 rank(s) x 512 images per rank per step (8 accumulated micro-batch(es) of <= 64)',
+        );
+      }
+    }, 60_000);
+  });
 });

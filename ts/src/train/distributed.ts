@@ -9,6 +9,7 @@
 //   reduceStep      one step's logging numbers and the Ctrl-C vote summed over the ranks
 //   launchLocal     `vasomim pretrain --gpus 0,1 | --nproc N`: one child process per rank; the
 //                   first rank to fail stops the others, with one error naming it
+//   batchPlan, rankPlan   what --dry-run prints: the batch arithmetic, a rank's place
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { constants } from 'node:os';
@@ -109,6 +110,28 @@ export async function reduceStep(model: Model, world: number, c: StepCounts): Pr
   return { stop: s[0]! > 0, images: s[1]!, guided: s[2]!, vessel, freq };
 }
 
+/** The batch arithmetic of a run on `world` ranks: effective batch = ranks × micro-batch × accumulation. */
+export function batchPlan(c: { batchSize: number; maxMicroBatch: number }, world: number): string {
+  const perRank = c.batchSize / world;
+  const accumulation = Math.ceil(perRank / c.maxMicroBatch);
+  return (
+    `effective batch ${c.batchSize} = ${world} rank(s) x ${perRank} images per rank per step ` +
+    `(${accumulation} accumulated micro-batch(es) of <= ${Math.ceil(perRank / accumulation)})`
+  );
+}
+
+/** What `--dry-run` prints inside a group: where this rank stands and what it would do. */
+export function rankPlan(
+  c: { batchSize: number; maxMicroBatch: number; device: string },
+  g: Group | undefined,
+): string {
+  const world = g?.worldSize ?? 1;
+  const where = g
+    ? `rank ${g.rank} of ${world} (${g.launcher}, local rank ${g.localRank}), rank 0 at ${g.masterAddr}:${g.commPort}`
+    : 'a single process';
+  return `${where}: device ${rankDevice(c.device, g)}, backend ${backendOf(c.device)}; ${batchPlan(c, world)}`;
+}
+
 /** Two consecutive free TCP ports on the loopback (MASTER_PORT and the collective's MASTER_PORT + 1). */
 async function freePorts(): Promise<number> {
   const listen = (port: number) =>
@@ -136,7 +159,12 @@ export interface LaunchOptions {
   args: string[];
   /** Where a line about the launch goes (default stderr). */
   onLog?: (line: string) => void;
+  /** Print each rank's command (environment and argv, shell-quoted) on stdout instead of running it. */
+  dryRun?: boolean;
 }
+
+/** A word as a POSIX shell reads it back. */
+const shellWord = (w: string) => (/^[\w@%+=:,./-]+$/.test(w) ? w : `'${w.replace(/'/g, `'\\''`)}'`);
 
 /**
  * Run one child process per rank on this machine with torchrun's variables (RANK, WORLD_SIZE,
@@ -173,7 +201,15 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
         MASTER_PORT: String(port),
       };
       if (o.gpus) env.CUDA_VISIBLE_DEVICES = o.gpus.join(',');
-      const child = spawn(process.execPath, [...process.execArgv, script, ...o.args], {
+      const argv = [...process.execArgv, script, ...o.args];
+      if (o.dryRun) {
+        const vars = ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'];
+        if (o.gpus) vars.push('CUDA_VISIBLE_DEVICES');
+        const words = [...vars.map((k) => `${k}=${env[k]}`), process.execPath, ...argv];
+        process.stdout.write(words.map(shellWord).join(' ') + '\n');
+        return Promise.resolve(0);
+      }
+      const child = spawn(process.execPath, argv, {
         env,
         stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'pipe'],
         detached: true,

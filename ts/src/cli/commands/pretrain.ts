@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { LaunchSchema, PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { parseOptions } from '../../config/vessels.js';
-import { groupFromEnv, launchLocal } from '../../train/distributed.js';
+import { batchPlan, groupFromEnv, launchLocal, rankPlan } from '../../train/distributed.js';
 import { checkWorld, planPretrain, pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
 import { presetSummary, reportStop, runLongJob } from '../long-job.js';
@@ -37,6 +37,11 @@ export const spec: CommandSpec = {
       help: 'JSON config (any field of the run config; flags override it)',
     },
     { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from its last checkpoint' },
+    {
+      name: 'dry-run',
+      type: 'boolean',
+      help: "print each rank's command (with --gpus / --nproc) or this rank's place in the group; train nothing",
+    },
   ],
   flags: schemaFlags(PretrainSchema, {
     nested: { model: ModelConfigSchema },
@@ -62,13 +67,23 @@ export const run = command(spec, async ({ values, positionals }) => {
   // inside the group, where these flags are ignored).
   const [file, flags] = configLayers(spec, values);
   const { gpus, nproc } = parseOptions(LaunchSchema, { ...pick(file), ...pick(flags) }, 'launch');
-  if ((gpus !== undefined || nproc !== undefined) && !groupFromEnv()) {
+  const group = groupFromEnv();
+  const dryRun = values['dry-run'] === true;
+  if ((gpus !== undefined || nproc !== undefined) && !group) {
     const ids = gpus?.split(',').map(Number);
     const world = ids?.length ?? nproc!;
     // The run's own checks once here, before any rank starts.
-    checkWorld(planPretrain([file, flags], values.resume as string | undefined).config, world);
-    const args = process.argv.slice(2);
-    return launchLocal({ world, gpus: ids, args: ids ? [...args, '--device', 'cuda'] : args });
+    const cfg = planPretrain([file, flags], values.resume as string | undefined).config;
+    checkWorld(cfg, world);
+    const args = process.argv.slice(2).filter((a) => a !== '--dry-run');
+    if (dryRun) process.stdout.write(batchPlan(cfg, world) + '\n');
+    return launchLocal({ world, gpus: ids, args: ids ? [...args, '--device', 'cuda'] : args, dryRun });
+  }
+  if (dryRun) {
+    const cfg = planPretrain([file, flags], values.resume as string | undefined).config;
+    checkWorld(cfg, group?.worldSize ?? 1);
+    process.stdout.write(rankPlan(cfg, group) + '\n');
+    return 0;
   }
   const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     pretrain(configLayers(spec, values), {
