@@ -5,6 +5,7 @@
 //!
 //! - this file: errors, [`Job`], the device and config conversions, vesselness and vessel maps.
 //! - [`data`]: header probes, DICOM frames, the `Loader` / `Batch` handles.
+//! - [`distributed`]: the launcher's rendezvous, `Model.joinGroup` / `Model.allReduce`.
 //! - [`model`], [`segmentor`], [`segmentation`]: one handle per core trainer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,6 +22,7 @@ use vasomim_core::vessels::{
 };
 
 pub mod data;
+pub mod distributed;
 pub mod model;
 pub mod segmentation;
 pub mod segmentor;

@@ -105,7 +105,7 @@ fn load_info(r: LoadReport, step: u64, loop_state: Option<String>) -> LoadInfo {
 /// A VasoMIM masked autoencoder (ViT encoder + decoder) with its training state.
 #[napi]
 pub struct Model {
-    state: Shared<PretrainTrainer>,
+    pub(crate) state: Shared<PretrainTrainer>,
     cfg: MaeConfig,
     load_info: Option<LoadInfo>,
 }

@@ -3,7 +3,7 @@
 #   1. the toolkit from PyPI wheels + link stubs (scripts/cuda/toolkit.sh, cached in target/cuda-toolkit),
 #   2. the GPU check binary `cuda_check` (crates/core/examples/cuda_check.rs) with CUDA and NCCL,
 #      stripped, xz-compressed with its scripts into dist/cuda/ (ignored; copy that folder to a GPU machine),
-#   3. the CUDA variant of the Node addon (bindings/vasomim.linux-x64-gnu.node built with --features cuda)
+#   3. the CUDA variant of the Node addon (built with --features nccl: CUDA and NCCL data parallel)
 #      into dist/cuda/addon/ — unless --no-addon.
 # Idempotent: the toolkit and target/cuda are reused; a second run rebuilds only what changed.
 # usage: scripts/cuda/build.sh [--no-addon]
@@ -25,10 +25,10 @@ xz -9 -T0 -f -k "$OUT/cuda_check"
 cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py scripts/peers/torch_mae_step.py \
   scripts/golden/torch_unext.py "$OUT/"
 if [[ $ADDON == 1 ]]; then
-  echo "== the Node addon with --features cuda"
+  echo "== the Node addon with --features nccl (CUDA + NCCL)"
   mkdir -p "$OUT/addon"
   npx napi build --platform --release --manifest-path bindings/Cargo.toml --output-dir "$OUT/addon" \
-    --js false --dts false --features cuda
+    --js false --dts false --features nccl
 fi
 ls -la "$OUT"
 echo "== built in $(( $(date +%s) - t0 )) s; needs at run time: $(readelf -d "$OUT/cuda_check" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"

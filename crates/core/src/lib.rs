@@ -3,6 +3,8 @@
 //! - [`io`]: angiogram decoding (PNG/JPEG/BMP/TIFF, 8/16-bit, grey/RGB) and atomic writers for
 //!   PNG and NumPy `.npy`.
 //! - [`device`]: the compute device, resolved once from `cpu` | `cuda` | `cuda:N`.
+//! - [`distributed`]: data-parallel training across processes: the collective interface (NCCL,
+//!   a TCP test double), gradient buckets, the torchrun / Slurm rendezvous.
 //! - [`trainer`]: the trainers (pre-training, segmentor, segmentation fine-tuning), each owning
 //!   its model, optimizer, step counter and device; input checks of their steps.
 //! - [`checkpoint`]: safetensors checkpoints of every model (timm names), loading of published
@@ -24,6 +26,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod dicom;
+pub mod distributed;
 pub mod embed;
 pub mod frames;
 pub mod io;

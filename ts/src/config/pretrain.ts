@@ -11,6 +11,34 @@ import { parseOptions } from './vessels.js';
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
 export type RunPreset = (typeof RUN_PRESETS)[number];
 
+/**
+ * How a run is spread over processes (docs/DISTRIBUTED.md): per invocation, not stored in the run,
+ * so a resumed run may use another world size. The CLI checks them before it launches the ranks.
+ */
+const LaunchFields = {
+  gpus: z
+    .string()
+    .regex(/^\d+(,\d+)*$/, 'gpus must be a comma-separated list of GPU indices, e.g. 0,1,2,3')
+    .refine((v) => new Set(v.split(',')).size === v.split(',').length, 'gpus lists a GPU twice')
+    .optional()
+    .describe(
+      'data parallel on this node: one process per GPU (e.g. 0,1,2,3); under torchrun/Slurm ranks join by themselves',
+    ),
+  nproc: int('nproc', 1)
+    .optional()
+    .describe(
+      'data parallel over N CPU processes with the TCP test collective: a test double for machines without GPUs, not a product path',
+    ),
+  distTimeout: pos('distTimeout')
+    .default(600)
+    .describe('seconds a rank waits for its peers (to join, then for any one exchange) before failing'),
+};
+
+export const LaunchSchema = z.object(LaunchFields).refine((o) => o.gpus === undefined || o.nproc === undefined, {
+  path: ['nproc'],
+  message: 'give --gpus or --nproc, not both',
+});
+
 export const PretrainSchema = z
   .object({
     ...runFields(
@@ -68,6 +96,7 @@ export const PretrainSchema = z
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     /** Any augmentation field (config/data.ts); size and channels come from the model. */
     augment: z.record(z.string(), z.unknown()).default({}),
+    ...LaunchFields,
     maxSteps: int('maxSteps', 1)
       .optional()
       .describe('stop (with a checkpoint) after n optimizer steps in this invocation; resumable'),

@@ -33,6 +33,16 @@ export class MaskFrequency {
     this.images += mask.length / L;
   }
 
+  /** Add the counts of another map of the same grid (the other ranks' masks of a step). */
+  merge(o: MaskFrequency): void {
+    if (o.counts.length !== this.counts.length)
+      throw new Error(`masking-frequency map of ${o.counts.length} patches, expected ${this.counts.length}`);
+    o.counts.forEach((c, i) => (this.counts[i]! += c));
+    this.images += o.images;
+    this.masked += o.masked;
+    this.maskedWithVessel += o.maskedWithVessel;
+  }
+
   /** Share of masked patches that contain vessel (NaN without vessel masses). */
   vesselShare(): number {
     return this.masked > 0 ? this.maskedWithVessel / this.masked : Number.NaN;

@@ -10,6 +10,10 @@
 // Batches are a pure function of (seed, epoch, batch index), masks of (seed, epoch, sample id)
 // and learning rates of (epoch, iteration), and a checkpoint holds weights, AdamW moments and
 // the loop position in one file: a resumed run repeats the uninterrupted one exactly.
+//
+// Data parallel (distributed.ts, docs/DISTRIBUTED.md): under a launcher each rank trains on its
+// DistributedSampler shard of every batch (batchSize / world images); Rust averages gradients
+// and losses, the logging counters are summed here; rank 0 alone writes the run folder.
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
@@ -20,9 +24,10 @@ import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
 import { StepOptionsSchema, checkPrecision } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
+import { groupFromEnv, joinGroup, rankDevice, rankZeroFirst, reduceStep, type Group } from './distributed.js';
 import { batchMasks, guidedAlpha, maskCounts, runMaskOptions } from './masking.js';
 import { MaskFrequency } from './maskfreq.js';
-import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
+import { LAST_CHECKPOINT, planRun, RunDir } from './rundir.js';
 import { sampleGrid } from './samples.js';
 import { absoluteLr, lrAt, type LrSchedule } from './schedule.js';
 
@@ -71,51 +76,81 @@ function schedule(c: PretrainConfig): LrSchedule {
   return { lr: c.lr ?? absoluteLr(c.blr, c.batchSize), minLr: c.minLr, warmupEpochs: c.warmupEpochs, epochs: c.epochs };
 }
 
+/** The config of a new or resumed run (see `planRun`); maxSteps, workers and the launch belong to the invocation. */
+export function planPretrain(layers: Record<string, unknown>[], resume: string | undefined) {
+  return planRun({
+    layers,
+    resume,
+    resolve: resolvePretrainConfig,
+    invocation: ['maxSteps', 'workers', 'gpus', 'nproc', 'distTimeout'],
+  });
+}
+
+/** Every rank takes batchSize / world images of each batch. */
+export function checkWorld(cfg: PretrainConfig, world: number): void {
+  if (cfg.batchSize % world !== 0)
+    throw new Error(`batchSize (${cfg.batchSize}) must be a multiple of the number of ranks (${world})`);
+}
+
 /**
  * Run (or resume, with `resume` = a run folder) VasoMIM pre-training. `layers` are config
  * objects applied over the preset in order (config file, then flags).
  */
 export async function pretrain(
   layers: Record<string, unknown>[],
-  options: { resume?: string } & PretrainEvents = {},
+  options: { resume?: string; group?: Group | null } & PretrainEvents = {},
 ): Promise<PretrainResult> {
-  const log = options.onLog ?? (() => {});
-  // maxSteps and workers belong to this invocation, not to the run.
-  const plan = planRun({
-    layers,
-    resume: options.resume,
-    resolve: resolvePretrainConfig,
-    invocation: ['maxSteps', 'workers'],
-  });
+  // The group: given (null = one process), else from the launcher's variables.
+  const group = options.group === undefined ? groupFromEnv() : (options.group ?? undefined);
+  const world = group?.worldSize ?? 1;
+  const owner = (group?.rank ?? 0) === 0; // rank 0 owns the run folder and the log
+  const log = owner ? (options.onLog ?? (() => {})) : () => {};
+  const plan = planPretrain(layers, options.resume);
   const cfg: PretrainConfig = plan.config;
-  let run: RunDir;
+  checkWorld(cfg, world);
+  const device = rankDevice(cfg.device, group);
+  let run: RunDir | undefined;
   let model: Model;
   let state: LoopState | undefined;
   checkPrecision(cfg.device, cfg.precision);
   if (plan.resumed) {
+    // Every rank loads the same checkpoint (the run folder must be readable by all of them).
     run = plan.resumed;
     const ckpt = run.lastCheckpoint();
-    model = await loadModel(ckpt, { device: cfg.device });
+    model = await loadModel(ckpt, { device });
     model.setPrecision(cfg.precision);
     state = parseLoopState(PretrainLoopStateSchema, model.loadInfo?.loopState, ckpt, 'vasomim pretrain');
-    run.truncateMetrics(state.step);
-    log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})`);
+    if (owner) run.truncateMetrics(state.step);
+    log(
+      `resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})${world > 1 ? ` on ${world} ranks` : ''}`,
+    );
   } else {
-    run = plan.create();
-    plan.write(run, { versions: versions(), device: cfg.device });
-    model = native.Model.create(cfg.model, cfg.seed, [], cfg.device);
+    if (owner) {
+      run = plan.create();
+      plan.write(run, { versions: versions(), device: cfg.device });
+      log(`run folder ${resolve(run.path)}`);
+    }
+    model = native.Model.create(cfg.model, cfg.seed, [], device);
     model.setPrecision(cfg.precision);
-    log(`run folder ${resolve(run.path)}`);
   }
+  if (group) {
+    const path = await joinGroup(model, group, { device, timeoutS: cfg.distTimeout, runPath: run?.path });
+    run ??= new RunDir(path);
+    log(`${world} ranks joined (${group.launcher}, rank 0 at ${group.masterAddr}:${group.commPort})`);
+  }
+  const runDir = run!; // rank 0's folder on every rank; only rank 0 writes to it
 
   // Data: the bundled angiograms (maps computed into the run folder) or the user's dataset.
   const needMaps = cfg.masking === 'vessel-guided' && cfg.eta > 0;
-  const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
-  const world = 1;
+  const dataset =
+    cfg.data ?? (await rankZeroFirst(model, group, () => demoSamples(join(runDir.path, 'vessel-maps'), log)));
   const perDevice = cfg.batchSize / world;
   const microBatches = Math.ceil(perDevice / cfg.maxMicroBatch);
+  // DistributedSampler(drop_last=True) shards: rank r takes positions r, r + world, ... of the epoch's order.
   const loader: DataLoader = await openLoader(dataset, {
     batchSize: perDevice,
+    rank: group?.rank ?? 0,
+    world,
     seed: cfg.seed,
     maps: needMaps ? 'require' : 'optional',
     workers: cfg.workers,
@@ -145,9 +180,10 @@ export async function pretrain(
   let stopping: 'interrupted' | 'stopped' | undefined;
   let imagesHere = 0;
   const t0 = performance.now();
-  let lastCheckpoint: string | undefined = state ? join(run.checkpoints, LAST_CHECKPOINT) : undefined;
+  let lastCheckpoint: string | undefined = state ? join(runDir.checkpoints, LAST_CHECKPOINT) : undefined;
 
   const save = async (ep: number, nextBatch: number, periodic: boolean) => {
+    if (!owner) return;
     const ls: LoopState = {
       version: 1,
       epoch: ep,
@@ -157,10 +193,10 @@ export async function pretrain(
       epochMasked: nextBatch ? epochMasked : 0,
       epochVessel: nextBatch ? epochVessel : 0,
     };
-    const last = join(run.checkpoints, LAST_CHECKPOINT);
+    const last = join(runDir.checkpoints, LAST_CHECKPOINT);
     await model.saveTraining(last, JSON.stringify(ls));
     if (periodic) {
-      const p = join(run.checkpoints, `checkpoint-${String(ep).padStart(4, '0')}.safetensors`);
+      const p = join(runDir.checkpoints, `checkpoint-${String(ep).padStart(4, '0')}.safetensors`);
       await model.saveTraining(p, JSON.stringify(ls));
       log(`checkpoint ${p}`);
     }
@@ -168,10 +204,11 @@ export async function pretrain(
   };
 
   const grids = async (ep: number) => {
+    if (!owner) return;
     const b = await loader.batchAt(0, 0);
-    const path = join(run.samples, `epoch-${String(ep).padStart(4, '0')}.png`);
+    const path = join(runDir.samples, `epoch-${String(ep).padStart(4, '0')}.png`);
     await sampleGrid(model, b, cfg, ep, path);
-    freq.writePng(join(run.samples, 'mask-frequency.png'));
+    freq.writePng(join(runDir.samples, 'mask-frequency.png'));
   };
 
   try {
@@ -207,20 +244,30 @@ export async function pretrain(
         } catch (e) {
           const msg = (e as Error).message;
           if (!msg.includes('non-finite')) throw e;
-          run.log({ step: step + 1, epoch, iter: it, event: 'non-finite', message: msg });
+          if (owner) runDir.log({ step: step + 1, epoch, iter: it, event: 'non-finite', message: msg });
           throw new NonFiniteLossError(
             `step ${step + 1} (epoch ${epoch}, batch ${it}, lr ${lr.toExponential(3)}): ${msg}. The run stopped; ` +
               (lastCheckpoint
                 ? `the last good checkpoint is ${lastCheckpoint} ` +
-                  `(resume with --resume ${run.path}, perhaps with a lower lr or clipGrad)`
+                  `(resume with --resume ${runDir.path}, perhaps with a lower lr or clipGrad)`
                 : 'no checkpoint was written yet'),
           );
         }
         step++;
         stepsHere++;
-        imagesHere += batch.n;
-        freq.add(masks.mask, g?.vessel ?? undefined);
-        const counts = g?.vessel ? vesselCounts(masks.mask, g.vessel) : undefined;
+        const here = new MaskFrequency(grid, grid);
+        here.add(masks.mask, g?.vessel ?? undefined);
+        // Summed over the ranks: the numbers of the whole batch, and whether any rank got Ctrl-C.
+        const all = await reduceStep(model, world, {
+          stop: options.shouldStop?.() ?? false,
+          images: batch.n,
+          guided: masks.guided.reduce((a, b) => a + b, 0),
+          vessel: g?.vessel ? vesselCounts(masks.mask, g.vessel) : undefined,
+          freq: here,
+        });
+        imagesHere += all.images;
+        freq.merge(all.freq);
+        const counts = all.vessel;
         if (counts) {
           epochMasked += counts.masked;
           epochVessel += counts.vessel;
@@ -234,49 +281,52 @@ export async function pretrain(
           lossRec: r.lossRec,
           lossCons: r.lossCons ?? null,
           gradNorm: r.gradNorm,
-          guided: masks.guided.reduce((a, b) => a + b, 0) / batch.n,
+          guided: all.guided / all.images,
           vesselShare: counts ? counts.vessel / Math.max(1, counts.masked) : null,
           imgPerSec: imagesHere / ((performance.now() - t0) / 1000),
         };
-        run.log({ ...rec });
-        options.onStep?.(rec, {
-          steps: totalSteps,
-          images: totalSteps * batch.n,
-          imagesDone: step * batch.n,
-          imagesHere,
-        });
-        if (options.shouldStop?.() || stepsHere >= stepsLimit) {
-          stopping = options.shouldStop?.() ? 'interrupted' : 'stopped';
+        if (owner) {
+          runDir.log({ ...rec });
+          options.onStep?.(rec, {
+            steps: totalSteps,
+            images: totalSteps * all.images,
+            imagesDone: step * all.images,
+            imagesHere,
+          });
+        }
+        if (all.stop || stepsHere >= stepsLimit) {
+          stopping = all.stop ? 'interrupted' : 'stopped';
           if (it + 1 < iters) {
             await save(epoch, it + 1, false);
-            return { run: run.path, status: stopping, step, epoch, checkpoint: lastCheckpoint };
+            return { run: runDir.path, status: stopping, step, epoch, checkpoint: lastCheckpoint };
           }
         }
       }
       // End of the epoch (also when a stop request came with its last batch).
       const done = epoch + 1;
       // The paper's check of the schedule: the share of masked patches that contain vessel, per epoch.
-      run.log({
-        step,
-        epoch,
-        event: 'epoch',
-        vesselShare: epochMasked > 0 ? epochVessel / epochMasked : null,
-        alpha: cfg.masking === 'vessel-guided' ? guidedAlpha(epoch, cfg.epochs, cfg.alpha0, cfg.alphaT) : 0,
-      });
+      if (owner)
+        runDir.log({
+          step,
+          epoch,
+          event: 'epoch',
+          vesselShare: epochMasked > 0 ? epochVessel / epochMasked : null,
+          alpha: cfg.masking === 'vessel-guided' ? guidedAlpha(epoch, cfg.epochs, cfg.alpha0, cfg.alphaT) : 0,
+        });
       epochMasked = epochVessel = 0;
       const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
       if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
       if (stopping && done < cfg.epochs)
-        return { run: run.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
+        return { run: runDir.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
     }
   } finally {
     loader.close();
   }
-  const encoder = join(run.path, 'encoder.safetensors');
-  await model.exportTimm(encoder);
+  const encoder = join(runDir.path, 'encoder.safetensors');
+  if (owner) await model.exportTimm(encoder);
   log(`encoder for timm: ${encoder}`);
-  return { run: run.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
+  return { run: runDir.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
 }
 
 /** Masked patches, and those among them whose offline-map mass is > 0, over a batch. */

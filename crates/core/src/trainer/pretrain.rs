@@ -11,6 +11,11 @@
 //!    [`PretrainTrainer::step`] on flat arrays or [`PretrainTrainer::step_batch`] on a loader
 //!    batch, with the input checks both share.
 //!
+//! 4. Data parallel: with a [`Collective`] attached ([`PretrainTrainer::set_collective`], which
+//!    broadcasts rank 0's parameters), each step is micro-batch accumulation across processes:
+//!    every rank weighs its chunks by their share of the whole batch, and the gradients (after
+//!    the backward, before clipping and AdamW) and loss terms are summed over the ranks.
+//!
 //! The segmentor enters through the [`VesselSegmentor`] trait so that this file needs nothing of
 //! its architecture (UNeXt-S lives in `nn::unext`).
 
@@ -22,6 +27,7 @@ use serde::Deserialize;
 use crate::checkpoint::{self, LoadOptions, LoadReport};
 use crate::data::Batch;
 use crate::device::Precision;
+use crate::distributed::{self, Collective, ReduceOp, BUCKET_BYTES};
 use crate::embed;
 use crate::nn::kernels::host::Autocast;
 use crate::nn::loss::bce_with_logits;
@@ -131,6 +137,8 @@ pub struct PretrainTrainer {
     precision: Precision,
     segmentor: Option<BoxedSegmentor>,
     prob_cache: Option<(BatchKey, Tensor)>,
+    /// The process group of a data-parallel run (none: one process).
+    collective: Option<Box<dyn Collective>>,
 }
 
 /// A checkpoint loaded into a trainer, with what loading found.
@@ -156,6 +164,7 @@ impl PretrainTrainer {
             precision: Precision::F32,
             segmentor: None,
             prob_cache: None,
+            collective: None,
         })
     }
 
@@ -226,6 +235,31 @@ impl PretrainTrainer {
 
     pub fn has_segmentor(&self) -> bool {
         self.segmentor.is_some()
+    }
+
+    /// Join a data-parallel group: every rank must be at the same optimizer step (resumed from
+    /// the same checkpoint), then takes rank 0's parameters. From here on each step averages
+    /// gradients and loss terms across the group.
+    pub fn set_collective(&mut self, c: Box<dyn Collective>) -> Result<()> {
+        let mine = self.step as f64;
+        let root = c.broadcast(&Tensor::new(&[mine], &Device::Cpu)?.to_device(&self.device)?, 0)?;
+        let root = root.to_vec1::<f64>()?[0];
+        if root != mine {
+            candle_core::bail!(
+                "rank {} is at optimizer step {mine}, rank 0 at {root}: every rank must start from the same \
+                 checkpoint (a run folder all ranks can read)",
+                c.rank()
+            );
+        }
+        let vars: Vec<_> = self.model.params.entries.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        distributed::broadcast_vars(c.as_ref(), &vars, BUCKET_BYTES)?;
+        self.collective = Some(c);
+        Ok(())
+    }
+
+    /// The data-parallel group, when one is attached.
+    pub fn collective(&self) -> Option<&dyn Collective> {
+        self.collective.as_deref()
     }
 
     /// Batch size of `len` image values (B, C, S, S), or an error naming the layout.
@@ -487,10 +521,25 @@ impl PretrainTrainer {
         cons: Option<&Consistency>,
         micro_batches: usize,
     ) -> Result<(PretrainStats, Vec<Tensor>)> {
+        let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
+        self.shard_loss_and_grads(imgs, m, cons, micro_batches, (total_masked, imgs.dim(0)?))
+    }
+
+    /// [`Self::pretrain_loss_and_grads`] of one shard of a larger batch of `totals` = (masked
+    /// patches, images): each chunk weighted by its share of the whole batch, so the sum of the
+    /// shards' values and gradients is the batch's (and each image's gradient is the one a
+    /// single process computes for it).
+    fn shard_loss_and_grads(
+        &self,
+        imgs: &Tensor,
+        m: &Masking,
+        cons: Option<&Consistency>,
+        micro_batches: usize,
+        (total_masked, total_images): (f64, usize),
+    ) -> Result<(PretrainStats, Vec<Tensor>)> {
         let _ac = self.autocast();
         let b = imgs.dim(0)?;
         let chunks = micro_batches.clamp(1, b.max(1));
-        let total_masked = m.mask.sum_all()?.to_scalar::<f32>()? as f64;
         if total_masked <= 0.0 {
             candle_core::bail!("the mask hides no patch: the reconstruction loss is undefined");
         }
@@ -527,7 +576,7 @@ impl PretrainTrainer {
                 let recon = self.model.reconstruct(&x, &out.pred)?;
                 let logits = c.seg.logits(&recon)?;
                 let target = c.prob.narrow(0, start, n)?.detach();
-                let l = (bce_with_logits(&logits, &target)? * (n as f64 / b as f64))?;
+                let l = (bce_with_logits(&logits, &target)? * (n as f64 / total_images as f64))?;
                 con += l.to_scalar::<f32>()? as f64;
                 total = (total + (l * c.weight)?)?;
             } else if masked == 0.0 {
@@ -561,7 +610,23 @@ impl PretrainTrainer {
         cons: Option<&Consistency>,
         p: &StepParams,
     ) -> Result<PretrainStats> {
-        let (mut st, mut grads) = self.pretrain_loss_and_grads(imgs, m, cons, p.micro_batches)?;
+        let (mut st, mut grads) = match self.collective.as_deref() {
+            None => self.pretrain_loss_and_grads(imgs, m, cons, p.micro_batches)?,
+            // Data parallel: micro-batch accumulation across processes. Each rank weighs its
+            // chunks by their share of the whole batch; the sums over the ranks are the batch's.
+            Some(c) => {
+                let local = [m.mask.sum_all()?.to_scalar::<f32>()? as f64, imgs.dim(0)? as f64];
+                let totals = distributed::all_reduce_values(c, &local, ReduceOp::Sum, &self.device)?;
+                let (mut st, mut grads) =
+                    self.shard_loss_and_grads(imgs, m, cons, p.micro_batches, (totals[0], totals[1] as usize))?;
+                let names: Vec<&str> = self.opt.vars().into_iter().map(|(n, _)| n).collect();
+                distributed::all_reduce_grads(c, &names, &mut grads, BUCKET_BYTES)?;
+                let terms = [st.loss, st.loss_rec, st.loss_cons.unwrap_or(0.0)];
+                let sums = distributed::all_reduce_values(c, &terms, ReduceOp::Sum, &self.device)?;
+                (st.loss, st.loss_rec, st.loss_cons) = (sums[0], sums[1], st.loss_cons.map(|_| sums[2]));
+                (st, grads)
+            }
+        };
         st.grad_norm = match p.clip_grad {
             Some(c) => clip_grad_norm(&mut grads, c)?,
             None => global_norm(&grads)?,

@@ -3,8 +3,10 @@
 import { resolve } from 'node:path';
 
 import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
-import { PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
-import { pretrain, type StepRecord } from '../../train/pretrain.js';
+import { LaunchSchema, PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
+import { parseOptions } from '../../config/vessels.js';
+import { batchPlan, groupFromEnv, launchLocal, rankPlan } from '../../train/distributed.js';
+import { checkWorld, planPretrain, pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
 import { presetSummary, reportStop, runLongJob } from '../long-job.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
@@ -21,6 +23,10 @@ export const spec: CommandSpec = {
     'reconstruction | + visible | vessel map | guidance grids, mask-frequency.png) and encoder.safetensors\n' +
     '(timm layout) at the end. Values come from the preset, then --config, then flags.\n' +
     'Ctrl-C writes a checkpoint and exits (code 130); --resume continues exactly where it stopped.\n' +
+    'Data parallel (docs/DISTRIBUTED.md): --gpus 0,1,2,3 starts one process per GPU on this node; under\n' +
+    'torchrun or Slurm every process joins by itself (RANK/WORLD_SIZE/... or SLURM_PROCID/...). --nproc N\n' +
+    'runs N CPU processes over a TCP test collective: a test double for machines without GPUs, not a\n' +
+    'product path. batchSize stays the effective batch (all ranks); --resume may change the world size.\n' +
     `Presets: ${RUN_PRESETS.map((p) => `${p} (${presetSummary(PRESETS[p])})`).join(', ')}.`,
   options: [
     {
@@ -31,6 +37,11 @@ export const spec: CommandSpec = {
       help: 'JSON config (any field of the run config; flags override it)',
     },
     { name: 'resume', type: 'string', arg: '<run>', help: 'continue a run folder from its last checkpoint' },
+    {
+      name: 'dry-run',
+      type: 'boolean',
+      help: "print each rank's command (with --gpus / --nproc) or this rank's place in the group; train nothing",
+    },
   ],
   flags: schemaFlags(PretrainSchema, {
     nested: { model: ModelConfigSchema },
@@ -45,11 +56,35 @@ export const spec: CommandSpec = {
     'vasomim pretrain --preset vasomim-vit-b --data /data/XA-170K --segmentor unext.safetensors',
     'vasomim pretrain --resume runs/20261128-101500',
     'vasomim pretrain --data xa --masking random --eta 1 --cons-weight 0   # MAE baseline (ablation)',
+    'vasomim pretrain --preset vasomim-vit-b --data /data/XA-170K --segmentor unext.safetensors --gpus 0,1,2,3',
+    'torchrun --nproc-per-node 8 $(which vasomim) pretrain --preset vasomim-vit-b --data ... --device cuda',
   ],
 };
 
 export const run = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
+  // --gpus / --nproc: this process only launches the ranks (each one runs this command again,
+  // inside the group, where these flags are ignored).
+  const [file, flags] = configLayers(spec, values);
+  const { gpus, nproc } = parseOptions(LaunchSchema, { ...pick(file), ...pick(flags) }, 'launch');
+  const group = groupFromEnv();
+  const dryRun = values['dry-run'] === true;
+  if ((gpus !== undefined || nproc !== undefined) && !group) {
+    const ids = gpus?.split(',').map(Number);
+    const world = ids?.length ?? nproc!;
+    // The run's own checks once here, before any rank starts.
+    const cfg = planPretrain([file, flags], values.resume as string | undefined).config;
+    checkWorld(cfg, world);
+    const args = process.argv.slice(2).filter((a) => a !== '--dry-run');
+    if (dryRun) process.stdout.write(batchPlan(cfg, world) + '\n');
+    return launchLocal({ world, gpus: ids, args: ids ? [...args, '--device', 'cuda'] : args, dryRun });
+  }
+  if (dryRun) {
+    const cfg = planPretrain([file, flags], values.resume as string | undefined).config;
+    checkWorld(cfg, group?.worldSize ?? 1);
+    process.stdout.write(rankPlan(cfg, group) + '\n');
+    return 0;
+  }
   const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     pretrain(configLayers(spec, values), {
       ...hooks,
@@ -82,3 +117,6 @@ export const run = command(spec, async ({ values, positionals }) => {
   );
   return 0;
 });
+
+/** The launch fields of a config layer. */
+const pick = (l: Record<string, unknown>) => ({ gpus: l.gpus, nproc: l.nproc });
