@@ -17,6 +17,7 @@ import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as Loop
 import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
+import { RunOutputs } from '../report/outputs.js';
 import { StepOptionsSchema } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
@@ -104,6 +105,7 @@ export async function pretrain(
     model = native.Model.create(cfg.model, cfg.seed, [], cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
+  const outputs = new RunOutputs(run, cfg, log);
 
   // Data: the bundled angiograms (maps computed into the run folder) or the user's dataset.
   const needMaps = cfg.masking === 'vessel-guided' && cfg.eta > 0;
@@ -167,8 +169,8 @@ export async function pretrain(
   const grids = async (ep: number) => {
     const b = await loader.batchAt(0, 0);
     const path = join(run.samples, `epoch-${String(ep).padStart(4, '0')}.png`);
-    await sampleGrid(model, b, cfg, ep, path);
-    freq.writePng(join(run.samples, 'mask-frequency.png'));
+    const mean = await sampleGrid(model, b, cfg, ep, path);
+    freq.writeHeatMap(join(run.samples, 'mask-frequency'), mean);
   };
 
   try {
@@ -264,6 +266,7 @@ export async function pretrain(
       const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
       if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
+      outputs.epochEnd(done, step);
       if (stopping && done < cfg.epochs)
         return { run: run.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
     }
@@ -273,6 +276,7 @@ export async function pretrain(
   const encoder = join(run.path, 'encoder.safetensors');
   await model.exportTimm(encoder);
   log(`encoder for timm: ${encoder}`);
+  outputs.finish(step);
   return { run: run.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
 }
 

@@ -10,7 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
-import { channels, int, runFields } from '../config/fields.js';
+import { channels, int, outputFields, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -40,6 +40,7 @@ export const SegmentorRunSchema = z
     device: DeviceSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
+    ...outputFields(),
   })
   .strict();
 
