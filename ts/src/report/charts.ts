@@ -95,11 +95,7 @@ function perEpoch(f: FolderData, key: string, label: string): Series {
 }
 
 /** One chart over several folders: `make` gives one folder's series. */
-function chart(
-  folders: FolderData[],
-  spec: Omit<Chart, 'data' | 'labels'>,
-  make: (f: FolderData) => Series[],
-): Chart {
+function chart(folders: FolderData[], spec: Omit<Chart, 'data' | 'labels'>, make: (f: FolderData) => Series[]): Chart {
   const many = folders.length > 1;
   const series = folders.flatMap((f) =>
     make(f).map((s) => ({ ...s, label: many ? `${f.name}: ${s.label}` : s.label })),
@@ -154,9 +150,7 @@ function segmentorCharts(fs: FolderData[]): Chart[] {
   ];
   return [
     chart(fs, { title: 'Loss per step', x: 'step', y: 'loss' }, (f) => terms.map(([k, l]) => perStep(f, k, l))),
-    chart(fs, { title: 'Loss per epoch', x: 'epoch', y: 'loss', points: true }, (f) => [
-      perEpoch(f, 'loss', 'loss'),
-    ]),
+    chart(fs, { title: 'Loss per epoch', x: 'epoch', y: 'loss', points: true }, (f) => [perEpoch(f, 'loss', 'loss')]),
     chart(fs, { title: 'Learning rate', x: 'epoch', y: 'learning rate', points: true }, (f) => [
       epochMean(f, 'lr', 'lr'),
     ]),
@@ -202,9 +196,12 @@ function evaluationCharts(fs: FolderData[]): Chart[] {
 
 /** The charts of `folders` (all of kind `kind`). */
 export function chartsFor(kind: FolderKind, folders: FolderData[]): Chart[] {
-  const make = { pretrain: pretrainCharts, segmentor: segmentorCharts, finetune: finetuneCharts, evaluation: evaluationCharts }[
-    kind
-  ];
+  const make = {
+    pretrain: pretrainCharts,
+    segmentor: segmentorCharts,
+    finetune: finetuneCharts,
+    evaluation: evaluationCharts,
+  }[kind];
   // A chart with no series (e.g. L_cons of a run without consistency loss) is left out.
   return make(folders).filter((c) => c.labels.length > 0);
 }

@@ -120,7 +120,9 @@ export function buildReport(paths: string[]): string {
     subtitle: `vasomim report of ${fs.map((f) => f.path).join(', ')}, written ${new Date().toISOString()}`,
     tables: [summaryTable(kind, fs), ...(kind === 'evaluation' ? classTables(fs) : [])],
     charts: chartsFor(kind, fs),
-    pictures: fs.flatMap((f) => f.pictures.map((p) => ({ ...p, caption: many ? `${f.name}: ${p.caption}` : p.caption }))),
+    pictures: fs.flatMap((f) =>
+      f.pictures.map((p) => ({ ...p, caption: many ? `${f.name}: ${p.caption}` : p.caption })),
+    ),
     details: fs.map((f) => ({
       title: `${kind === 'evaluation' ? 'summary.json' : 'config.json'}${many ? ` of ${f.name}` : ''}`,
       json: f.config,

@@ -47,7 +47,9 @@ function readJson(path: string): Record<string, unknown> {
 
 /** Numeric columns of a CSV written by `vasomim evaluate` (quoted ids are skipped over). */
 export function readCsvColumns(path: string): Record<string, number[]> {
-  const lines = readFileSync(path, 'utf8').split('\n').filter((l) => l.trim());
+  const lines = readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim());
   const split = (l: string) => l.match(/("([^"]|"")*"|[^,]*)(,|$)/g)!.map((f) => f.replace(/,$/, ''));
   const header = split(lines[0] ?? '');
   const cols: Record<string, number[]> = Object.fromEntries(header.map((h) => [h, []]));
@@ -101,7 +103,9 @@ export function readFolder(path: string): FolderData {
       ? 'finetune'
       : resolved.maskRatio !== undefined
         ? 'pretrain'
-        : steps.some((s) => s.bce !== undefined) || existsSync(join(path, 'segmentor.safetensors')) || 'inChans' in resolved
+        : steps.some((s) => s.bce !== undefined) ||
+            existsSync(join(path, 'segmentor.safetensors')) ||
+            'inChans' in resolved
           ? 'segmentor'
           : 'pretrain';
   const pictures =
@@ -118,6 +122,10 @@ export function readFolder(path: string): FolderData {
             () => 'masking frequency per patch position (all epochs so far)',
           ),
         ]
-      : picturesIn(run.samples, () => true, (f) => f.replace(/\.png$/, '').replace(/-/g, ' '));
+      : picturesIn(
+          run.samples,
+          () => true,
+          (f) => f.replace(/\.png$/, '').replace(/-/g, ' '),
+        );
   return { kind, name, path, config, steps, epochs, pictures };
 }

@@ -27,6 +27,7 @@ import {
   type SegmentationSample,
 } from '../segmentation/dataset.js';
 import { writePng } from '../util/png.js';
+import { RunOutputs } from '../report/outputs.js';
 import { LAST_CHECKPOINT, planRun } from './rundir.js';
 import { lrAt, type LrSchedule } from './schedule.js';
 
@@ -172,6 +173,7 @@ export async function finetune(
 
   const run = resumed ?? plan.create();
   log(`run folder ${run.path}`);
+  const outputs = new RunOutputs(run, c, log);
   const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
 
   const lastPath = resumed ? resumed.lastCheckpoint() : join(run.checkpoints, LAST_CHECKPOINT);
@@ -350,6 +352,7 @@ export async function finetune(
       };
       run.log(rec as unknown as Record<string, unknown>);
       events.onEpoch?.(rec);
+      outputs.epochEnd(epochsDone, step);
       if (epochsDone < c.epochs) {
         if (events.shouldStop?.()) return result('interrupted');
         if (step >= totalSteps) return result('stopped');
@@ -358,5 +361,6 @@ export async function finetune(
   } finally {
     loader.native.close();
   }
+  outputs.finish(step);
   return result('completed');
 }

@@ -18,6 +18,7 @@ import { packageVersion } from '../native.js';
 import { writePng } from '../util/png.js';
 import { demoSamples } from './demo.js';
 import { mergeConfig } from '../config/pretrain.js';
+import { RunOutputs } from '../report/outputs.js';
 import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
@@ -106,6 +107,7 @@ export async function trainSegmentor(
     seg = createSegmentor({ inChans: cfg.inChans }, cfg.seed, cfg.device);
     log(`run folder ${resolve(run.path)}`);
   }
+  const outputs = new RunOutputs(run, cfg, log);
   const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
   const augment = parseOptions(AugmentSchema, { size: cfg.imgSize, channels: cfg.inChans }, 'augment');
   const loader = await openLoader(dataset, {
@@ -170,12 +172,14 @@ export async function trainSegmentor(
       await seg.save(checkpoint);
       if (done % cfg.checkpointEvery === 0 || done === cfg.epochs)
         copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
+      outputs.epochEnd(done, seg.step);
       if (options.shouldStop?.() && done < cfg.epochs)
         return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
     }
     const out = join(run.path, 'segmentor.safetensors');
     await seg.save(out, false);
     await predictionSheet(seg, await loader.batchAt(0, 0), cfg, join(run.samples, 'predictions.png'));
+    outputs.finish(seg.step);
     return { run: run.path, status: 'completed', epoch: cfg.epochs, segmentor: out, checkpoint };
   } finally {
     loader.close();
