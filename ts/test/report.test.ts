@@ -19,6 +19,8 @@ const runs = join(tmp.path, 'runs');
 const data = join(tmp.path, 'xa');
 const CHROMIUM = chromiumPath();
 const NO_CHROMIUM = 'chromium is not installed (apt-get install chromium): the page is not checked in a browser';
+/** Test-name suffix saying why a browser test skips. */
+const SKIPS = CHROMIUM ? '' : ` (skipped: ${NO_CHROMIUM})`;
 
 /** A micro pre-training run (64², micro ViT, 2 epochs of 2 steps) with the given extra flags. */
 function pretrainRun(name: string, extra: string[] = []) {
@@ -107,17 +109,14 @@ describe('report of a pre-training run', () => {
     expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=|https?:\/\/(?!github\.com\/leeoniya)/);
   });
 
-  it.skipIf(!CHROMIUM)(
-    `renders in headless Chromium: no error, no request, 8 charts, 3 pictures ${CHROMIUM ? '' : `(skipped: ${NO_CHROMIUM})`}`,
-    async () => {
-      const out = join(tmp.path, 'pre.html');
-      const r = cli(['report', run, '--out', out]);
-      expect(r.code, r.stderr).toBe(0);
-      const p = await loadPage(CHROMIUM!, out);
-      expectGoodPage(p, 8, 3);
-      await expectNotBlank(p.screenshot);
-    },
-  );
+  it.skipIf(!CHROMIUM)(`renders in headless Chromium: no error, no request, 8 charts, 3 pictures${SKIPS}`, async () => {
+    const out = join(tmp.path, 'pre.html');
+    const r = cli(['report', run, '--out', out]);
+    expect(r.code, r.stderr).toBe(0);
+    const p = await loadPage(CHROMIUM!, out);
+    expectGoodPage(p, 8, 3);
+    await expectNotBlank(p.screenshot);
+  });
 
   it.skipIf(!CHROMIUM)('the browser check can fail: a page with a request and a console error is caught', async () => {
     const bad = join(tmp.path, 'bad.html');
@@ -152,7 +151,7 @@ describe('report of a pre-training run', () => {
 
 describe('report of segmentor, fine-tuning and evaluation folders', () => {
   it.skipIf(!CHROMIUM)(
-    `each kind renders with its charts and pictures; --compare of evaluations ${CHROMIUM ? '' : `(skipped: ${NO_CHROMIUM})`}`,
+    `each kind renders with its charts and pictures; --compare of evaluations${SKIPS}`,
     async () => {
       // segmentor: 1 epoch at 64², report at the end
       const seg = cli([

@@ -45,7 +45,8 @@ const STYLE = `
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1240px; padding: 0 16px; color: #222; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 10px; border-bottom: 1px solid #ddd; }
 .sub { color: #666; margin-bottom: 16px; }
-table { border-collapse: collapse; margin: 8px 0 16px; } td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+td, th { padding: 3px 10px; border-bottom: 1px solid #eee; text-align: right; }
 th:first-child, td:first-child { text-align: left; } th { background: #f6f6f6; }
 .charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(580px, 1fr)); gap: 18px; }
 .chart { min-height: 330px; }
@@ -54,11 +55,15 @@ figcaption { color: #555; margin-top: 4px; }
 pre { background: #f7f7f7; padding: 10px; overflow: auto; font-size: 12px; }
 `;
 
+/** Nothing may load from anywhere: scripts and styles are inline, pictures data: URIs. */
+const CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:";
+
 /** Draws every chart of the JSON block with uPlot (runs in the page). */
 const BOOT = `
 (function () {
   var charts = JSON.parse(document.getElementById('chart-data').textContent);
-  var colours = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd', '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
+  var colours = ['#1f77b4', '#d62728', '#2ca02c', '#ff7f0e', '#9467bd',
+                 '#8c564b', '#e377c2', '#17becf', '#7f7f7f', '#bcbd22'];
   var whole = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000];
   function fmt(c) {
     return function (u, vals) {
@@ -81,7 +86,9 @@ const BOOT = `
       scales: { x: { time: false } },
       axes: [
         // Steps and epochs are counts: whole-number ticks only.
-        c.x === 'step' || c.x === 'epoch' ? { label: c.x, values: fmt({}), incrs: whole } : { label: c.x, values: fmt({}) },
+        c.x === 'step' || c.x === 'epoch'
+          ? { label: c.x, values: fmt({}), incrs: whole }
+          : { label: c.x, values: fmt({}) },
         { label: c.y, size: 70, values: fmt(c) },
       ],
       series: series,
@@ -101,7 +108,9 @@ export function renderPage(p: PageContent): string {
     )
     .join('\n');
   const charts = p.charts.length
-    ? `<h2>Charts</h2><div class="charts">${p.charts.map((_, i) => `<div class="chart" id="chart-${i}"></div>`).join('')}</div>`
+    ? '<h2>Charts</h2><div class="charts">' +
+      p.charts.map((_, i) => `<div class="chart" id="chart-${i}"></div>`).join('') +
+      '</div>'
     : '';
   const pictures = p.pictures.length
     ? '<h2>Pictures</h2>' +
@@ -116,12 +125,13 @@ export function renderPage(p: PageContent): string {
   const details = p.details
     .map(
       (d) =>
-        `<details><summary>${escapeHtml(d.title)}</summary><pre>${escapeHtml(JSON.stringify(d.json, null, 2))}</pre></details>`,
+        `<details><summary>${escapeHtml(d.title)}</summary>` +
+        `<pre>${escapeHtml(JSON.stringify(d.json, null, 2))}</pre></details>`,
     )
     .join('\n');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="${CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${escapeHtml(p.title)}</title>
 <style>${css}</style><style>${STYLE}</style>

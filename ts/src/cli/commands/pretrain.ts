@@ -18,8 +18,9 @@ export const spec: CommandSpec = {
     'a few minutes; vessel maps are computed into the run folder). A run folder holds config.json,\n' +
     'metrics.jsonl (one JSON object per step), checkpoints/ (last.safetensors + every N epochs:\n' +
     'weights with timm names, AdamW moments, loop position), samples/ (input | masked |\n' +
-    'reconstruction | + visible | vessel map | guidance grids, mask-frequency.png) and encoder.safetensors\n' +
-    '(timm layout) at the end. Values come from the preset, then --config, then flags.\n' +
+    'reconstruction | + visible | vessel map | guidance grids; mask-frequency.png heat map + .npy\n' +
+    'counts), and at the end encoder.safetensors (timm layout) and report.html (see vasomim report);\n' +
+    '--tensorboard adds TensorBoard event files. Values come from the preset, then --config, then flags.\n' +
     'Ctrl-C writes a checkpoint and exits (code 130); --resume continues exactly where it stopped.\n' +
     `Presets: ${RUN_PRESETS.map((p) => `${p} (${presetSummary(PRESETS[p])})`).join(', ')}.`,
   options: [
