@@ -70,30 +70,51 @@ describe('event file format', () => {
   });
 });
 
-describe.skipIf(!version)(`TensorBoard ${version} reads a --tensorboard run`, () => {
-  const data = join(tmp.path, 'xa');
-  beforeAll(async () => {
-    mkdirSync(join(data, 'src'), { recursive: true });
-    for (const p of [
-      'cadica-samples/p10_v7_00031.png',
-      'cadica-samples/p11_v5_00033.png',
-      'arcade-samples/STEN_001_0000.png',
-      'arcade-samples/STEN_002_0000.png',
-      'danilov-stenosis-samples/14_002_5_0016.png',
-      'danilov-stenosis-samples/14_002_5_0017.png',
-    ])
-      copyFileSync(join(SAMPLES, p), join(data, 'src', p.split('/')[1]!));
-    await prepareVesselMaps(data);
-  }, 60_000);
+const data = join(tmp.path, 'xa');
+const runs = join(tmp.path, 'runs');
+/** A micro pre-training run (64², micro ViT, 6 images, batch 4: one step an epoch). */
+const microRun = (extra: string[]) =>
+  cli([
+    'pretrain',
+    ...['--data', data, '--runs', runs, '--model', 'micro', '--img-size', '64'],
+    ...['--batch-size', '4', '--epochs', '3', '--warmup-epochs', '1', '--eta', '1', '--cons-weight', '0'],
+    ...['--segmentor', 'none', '--workers', '1', '--sample-every', '2', ...extra],
+  ]);
 
+beforeAll(async () => {
+  mkdirSync(join(data, 'src'), { recursive: true });
+  for (const p of [
+    'cadica-samples/p10_v7_00031.png',
+    'cadica-samples/p11_v5_00033.png',
+    'arcade-samples/STEN_001_0000.png',
+    'arcade-samples/STEN_002_0000.png',
+    'danilov-stenosis-samples/14_002_5_0016.png',
+    'danilov-stenosis-samples/14_002_5_0017.png',
+  ])
+    copyFileSync(join(SAMPLES, p), join(data, 'src', p.split('/')[1]!));
+  await prepareVesselMaps(data);
+}, 60_000);
+
+describe('--tensorboard and --report-every', () => {
+  it('belong to the invocation: a run resumed with --tensorboard writes events; bad values are named', () => {
+    expect(microRun(['--name', 'resumed', '--max-steps', '1']).code).toBe(0);
+    const run = join(runs, 'resumed');
+    expect(readdirSync(run).some((f) => f.startsWith('events.out'))).toBe(false);
+    const r = cli(['pretrain', '--resume', run, '--tensorboard']);
+    expect(r.code, r.stderr).toBe(0);
+    const events = readdirSync(run).filter((f) => f.startsWith('events.out'));
+    expect(events.length).toBe(1);
+    // steps 2 and 3 (and the epoch records) were written by the resumed invocation
+    expect(readRecords(join(run, events[0]!)).filter((b) => b.includes(Buffer.from('step/loss'))).length).toBe(2);
+    const bad = microRun(['--name', 'bad', '--report-every=-1']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('reportEvery must be >= 0 (--report-every -1)');
+  });
+});
+
+describe.skipIf(!version)(`TensorBoard ${version} reads a --tensorboard run`, () => {
   it('the same scalar series as metrics.jsonl, and the sample pictures as images', () => {
-    const runs = join(tmp.path, 'runs');
-    const r = cli([
-      'pretrain',
-      ...['--data', data, '--runs', runs, '--name', 'tb', '--model', 'micro', '--img-size', '64'],
-      ...['--batch-size', '4', '--epochs', '3', '--warmup-epochs', '1', '--eta', '1', '--cons-weight', '0'],
-      ...['--segmentor', 'none', '--workers', '1', '--sample-every', '2', '--tensorboard'],
-    ]);
+    const r = microRun(['--name', 'tb', '--tensorboard']);
     expect(r.code, r.stderr).toBe(0);
     const run = join(runs, 'tb');
     expect(readdirSync(run).filter((f) => f.startsWith('events.out.tfevents.')).length).toBe(1);

@@ -68,7 +68,10 @@ export const runFields = <const T extends readonly ['demo', ...string[]] | reado
 /**
  * What a training run writes besides its checkpoints: TensorBoard event files beside
  * metrics.jsonl, and how often report.html is rewritten (it is always written at the end).
+ * They belong to one invocation (OUTPUT_KEYS), like the loader's threads: a resumed run takes them
+ * from its own command line, and they change nothing the run computes.
  */
+export const OUTPUT_KEYS = ['tensorboard', 'reportEvery'] as const;
 export const outputFields = () => ({
   tensorboard: z
     .boolean({ error: 'tensorboard must be true or false' })

@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { parseCheckpointExtra, type FinetuneLoopState } from '../config/checkpoint.js';
+import { OUTPUT_KEYS } from '../config/fields.js';
 import { resolveFinetuneConfig, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
 import { DatasetError, type DataSample } from '../data/dataset.js';
 import { openLoader } from '../data/loader.js';
@@ -153,7 +154,7 @@ export async function finetune(
     layers: [input],
     resume,
     resolve: resolveFinetuneConfig,
-    invocation: ['workers', 'maxSteps'],
+    invocation: ['workers', 'maxSteps', ...OUTPUT_KEYS],
     key: 'input',
   });
   const c: FinetuneConfig = plan.config;

@@ -14,6 +14,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as LoopState } from '../config/checkpoint.js';
+import { OUTPUT_KEYS } from '../config/fields.js';
 import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
@@ -86,7 +87,7 @@ export async function pretrain(
     layers,
     resume: options.resume,
     resolve: resolvePretrainConfig,
-    invocation: ['maxSteps', 'workers'],
+    invocation: ['maxSteps', 'workers', ...OUTPUT_KEYS],
   });
   const cfg: PretrainConfig = plan.config;
   let run: RunDir;

@@ -10,7 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema } from '../config/model.js';
-import { channels, int, outputFields, runFields } from '../config/fields.js';
+import { channels, int, OUTPUT_KEYS, outputFields, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -94,7 +94,12 @@ export async function trainSegmentor(
 ): Promise<SegmentorResult> {
   const log = options.onLog ?? (() => {});
   // workers belongs to this invocation, not to the run.
-  const plan = planRun({ layers, resume: options.resume, resolve: resolveSegmentorConfig, invocation: ['workers'] });
+  const plan = planRun({
+    layers,
+    resume: options.resume,
+    resolve: resolveSegmentorConfig,
+    invocation: ['workers', ...OUTPUT_KEYS],
+  });
   const cfg: SegmentorRunConfig = plan.config;
   let run: RunDir;
   let seg: Segmentor;
