@@ -69,7 +69,7 @@ const BOOT = `
     return function (u, vals) {
       return vals.map(function (v) {
         if (v == null) return '';
-        if (c.percent) return (100 * v).toFixed(Math.abs(v) < 0.1 ? 1 : 0) + ' %';
+        if (c.percent) return (100 * v).toFixed(v !== 0 && Math.abs(v) < 0.1 ? 1 : 0) + ' %';
         var a = Math.abs(v);
         return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(1) : +v.toPrecision(4) + '';
       });

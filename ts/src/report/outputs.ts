@@ -41,7 +41,7 @@ export class RunOutputs {
 
   constructor(
     private readonly run: RunDir,
-    private readonly cfg: { tensorboard: boolean; reportEvery: number },
+    private readonly cfg: { tensorboard: boolean; reportEvery: number; epochs: number },
     private readonly log: (line: string) => void = () => {},
   ) {
     if (!cfg.tensorboard) return;
@@ -56,7 +56,8 @@ export class RunOutputs {
   /** After epoch `done` (1-based count) at optimizer step `step`: new pictures, the report when due. */
   epochEnd(done: number, step: number): void {
     this.pictures(step);
-    if (this.cfg.reportEvery > 0 && done % this.cfg.reportEvery === 0) this.report();
+    // The last epoch's report is `finish`'s.
+    if (this.cfg.reportEvery > 0 && done % this.cfg.reportEvery === 0 && done < this.cfg.epochs) this.report();
   }
 
   /** At the end of a completed run: the last pictures and the report. */

@@ -77,6 +77,14 @@ export class MaskFrequency {
     let hi = Math.ceil(100 * Math.max(...f)) / 100;
     if (hi - lo < 0.01) [lo, hi] = [Math.max(0, hi - 0.01), Math.max(0.01, hi)];
     const t = (v: number) => (v - lo) / (hi - lo);
+    // The background stretched to its own range: a mean of a few angiograms is low in contrast.
+    let bLo = Infinity;
+    let bHi = -Infinity;
+    for (let i = 0; background && i < background.data.length; i++) {
+      bLo = Math.min(bLo, background.data[i]!);
+      bHi = Math.max(bHi, background.data[i]!);
+    }
+    const grey = (v: number) => (bHi > bLo ? (255 * (v - bLo)) / (bHi - bLo) : v);
     // Layout: title band, the map, a gap, the colour bar and its tick labels.
     const pad = 12;
     const top = pad + textHeight(2) + 10;
@@ -93,9 +101,11 @@ export class MaskFrequency {
         const c = viridis(t(f[Math.floor(y / cell) * this.gridW + Math.floor(x / cell)]!));
         // The angiogram shows through (40 %) so the masks can be placed on the anatomy.
         const g = background
-          ? background.data[
-              Math.floor((y * background.size) / mapH) * background.size + Math.floor((x * background.size) / mapW)
-            ]!
+          ? grey(
+              background.data[
+                Math.floor((y * background.size) / mapH) * background.size + Math.floor((x * background.size) / mapW)
+              ]!,
+            )
           : 255;
         img.put(pad + x, top + y, [0, 1, 2].map((k) => Math.round(0.6 * c[k]! + 0.4 * g)) as unknown as Rgb);
       }
