@@ -142,7 +142,7 @@ ${charts}
 ${pictures}
 ${details ? `<h2>Configuration and versions</h2>${details}` : ''}
 <script type="application/json" id="chart-data">${scriptJson(p.charts)}</script>
-<script>${js}</script>
+<script>/* uPlot, MIT licence, (c) 2022 Leon Sorokin */ ${js}</script>
 <script>${BOOT}</script>
 </body></html>
 `;
