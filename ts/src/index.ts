@@ -192,6 +192,8 @@ export {
 export { demoImages, demoSamples, bundledSegmentor } from './train/demo.js';
 export { RunDir } from './train/rundir.js';
 export { MaskFrequency } from './train/maskfreq.js';
+export { buildReport, readFolder, writeReport, type FolderData, type FolderKind } from './report/index.js';
+export { EventWriter } from './report/tensorboard.js';
 export { writeVesselMaps } from './vessels/api.js';
 export {
   FinetuneSchema,

@@ -26,7 +26,17 @@ function load(): typeof Native {
   if (!existsSync(entry)) {
     throw new Error('vasomim: the native addon is not built; run `npm run build` (needs cargo) in the package folder');
   }
-  return require(entry) as typeof Native;
+  try {
+    // bindings/index.js (napi-rs) loads bindings/vasomim.<platform>.node, else the platform package
+    // vasomim-<platform> that npm installed as an optional dependency (docs/RELEASE.md).
+    return require(entry) as typeof Native;
+  } catch (e) {
+    throw new Error(
+      `vasomim: cannot load the native addon (${(e as Error).message.split('\n')[0]}). With no prebuilt package ` +
+        `for ${process.platform}-${process.arch}, build it from source: \`node scripts/install.mjs\` in ` +
+        `${packageRoot()} (needs cargo)`,
+    );
+  }
 }
 
 export const native: typeof Native = load();

@@ -6,6 +6,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { readImage } from '../src/index.js';
 import { MaskFrequency } from '../src/train/maskfreq.js';
+import { viridis } from '../src/util/draw.js';
 import { parseCheckpointExtra, parseLoopState, PretrainLoopStateSchema } from '../src/config/checkpoint.js';
 import { mergeConfig } from '../src/config/pretrain.js';
 import { planRun, RunDir } from '../src/train/rundir.js';
@@ -67,10 +68,26 @@ describe('MaskFrequency', () => {
     mf.add([1, 1, 0, 0, 1, 0, 1, 0], [5, 0, 0, 0, 5, 0, 0, 3]);
     expect(Array.from(mf.frequency())).toEqual([1, 0.5, 0.5, 0]);
     expect(mf.vesselShare()).toBeCloseTo(2 / 4, 12);
-    mf.writePng(join(tmp.path, 'freq.png'), 4);
-    const img = await readImage(join(tmp.path, 'freq.png'));
-    expect([img.width, img.height]).toEqual([8, 8]);
-    expect([img.pixels[0], img.pixels[4], img.pixels[63]]).toEqual([255, 128, 0]);
+    // The heat map: the raw counts as .npy, a viridis map over the background, scaled to the map's range.
+    const bg = { data: new Float64Array(16).fill(100), size: 4 };
+    mf.writeHeatMap(join(tmp.path, 'freq'), bg);
+    const npy = readFileSync(join(tmp.path, 'freq.npy'));
+    const headerLen = npy.readUInt16LE(8);
+    expect((10 + headerLen) % 64).toBe(0);
+    expect(npy.toString('latin1', 10, 10 + headerLen)).toContain("'shape': (2, 2)");
+    const counts = [0, 1, 2, 3].map((i) => npy.readDoubleLE(10 + headerLen + 8 * i));
+    expect(counts).toEqual([2, 1, 1, 0]);
+    const png = await readImage(join(tmp.path, 'freq.png'));
+    const r = mf.heatMap(bg);
+    expect([png.width, png.height]).toEqual([r.width, r.height]);
+    expect(r.width).toBeGreaterThan(448); // 224-px cells for a 2 x 2 grid, plus the colour bar
+    // The always-masked patch is viridis(1) (yellow) over grey 100, the never-masked one viridis(0).
+    const at = (x: number, y: number) => Array.from(r.data.slice((y * r.width + x) * 3, (y * r.width + x) * 3 + 3));
+    const blend = (c: readonly number[]) => c.map((v) => Math.round(0.6 * v + 0.4 * 100));
+    const top = 12 + 14 + 10;
+    expect(at(12 + 10, top + 10)).toEqual(blend(viridis(1)));
+    expect(at(12 + 224 + 10, top + 224 + 10)).toEqual(blend(viridis(0)));
+    expect(at(12 + 224 + 10, top + 10)).toEqual(blend(viridis(0.5)));
     expect(() => mf.add([1, 0, 1])).toThrow(/not a multiple of 4/);
   });
 });

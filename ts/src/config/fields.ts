@@ -1,7 +1,8 @@
 // Zod constructors of the numeric config fields the schemas share, each with the error messages
 // the CLI and the Node API report (`<field> must be ...`): pos (finite, > 0), nonneg (finite,
 // >= 0), int (integer >= min), count (integer > 0), unit (in [0, 1]), channels (1 or 3), choice (one of a list), and
-// runFields, the preset / dataset / run-folder fields that open the schemas of the training runs.
+// runFields, the preset / dataset / run-folder fields that open the schemas of the training runs, and
+// outputFields, the TensorBoard / report switches they share.
 import { z } from 'zod';
 
 /** A finite number > 0. */
@@ -62,4 +63,21 @@ export const runFields = <const T extends readonly ['demo', ...string[]] | reado
     .regex(/^[\w.-]+$/, 'name may contain letters, digits, _ . - only')
     .optional()
     .describe('run folder name (default: UTC timestamp)'),
+});
+
+/**
+ * What a training run writes besides its checkpoints: TensorBoard event files beside
+ * metrics.jsonl, and how often report.html is rewritten (it is always written at the end).
+ * They belong to one invocation (OUTPUT_KEYS), like the loader's threads: a resumed run takes them
+ * from its own command line, and they change nothing the run computes.
+ */
+export const OUTPUT_KEYS = ['tensorboard', 'reportEvery'] as const;
+export const outputFields = () => ({
+  tensorboard: z
+    .boolean({ error: 'tensorboard must be true or false' })
+    .default(false)
+    .describe('also write TensorBoard event files (scalars, sample pictures) into the run folder'),
+  reportEvery: int('reportEvery', 0)
+    .default(0)
+    .describe('rewrite report.html every n epochs (0: only at the end of the run)'),
 });

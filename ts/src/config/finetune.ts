@@ -4,7 +4,7 @@
 import { z } from 'zod';
 
 import { DeviceSchema, PrecisionSchema, ModelConfigSchema } from './model.js';
-import { channels, choice, int, pos, unit } from './fields.js';
+import { channels, choice, int, outputFields, pos, unit } from './fields.js';
 import { mergeConfig } from './pretrain.js';
 import { SegmentationDataSchema } from './segmentation.js';
 import { parseOptions } from './vessels.js';
@@ -82,6 +82,7 @@ export const FinetuneSchema = z
     name: z.string().min(1).optional().describe('run folder name (default: UTC timestamp)'),
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     maxSteps: int('maxSteps', 1).optional().describe('stop after n optimizer steps in total (smoke tests); resumable'),
+    ...outputFields(),
   })
   .strict()
   .transform((o, ctx) => {

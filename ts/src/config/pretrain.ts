@@ -5,7 +5,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from './data.js';
 import { DeviceSchema, PrecisionSchema, ModelConfigSchema } from './model.js';
-import { int, nonneg, pos, runFields, unit } from './fields.js';
+import { int, nonneg, outputFields, pos, runFields, unit } from './fields.js';
 import { parseOptions } from './vessels.js';
 
 export const RUN_PRESETS = ['demo', 'vasomim-vit-b'] as const;
@@ -100,6 +100,7 @@ export const PretrainSchema = z
     maxSteps: int('maxSteps', 1)
       .optional()
       .describe('stop (with a checkpoint) after n optimizer steps in this invocation; resumable'),
+    ...outputFields(),
   })
   .strict()
   .superRefine((o, ctx) => {

@@ -11,6 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { parseCheckpointExtra, type FinetuneLoopState } from '../config/checkpoint.js';
+import { OUTPUT_KEYS } from '../config/fields.js';
 import { resolveFinetuneConfig, type FinetuneConfig, type FinetuneInput } from '../config/finetune.js';
 import { checkPrecision } from '../config/model.js';
 import { DatasetError, type DataSample } from '../data/dataset.js';
@@ -28,6 +29,7 @@ import {
   type SegmentationSample,
 } from '../segmentation/dataset.js';
 import { writePng } from '../util/png.js';
+import { RunOutputs } from '../report/outputs.js';
 import { LAST_CHECKPOINT, planRun } from './rundir.js';
 import { lrAt, type LrSchedule } from './schedule.js';
 
@@ -153,7 +155,7 @@ export async function finetune(
     layers: [input],
     resume,
     resolve: resolveFinetuneConfig,
-    invocation: ['workers', 'maxSteps'],
+    invocation: ['workers', 'maxSteps', ...OUTPUT_KEYS],
     key: 'input',
   });
   const c: FinetuneConfig = plan.config;
@@ -174,6 +176,7 @@ export async function finetune(
   checkPrecision(c.device, c.precision);
   const run = resumed ?? plan.create();
   log(`run folder ${run.path}`);
+  const outputs = new RunOutputs(run, c, log);
   const masks = await writeMasks(ds, split.train, join(run.path, 'masks'));
 
   const lastPath = resumed ? resumed.lastCheckpoint() : join(run.checkpoints, LAST_CHECKPOINT);
@@ -353,6 +356,7 @@ export async function finetune(
       };
       run.log(rec as unknown as Record<string, unknown>);
       events.onEpoch?.(rec);
+      outputs.epochEnd(epochsDone, step);
       if (epochsDone < c.epochs) {
         if (events.shouldStop?.()) return result('interrupted');
         if (step >= totalSteps) return result('stopped');
@@ -361,5 +365,6 @@ export async function finetune(
   } finally {
     loader.native.close();
   }
+  outputs.finish(step);
   return result('completed');
 }

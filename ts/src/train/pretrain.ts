@@ -18,9 +18,11 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 
 import { parseLoopState, PretrainLoopStateSchema, type PretrainLoopState as LoopState } from '../config/checkpoint.js';
+import { OUTPUT_KEYS } from '../config/fields.js';
 import { resolvePretrainConfig, type PretrainConfig } from '../config/pretrain.js';
 import { native, packageVersion } from '../native.js';
 import { openLoader, type Batch, type DataLoader } from '../data/loader.js';
+import { RunOutputs } from '../report/outputs.js';
 import { StepOptionsSchema, checkPrecision } from '../config/model.js';
 import { loadModel, type Model } from '../model/index.js';
 import { demoSamples, bundledSegmentor } from './demo.js';
@@ -82,7 +84,7 @@ export function planPretrain(layers: Record<string, unknown>[], resume: string |
     layers,
     resume,
     resolve: resolvePretrainConfig,
-    invocation: ['maxSteps', 'workers', 'gpus', 'nproc', 'distTimeout'],
+    invocation: ['maxSteps', 'workers', 'gpus', 'nproc', 'distTimeout', ...OUTPUT_KEYS],
   });
 }
 
@@ -139,6 +141,8 @@ export async function pretrain(
     log(`${world} ranks joined (${group.launcher}, rank 0 at ${group.masterAddr}:${group.commPort})`);
   }
   const runDir = run!; // rank 0's folder on every rank; only rank 0 writes to it
+  // Rank 0 writes the report and TensorBoard events.
+  const outputs = owner ? new RunOutputs(runDir, cfg, log) : undefined;
 
   // Data: the bundled angiograms (maps computed into the run folder) or the user's dataset.
   const needMaps = cfg.masking === 'vessel-guided' && cfg.eta > 0;
@@ -207,8 +211,8 @@ export async function pretrain(
     if (!owner) return;
     const b = await loader.batchAt(0, 0);
     const path = join(runDir.samples, `epoch-${String(ep).padStart(4, '0')}.png`);
-    await sampleGrid(model, b, cfg, ep, path);
-    freq.writePng(join(runDir.samples, 'mask-frequency.png'));
+    const mean = await sampleGrid(model, b, cfg, ep, path);
+    freq.writeHeatMap(join(runDir.samples, 'mask-frequency'), mean);
   };
 
   try {
@@ -317,6 +321,7 @@ export async function pretrain(
       const periodic = done % cfg.checkpointEvery === 0 || done === cfg.epochs;
       if (periodic || stopping) await save(done, 0, periodic);
       if (done % cfg.sampleEvery === 0 || done === cfg.epochs) await grids(epoch);
+      outputs?.epochEnd(done, step);
       if (stopping && done < cfg.epochs)
         return { run: runDir.path, status: stopping, step, epoch: done, checkpoint: lastCheckpoint };
     }
@@ -326,6 +331,7 @@ export async function pretrain(
   const encoder = join(runDir.path, 'encoder.safetensors');
   if (owner) await model.exportTimm(encoder);
   log(`encoder for timm: ${encoder}`);
+  outputs?.finish(step);
   return { run: runDir.path, status: 'completed', step, epoch: cfg.epochs, checkpoint: lastCheckpoint, encoder };
 }
 

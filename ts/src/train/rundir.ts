@@ -24,6 +24,8 @@ export class RunDir {
   readonly samples: string;
   readonly metricsPath: string;
   readonly configPath: string;
+  /** Called with every record appended to metrics.jsonl (TensorBoard mirrors them). */
+  onRecord?: (record: Record<string, unknown>) => void;
 
   constructor(readonly path: string) {
     this.checkpoints = join(path, 'checkpoints');
@@ -73,6 +75,7 @@ export class RunDir {
       this.metricsPath,
       JSON.stringify(record, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v)) + '\n',
     );
+    this.onRecord?.(record);
   }
 
   /** All records (a torn last line from a killed process is ignored). */

@@ -10,7 +10,7 @@ import { z } from 'zod';
 
 import { AugmentSchema } from '../config/data.js';
 import { DeviceSchema, PrecisionSchema, checkPrecision } from '../config/model.js';
-import { channels, int, runFields } from '../config/fields.js';
+import { channels, int, OUTPUT_KEYS, outputFields, runFields } from '../config/fields.js';
 import { parseOptions } from '../config/vessels.js';
 import { openLoader } from '../data/loader.js';
 import { createSegmentor, loadSegmentor, polyLr, type Segmentor } from '../model/segmentor.js';
@@ -18,6 +18,7 @@ import { packageVersion } from '../native.js';
 import { writePng } from '../util/png.js';
 import { demoSamples } from './demo.js';
 import { mergeConfig } from '../config/pretrain.js';
+import { RunOutputs } from '../report/outputs.js';
 import { LAST_CHECKPOINT, planRun, type RunDir } from './rundir.js';
 
 export const SEGMENTOR_PRESETS = ['paper', 'demo'] as const;
@@ -41,6 +42,7 @@ export const SegmentorRunSchema = z
     precision: PrecisionSchema,
     workers: int('workers', 1).optional().describe('loader threads (default: cores, at most 8)'),
     checkpointEvery: int('checkpointEvery', 1).default(10).describe('keep a numbered checkpoint every n epochs'),
+    ...outputFields(),
   })
   .strict();
 
@@ -93,7 +95,12 @@ export async function trainSegmentor(
 ): Promise<SegmentorResult> {
   const log = options.onLog ?? (() => {});
   // workers belongs to this invocation, not to the run.
-  const plan = planRun({ layers, resume: options.resume, resolve: resolveSegmentorConfig, invocation: ['workers'] });
+  const plan = planRun({
+    layers,
+    resume: options.resume,
+    resolve: resolveSegmentorConfig,
+    invocation: ['workers', ...OUTPUT_KEYS],
+  });
   const cfg: SegmentorRunConfig = plan.config;
   let run: RunDir;
   let seg: Segmentor;
@@ -109,6 +116,7 @@ export async function trainSegmentor(
     seg.setPrecision(cfg.precision);
     log(`run folder ${resolve(run.path)}`);
   }
+  const outputs = new RunOutputs(run, cfg, log);
   const dataset = cfg.data ?? (await demoSamples(join(run.path, 'vessel-maps'), log));
   const augment = parseOptions(AugmentSchema, { size: cfg.imgSize, channels: cfg.inChans }, 'augment');
   const loader = await openLoader(dataset, {
@@ -173,12 +181,14 @@ export async function trainSegmentor(
       await seg.save(checkpoint);
       if (done % cfg.checkpointEvery === 0 || done === cfg.epochs)
         copyFileSync(checkpoint, join(run.checkpoints, `checkpoint-${String(done).padStart(4, '0')}.safetensors`));
+      outputs.epochEnd(done, seg.step);
       if (options.shouldStop?.() && done < cfg.epochs)
         return { run: run.path, status: 'interrupted', epoch: done, checkpoint };
     }
     const out = join(run.path, 'segmentor.safetensors');
     await seg.save(out, false);
     await predictionSheet(seg, await loader.batchAt(0, 0), cfg, join(run.samples, 'predictions.png'));
+    outputs.finish(seg.step);
     return { run: run.path, status: 'completed', epoch: cfg.epochs, segmentor: out, checkpoint };
   } finally {
     loader.close();

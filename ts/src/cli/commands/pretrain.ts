@@ -20,8 +20,9 @@ export const spec: CommandSpec = {
     'a few minutes; vessel maps are computed into the run folder). A run folder holds config.json,\n' +
     'metrics.jsonl (one JSON object per step), checkpoints/ (last.safetensors + every N epochs:\n' +
     'weights with timm names, AdamW moments, loop position), samples/ (input | masked |\n' +
-    'reconstruction | + visible | vessel map | guidance grids, mask-frequency.png) and encoder.safetensors\n' +
-    '(timm layout) at the end. Values come from the preset, then --config, then flags.\n' +
+    'reconstruction | + visible | vessel map | guidance grids; mask-frequency.png heat map + .npy\n' +
+    'counts), and at the end encoder.safetensors (timm layout) and report.html (see vasomim report);\n' +
+    '--tensorboard adds TensorBoard event files. Values come from the preset, then --config, then flags.\n' +
     'Ctrl-C writes a checkpoint and exits (code 130); --resume continues exactly where it stopped.\n' +
     'Data parallel (docs/DISTRIBUTED.md): --gpus 0,1,2,3 starts one process per GPU on this node; under\n' +
     'torchrun or Slurm every process joins by itself (RANK/WORLD_SIZE/... or SLURM_PROCID/...). --nproc N\n' +
