@@ -121,7 +121,51 @@ fn correctness(dev: &Device) -> Result<bool> {
             report("step", &format!("{name}_grads({})", d.worst_name), p, d.worst_grad, gtol);
         }
     }
+    // Checkpoints cross devices: one step on the target, saved, loaded on the CPU (and back onto the
+    // target): every parameter and moment bit for bit, and the step counter.
+    let err = checkpoint_round_trip(dev)?;
+    report("ckpt", "device->cpu->device", Precision::F32, err, 0.0);
     Ok(ok)
+}
+
+/// Largest |difference| of any parameter or AdamW moment after a checkpoint written on `dev` is
+/// loaded on the CPU and then on `dev` again (0 when exact).
+fn checkpoint_round_trip(dev: &Device) -> Result<f64> {
+    use vasomim_core::checkpoint::LoadOptions;
+    let cfg = MaeConfig { img_size: 32, in_chans: 1, ..MaeConfig::micro_test() };
+    let mut tr = PretrainTrainer::create(&cfg, dev, 3)?;
+    let mut rng = InitRng::new(4);
+    let x = Tensor::from_vec((0..2 * 32 * 32).map(|_| rng.normal() as f32).collect::<Vec<_>>(), (2, 1, 32, 32), dev)?;
+    let m = random_masking(2, cfg.num_patches(), 0.5, &mut rng, dev)?;
+    tr.pretrain_step(&x, &m, None, &StepParams::default())?;
+    let dir = std::env::temp_dir().join(format!("cuda_check_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(candle_core::Error::wrap)?;
+    let (a, b) = (dir.join("on-device.safetensors"), dir.join("on-cpu.safetensors"));
+    tr.save(&a, None)?;
+    let cpu = PretrainTrainer::load(&a, &LoadOptions::default(), &[], &Device::Cpu)?.trainer;
+    cpu.save(&b, None)?;
+    let back = PretrainTrainer::load(&b, &LoadOptions::default(), &[], dev)?.trainer;
+    std::fs::remove_dir_all(&dir).ok();
+    if cpu.step != tr.step || back.step != tr.step {
+        candle_core::bail!("step counter {} -> {} -> {}", tr.step, cpu.step, back.step);
+    }
+    let all = |t: &PretrainTrainer| -> Vec<(String, Tensor)> {
+        let mut v = t.model.params.tensors();
+        v.extend(t.opt.state_tensors());
+        v
+    };
+    let mut worst = 0f64;
+    for ((n, x), ((_, y), (_, z))) in all(&tr).iter().zip(all(&cpu).iter().zip(all(&back).iter())) {
+        for other in [y, z] {
+            let d = (x.to_device(&Device::Cpu)? - other.to_device(&Device::Cpu)?)?.abs()?.flatten_all()?.max(0)?;
+            let d = d.to_scalar::<f32>()? as f64;
+            if d.is_nan() {
+                candle_core::bail!("{n}: NaN after the round trip");
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok(worst)
 }
 
 fn bench(dev: &Device, args: &[String]) -> Result<()> {
