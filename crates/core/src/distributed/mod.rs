@@ -84,8 +84,10 @@ pub fn plan_buckets(names: &[&str], numels: &[usize], bucket_bytes: usize) -> Ve
 }
 
 /// Apply `f` to `tensors` bucket by bucket: each bucket flattened to one f32 tensor on its
-/// device, `f` applied, the result cut back into the tensors (shape and dtype restored).
-fn bucketed(
+/// device, `f` applied, the result cut back into the tensors (shape and dtype restored). Public
+/// for the GPU check, which times the gradient path at world size 1 (where
+/// [`all_reduce_grads`] returns at once).
+pub fn bucketed(
     names: &[&str],
     tensors: &mut [Tensor],
     bucket_bytes: usize,
