@@ -159,6 +159,16 @@ describe('CLI export / embed', () => {
     const f2 = await exported.embedFiles(images);
     const maxDiff = f1.data.reduce((mx, v, i) => Math.max(mx, Math.abs(v - f2.data[i]!)), 0);
     expect(maxDiff).toBeLessThan(1e-5);
+    // bf16 autocast gives the same features within bf16's precision (and not bit for bit).
+    const outBf16 = join(dir, 'features-bf16.npy');
+    expect(cli('embed', timm, ...images, '--out', outBf16, '--precision', 'bf16')).toMatch(/float32 \d+x2x64/);
+    const [a, b] = [readFileSync(out), readFileSync(outBf16)];
+    const fa = new Float32Array(a.buffer, a.byteOffset + a.length - f1.data.length * 4, f1.data.length);
+    const fb = new Float32Array(b.buffer, b.byteOffset + b.length - f1.data.length * 4, f1.data.length);
+    const scale = fa.reduce((mx, v) => Math.max(mx, Math.abs(v)), 0);
+    const d = fa.reduce((mx, v, i) => Math.max(mx, Math.abs(v - fb[i]!)), 0);
+    expect(d / scale).toBeLessThan(3e-2);
+    expect(d).toBeGreaterThan(0);
   });
 
   it('reports usage errors with exit code 2', () => {
@@ -167,6 +177,9 @@ describe('CLI export / embed', () => {
     );
     expect(() => cli('embed', 'x.safetensors', '--out', 'f.npy')).toThrow(
       /expected a checkpoint and at least one image/,
+    );
+    expect(() => cli('embed', 'x.safetensors', 'a.png', '--out', 'f.npy', '--precision', 'tf32')).toThrow(
+      /precision: tf32 needs a CUDA device/,
     );
   });
 });

@@ -1,5 +1,5 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
-import { DeviceSchema } from '../../config/model.js';
+import { checkPrecision, DeviceSchema, PrecisionSchema } from '../../config/model.js';
 import { loadModel } from '../../model/index.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 
@@ -16,6 +16,12 @@ export const spec: CommandSpec = {
     { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (float32, shape (N, 2, D))' },
     { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config' },
     { name: 'device', type: 'string', arg: '<cpu|cuda|cuda:N>', help: 'where the model runs (default: cpu)' },
+    {
+      name: 'precision',
+      type: 'string',
+      arg: '<auto|f32|tf32|bf16>',
+      help: 'compute precision (default: auto = bf16 on cuda, f32 on cpu)',
+    },
   ],
   examples: ['vasomim embed vit_base_vasomim.safetensors data/samples/cadica-samples/*.png --out features.npy'],
 };
@@ -29,7 +35,11 @@ export const run = command(spec, async ({ values, positionals }) => {
   const [ckpt, ...images] = positionals;
   const device = DeviceSchema.safeParse(values.device);
   if (!device.success) throw new UsageError(`--device: ${device.error.issues[0]!.message}`);
+  const precision = PrecisionSchema.safeParse(values.precision);
+  if (!precision.success) throw new UsageError(`--precision: ${precision.error.issues[0]!.message}`);
+  checkPrecision(device.data, precision.data);
   const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device: device.data });
+  model.setPrecision(precision.data);
   const f = await model.embedFiles(images, out);
   process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
   return 0;
