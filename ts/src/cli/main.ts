@@ -25,6 +25,7 @@ const COMMANDS: Record<string, string> = {
   finetune: 'fine-tune the segmentation ViT (pre-trained encoder + U-Net head) on a dataset',
   evaluate: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split',
   predict: 'masks and overlays of images from a fine-tuned model',
+  'coco-eval': 'COCO bbox metrics of a detection results file (pycocotools semantics)',
   frames: 'DICOM cine runs (or any images) to PNG frames with a manifest',
   data: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
   bench: 'benchmarks: `bench loader` images/s of the data loader',
