@@ -6,8 +6,17 @@
 //!   computed on the host from the (non-differentiable) boxes, the gather is differentiable in the
 //!   feature map on any device.
 //!
+//! - [`backbone`]: the ViT run as ViTDet's backbone (windows, relative positions) and the simple
+//!   feature pyramid P2–P6.
+//! - [`heads`]: anchors, matcher, sampler, RPN (losses, proposals), the box head (losses,
+//!   inference).
+//! - [`model`]: [`model::DetectionConfig`] and the whole detector [`model::ViTDet`].
+//!
 //! Golden fixtures from torchvision: `tests/golden/torchvision_boxes.npz`
 //! (`scripts/golden/torchvision_boxes.py`), checked by `tests/detection_ops.rs`.
 
+pub mod backbone;
 pub mod boxes;
+pub mod heads;
+pub mod model;
 pub mod roi_align;
