@@ -10,6 +10,7 @@
 //!   feature pyramid P2–P6.
 //! - [`heads`]: anchors, matcher, sampler, RPN (losses, proposals), the box head (losses,
 //!   inference).
+//! - [`input`]: frames and boxes to the square input (LSJ placements, test-time fit) and back.
 //! - [`model`]: [`model::DetectionConfig`] and the whole detector [`model::ViTDet`].
 //!
 //! Golden fixtures from torchvision: `tests/golden/torchvision_boxes.npz`
@@ -18,5 +19,6 @@
 pub mod backbone;
 pub mod boxes;
 pub mod heads;
+pub mod input;
 pub mod model;
 pub mod roi_align;

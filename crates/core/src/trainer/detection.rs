@@ -15,13 +15,18 @@ use serde::Serialize;
 
 use crate::checkpoint::{detection as ckpt, LoadOptions, LoadReport};
 use crate::data::rng::key;
+use crate::detection::boxes::BoxF;
 use crate::detection::heads::Detections;
+use crate::detection::input::{place_box, place_grey, unplace_box, Placement};
 use crate::detection::model::{DetectionConfig, ImageTarget, ViTDet, FROZEN};
 use crate::nn::segmentation::layer_decay_scale;
 use crate::nn::InitRng;
 use crate::optim::AdamW;
 use crate::trainer::segmentation::{adamw_params, check_step_options, ft_decays};
 use crate::trainer::tune_allocator;
+
+/// A grey 8-bit frame: pixels (row-major), width, height.
+pub type GreyFrame<'a> = (&'a [u8], usize, usize);
 
 /// ViTDet's layer-wise LR decay.
 pub const LAYER_DECAY: f64 = 0.7;
@@ -209,5 +214,93 @@ impl DetectionTrainer {
             candle_core::bail!("sizes has {} entries for {} images", sizes.len(), x.dim(0)?);
         }
         self.model.detect(&x, sizes)
+    }
+
+    /// Normalised inputs (B, C, S, S) of grey frames through their placements, and each one's
+    /// valid (h, w); `mean` / `std` one value per input channel (the grey plane replicated).
+    pub fn prepare(
+        &self,
+        frames: &[GreyFrame],
+        places: &[Placement],
+        mean: &[f32],
+        std: &[f32],
+    ) -> Result<(Vec<f32>, Vec<(usize, usize)>)> {
+        let e = &self.model.cfg.encoder;
+        let (s, c) = (e.img_size, e.in_chans);
+        if mean.len() != c || std.len() != c || std.iter().any(|v| !(*v > 0.0)) {
+            candle_core::bail!(
+                "mean / std have {} / {} values, the model takes {c} channel(s) (std > 0)",
+                mean.len(),
+                std.len()
+            );
+        }
+        if places.len() != frames.len() {
+            candle_core::bail!("{} placements for {} frames", places.len(), frames.len());
+        }
+        let mut x = vec![0f32; frames.len() * c * s * s];
+        let mut sizes = Vec::with_capacity(frames.len());
+        for (i, (&(px, w, h), p)) in frames.iter().zip(places).enumerate() {
+            let out = &mut x[i * c * s * s..(i + 1) * c * s * s];
+            sizes.push(
+                place_grey(px, (w, h), p, s, mean, std, out)
+                    .map_err(|e| candle_core::Error::msg(format!("frame {i}: {e}")))?,
+            );
+        }
+        Ok((x, sizes))
+    }
+
+    /// One step on grey frames with their boxes (frame pixels) and classes, each frame through
+    /// its placement (boxes emptied by the crop are dropped; a frame left without boxes is a
+    /// negative).
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_frames(
+        &mut self,
+        frames: &[GreyFrame],
+        places: &[Placement],
+        boxes: &[Vec<BoxF>],
+        classes: &[Vec<usize>],
+        (mean, std): (&[f32], &[f32]),
+        lr: f64,
+        weight_decay: f64,
+    ) -> Result<DetectionLoss> {
+        if boxes.len() != frames.len() || classes.len() != frames.len() {
+            candle_core::bail!("{} frames, {} box lists, {} class lists", frames.len(), boxes.len(), classes.len());
+        }
+        let (x, sizes) = self.prepare(frames, places, mean, std)?;
+        let s = self.model.cfg.encoder.img_size;
+        let mut targets = Vec::with_capacity(frames.len());
+        for i in 0..frames.len() {
+            let (_, w, h) = frames[i];
+            if boxes[i].len() != classes[i].len() {
+                candle_core::bail!("frame {i}: {} boxes, {} classes", boxes[i].len(), classes[i].len());
+            }
+            let mut t = ImageTarget { size: sizes[i], ..Default::default() };
+            for (b, &c) in boxes[i].iter().zip(&classes[i]) {
+                if let Some(q) = place_box(b, (w, h), &places[i], s) {
+                    t.boxes.push(q);
+                    t.classes.push(c);
+                }
+            }
+            targets.push(t);
+        }
+        self.step_arrays(&x, &targets, lr, weight_decay)
+    }
+
+    /// Detections of grey frames of any size, in frame pixels (each fitted to the input: the
+    /// longer side to S, zero padding).
+    pub fn detect_frames(&self, frames: &[GreyFrame], mean: &[f32], std: &[f32]) -> Result<Vec<Detections>> {
+        if frames.is_empty() {
+            return Ok(vec![]);
+        }
+        let s = self.model.cfg.encoder.img_size;
+        let places: Vec<Placement> = frames.iter().map(|&(_, w, h)| Placement::fit(w, h, s)).collect();
+        let (x, sizes) = self.prepare(frames, &places, mean, std)?;
+        let mut dets = self.detect_arrays(&x, &sizes)?;
+        for ((d, &(_, w, h)), p) in dets.iter_mut().zip(frames).zip(&places) {
+            for b in d.boxes.iter_mut() {
+                *b = unplace_box(b, (w, h), p);
+            }
+        }
+        Ok(dets)
     }
 }
