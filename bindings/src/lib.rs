@@ -5,7 +5,7 @@
 //!
 //! - this file: errors, [`Job`], the device and config conversions, vesselness and vessel maps.
 //! - [`data`]: header probes, DICOM frames, the `Loader` / `Batch` handles.
-//! - [`model`], [`segmentor`], [`segmentation`]: one handle per core trainer.
+//! - [`model`], [`segmentor`], [`segmentation`], [`detection`]: one handle per core trainer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ use vasomim_core::vessels::{
 };
 
 pub mod data;
+pub mod detection;
 pub mod model;
 pub mod segmentation;
 pub mod segmentor;
