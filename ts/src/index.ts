@@ -242,3 +242,29 @@ export {
   type DetectionSample,
 } from './detection/dataset.js';
 export { DetectionDataSchema, type DetectionDataConfig, type DetectionDataInput } from './config/detection.js';
+export {
+  finetuneDetection,
+  resolveDetectionRun,
+  type DetectionFinetuneEvents,
+  type DetectionFinetuneResult,
+} from './detection/train.js';
+export {
+  evaluateDetector,
+  predictDetector,
+  scoreSamples,
+  type DetectionEvalOptions,
+  type DetectionEvalSummary,
+} from './detection/evaluate.js';
+export {
+  detectFrames,
+  detectorMeta,
+  loadDetector,
+  readFrame as readDetectionFrame,
+  type DetectorMeta,
+} from './detection/model.js';
+export {
+  DETECTION_PRESETS,
+  DetectionRunSchema,
+  type DetectionRunConfig,
+  type DetectionRunInput,
+} from './config/detection.js';

@@ -109,7 +109,13 @@ export const evaluateSpec: CommandSpec = {
     TASK,
     { name: 'data', short: 'd', type: 'string', arg: '<path>', help: 'dataset (as for finetune)' },
     { name: 'out', short: 'o', type: 'string', arg: '<dir>', help: 'output folder' },
-    { name: 'split', type: 'string', arg: '<split>', help: 'train | val | test', default: 'test' },
+    {
+      name: 'eval-split',
+      type: 'string',
+      arg: '<split>',
+      help: 'split to evaluate: train | val | test',
+      default: 'test',
+    },
     {
       name: 'score',
       type: 'string',
@@ -130,8 +136,8 @@ export const runEvaluate = command(evaluateSpec, async ({ values, positionals })
   const out = values.out as string | undefined;
   if (!data) throw new UsageError('--data <dataset> is required');
   if (!out) throw new UsageError('--out <dir> is required');
-  const split = (values.split as string | undefined) ?? 'test';
-  if (!['train', 'val', 'test'].includes(split)) throw new UsageError(`--split ${split}: train, val or test`);
+  const split = (values['eval-split'] as string | undefined) ?? 'test';
+  if (!['train', 'val', 'test'].includes(split)) throw new UsageError(`--eval-split ${split}: train, val or test`);
   const dataOptions = parseOptions(
     DetectionDataSchema,
     flagInput(evaluateSpec.flags!, values).dataOptions ?? {},

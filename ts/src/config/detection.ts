@@ -58,7 +58,7 @@ export const DetectionRunSchema = z
   .object({
     preset: choice('preset', DETECTION_PRESETS)
       .default('demo')
-      .describe('run preset (demo: tiny ViT at 256 for the bundled samples; cpu-512; paper: ViT-B at 1024)'),
+      .describe('run preset (demo: micro ViT at 256 for the bundled samples; cpu-512; paper: ViT-B at 1024)'),
     data: z.string().min(1).optional().describe('dataset: Stenosis folder, ARCADE tree or COCO .json'),
     dataOptions: DetectionDataSchema.prefault({}),
     runs: z.string().min(1).default('runs').describe('folder for run folders'),
@@ -69,7 +69,7 @@ export const DetectionRunSchema = z
       .describe('run folder name (default: UTC timestamp)'),
     init: z.string().min(1).default('scratch').describe('pre-trained encoder file, or scratch'),
     model: choice('model', ['micro', 'tiny', 'small', 'base', 'large'])
-      .default('tiny')
+      .default('micro')
       .describe('encoder preset when training from scratch'),
     imgSize: count('imgSize').default(256).describe('detector input side (a multiple of 64)'),
     inChans: z
@@ -88,12 +88,12 @@ export const DetectionRunSchema = z
       .describe('fractions of the run where the lr is multiplied by 0.1'),
     lsjMin: z.number().positive('lsjMin must be > 0').default(1).describe('LSJ: smallest resize factor of S'),
     lsjMax: z.number().positive('lsjMax must be > 0').default(1).describe('LSJ: largest resize factor of S'),
-    flip: z.boolean().default(true).describe('random horizontal flips'),
+    flip: z.boolean().default(false).describe('random horizontal flips'),
     dropPath: unit('dropPath').default(0).describe('drop-path rate of the last block'),
     windowSize: count('windowSize').default(14).describe('window attention side (tokens)'),
-    fpnDim: count('fpnDim').default(64).describe('pyramid channels (256 in ViTDet)'),
+    fpnDim: count('fpnDim').default(32).describe('pyramid channels (256 in ViTDet)'),
     anchorSizes: z.array(z.number().positive()).length(5, 'anchorSizes needs 5 sizes').default([8, 16, 32, 64, 128]),
-    boxConvDim: count('boxConvDim').default(64),
+    boxConvDim: count('boxConvDim').default(32),
     boxConvs: int('boxConvs', 0).default(2),
     boxFcDim: count('boxFcDim').default(256),
     rpnBatch: count('rpnBatch').default(256),
@@ -119,6 +119,7 @@ export const DETECTION_PRESET_VALUES: Record<DetectionPreset, Partial<DetectionR
   demo: {},
   'cpu-512': {
     model: 'small',
+    flip: true,
     imgSize: 512,
     iterations: 3000,
     batchSize: 2,
@@ -140,6 +141,7 @@ export const DETECTION_PRESET_VALUES: Record<DetectionPreset, Partial<DetectionR
   },
   paper: {
     model: 'base',
+    flip: true,
     imgSize: 1024,
     iterations: 46800,
     batchSize: 16,

@@ -46,15 +46,13 @@ export function detectorMeta(model: DetectionModel, path = 'model'): DetectorMet
   }
 }
 
-/** Load a fine-tuned detector; a file of another kind is a DetectorFileError naming it. */
+/** Load a fine-tuned detector; a missing, unreadable or other kind of file is a DetectorFileError naming it. */
 export async function loadDetector(path: string, device?: string): Promise<DetectionModel> {
   try {
     return await native.DetectionModel.load(path, device);
   } catch (e) {
     const m = (e as Error).message;
-    throw m.includes('not a fine-tuned detector') || m.includes('No such file') || m.includes('no such file')
-      ? new DetectorFileError(m)
-      : e;
+    throw new DetectorFileError(m.includes(path) ? m : `${path}: ${m}`);
   }
 }
 
