@@ -88,13 +88,13 @@ impl DetectionConfig {
         if self.num_classes == 0 {
             return Err("numClasses must be >= 1".into());
         }
-        if e.embed_dim % 4 != 0 {
+        if !e.embed_dim.is_multiple_of(4) {
             return Err(format!("the pyramid needs embedDim divisible by 4, got {}", e.embed_dim));
         }
         if e.patch_size != 16 {
             return Err(format!("the pyramid's strides 4..64 need patch size 16, got {}", e.patch_size));
         }
-        if e.img_size % 64 != 0 {
+        if !e.img_size.is_multiple_of(64) {
             return Err(format!("imgSize must be a multiple of 64 (stride of P6), got {}", e.img_size));
         }
         if let Some(b) = self.global_blocks.iter().find(|&&b| b >= e.depth) {

@@ -28,6 +28,9 @@ use crate::trainer::tune_allocator;
 /// A grey 8-bit frame: pixels (row-major), width, height.
 pub type GreyFrame<'a> = (&'a [u8], usize, usize);
 
+/// Normalised inputs (B·C·S·S values) and each frame's valid (h, w).
+pub type Prepared = (Vec<f32>, Vec<(usize, usize)>);
+
 /// ViTDet's layer-wise LR decay.
 pub const LAYER_DECAY: f64 = 0.7;
 
@@ -176,7 +179,7 @@ impl DetectionTrainer {
         let l = self.model.losses(images, targets, &mut rng)?;
         let total = l.total()?;
         let grads = self.opt.collect(&total.backward()?)?;
-        let v = |t: &Tensor| -> Result<f64> { Ok(t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?) };
+        let v = |t: &Tensor| -> Result<f64> { t.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>() };
         let loss = DetectionLoss {
             loss: v(&total)?,
             rpn_cls: v(&l.rpn_cls)?,
@@ -218,16 +221,10 @@ impl DetectionTrainer {
 
     /// Normalised inputs (B, C, S, S) of grey frames through their placements, and each one's
     /// valid (h, w); `mean` / `std` one value per input channel (the grey plane replicated).
-    pub fn prepare(
-        &self,
-        frames: &[GreyFrame],
-        places: &[Placement],
-        mean: &[f32],
-        std: &[f32],
-    ) -> Result<(Vec<f32>, Vec<(usize, usize)>)> {
+    pub fn prepare(&self, frames: &[GreyFrame], places: &[Placement], mean: &[f32], std: &[f32]) -> Result<Prepared> {
         let e = &self.model.cfg.encoder;
         let (s, c) = (e.img_size, e.in_chans);
-        if mean.len() != c || std.len() != c || std.iter().any(|v| !(*v > 0.0)) {
+        if mean.len() != c || std.len() != c || std.iter().any(|v| v.is_nan() || *v <= 0.0) {
             candle_core::bail!(
                 "mean / std have {} / {} values, the model takes {c} channel(s) (std > 0)",
                 mean.len(),
