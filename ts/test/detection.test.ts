@@ -244,6 +244,7 @@ describe('vasomim finetune / evaluate / predict --task stenosis-det', () => {
     const r = cli([...base().map((a) => (a === data ? bad : a)), '--name', 'bad']);
     expect(r.code).toBe(2);
     expect(r.stderr.split('\n')[0]).toMatch(/14_002_5_0017\.xml: object 1: unknown category "Plaque"/);
+    expect(r.stderr.split('\n')[1]).toMatch(/^usage: vasomim finetune --task stenosis-det/);
     const notDet = join(tmp.path, 'api.safetensors.txt');
     writeFileSync(notDet, 'x');
     const e = cli([

@@ -7,7 +7,7 @@
 //      (flip, resize by U[lsjMin, lsjMax] x S, a random S x S window) drawn from Rng(seed, t);
 //      lr = linear warm-up from 0.001 x lr, x0.1 at each lrSteps fraction; model.trainStep
 //   -> every evalEvery steps and at the end: validation AP50 (COCO), checkpoints/last, and
-//      checkpoints/best when the AP50 improves. Ctrl-C / maxSteps: a checkpoint, then stop.
+//      checkpoints/best when the AP50 improves (ties: the better AP). Ctrl-C / maxSteps: a checkpoint, then stop.
 // All randomness is keyed by (seed, step), so a resumed run repeats the uninterrupted one.
 import { join, resolve } from 'node:path';
 
@@ -164,12 +164,18 @@ export async function finetuneDetection(
   let run: RunDir;
   let model: DetectionModel;
   let bestAp50: number | null = null;
+  let bestAp: number | null = null;
   let bestStep: number | null = null;
   if (plan.resumed) {
     run = plan.resumed;
     model = await native.DetectionModel.load(run.lastCheckpoint(), c.device);
-    const meta = JSON.parse(model.extra ?? '{}') as Partial<DetectorMeta> & { bestAp50?: number; bestStep?: number };
+    const meta = JSON.parse(model.extra ?? '{}') as Partial<DetectorMeta> & {
+      bestAp50?: number;
+      bestAp?: number;
+      bestStep?: number;
+    };
     bestAp50 = meta.bestAp50 ?? null;
+    bestAp = meta.bestAp ?? null;
     bestStep = meta.bestStep ?? null;
     run.truncateMetrics(Number(model.step));
     log(`resuming ${run.path} at step ${model.step}`);
@@ -194,6 +200,7 @@ export async function finetuneDetection(
       valAp50,
       step: Number(model.step),
       bestAp50,
+      bestAp,
       bestStep,
     });
   const frames = new Map<string, Awaited<ReturnType<typeof readFrame>>>();
@@ -209,9 +216,10 @@ export async function finetuneDetection(
   const evaluate = async (): Promise<number> => {
     const { coco } = await scoreSamples(model, evalSamples, ds.classes, norm);
     const ap50 = coco.summary.AP50;
-    const best = bestAp50 === null || ap50 > bestAp50;
+    // Ties in AP50 (common once a small set is learnt) go to the better AP.
+    const best = bestAp50 === null || ap50 > bestAp50 || (ap50 === bestAp50 && coco.summary.AP > (bestAp ?? -1));
     const step = Number(model.step);
-    if (best) [bestAp50, bestStep] = [ap50, step];
+    if (best) [bestAp50, bestAp, bestStep] = [ap50, coco.summary.AP, step];
     const rec: DetEvalRecord = {
       event: 'eval',
       step,

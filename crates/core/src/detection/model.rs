@@ -211,11 +211,6 @@ impl ViTDet {
         Ok(ViTDet { cfg: cfg.clone(), backbone, pyramid, rpn, box_head, params: pb.into_store() })
     }
 
-    /// Whether a parameter is trained (everything but [`FROZEN`]).
-    pub fn is_trainable(name: &str) -> bool {
-        !FROZEN.iter().any(|f| name == *f || name.starts_with(&format!("{f}.")))
-    }
-
     /// Parameters and the position-embedding buffer `pos_embed`.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
         let mut out = self.params.tensors();

@@ -10,7 +10,7 @@ import { segmentationPredictorFromFile } from '../../model/segmentation.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 import { configLayers, fieldInfo, schemaFlags } from '../schema-flags.js';
-import { isDetectionTask, runEvaluate } from '../detection.js';
+import { isDetectionTask, runEvaluate, evaluateSpec } from '../detection.js';
 
 /** The vesselness filters `--baseline` takes. */
 const BASELINES = fieldInfo(FilterSchema.def.in.shape.filter).choices!;
@@ -153,3 +153,6 @@ const runSegmentation = command(spec, async ({ values, positionals }) => {
 
 /** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
 export const run = (argv: string[]) => (isDetectionTask(argv) ? runEvaluate(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? evaluateSpec : spec);

@@ -11,7 +11,7 @@ import { command, noPositionals, UsageError, type CommandSpec } from '../args.js
 import { reportStop, runLongJob } from '../long-job.js';
 import { Progress } from '../progress.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
-import { isDetectionTask, runFinetune } from '../detection.js';
+import { isDetectionTask, runFinetune, finetuneSpec } from '../detection.js';
 
 export const spec: CommandSpec = {
   name: 'finetune',
@@ -115,3 +115,6 @@ const runSegmentation = command(spec, async ({ values, positionals }) => {
 
 /** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
 export const run = (argv: string[]) => (isDetectionTask(argv) ? runFinetune(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? finetuneSpec : spec);

@@ -5,7 +5,7 @@ import { parseOptions } from '../../config/vessels.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
-import { isDetectionTask, runPredict } from '../detection.js';
+import { isDetectionTask, runPredict, predictSpec } from '../detection.js';
 
 export const spec: CommandSpec = {
   name: 'predict',
@@ -53,3 +53,6 @@ const runSegmentation = command(spec, async ({ values, positionals }) => {
 
 /** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
 export const run = (argv: string[]) => (isDetectionTask(argv) ? runPredict(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? predictSpec : spec);
