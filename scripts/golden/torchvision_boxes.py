@@ -13,9 +13,11 @@ From torchvision (the peer named in the design notes), all float32 on the CPU:
     sampling_ratio 0 (adaptive) and 2; plus the gradient of sum(out * r) w.r.t. the map.
 Inputs are stored too, so the tests need no Python.
 
-usage: /usr/bin/python3 scripts/golden/torchvision_boxes.py   (from the repository root; needs
-torch and torchvision, e.g. Debian's python3-torchvision)
+usage: /usr/bin/python3 scripts/golden/torchvision_boxes.py [--out file.npz] [--seed N]   (from the
+repository root; needs torch and torchvision, e.g. Debian's python3-torchvision). Another --seed
+draws other boxes and maps: the live parity test of crates/core/tests/detection_ops.rs uses one.
 """
+import argparse
 import os
 
 import numpy as np
@@ -35,7 +37,11 @@ def boxes(rng, n, lo=0.0, hi=100.0, smin=1.0, smax=40.0):
 
 
 def main():
-    rng = np.random.default_rng(2021)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--seed", type=int, default=2021)
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
     out = {}
     a = boxes(rng, 9)
     a[0] = [10, 10, 20, 20]
@@ -97,7 +103,7 @@ def main():
         np.float32,
     )
     out["roi_rois"] = rois
-    r_rng = np.random.default_rng(7)
+    r_rng = np.random.default_rng(args.seed + 5)
     for scale, sname in ((0.25, "s4"), (1.0, "s1")):
         for (oh, ow) in ((7, 7), (3, 2)):
             for sr in (0, 2):
@@ -110,8 +116,8 @@ def main():
                 out[key] = y.detach().numpy()
                 out[key + "_r"] = r.numpy()
                 out[key + "_grad"] = x.grad.numpy()
-    np.savez(OUT, **out)
-    print(f"wrote {os.path.relpath(OUT, ROOT)}: {len(out)} arrays (torch {torch.__version__}, torchvision {torchvision.__version__})")
+    np.savez(args.out, **out)
+    print(f"wrote {args.out}: {len(out)} arrays (torch {torch.__version__}, torchvision {torchvision.__version__})")
 
 
 if __name__ == "__main__":

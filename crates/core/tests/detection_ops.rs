@@ -2,7 +2,9 @@
 //! `scripts/golden/torchvision_boxes.py` (box_iou, generalized_box_iou, nms, batched_nms,
 //! BoxCoder, roi_align aligned=True with sampling_ratio 0 and 2, boxes partly and fully outside,
 //! and its gradient in the map), plus central finite differences of the RoIAlign backward.
-//! Runs without Python: the fixtures are committed.
+//! Runs without Python: the fixtures are committed. A live test regenerates the cases with
+//! another seed through torchvision (`/usr/bin/python3`, or `VASOMIM_TORCH_PYTHON`) and skips,
+//! saying why, when it is missing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,9 +13,14 @@ use candle_core::{DType, Device, Tensor, Var};
 use vasomim_core::detection::boxes::{batched_nms, giou_matrix, iou_matrix, nms, BoxCoder, BoxF};
 use vasomim_core::detection::roi_align::{roi_align, roi_taps};
 
-fn golden() -> HashMap<String, Tensor> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/torchvision_boxes.npz");
-    Tensor::read_npz(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
+type Cases = HashMap<String, Tensor>;
+
+fn read(p: &std::path::Path) -> Cases {
+    Tensor::read_npz(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
+}
+
+fn golden() -> Cases {
+    read(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/torchvision_boxes.npz"))
 }
 
 fn f32s(g: &HashMap<String, Tensor>, k: &str) -> Vec<f32> {
@@ -43,45 +50,54 @@ fn assert_close(ours: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
-#[test]
-fn iou_and_giou_match_torchvision() {
-    let g = golden();
-    let (a, b) = (boxes(&g, "iou_a"), boxes(&g, "iou_b"));
-    assert_close(&iou_matrix(&a, &b), &f32s(&g, "iou"), 1e-6, "box_iou");
-    assert_close(&giou_matrix(&a, &boxes(&g, "giou_b")), &f32s(&g, "giou"), 1e-6, "generalized_box_iou");
+fn check_iou(g: &Cases) {
+    let (a, b) = (boxes(g, "iou_a"), boxes(g, "iou_b"));
+    assert_close(&iou_matrix(&a, &b), &f32s(g, "iou"), 1e-6, "box_iou");
+    assert_close(&giou_matrix(&a, &boxes(g, "giou_b")), &f32s(g, "giou"), 1e-6, "generalized_box_iou");
     // The touching and nested pairs: exact values, not the old +1 convention.
     let m = iou_matrix(&a[..3], &b[..1]);
     assert_eq!(m, vec![1.0, 0.0, 0.36]);
 }
 
 #[test]
-fn nms_matches_torchvision() {
-    let g = golden();
-    let (b, s) = (boxes(&g, "nms_boxes"), f32s(&g, "nms_scores"));
+fn iou_and_giou_match_torchvision() {
+    check_iou(&golden());
+}
+
+fn check_nms(g: &Cases) {
+    let (b, s) = (boxes(g, "nms_boxes"), f32s(g, "nms_scores"));
     for t in [5, 7] {
         let keep = nms(&b, &s, t as f32 / 10.0);
-        assert_eq!(keep, ints(&g, &format!("nms_keep_{t}")), "nms at {}", t as f32 / 10.0);
+        assert_eq!(keep, ints(g, &format!("nms_keep_{t}")), "nms at {}", t as f32 / 10.0);
         assert!(keep.len() < b.len() && keep.len() > 5);
     }
-    let classes = ints(&g, "nms_classes");
-    assert_eq!(batched_nms(&b, &s, &classes, 0.5), ints(&g, "nms_batched_keep_5"));
+    let classes = ints(g, "nms_classes");
+    assert_eq!(batched_nms(&b, &s, &classes, 0.5), ints(g, "nms_batched_keep_5"));
 }
 
 #[test]
-fn box_coder_matches_torchvision() {
-    let g = golden();
-    let (props, gts) = (boxes(&g, "coder_props"), boxes(&g, "coder_gts"));
-    let deltas = boxes(&g, "coder_deltas");
+fn nms_matches_torchvision() {
+    check_nms(&golden());
+}
+
+fn check_coder(g: &Cases) {
+    let (props, gts) = (boxes(g, "coder_props"), boxes(g, "coder_gts"));
+    let deltas = boxes(g, "coder_deltas");
     for (name, w) in [("w1", [1.0, 1.0, 1.0, 1.0]), ("w10", [10.0, 10.0, 5.0, 5.0])] {
         let c = BoxCoder::new(w);
         let enc: Vec<f32> = props.iter().zip(&gts).flat_map(|(p, t)| c.encode(p, t)).collect();
-        assert_close(&enc, &f32s(&g, &format!("coder_enc_{name}")), 2e-5, "encode");
+        assert_close(&enc, &f32s(g, &format!("coder_enc_{name}")), 2e-5, "encode");
         let dec: Vec<f32> = props.iter().zip(&deltas).flat_map(|(p, d)| c.decode(p, d)).collect();
-        assert_close(&dec, &f32s(&g, &format!("coder_dec_{name}")), 2e-5, "decode");
+        assert_close(&dec, &f32s(g, &format!("coder_dec_{name}")), 2e-5, "decode");
         // Round trip.
         let back: Vec<f32> = props.iter().zip(&gts).flat_map(|(p, t)| c.decode(p, &c.encode(p, t))).collect();
         assert_close(&back, &gts.concat(), 1e-4, "decode(encode)");
     }
+}
+
+#[test]
+fn box_coder_matches_torchvision() {
+    check_coder(&golden());
 }
 
 fn rois(g: &HashMap<String, Tensor>, scale_one: bool) -> Vec<(usize, BoxF)> {
@@ -89,23 +105,21 @@ fn rois(g: &HashMap<String, Tensor>, scale_one: bool) -> Vec<(usize, BoxF)> {
     f32s(g, "roi_rois").chunks(5).map(|r| (r[0] as usize, [r[1] * k, r[2] * k, r[3] * k, r[4] * k])).collect()
 }
 
-#[test]
-fn roi_align_forward_and_backward_match_torchvision() {
-    let g = golden();
+fn check_roi_align(g: &Cases) {
     let feat = Var::from_tensor(&g["roi_feat"]).unwrap();
     for (sname, scale) in [("s4", 0.25f32), ("s1", 1.0)] {
-        let r = rois(&g, scale == 1.0);
+        let r = rois(g, scale == 1.0);
         for (oh, ow) in [(7, 7), (3, 2)] {
             for sr in [0, 2] {
                 let key = format!("roi_{sname}_{oh}x{ow}_sr{sr}");
                 let y = roi_align(feat.as_tensor(), &r, scale, (oh, ow), sr).unwrap();
                 assert_eq!(y.dims(), g[&key].dims(), "{key}");
-                assert_close(&y.flatten_all().unwrap().to_vec1().unwrap(), &f32s(&g, &key), 1e-5, &key);
+                assert_close(&y.flatten_all().unwrap().to_vec1().unwrap(), &f32s(g, &key), 1e-5, &key);
                 let grads = (y * &g[&format!("{key}_r")]).unwrap().sum_all().unwrap().backward().unwrap();
                 let dx = grads.get(feat.as_tensor()).unwrap();
                 assert_close(
                     &dx.flatten_all().unwrap().to_vec1().unwrap(),
-                    &f32s(&g, &format!("{key}_grad")),
+                    &f32s(g, &format!("{key}_grad")),
                     1e-5,
                     "grad",
                 );
@@ -117,6 +131,32 @@ fn roi_align_forward_and_backward_match_torchvision() {
     assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     let e = roi_align(feat.as_tensor(), &[(2, [0.0, 0.0, 4.0, 4.0])], 0.25, (7, 7), 0).unwrap_err();
     assert!(e.to_string().contains("box of image 2, but the batch has 2 images"), "{e}");
+}
+
+#[test]
+fn roi_align_forward_and_backward_match_torchvision() {
+    check_roi_align(&golden());
+}
+
+#[test]
+fn live_parity_with_torchvision_on_other_cases() {
+    let py = std::env::var("VASOMIM_TORCH_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into());
+    let probe = std::process::Command::new(&py).args(["-c", "import torch, torchvision"]).output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("detection_ops: live torchvision parity skipped: {py} cannot import torch and torchvision");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cases.npz");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/golden/torchvision_boxes.py");
+    let r = std::process::Command::new(&py).arg(&script).args(["--seed", "7", "--out"]).arg(&out).output().unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let g = read(&out);
+    check_nms(&g);
+    check_coder(&g);
+    check_roi_align(&g);
+    let (a, b) = (boxes(&g, "iou_a"), boxes(&g, "iou_b"));
+    assert_close(&iou_matrix(&a, &b), &f32s(&g, "iou"), 1e-6, "box_iou");
 }
 
 #[test]
