@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use vasomim_core::detection::boxes::{batched_nms, giou_matrix, iou_matrix, nms, BoxCoder, BoxF};
-use vasomim_core::detection::roi_align::{roi_align, roi_taps};
+use vasomim_core::detection::roi_align::{roi_align, roi_align_composite, roi_taps};
 
 type Cases = HashMap<String, Tensor>;
 
@@ -160,8 +160,30 @@ fn live_parity_with_torchvision_on_other_cases() {
 }
 
 #[test]
+fn fused_cpu_roi_align_equals_the_composite() {
+    let g = golden();
+    let feat = Var::from_tensor(&g["roi_feat"]).unwrap();
+    let r = rois(&g, false);
+    for sr in [0, 2] {
+        let a = roi_align(feat.as_tensor(), &r, 0.25, (7, 7), sr).unwrap();
+        let b = roi_align_composite(feat.as_tensor(), &r, 0.25, (7, 7), sr).unwrap();
+        let (va, vb): (Vec<f32>, Vec<f32>) =
+            (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
+        assert_close(&va, &vb, 1e-6, "forward");
+        let w = &g["roi_s4_7x7_sr0_r"];
+        let ga = (a * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * w).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |s: &candle_core::backprop::GradStore| -> Vec<f32> {
+            s.get(feat.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        assert_close(&flat(&ga), &flat(&gb), 1e-6, "backward");
+    }
+}
+
+#[test]
 fn roi_align_backward_matches_finite_differences() {
-    // f64, so central differences are exact to ~1e-9; sampling_ratio 0 and 2, a box partly outside.
+    // f64 (the composite path), so central differences are exact to ~1e-9; sampling_ratio 0 and
+    // 2, a box partly outside. The fused f32 path equals the composite (test above).
     let dev = Device::Cpu;
     let (n, c, h, w) = (1, 2, 6, 5);
     let vals: Vec<f64> = (0..n * c * h * w).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();

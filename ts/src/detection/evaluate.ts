@@ -7,6 +7,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { basename, extname, join } from 'node:path';
 
 import type { SplitName } from '../config/segmentation.js';
+import { DatasetError } from '../data/dataset.js';
 import { encodePng, writeFileAtomic } from '../util/png.js';
 import { cocoEvaluate, type CocoDetection, type CocoEvalResult } from './coco-eval.js';
 import { datasetToCocoGt, type DetectionDataset, type DetectionSample } from './dataset.js';
@@ -92,8 +93,7 @@ export async function evaluateDetector(
   o: DetectionEvalOptions,
 ): Promise<DetectionEvalSummary> {
   const samples = ds.splits[o.split];
-  if (samples.length === 0)
-    throw Object.assign(new Error(`${ds.root}: the ${o.split} split is empty`), { name: 'DatasetError' });
+  if (samples.length === 0) throw new DatasetError(`${ds.root}: the ${o.split} split is empty`);
   const meta = detectorMeta(model);
   const score = o.score ?? 0.5;
   const t0 = performance.now();
