@@ -6,7 +6,7 @@
 //! - this file: errors, [`Job`], the device and config conversions, vesselness and vessel maps.
 //! - [`data`]: header probes, DICOM frames, the `Loader` / `Batch` handles.
 //! - [`distributed`]: the launcher's rendezvous, `Model.joinGroup` / `Model.allReduce`.
-//! - [`model`], [`segmentor`], [`segmentation`]: one handle per core trainer.
+//! - [`model`], [`segmentor`], [`segmentation`], [`detection`]: one handle per core trainer.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -22,6 +22,7 @@ use vasomim_core::vessels::{
 };
 
 pub mod data;
+pub mod detection;
 pub mod distributed;
 pub mod model;
 pub mod segmentation;

@@ -223,3 +223,50 @@ export {
   type SegmentationModelMeta,
 } from './model/segmentation.js';
 export { overlay, predictFiles, type PredictedFile, type PredictOptions, type PredictResult } from './eval/predict.js';
+export {
+  checkCocoGt,
+  checkCocoResults,
+  COCO_STAT_NAMES,
+  cocoEvaluate,
+  formatSummary as formatCocoSummary,
+  readCocoGt,
+  readCocoResults,
+  type CocoDetection,
+  type CocoEvalResult,
+  type CocoGt,
+} from './detection/coco-eval.js';
+export {
+  datasetToCocoGt,
+  openDetectionDataset,
+  parseVocXml,
+  patientOf,
+  type DetectionDataset,
+  type DetectionSample,
+} from './detection/dataset.js';
+export { DetectionDataSchema, type DetectionDataConfig, type DetectionDataInput } from './config/detection.js';
+export {
+  finetuneDetection,
+  resolveDetectionRun,
+  type DetectionFinetuneEvents,
+  type DetectionFinetuneResult,
+} from './detection/train.js';
+export {
+  evaluateDetector,
+  predictDetector,
+  scoreSamples,
+  type DetectionEvalOptions,
+  type DetectionEvalSummary,
+} from './detection/evaluate.js';
+export {
+  detectFrames,
+  detectorMeta,
+  loadDetector,
+  readFrame as readDetectionFrame,
+  type DetectorMeta,
+} from './detection/model.js';
+export {
+  DETECTION_PRESETS,
+  DetectionRunSchema,
+  type DetectionRunConfig,
+  type DetectionRunInput,
+} from './config/detection.js';

@@ -59,3 +59,10 @@ export type { SegmentorLoadInfo, SegmentorStepResult, Segmentor } from '../../bi
 /** Options of `SegmentationModel.fromPretrained` (the core's `PretrainedInit` and the device). */
 export type PretrainedOptions = Parameters<typeof Native.SegmentationModel.fromPretrained>[1];
 export type { SegmentationInitInfo, SegmentationModel, SegmentationStepResult } from '../../bindings/index.js';
+export type {
+  DetectionFrame,
+  DetectionInitInfo,
+  DetectionModel,
+  DetectionOutput,
+  DetectionStepResult,
+} from '../../bindings/index.js';

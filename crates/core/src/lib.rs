@@ -15,6 +15,7 @@
 //! - [`frames`]: DICOM cine runs to PNG frames.
 //! - [`data`]: dataset samples, paired augmentation (PIL-exact bicubic, torchvision's
 //!   RandomResizedCrop sampling) and the deterministic prefetching loader.
+//! - [`detection`]: stenosis detection (ViTDet + Faster R-CNN): box ops, NMS, RoIAlign.
 //! - [`nn`]: the ViT / MAE, segmentation and UNeXt-S networks, their layers and their fused CPU
 //!   kernels (`nn::kernels`, one file per op family).
 //! - [`vessels`]: the vessel-map job (decode -> `frangi` -> post-process -> PNG) over many files
@@ -24,6 +25,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod detection;
 pub mod device;
 pub mod dicom;
 pub mod distributed;

@@ -8,10 +8,13 @@ import { ConfigError } from '../config/vessels.js';
 import { parseCommand, UsageError, type CommandSpec } from './args.js';
 import { withFlagNames } from './schema-flags.js';
 
-/** What a command module exports: its `run` (argv to exit code) and the spec of its command line. */
+/** What a command module exports: its `run` (argv to exit code) and the spec of its command line
+ * (`specFor`: the spec a given command line runs under, for commands with a second face such as
+ * `--task stenosis-det`). */
 interface CommandModule {
   run: (argv: string[]) => Promise<number>;
   spec: CommandSpec;
+  specFor?: (argv: string[]) => CommandSpec;
 }
 
 /** The commands, in `--help` order, with their summaries; command `x` is ./commands/x.ts. */
@@ -26,6 +29,7 @@ const COMMANDS: Record<string, string> = {
   evaluate: 'segmentation metrics of a fine-tuned model or the vesselness baseline on a test split',
   predict: 'masks and overlays of images from a fine-tuned model',
   report: 'one HTML page (charts, pictures, config) of a run or evaluation folder; --compare',
+  'coco-eval': 'COCO bbox metrics of a detection results file (pycocotools semantics)',
   frames: 'DICOM cine runs (or any images) to PNG frames with a manifest',
   data: 'dataset tools: `data check` counts, missing maps, unreadable files, sizes',
   bench: 'benchmarks: `bench loader` images/s of the data loader',
@@ -81,8 +85,9 @@ async function main(argv: string[]): Promise<number> {
       e instanceof ConfigError ||
       ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')
     ) {
-      const message = withFlagNames((e as Error).message, mod.spec.flags ?? [], givenFlags(mod.spec, rest));
-      process.stderr.write(`vasomim ${name}: ${message}\nusage: ${mod.spec.usage} (see --help)\n`);
+      const spec = mod.specFor?.(rest) ?? mod.spec;
+      const message = withFlagNames((e as Error).message, spec.flags ?? [], givenFlags(spec, rest));
+      process.stderr.write(`vasomim ${name}: ${message}\nusage: ${spec.usage} (see --help)\n`);
       return 2;
     }
     process.stderr.write(`vasomim ${name}: ${(e as Error).message}\n`);

@@ -12,7 +12,9 @@
 //! - this file: the MAE (pre-training) checkpoints, timm export, `.pth` import;
 //! - [`segmentor`]: UNeXt-S checkpoints (ours and the authors' `unext.pth`);
 //! - [`segmentation`]: the fine-tuned segmentation ViT (encoder + U-Net head) and encoder loading.
+//! - [`detection`]: the fine-tuned ViTDet detector and its encoder initialisation.
 
+pub mod detection;
 pub mod segmentation;
 pub mod segmentor;
 

@@ -4,7 +4,9 @@
 //!   segmentor).
 //! - [`segmentor`]: training the UNeXt-S vessel segmentor (the frozen guide of pre-training).
 //! - [`segmentation`]: fine-tuning the segmentation ViT (the downstream task).
+//! - [`detection`]: fine-tuning the ViTDet stenosis detector.
 
+pub mod detection;
 pub mod pretrain;
 pub mod segmentation;
 pub mod segmentor;

@@ -10,6 +10,7 @@ import { segmentationPredictorFromFile } from '../../model/segmentation.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 import { configLayers, fieldInfo, schemaFlags } from '../schema-flags.js';
+import { isDetectionTask, runEvaluate, evaluateSpec } from '../detection.js';
 
 /** The vesselness filters `--baseline` takes. */
 const BASELINES = fieldInfo(FilterSchema.def.in.shape.filter).choices!;
@@ -73,7 +74,7 @@ export const spec: CommandSpec = {
   ],
 };
 
-export const run = command(spec, async ({ values, positionals }) => {
+const runSegmentation = command(spec, async ({ values, positionals }) => {
   if (positionals.length > 1) throw new UsageError(`expected at most one model, got ${positionals.length}`);
   const [file, flags] = configLayers(spec, values);
   const { baseline: baselineFile, dataset, ...jobFile } = file;
@@ -149,3 +150,9 @@ export const run = command(spec, async ({ values, positionals }) => {
     predictor.close?.();
   }
 });
+
+/** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
+export const run = (argv: string[]) => (isDetectionTask(argv) ? runEvaluate(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? evaluateSpec : spec);

@@ -11,6 +11,7 @@ import { command, noPositionals, UsageError, type CommandSpec } from '../args.js
 import { reportStop, runLongJob } from '../long-job.js';
 import { Progress } from '../progress.js';
 import { configLayers, schemaFlags } from '../schema-flags.js';
+import { isDetectionTask, runFinetune, finetuneSpec } from '../detection.js';
 
 export const spec: CommandSpec = {
   name: 'finetune',
@@ -64,7 +65,7 @@ export const spec: CommandSpec = {
   ],
 };
 
-export const run = command(spec, async ({ values, positionals }) => {
+const runSegmentation = command(spec, async ({ values, positionals }) => {
   noPositionals(positionals);
   const input = mergeConfig(...configLayers(spec, values));
   const resume = values.resume as string | undefined;
@@ -111,3 +112,9 @@ export const run = command(spec, async ({ values, positionals }) => {
   if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
   return 0;
 });
+
+/** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
+export const run = (argv: string[]) => (isDetectionTask(argv) ? runFinetune(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? finetuneSpec : spec);

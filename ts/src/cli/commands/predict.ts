@@ -5,6 +5,7 @@ import { parseOptions } from '../../config/vessels.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 import { formatDuration, Progress } from '../progress.js';
 import { flagInput, schemaFlags } from '../schema-flags.js';
+import { isDetectionTask, runPredict, predictSpec } from '../detection.js';
 
 export const spec: CommandSpec = {
   name: 'predict',
@@ -24,7 +25,7 @@ export const spec: CommandSpec = {
   ],
 };
 
-export const run = command(spec, async ({ values, positionals }) => {
+const runSegmentation = command(spec, async ({ values, positionals }) => {
   const [model, ...images] = positionals;
   if (!model) throw new UsageError('give a model checkpoint and at least one image');
   if (images.length === 0) throw new UsageError('give at least one image after the model');
@@ -49,3 +50,9 @@ export const run = command(spec, async ({ values, positionals }) => {
     bar?.end();
   }
 });
+
+/** `--task stenosis-det` goes to the detector's command (../detection.ts), anything else to segmentation. */
+export const run = (argv: string[]) => (isDetectionTask(argv) ? runPredict(argv) : runSegmentation(argv));
+
+/** The spec of a command line (the detector's for `--task stenosis-det`). */
+export const specFor = (argv: string[]) => (isDetectionTask(argv) ? predictSpec : spec);
