@@ -119,13 +119,6 @@ impl Model {
             Ok(out.into())
         }))
     }
-
-    /// Rank and world size of the joined group ([0, 1] without one).
-    #[napi(getter)]
-    pub fn group(&self) -> Result<Vec<u32>> {
-        let t = self.state.lock()?;
-        Ok(t.collective().map_or(vec![0, 1], |c| vec![c.rank() as u32, c.world_size() as u32]))
-    }
 }
 
 /// NCCL on the model's device. The bootstrap root is rank 0's `addr:port` through `NCCL_COMM_ID`

@@ -169,7 +169,9 @@ export {
   type PretrainResult,
   type StepRecord,
 } from './train/pretrain.js';
+export { groupFromEnv, launchLocal, type Group, type LaunchOptions } from './train/distributed.js';
 export {
+  LaunchSchema,
   PretrainSchema,
   PRESETS as PRETRAIN_PRESETS,
   RUN_PRESETS,

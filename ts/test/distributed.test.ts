@@ -185,7 +185,7 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     }
   }, 240_000);
 
-  it('shards like DistributedSampler(drop_last): each kept sample once per epoch, the same global batches', async () => {
+  it('shards like DistributedSampler(drop_last): each kept sample once per epoch, same global batches', async () => {
     const open = (rank: number, world: number) =>
       openLoader(data, { batchSize: 6 / world, rank, world, seed: 3, maps: 'require', workers: 1 });
     const single = await open(0, 1);

@@ -27,7 +27,8 @@ const LaunchFields = {
   nproc: int('nproc', 1)
     .optional()
     .describe(
-      'data parallel over N CPU processes with the TCP test collective: a test double for machines without GPUs, not a product path',
+      'data parallel over N CPU processes with the TCP test collective: a test double for machines ' +
+        'without GPUs, not a product path',
     ),
   distTimeout: pos('distTimeout')
     .default(600)

@@ -123,9 +123,8 @@ export async function pretrain(
     model.setPrecision(cfg.precision);
     state = parseLoopState(PretrainLoopStateSchema, model.loadInfo?.loopState, ckpt, 'vasomim pretrain');
     if (owner) run.truncateMetrics(state.step);
-    log(
-      `resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})${world > 1 ? ` on ${world} ranks` : ''}`,
-    );
+    const ranks = world > 1 ? ` on ${world} ranks` : '';
+    log(`resuming ${run.path} at epoch ${state.epoch}, batch ${state.nextBatch} (step ${state.step})${ranks}`);
   } else {
     if (owner) {
       run = plan.create();

@@ -24,8 +24,10 @@ const CALL_SUM: u32 = 1;
 const CALL_AVG: u32 = 2;
 const CALL_BROADCAST: u32 = 3;
 const CALL_BARRIER: u32 = 4;
-/// Rank 0 → the others: rank `count` is gone, stop.
+/// Rank 0 → the others: rank `count` is gone (or [`OUT_OF_STEP`]), stop.
 const CALL_ABORT: u32 = 0xdead;
+/// The `count` of an abort when the ranks made different calls.
+const OUT_OF_STEP: u64 = u32::MAX as u64;
 
 /// A process group over TCP through rank 0 (see the module docs).
 pub struct TcpCollective {
@@ -277,7 +279,7 @@ impl TcpCollective {
                 let got = match got {
                     Ok(g) => g,
                     Err(e) if e.starts_with("ranks out of step") => {
-                        let _ = self.abort(op, usize::MAX, "");
+                        let _ = self.abort(op, OUT_OF_STEP as usize, "");
                         return Err(io_err(e));
                     }
                     Err(e) => return Err(self.abort(op, r, e)),
@@ -304,8 +306,9 @@ impl TcpCollective {
                 msg.extend_from_slice(&data);
             }
             (&*s).write_all(&msg).map_err(|e| peer_lost("tcp", op, 0, describe(e)))?;
-            self.recv(s, 0, h).map_err(|e| match e.strip_prefix("abort:") {
-                Some(dead) => peer_lost("tcp", op, dead.parse().unwrap_or(0), "reported by rank 0"),
+            self.recv(s, 0, h).map_err(|e| match e.strip_prefix("abort:").map(|d| d.parse::<u64>()) {
+                Some(Ok(OUT_OF_STEP)) => io_err(format!("rank 0 found the ranks out of step during {op}; stopping")),
+                Some(dead) => peer_lost("tcp", op, dead.unwrap_or(0) as usize, "reported by rank 0"),
                 None => peer_lost("tcp", op, 0, e),
             })
         }
@@ -443,7 +446,7 @@ mod tests {
             let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
             let e = if c.rank() == 0 { c.all_reduce(&t, ReduceOp::Sum) } else { c.broadcast(&t, 0) };
             let e = e.unwrap_err().to_string();
-            assert!(e.contains("rank"), "{e}");
+            assert!(e.contains("out of step"), "rank {}: {e}", c.rank());
         });
     }
 }
