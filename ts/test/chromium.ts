@@ -47,11 +47,14 @@ export async function loadPage(chromium: string, file: string, settleMs = 500): 
       '--disable-gpu',
       '--no-first-run',
       '--disable-extensions',
+      '--disable-breakpad',
+      '--disable-crash-reporter',
       '--remote-debugging-pipe',
       `--user-data-dir=${profile}`,
       'about:blank',
     ],
-    { stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'] },
+    // Its own process group, so that the renderer and helper processes end with it.
+    { stdio: ['ignore', 'ignore', 'ignore', 'pipe', 'pipe'], detached: true },
   );
   const input = proc.stdio[3] as Writable;
   const output = proc.stdio[4] as Readable;
@@ -134,10 +137,16 @@ export async function loadPage(chromium: string, file: string, settleMs = 500): 
     const shot = await send<{ data: string }>('Page.captureScreenshot', { format: 'png' }, sessionId);
     return { ...result.value, errors, requests, screenshot: Buffer.from(shot.data, 'base64') };
   } finally {
-    // The profile folder is removed once Chromium has exited (it writes there until then).
+    // The profile folder is removed once every Chromium process has exited (helpers write there
+    // after the browser process is gone): the whole process group is killed, then the removal
+    // retries for up to 5 s.
     const exited = proc.exitCode !== null ? Promise.resolve() : once(proc, 'exit');
-    proc.kill();
+    try {
+      process.kill(-proc.pid!, 'SIGKILL');
+    } catch {
+      proc.kill('SIGKILL');
+    }
     await exited;
-    rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
+    rmSync(profile, { recursive: true, force: true, maxRetries: 50, retryDelay: 100 });
   }
 }
