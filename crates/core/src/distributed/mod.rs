@@ -8,7 +8,8 @@
 //! - [`plan_buckets`], [`all_reduce_grads`], [`broadcast_vars`], [`all_reduce_values`]: what a
 //!   data-parallel step does with a collective, written once for every implementation:
 //!   gradients in name order flattened into fixed buckets and summed, parameters broadcast
-//!   from rank 0, loss terms and counters reduced for logging.
+//!   from rank 0, loss terms and counters reduced for logging. A group of one rank takes the
+//!   same path (the GPU check runs NCCL at world size 1 through it).
 //! - [`Rendezvous`]: rank, world size, local rank and the master's address from torchrun's
 //!   (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`) or Slurm's
 //!   (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, the first host of `SLURM_JOB_NODELIST`)
@@ -115,17 +116,11 @@ pub fn bucketed(
 /// `names[i]` names `grads[i]`; buckets of [`plan_buckets`], so every rank reduces the same
 /// elements in the same calls.
 pub fn all_reduce_grads(c: &dyn Collective, names: &[&str], grads: &mut [Tensor], bucket_bytes: usize) -> Result<()> {
-    if c.world_size() == 1 {
-        return Ok(());
-    }
     bucketed(names, grads, bucket_bytes, |t| c.all_reduce(t, ReduceOp::Sum))
 }
 
 /// Set every variable to rank 0's value (the start of a run: one model on every rank).
 pub fn broadcast_vars(c: &dyn Collective, vars: &[(&str, &Var)], bucket_bytes: usize) -> Result<()> {
-    if c.world_size() == 1 {
-        return Ok(());
-    }
     let names: Vec<&str> = vars.iter().map(|(n, _)| *n).collect();
     let mut values: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().detach()).collect();
     bucketed(&names, &mut values, bucket_bytes, |t| c.broadcast(t, 0))?;
@@ -138,7 +133,7 @@ pub fn broadcast_vars(c: &dyn Collective, vars: &[(&str, &Var)], bucket_bytes: u
 /// Reduce a few host values (loss terms, counters) in f64 over `device` (where the collective
 /// can move them: NCCL reduces device buffers only).
 pub fn all_reduce_values(c: &dyn Collective, values: &[f64], op: ReduceOp, device: &Device) -> Result<Vec<f64>> {
-    if c.world_size() == 1 || values.is_empty() {
+    if values.is_empty() {
         return Ok(values.to_vec());
     }
     let t = Tensor::from_slice(values, values.len(), device)?;
