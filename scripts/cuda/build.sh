@@ -27,8 +27,9 @@ cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py scripts/peer
 if [[ $ADDON == 1 ]]; then
   echo "== the Node addon with --features nccl (CUDA + NCCL)"
   mkdir -p "$OUT/addon"
-  npx napi build --platform --release --manifest-path bindings/Cargo.toml --output-dir "$OUT/addon" \
-    --js false --dts false --features nccl
+  # The cuda-check profile (release, stripped) shares every compiled dependency with the binary.
+  npx napi build --platform --profile cuda-check --manifest-path bindings/Cargo.toml --output-dir "$OUT/addon" \
+    --no-js --features nccl
 fi
 ls -la "$OUT"
 echo "== built in $(( $(date +%s) - t0 )) s; needs at run time: $(readelf -d "$OUT/cuda_check" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"
