@@ -26,10 +26,11 @@ cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py scripts/peer
   scripts/golden/torch_unext.py "$OUT/"
 if [[ $ADDON == 1 ]]; then
   echo "== the Node addon with --features nccl (CUDA + NCCL)"
+  # cargo directly (napi's build passes an explicit --target, which would compile every dependency,
+  # candle's CUDA kernels included, a second time): the cuda-check profile shares them with the binary.
+  cargo build --profile cuda-check -p vasomim-bindings --features nccl
   mkdir -p "$OUT/addon"
-  # The cuda-check profile (release, stripped) shares every compiled dependency with the binary.
-  npx napi build --platform --profile cuda-check --manifest-path bindings/Cargo.toml --output-dir "$OUT/addon" \
-    --no-js --features nccl
+  cp "$CARGO_TARGET_DIR/cuda-check/libvasomim_bindings.so" "$OUT/addon/vasomim.linux-x64-gnu.node"
 fi
 ls -la "$OUT"
 echo "== built in $(( $(date +%s) - t0 )) s; needs at run time: $(readelf -d "$OUT/cuda_check" | grep NEEDED | sed 's/.*\[\(.*\)\]/\1/' | tr '\n' ' ')"
