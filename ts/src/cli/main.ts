@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { ConfigError } from '../config/vessels.js';
+import { InputFileError } from '../errors.js';
 import { parseCommand, UsageError, type CommandSpec } from './args.js';
 import { withFlagNames } from './schema-flags.js';
 
@@ -78,7 +79,8 @@ async function main(argv: string[]): Promise<number> {
     if (
       e instanceof UsageError ||
       e instanceof ConfigError ||
-      ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')
+      e instanceof InputFileError ||
+      (e as { name?: string }).name === 'DatasetError'
     ) {
       const message = withFlagNames((e as Error).message, mod.spec.flags ?? [], givenFlags(mod.spec, rest));
       process.stderr.write(`vasomim ${name}: ${message}\nusage: ${mod.spec.usage} (see --help)\n`);

@@ -1,5 +1,6 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
 import { DeviceSchema } from '../../config/model.js';
+import { checkImageFiles } from '../../data/read.js';
 import { loadModel } from '../../model/index.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 
@@ -29,6 +30,7 @@ export const run = command(spec, async ({ values, positionals }) => {
   const [ckpt, ...images] = positionals;
   const device = DeviceSchema.safeParse(values.device);
   if (!device.success) throw new UsageError(`--device: ${device.error.issues[0]!.message}`);
+  await checkImageFiles(images);
   const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device: device.data });
   const f = await model.embedFiles(images, out);
   process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
