@@ -155,8 +155,8 @@ console.log(
 );
 const corpus = 171_478;
 console.log(
-  `XA-170K (${corpus} frames), extrapolated from this folder rate on 2 cores: ours ${(corpus / folder.ours / 60).toFixed(0)} min, ` +
-    `reference ${(corpus / folder.peer / 3600).toFixed(1)} h`,
+  `XA-170K (${corpus} frames), extrapolated from this folder rate on 2 cores: ` +
+    `ours ${(corpus / folder.ours / 60).toFixed(0)} min, reference ${(corpus / folder.peer / 3600).toFixed(1)} h`,
 );
 const r = (x: number) => Math.round(x * 1000) / 1000;
 console.log(
