@@ -118,18 +118,7 @@ export const EvaluateSchema = z
     device: DeviceSchema,
     precision: PrecisionSchema,
   })
-  .strict()
-  .superRefine((o, ctx) => {
-    // A threshold tuned on the split whose metrics are reported makes those metrics optimistic.
-    if (o.threshold === undefined && o.tuneSplit === o.evalSplit)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['tuneSplit'],
-        message:
-          `tuneSplit and evalSplit are both '${o.evalSplit}': the threshold would be tuned on the split ` +
-          'the metrics are reported on; tune on another split or give a fixed threshold',
-      });
-  });
+  .strict();
 
 export type EvaluateInput = z.input<typeof EvaluateSchema>;
 export type EvaluateConfig = z.output<typeof EvaluateSchema>;
