@@ -5,7 +5,9 @@ Run with a Python that has pydicom >= 2.2 and numpy (on Debian: /usr/bin/python3
 python3-pydicom). It
 1. copies a selection of pydicom's own test files (MIT licence; derived from the public NEMA
    WG04 test images) found in the installed pydicom package,
-2. writes multi-frame files of its own (MONOCHROME1 with rescale and window, signed, RLE),
+2. writes multi-frame files of its own (MONOCHROME1 with rescale and window, signed, RLE, and
+   an 8-bit angiogram-like run compressed as JPEG baseline by Pillow: lossy, so the decoded
+   pixels are pydicom's decode, not the pixels that were encoded),
 3. stores pydicom's `pixel_array` (its dtype, little-endian) and, when the file has a rescale,
    `apply_modality_lut` (float64) of every frame as
    .npy next to each file, plus manifest.json.
@@ -22,7 +24,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixel_data_handlers.util import apply_modality_lut
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, generate_uid
 
 warnings.simplefilter("ignore")
 OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
@@ -68,6 +71,45 @@ def synthetic(name, frames, rows, cols, bits_stored, signed, mono, slope=None, i
     ds.save_as(os.path.join(OUT, name), write_like_original=False)
 
 
+def jpeg_baseline(name, frames, rows, cols, quality, seed=0):
+    """8-bit MONOCHROME2 frames (a dark background, bright vessel-like curves, noise), each frame a
+    baseline JPEG (process 1) from Pillow, encapsulated with an offset table."""
+    import io
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    encoded = []
+    for f in range(frames):
+        img = 60 + 40 * np.sin(x / 17 + f) * np.cos(y / 23)
+        for k in range(3):
+            centre = rows * (0.3 + 0.2 * k) + 8 * np.sin(x / (9 + 4 * k) + f)
+            img += 110 * np.exp(-((y - centre) / (1.5 + k)) ** 2)
+        img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(img, "L").save(buf, "JPEG", quality=quality)
+        encoded.append(buf.getvalue())
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-Ray Angiographic Image
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "XA"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate(encoded, has_bot=True)
+    ds["PixelData"].is_undefined_length = True
+    ds["PixelData"].VR = "OB"
+    ds.save_as(os.path.join(OUT, name), write_like_original=False)
+
+
 def golden(name):
     d = pydicom.dcmread(os.path.join(OUT, name))
     entry = {"file": name, "frames": int(d.get("NumberOfFrames", 1)), "rows": d.Rows, "columns": d.Columns,
@@ -97,7 +139,9 @@ def main():
     synthetic("mf_mono1_window.dcm", 5, 40, 48, 12, False, "MONOCHROME1", "2", "-100", ("2000", "3001"), seed=1)
     synthetic("mf_mono1_window_rle.dcm", 5, 40, 48, 12, False, "MONOCHROME1", "2", "-100", ("2000", "3001"), rle=True, seed=1)
     synthetic("mf_signed10.dcm", 3, 17, 23, 10, True, "MONOCHROME2", "0.5", "3", seed=2)
-    manifest = [golden(f) for f in COPY + ["mf_mono1_window.dcm", "mf_mono1_window_rle.dcm", "mf_signed10.dcm"]]
+    jpeg_baseline("xa_jpeg_baseline.dcm", 3, 64, 80, quality=85, seed=3)
+    own = ["mf_mono1_window.dcm", "mf_mono1_window_rle.dcm", "mf_signed10.dcm", "xa_jpeg_baseline.dcm"]
+    manifest = [golden(f) for f in COPY + own]
     # The real XA test image (data/samples/dicom-xa) is too big for a golden array: keep
     # checksums of pydicom's pixel_array (the JPEG-lossless copy must decode to the same).
     xa = pydicom.dcmread(os.path.join(os.path.dirname(__file__), "..", "..", "data", "samples", "dicom-xa",

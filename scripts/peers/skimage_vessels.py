@@ -8,11 +8,15 @@ For each input image (8-bit grey PNG/JPEG/BMP) writes, into --out:
   <stem>.<filter>.npy   the raw filter response, float64 (scikit-image's own output)
   <stem>.map.png        the VasoMIM binary vessel map (uint8 cast, border, percentile, region grow)
 and prints one JSON line per image with the filter's wall time (best of --repeat), plus a
-summary line.  Post-processing follows the method notes (FILTERS.md); the uint8 cast is the
+summary line with the loop's start and end (`time.time()`, so two processes can be compared).
+--maps-only skips the .npy (the reference pipeline writes only maps); --wait-go prints "ready"
+after the imports and waits for a line on stdin, so a benchmark can time the work without the
+interpreter's start-up.  Post-processing follows the method notes (FILTERS.md); the uint8 cast is the
 reference's C cast (wrap modulo 256) unless --clamp is given.
 
 usage: skimage_vessels.py IMAGE... --out DIR [--filter sato|frangi] [--sigmas 1,2,3,4]
                           [--white-ridges] [--border 20] [--percentile 92] [--clamp] [--repeat 3]
+                          [--maps-only] [--wait-go]
 """
 import argparse, json, os, sys, time
 import numpy as np
@@ -24,6 +28,7 @@ def main():
     a.add_argument("--sigmas", default="1,2,3,4"); a.add_argument("--white-ridges", action="store_true")
     a.add_argument("--border", type=int, default=20); a.add_argument("--percentile", type=float, default=92.0)
     a.add_argument("--clamp", action="store_true"); a.add_argument("--repeat", type=int, default=3)
+    a.add_argument("--maps-only", action="store_true"); a.add_argument("--wait-go", action="store_true")
     o = a.parse_args()
     import skimage
     from skimage import io, filters
@@ -35,6 +40,10 @@ def main():
     os.makedirs(o.out, exist_ok=True)
     fn = filters.sato if o.filter == "sato" else filters.frangi
     total = 0.0
+    if o.wait_go:
+        print("ready", flush=True)
+        sys.stdin.readline()
+    start = time.time()
     for path in o.images:
         img = io.imread(path)
         if img.ndim == 3:
@@ -47,7 +56,8 @@ def main():
             best = min(best, time.perf_counter() - t0)
         total += best
         stem = os.path.splitext(os.path.basename(path))[0]
-        np.save(os.path.join(o.out, f"{stem}.{o.filter}.npy"), v)
+        if not o.maps_only:
+            np.save(os.path.join(o.out, f"{stem}.{o.filter}.npy"), v)
         u8 = np.clip(v, 0, 255).astype(np.uint8) if o.clamp else v.astype(np.int64).astype(np.uint8)
         b = o.border
         if b > 0:
@@ -64,7 +74,8 @@ def main():
                           "filter": o.filter, "ms": round(best * 1e3, 3),
                           "vmax": float(v.max()), "map_pixels": int((out > 0).sum())}))
     print(json.dumps({"summary": True, "images": len(o.images), "filter": o.filter,
-                      "total_ms": round(total * 1e3, 3), "skimage": skimage.__version__}))
+                      "total_ms": round(total * 1e3, 3), "start": start, "end": time.time(),
+                      "skimage": skimage.__version__}))
 
 if __name__ == "__main__":
     main()

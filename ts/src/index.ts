@@ -110,7 +110,8 @@ export {
   type LoaderConfig,
   type LoaderInput,
 } from './config/data.js';
-export { readFrame } from './data/read.js';
+export { checkImageFiles, readFrame } from './data/read.js';
+export { InputFileError } from './errors.js';
 export {
   binaryMetrics,
   clDice,

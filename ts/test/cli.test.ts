@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { vesselness } from '../src/index.js';
-import { cli, readNpy, relErr, SAMPLES, tempDir } from './helpers.js';
+import { cli, readNpy, relErr, SAMPLES, tempDir, xcaSubset } from './helpers.js';
 
 const XCA1 = join(SAMPLES, 'fercer-xca80', 'Angios_40_training', '1.png');
 let tmp: ReturnType<typeof tempDir>;
@@ -153,4 +153,86 @@ describe('vasomim vesselness', () => {
     const two = cli(['vesselness', XCA1, XCA1, '--out', join(tmp.path, 'z.npy')]);
     expect(two.stderr).toMatch(/expected exactly one image, got 2/);
   });
+});
+
+describe('bad input files exit 2 with a message naming the file', () => {
+  const garbage = () => {
+    const bad = join(tmp.path, 'bad.safetensors');
+    writeFileSync(bad, Buffer.alloc(3000, 0x5a));
+    const img = join(tmp.path, 'bad.png');
+    writeFileSync(img, 'not an image\n');
+    return { bad, img };
+  };
+
+  it('embed, predict and evaluate refuse a corrupt model or checkpoint file', () => {
+    const { bad } = garbage();
+    for (const args of [
+      ['embed', bad, XCA1, '--out', join(tmp.path, 'f.npy')],
+      ['predict', bad, XCA1, '--out', join(tmp.path, 'pred')],
+      ['evaluate', bad, '--data', join(SAMPLES, 'fercer-xca80'), '--out', join(tmp.path, 'eval'), '--limit', '1'],
+    ]) {
+      const r = cli(args);
+      expect(r.code, `${args[0]}: ${r.stderr}`).toBe(2);
+      expect(r.stderr).toContain(`${bad}:`);
+    }
+  });
+
+  it('embed, predict and evaluate refuse a corrupt image', async () => {
+    const { bad, img } = garbage();
+    // embed: a real checkpoint, so the image is what fails.
+    const { createModel } = await import('../src/index.js');
+    const ckpt = join(tmp.path, 'micro.safetensors');
+    await createModel({ preset: 'micro' }, 1).save(ckpt);
+    const e = cli(['embed', ckpt, XCA1, img, '--out', join(tmp.path, 'f.npy')]);
+    expect(e.code, e.stderr).toBe(2);
+    expect(e.stderr).toContain(`${img}: not an image`);
+    // predict checks its images before it reads the model.
+    const p = cli(['predict', bad, img, '--out', join(tmp.path, 'pred')]);
+    expect(p.code, p.stderr).toBe(2);
+    expect(p.stderr).toContain(`${img}: not an image`);
+    // evaluate: a corrupt test image in the dataset.
+    const root = xcaSubset(tmp.path, 'xca-corrupt', [1], [21]);
+    writeFileSync(join(root, 'testing', '21.png'), 'not an image\n');
+    const v = cli(['evaluate', '--baseline', 'sato', '--data', root, '--out', join(tmp.path, 'eval2')]);
+    expect(v.code, v.stderr).toBe(2);
+    expect(v.stderr).toContain(join(root, 'testing', '21.png'));
+  }, 60_000);
+
+  it('evaluate refuses to tune the threshold on the split it reports', () => {
+    const r = cli([
+      'evaluate',
+      '--baseline',
+      'sato',
+      '--data',
+      join(SAMPLES, 'fercer-xca80'),
+      '--out',
+      join(tmp.path, 'eval3'),
+      '--tune-split',
+      'test',
+      '--split',
+      'test',
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/tuneSplit and evalSplit are both 'test'.*\(--tune-split test\)/);
+    // A fixed threshold tunes nothing, so the same split is fine there.
+    expect(
+      cli([
+        'evaluate',
+        '--baseline',
+        'sato',
+        '--data',
+        join(SAMPLES, 'fercer-xca80'),
+        '--out',
+        join(tmp.path, 'eval4'),
+        '--split',
+        'test',
+        '--tune-split',
+        'test',
+        '--threshold',
+        '0.5',
+        '--limit',
+        '2',
+      ]).code,
+    ).toBe(0);
+  }, 60_000);
 });

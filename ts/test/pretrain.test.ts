@@ -187,6 +187,15 @@ describe('vasomim pretrain', () => {
     }
   }, 180_000);
 
+  it('--resume of a run whose checkpoint is corrupt exits 2 naming the checkpoint', () => {
+    expect(cli([...BASE, '--name', 'corrupt', '--max-steps', '1']).code).toBe(0);
+    const last = join(runs, 'corrupt', 'checkpoints', 'last.safetensors');
+    writeFileSync(last, Buffer.alloc(4096, 0x5a));
+    const r = cli(['pretrain', '--resume', join(runs, 'corrupt')]);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`${last}:`);
+  }, 120_000);
+
   it('stops on a non-finite loss and keeps the last good checkpoint', () => {
     const run = join(runs, 'nan');
     // lr 1e30: step 1 is finite (its loss is computed before the update), step 2 is not.

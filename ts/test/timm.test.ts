@@ -1,6 +1,6 @@
 // Live parity with timm (skipped when no Python with torch + timm is found): `vasomim export`
 // output loads strictly into timm.create_model(..., num_classes=0) and timm's features of real
-// angiograms match `vasomim embed` within 1e-4. Python: $VASOMIM_TORCH_PYTHON, else
+// angiograms match `vasomim embed` within TOL_ABS. Python: $VASOMIM_TORCH_PYTHON, else
 // /usr/bin/python3 (Debian's python3-torch), else python3.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync } from 'node:fs';
@@ -17,6 +17,10 @@ const python = [process.env.VASOMIM_TORCH_PYTHON, '/usr/bin/python3', 'python3']
 if (!python)
   console.warn('timm parity skipped: no Python with torch, timm, safetensors and pillow (see docs/MODEL.md)');
 
+// Absolute tolerance on the features: about 10x the worst difference measured against timm 0.9.16
+// on torch 1.13 (docs/MODEL.md: up to 3.8e-6 for base; 2.7e-6 on 2026-11-29; features up to 4.4).
+const TOL_ABS = 3e-5;
+
 const main = join(root, 'ts', 'src', 'cli', 'main.ts');
 const cli = (...args: string[]) =>
   execFileSync(process.execPath, ['--import', 'tsx', main, ...args], {
@@ -31,7 +35,7 @@ describe.skipIf(!python)('timm parity (live)', () => {
     .map((f) => join(samples, f));
 
   for (const preset of ['tiny', 'small', 'base'] as const) {
-    it(`vit_${preset}_patch16_224: strict load, features within 1e-4`, async () => {
+    it(`vit_${preset}_patch16_224: strict load, features within ${TOL_ABS} absolute`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'vasomim-timm-'));
       const ckpt = join(dir, `${preset}.safetensors`);
       await createModel({ preset }, 7).save(ckpt);
@@ -57,7 +61,8 @@ describe.skipIf(!python)('timm parity (live)', () => {
       };
       expect(r.missing).toEqual([]);
       expect(r.unexpected).toEqual([]);
-      expect(r.max_abs_diff).toBeLessThan(1e-4 * Math.max(1, r.max_abs_feature));
+      expect(r.max_abs_feature).toBeGreaterThan(1);
+      expect(r.max_abs_diff).toBeLessThan(TOL_ABS);
     }, 300_000);
   }
 });

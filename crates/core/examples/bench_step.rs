@@ -2,6 +2,7 @@
 //! `scripts/peers/torch_mae_step.py`. Driven by `scripts/bench/step.py`.
 //!
 //! usage: bench_step [--preset tiny] [--batch 8] [--img 224] [--mask 0.5] [--steps 10] [--warmup 2] [--chans 3]
+//!        bench_step --idle   (prints the idle process's peak RSS and exits)
 //! prints one JSON line: {"preset", "batch", "ms_per_step", "img_per_s", "peak_rss_mb", "threads"}
 
 use candle_core::{Device, Tensor};
@@ -26,6 +27,11 @@ fn peak_rss_mb() -> f64 {
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--idle") {
+        // The process's footprint before any work (the benchmark reports memory net of it).
+        println!("{{\"idle\":true,\"peak_rss_mb\":{:.1}}}", peak_rss_mb());
+        return Ok(());
+    }
     let preset: String = arg(&args, "--preset", "tiny".to_string());
     let batch: usize = arg(&args, "--batch", 8);
     let img: usize = arg(&args, "--img", 224);

@@ -1,10 +1,13 @@
 //! Parity with PyTorch: fixtures written by `scripts/golden/torch_mae.py` (same weights, input
 //! and mask → loss, gradients, five AdamW steps). Runs without Python: the fixtures are committed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use common::synthetic;
 use vasomim_core::nn::mae::{MaskedAutoencoder, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::optim::AdamWParams;
@@ -15,23 +18,6 @@ const REL: f64 = 1e-4;
 fn golden(name: &str) -> HashMap<String, Tensor> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     Tensor::read_npz(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).into_iter().collect()
-}
-
-/// Same closed form as `synthetic` in the script.
-fn synthetic(name: &str, shape: &[usize]) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let phase = name.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64 * 1e-3;
-    let scale_and_offset = if name == "cls_token" || name == "mask_token" {
-        (0.02, 0.0)
-    } else if shape.len() >= 2 {
-        let (fo, fi) = (shape[0] as f64, (n / shape[0]) as f64);
-        ((6.0 / (fi + fo)).sqrt(), 0.0)
-    } else if name.ends_with(".weight") {
-        (0.1, 1.0)
-    } else {
-        (0.02, 0.0)
-    };
-    (0..n).map(|i| (scale_and_offset.1 + scale_and_offset.0 * (0.7 * i as f64 + phase).sin()) as f32).collect()
 }
 
 fn images(b: usize, c: usize, h: usize) -> Tensor {

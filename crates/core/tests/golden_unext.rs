@@ -440,3 +440,34 @@ fn segmentor_input_rules_name_the_field_and_the_step_is_counted() {
     assert_eq!(back.step, 1);
     assert_eq!(back.predict_arrays(&x, (32, 32)).unwrap(), tr.predict_arrays(&x, (32, 32)).unwrap());
 }
+
+/// Pre-training loads the segmentor frozen: backward through it (L_cons) reaches its input, the
+/// reconstruction, but computes no parameter gradient; the input gradient is the trainable
+/// model's, bit for bit.
+#[test]
+fn frozen_segmentor_gives_the_same_input_gradient_and_no_parameter_gradient() {
+    let g = golden();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("seg.safetensors");
+    segmentor::save(&p, &reference_model(), None, 0).unwrap();
+    let trainable = segmentor::load(&p, &Device::Cpu, true).unwrap().model;
+    let frozen = segmentor::load_frozen(&p, &Device::Cpu, true).unwrap().model;
+    assert_eq!(frozen.params.entries.len(), trainable.params.entries.len());
+
+    let run = |m: &UNext| {
+        let x = Var::from_tensor(&g["x"]).unwrap();
+        let logits = m.forward(x.as_tensor(), false).unwrap();
+        let loss = segmentor_loss(&logits, &g["y"]).unwrap().loss;
+        let grads = loss.backward().unwrap();
+        let with_grad = m.params.entries.iter().filter(|(_, v)| grads.get(v.as_tensor()).is_some()).count();
+        (vec(&logits), vec(grads.get(x.as_tensor()).unwrap()), with_grad)
+    };
+    let (logits_t, dx_t, n_t) = run(&trainable);
+    let (logits_f, dx_f, n_f) = run(&frozen);
+    assert_eq!(n_t, trainable.params.entries.len(), "the trainable model has every parameter gradient");
+    assert_eq!(n_f, 0, "the frozen model has {n_f} parameter gradients");
+    assert!(max_abs(&dx_t) > 0.0);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&logits_f), bits(&logits_t), "frozen logits differ");
+    assert_eq!(bits(&dx_f), bits(&dx_t), "frozen input gradient differs");
+}

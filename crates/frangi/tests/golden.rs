@@ -113,25 +113,41 @@ fn rel_err(ours: impl Iterator<Item = f64>, reference: &[f64]) -> f64 {
     }
 }
 
+/// Tolerances, relative to the reference's largest response, set at about 10x the worst error
+/// measured on these fixtures over all three SIMD levels (AVX-512 machine, 2026-11-29): f64
+/// 2.5e-15 (Frangi, cadica_p10), f32 1.4e-6 (the same case). A change that loses a few bits
+/// (a reordered sum, a cruder `exp`) fails here.
+const TOL_F64: f64 = 3e-14;
+const TOL_F32: f64 = 2e-5;
+
 #[test]
 fn raw_responses_match_skimage_f64_and_f32() {
     let m = manifest();
     let mut n = 0;
-    for c in m["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "response") {
-        let (h, w, img) = case_input(c);
-        let (shape, reference) = read_npy(&golden(c["golden"].as_str().unwrap()));
-        assert_eq!(shape, vec![h, w]);
-        let p = params(c);
-        let x64: Vec<f64> = img.iter().map(|&v| v as f64).collect();
-        let x32: Vec<f32> = img.iter().map(|&v| v as f32).collect();
-        let e64 = rel_err(vesselness(&x64, h, w, &p).unwrap().into_iter(), &reference);
-        let e32 = rel_err(vesselness(&x32, h, w, &p).unwrap().into_iter().map(|v| v as f64), &reference);
-        let name = c["golden"].as_str().unwrap();
-        assert!(e64 <= 1e-6, "{name}: f64 relative error {e64:e} > 1e-6");
-        assert!(e32 <= 1e-4, "{name}: f32 relative error {e32:e} > 1e-4");
-        n += 1;
+    let (mut worst64, mut worst32) = (0.0f64, 0.0f64);
+    // Every dispatch level the CPU has (the FMA versions round differently from the baseline).
+    for level in 0..=2u8 {
+        frangi::simd::force_level(Some(level));
+        for c in m["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "response") {
+            let (h, w, img) = case_input(c);
+            let (shape, reference) = read_npy(&golden(c["golden"].as_str().unwrap()));
+            assert_eq!(shape, vec![h, w]);
+            let p = params(c);
+            let x64: Vec<f64> = img.iter().map(|&v| v as f64).collect();
+            let x32: Vec<f32> = img.iter().map(|&v| v as f32).collect();
+            let e64 = rel_err(vesselness(&x64, h, w, &p).unwrap().into_iter(), &reference);
+            let e32 = rel_err(vesselness(&x32, h, w, &p).unwrap().into_iter().map(|v| v as f64), &reference);
+            let name = c["golden"].as_str().unwrap();
+            assert!(e64 <= TOL_F64, "{name} (level {level}): f64 relative error {e64:e} > {TOL_F64:e}");
+            assert!(e32 <= TOL_F32, "{name} (level {level}): f32 relative error {e32:e} > {TOL_F32:e}");
+            worst64 = worst64.max(e64);
+            worst32 = worst32.max(e32);
+            n += 1;
+        }
     }
-    assert!(n >= 20, "only {n} response cases in the manifest");
+    frangi::simd::force_level(None);
+    eprintln!("golden: worst relative error f64 {worst64:.2e}, f32 {worst32:.2e} over {n} case-levels");
+    assert!(n >= 60, "only {n} response case-levels in the manifest");
 }
 
 #[test]
@@ -140,15 +156,21 @@ fn vessel_maps_match_reference_pipeline() {
     let mut n = 0;
     for c in m["cases"].as_array().unwrap().iter().filter(|c| c["kind"] == "map") {
         let (h, w, img) = read_png_grey(&repo().join(c["image"].as_str().unwrap()));
-        let x: Vec<f64> = img.iter().map(|&v| v as f64).collect();
-        let resp = vesselness(&x, h, w, &VesselnessParams::sato()).unwrap();
         let cast = if c["cast"] == "wrap" { Cast::Wrap } else { Cast::Clamp };
-        let ours = vessel_map(&resp, h, w, &MapParams { cast, ..MapParams::default() }).unwrap();
+        let mp = MapParams { cast, ..MapParams::default() };
+        let x: Vec<f64> = img.iter().map(|&v| v as f64).collect();
+        let ours = vessel_map(&vesselness(&x, h, w, &VesselnessParams::sato()).unwrap(), h, w, &mp).unwrap();
+        // f32 is the default precision for maps: it must give the same pixels as f64.
+        let x32: Vec<f32> = img.iter().map(|&v| v as f32).collect();
+        let resp32 = vesselness(&x32, h, w, &VesselnessParams::sato()).unwrap();
+        let ours32 = vessel_map(&resp32, h, w, &mp).unwrap();
         let (gh, gw, reference) = read_png_grey(&golden(c["golden"].as_str().unwrap()));
         assert_eq!((gh, gw), (h, w));
-        let differ = ours.iter().zip(&reference).filter(|(a, b)| a != b).count();
         assert!(reference.iter().filter(|&&v| v == 255).count() > 100, "degenerate golden map");
-        assert_eq!(differ, 0, "{}: {differ} of {} pixels differ", c["golden"], h * w);
+        for (precision, map) in [("f64", &ours), ("f32", &ours32)] {
+            let differ = map.iter().zip(&reference).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{} ({precision}): {differ} of {} pixels differ", c["golden"], h * w);
+        }
         n += 1;
     }
     assert!(n >= 4);

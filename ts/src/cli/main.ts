@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { ConfigError } from '../config/vessels.js';
+import { InputFileError } from '../errors.js';
 import { parseCommand, UsageError, type CommandSpec } from './args.js';
 import { withFlagNames } from './schema-flags.js';
 
@@ -83,7 +84,8 @@ async function main(argv: string[]): Promise<number> {
     if (
       e instanceof UsageError ||
       e instanceof ConfigError ||
-      ['DatasetError', 'ModelFileError'].includes((e as { name?: string }).name ?? '')
+      e instanceof InputFileError ||
+      (e as { name?: string }).name === 'DatasetError'
     ) {
       const spec = mod.specFor?.(rest) ?? mod.spec;
       const message = withFlagNames((e as Error).message, spec.flags ?? [], givenFlags(spec, rest));

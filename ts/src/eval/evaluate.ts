@@ -7,7 +7,7 @@ import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 
 import { EvaluateSchema, type EvaluateConfig, type EvaluateInput, type SplitName } from '../config/segmentation.js';
-import { parseOptions } from '../config/vessels.js';
+import { ConfigError, parseOptions } from '../config/vessels.js';
 import { DatasetError } from '../data/dataset.js';
 import {
   checkSegmentationSamples,
@@ -192,6 +192,12 @@ export async function evaluateSegmentation(
   const jobs = cfg.jobs || availableParallelism();
   const binary = ds.kind === 'binary';
   const tuneNeeded = binary && cfg.threshold === undefined;
+  // A threshold tuned on the split whose metrics are reported makes those metrics optimistic.
+  if (tuneNeeded && cfg.tuneSplit === cfg.evalSplit)
+    throw new ConfigError(
+      `invalid evaluate options:\ntuneSplit: tuneSplit and evalSplit are both '${cfg.evalSplit}': the threshold ` +
+        'would be tuned on the split the metrics are reported on; tune on another split or give a fixed threshold',
+    );
   const evalSamples = splitSamples(ds, cfg.evalSplit, cfg.limit);
   const tuneSamples = tuneNeeded ? splitSamples(ds, cfg.tuneSplit, cfg.limit) : [];
   const want = binary ? 1 : ds.classes.length;

@@ -2,6 +2,7 @@
 // and compute features. Thin wrappers over the native `Model` handle; options go through zod.
 import { ModelConfigSchema, StepOptionsSchema, type ModelConfigInput, type StepOptionsInput } from '../config/model.js';
 import { parseOptions } from '../config/vessels.js';
+import { InputFileError } from '../errors.js';
 import { native } from '../native.js';
 import { maskCounts, randomMasking } from '../train/masking.js';
 import type { Features, LoadInfo, Model, Reconstruction, StepResult } from '../native.js';
@@ -28,9 +29,18 @@ export interface LoadModelOptions {
   device?: string;
 }
 
-/** Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. */
-export function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
-  return native.Model.load(path, options);
+/**
+ * Load our safetensors, a timm safetensors file or an MAE `.pth`; see `model.loadInfo`. A file that cannot be read
+ * or is not a checkpoint is an InputFileError naming it; bad options keep their `InvalidArg` error.
+ */
+export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
+  try {
+    return await native.Model.load(path, options);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'InvalidArg') throw e;
+    const message = (e as Error).message;
+    throw new InputFileError(message.includes(path) ? message : `${path}: ${message}`);
+  }
 }
 
 /** The caller's masking for a batch: kept patch ids, restore order, mask (1 = masked). */

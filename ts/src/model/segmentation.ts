@@ -6,6 +6,7 @@ import type { Predictor } from '../eval/predictor.js';
 import { SegmentationMetaSchema, type SegmentationMeta } from '../config/checkpoint.js';
 import type { NativeModelConfig } from '../config/model.js';
 import { formatZodError } from '../config/vessels.js';
+import { InputFileError } from '../errors.js';
 import { native } from '../native.js';
 import type { SegmentationModel } from '../native.js';
 
@@ -31,7 +32,7 @@ export function segmentationConfig(model: SegmentationModel): SegmentationConfig
 export type SegmentationModelMeta = SegmentationMeta;
 
 /** Thrown for a file that is not a usable segmentation model (CLI exit 2). */
-export class ModelFileError extends Error {
+export class ModelFileError extends InputFileError {
   override name = 'ModelFileError';
 }
 

@@ -3,6 +3,7 @@
 //! "vasomim-unext", `config` (JSON), `step`, `optimizer_step`. Also read: the authors'
 //! `unext.pth` (a PyTorch state dict), with or without a `seg_model.` prefix (a VasoMIM
 //! pre-training checkpoint holds the segmentor under it) or DataParallel's `module.`.
+//! [`load`] gives a trainable model, [`load_frozen`] the fixed one that pre-training uses.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -74,6 +75,16 @@ fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
 /// `num_batches_tracked`, as in files from old PyTorch versions, counts as 0, not missing).
 /// With `strict`, missing or unexpected keys are an error too.
 pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoaded> {
+    load_into(path, device, strict, false)
+}
+
+/// [`load`] into a frozen model ([`UNext::new_frozen`]): for guidance and L_cons, where only
+/// the gradient into the segmentor's input is needed.
+pub fn load_frozen(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoaded> {
+    load_into(path, device, strict, true)
+}
+
+fn load_into(path: &Path, device: &Device, strict: bool, frozen: bool) -> Result<SegmentorLoaded> {
     let (tensors, meta) = read_tensors(path)?;
     let mut report = SegmentorLoadReport::default();
     let tensors: HashMap<String, Tensor> = if tensors.keys().any(|k| k.starts_with(PREFIX)) {
@@ -100,7 +111,7 @@ pub fn load(path: &Path, device: &Device, strict: bool) -> Result<SegmentorLoade
             UNextConfig { in_chans: w.dims4()?.1 }
         }
     };
-    let model = UNext::new(&cfg, device, 0)?;
+    let model = if frozen { UNext::new_frozen(&cfg, device, 0)? } else { UNext::new(&cfg, device, 0)? };
     let mut used = BTreeSet::new();
     let mut mis_shaped = Vec::new();
     for (name, var) in &model.params.entries {

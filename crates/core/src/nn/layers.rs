@@ -24,8 +24,8 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        let weight = pb.var("weight", &[out_dim, in_dim], Init::XavierUniform)?.as_tensor().clone();
-        let bias = pb.var("bias", &[out_dim], Init::Zeros)?.as_tensor().clone();
+        let weight = pb.tensor("weight", &[out_dim, in_dim], Init::XavierUniform)?;
+        let bias = pb.tensor("bias", &[out_dim], Init::Zeros)?;
         Ok(Linear { weight, bias })
     }
 
@@ -78,8 +78,8 @@ pub const LN_EPS: f64 = 1e-6;
 
 impl LayerNorm {
     pub fn new(pb: &ParamBuilder, dim: usize) -> Result<Self> {
-        let weight = pb.var("weight", &[dim], Init::Ones)?.as_tensor().clone();
-        let bias = pb.var("bias", &[dim], Init::Zeros)?.as_tensor().clone();
+        let weight = pb.tensor("weight", &[dim], Init::Ones)?;
+        let bias = pb.tensor("bias", &[dim], Init::Zeros)?;
         Ok(LayerNorm { weight, bias })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -110,8 +110,8 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         let bound = 1.0 / ((in_c * k * k) as f64).sqrt();
-        let weight = pb.var("weight", &[out_c, in_c, k, k], Init::Uniform(bound))?.as_tensor().clone();
-        let bias = if bias { Some(pb.var("bias", &[out_c], Init::Uniform(bound))?.as_tensor().clone()) } else { None };
+        let weight = pb.tensor("weight", &[out_c, in_c, k, k], Init::Uniform(bound))?;
+        let bias = if bias { Some(pb.tensor("bias", &[out_c], Init::Uniform(bound))?) } else { None };
         Ok(Conv2d { weight, bias, stride, padding })
     }
 
@@ -144,8 +144,8 @@ pub const BN_MOMENTUM: f64 = 0.1;
 impl BatchNorm2d {
     pub fn new(pb: &ParamBuilder, c: usize) -> Result<Self> {
         Ok(BatchNorm2d {
-            weight: pb.var("weight", &[c], Init::Ones)?.as_tensor().clone(),
-            bias: pb.var("bias", &[c], Init::Zeros)?.as_tensor().clone(),
+            weight: pb.tensor("weight", &[c], Init::Ones)?,
+            bias: pb.tensor("bias", &[c], Init::Zeros)?,
             eps: BN_EPS,
             momentum: BN_MOMENTUM,
             running: Arc::new(Mutex::new(BnRunning { mean: vec![0.0; c], var: vec![1.0; c], num_batches_tracked: 0 })),

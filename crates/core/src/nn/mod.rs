@@ -99,6 +99,7 @@ pub struct ParamBuilder {
     rng: Rc<RefCell<InitRng>>,
     prefix: String,
     device: Device,
+    frozen: bool,
 }
 
 impl ParamBuilder {
@@ -108,7 +109,15 @@ impl ParamBuilder {
             rng: Rc::new(RefCell::new(InitRng::new(seed))),
             prefix: String::new(),
             device: device.clone(),
+            frozen: false,
         }
+    }
+
+    /// A builder for a model that is never trained (VasoMIM's frozen segmentor): [`Self::tensor`]
+    /// hands the layers plain tensors that share storage with the registered `Var`s, so
+    /// loading through the store still sets them, but backward computes no gradient for them.
+    pub fn frozen(device: &Device, seed: u64) -> Self {
+        ParamBuilder { frozen: true, ..Self::new(device, seed) }
     }
 
     /// The builder for the sub-path `name` (a module or a block index).
@@ -141,6 +150,13 @@ impl ParamBuilder {
         let full = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{}", self.prefix, name) };
         self.store.borrow_mut().entries.push((full, v.clone()));
         Ok(v)
+    }
+
+    /// A parameter as the layers hold it: the registered `Var`'s tensor, or (frozen builder) a
+    /// detached tensor on the same storage.
+    pub fn tensor(&self, name: &str, dims: &[usize], init: Init) -> Result<Tensor> {
+        let v = self.var(name, dims, init)?;
+        Ok(if self.frozen { v.as_tensor().detach() } else { v.as_tensor().clone() })
     }
 
     pub fn into_store(self) -> ParamStore {

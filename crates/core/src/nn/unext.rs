@@ -44,8 +44,8 @@ pub const EMBED_DIMS: [usize; 2] = [64, 128];
 fn linear(pb: &ParamBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
     let a = 1.0 / (in_dim as f64).sqrt();
     Ok(Linear {
-        weight: pb.var("weight", &[out_dim, in_dim], Init::Uniform(a))?.as_tensor().clone(),
-        bias: pb.var("bias", &[out_dim], Init::Uniform(a))?.as_tensor().clone(),
+        weight: pb.tensor("weight", &[out_dim, in_dim], Init::Uniform(a))?,
+        bias: pb.tensor("bias", &[out_dim], Init::Uniform(a))?,
     })
 }
 
@@ -58,10 +58,7 @@ pub struct Ln {
 
 impl Ln {
     fn new(pb: &ParamBuilder, dim: usize) -> Result<Self> {
-        Ok(Ln {
-            weight: pb.var("weight", &[dim], Init::Ones)?.as_tensor().clone(),
-            bias: pb.var("bias", &[dim], Init::Zeros)?.as_tensor().clone(),
-        })
+        Ok(Ln { weight: pb.tensor("weight", &[dim], Init::Ones)?, bias: pb.tensor("bias", &[dim], Init::Zeros)? })
     }
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         layer_norm(x, &self.weight, &self.bias, UNEXT_LN_EPS)
@@ -88,8 +85,8 @@ impl ShiftedBlock {
         let dw = mlp.pp("dwconv").pp("dwconv");
         // nn.Conv2d(dim, dim, 3, groups=dim): fan_in = 9.
         let a = 1.0 / 3.0;
-        let dw_weight = dw.var("weight", &[dim, 1, 3, 3], Init::Uniform(a))?.as_tensor().clone();
-        let dw_bias = dw.var("bias", &[dim], Init::Uniform(a))?.as_tensor().clone();
+        let dw_weight = dw.tensor("weight", &[dim, 1, 3, 3], Init::Uniform(a))?;
+        let dw_bias = dw.tensor("bias", &[dim], Init::Uniform(a))?;
         let fc2 = linear(&mlp.pp("fc2"), dim, dim)?;
         Ok(ShiftedBlock { norm2, fc1, dw_weight, dw_bias, fc2 })
     }
@@ -169,10 +166,21 @@ impl UNext {
     /// A new UNeXt-S with PyTorch's default init (convs and linears U(±1/sqrt(fan_in)),
     /// norms weight 1 bias 0, running mean 0 / var 1), deterministic in `seed`.
     pub fn new(cfg: &UNextConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::build(cfg, ParamBuilder::new(device, seed))
+    }
+
+    /// The same model for use as a fixed function (VasoMIM's frozen segmentor): its layers hold
+    /// plain tensors, so backward through it gives the input gradient only and no parameter
+    /// gradient. `params` still lists the weights (loading sets them); an optimizer over them
+    /// would never see a gradient.
+    pub fn new_frozen(cfg: &UNextConfig, device: &Device, seed: u64) -> Result<Self> {
+        Self::build(cfg, ParamBuilder::frozen(device, seed))
+    }
+
+    fn build(cfg: &UNextConfig, pb: ParamBuilder) -> Result<Self> {
         if cfg.in_chans == 0 {
             candle_core::bail!("UNeXt: in_chans must be at least 1");
         }
-        let pb = ParamBuilder::new(device, seed);
         let [c1, c2, c3] = CONV_DIMS;
         let [e1, e2] = EMBED_DIMS;
         let conv3 = |name: &str, i: usize, o: usize| Conv2d::new(&pb.pp(name), i, o, 3, 1, 1, true);

@@ -223,7 +223,8 @@ impl PretrainTrainer {
     /// Attach a UNeXt-S checkpoint (ours, the authors' `unext.pth`, or one under `seg_model.`)
     /// as the segmentor; its input channels must equal the model's.
     pub fn attach_segmentor(&mut self, path: &Path) -> Result<()> {
-        let l = checkpoint::segmentor::load(path, &self.device, true)
+        // Frozen: L_cons backpropagates into the segmentor's input only, never its weights.
+        let l = checkpoint::segmentor::load_frozen(path, &self.device, true)
             .map_err(|e| candle_core::Error::msg(format!("segmentor {}: {e}", path.display())))?;
         let (got, want) = (l.model.cfg.in_chans, self.model.cfg.in_chans);
         if got != want {

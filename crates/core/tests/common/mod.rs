@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: paths and a small .npy reader.
+//! Helpers shared by the integration tests: paths, a small .npy reader and the closed-form
+//! weights of the PyTorch golden fixtures.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -44,4 +45,22 @@ pub fn read_npy(path: &Path) -> (Vec<usize>, Vec<f64>) {
     };
     assert_eq!(vals.len(), shape.iter().product::<usize>(), "{}", path.display());
     (shape, vals)
+}
+
+/// The closed-form weights of `synthetic` in scripts/golden/torch_mae.py (also used by
+/// torch_segvit.py), bit for bit.
+pub fn synthetic(name: &str, shape: &[usize]) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let phase = name.bytes().fold(0u64, |h, b| (h * 31 + b as u64) % 1_000_003) as f64 * 1e-3;
+    let scale_and_offset = if name == "cls_token" || name == "mask_token" {
+        (0.02, 0.0)
+    } else if shape.len() >= 2 {
+        let (fo, fi) = (shape[0] as f64, (n / shape[0]) as f64);
+        ((6.0 / (fi + fo)).sqrt(), 0.0)
+    } else if name.ends_with(".weight") {
+        (0.1, 1.0)
+    } else {
+        (0.02, 0.0)
+    };
+    (0..n).map(|i| (scale_and_offset.1 + scale_and_offset.0 * (0.7 * i as f64 + phase).sin()) as f32).collect()
 }

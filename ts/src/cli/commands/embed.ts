@@ -1,5 +1,6 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
 import { checkPrecision, DeviceSchema, PrecisionSchema } from '../../config/model.js';
+import { checkImageFiles } from '../../data/read.js';
 import { loadModel } from '../../model/index.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
 
@@ -38,6 +39,7 @@ export const run = command(spec, async ({ values, positionals }) => {
   const precision = PrecisionSchema.safeParse(values.precision);
   if (!precision.success) throw new UsageError(`--precision: ${precision.error.issues[0]!.message}`);
   checkPrecision(device.data, precision.data);
+  await checkImageFiles(images);
   const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device: device.data });
   model.setPrecision(precision.data);
   const f = await model.embedFiles(images, out);

@@ -1,4 +1,5 @@
 // `vasomim predict <model> <images...> --out <dir>`: masks and overlays of a fine-tuned model.
+import { checkImageFiles } from '../../data/read.js';
 import { predictFiles } from '../../eval/predict.js';
 import { PredictSchema } from '../../config/segmentation.js';
 import { parseOptions } from '../../config/vessels.js';
@@ -32,6 +33,7 @@ const runSegmentation = command(spec, async ({ values, positionals }) => {
   const options = flagInput(spec.flags!, values);
   if (!options.out) throw new UsageError('--out <dir> is required');
   const parsed = parseOptions(PredictSchema, options, 'options');
+  await checkImageFiles(images);
   let bar: Progress | undefined;
   try {
     const r = await predictFiles(model, images, parsed, (done, total) => {
