@@ -14,8 +14,13 @@ ADDON=1
 t0=$(date +%s)
 source scripts/cuda/env.sh
 echo "== toolkit: $(nvcc --version | tail -1)"
-echo "== cuda_check (release, cuda + nccl; first build: ~15-25 min on 2 cores, see docs/CUDA.md)"
-cargo build --profile cuda-check -p vasomim-core --features nccl --example cuda_check
+echo "== cuda_check$([[ $ADDON == 1 ]] && echo ' and the addon') (cuda + nccl; first build: see docs/CUDA.md)"
+# One cargo invocation for both, so that candle's CUDA kernels are compiled once: separate builds of
+# the example (which brings dev-dependencies) and the addon resolve features differently, and each
+# would compile candle-kernels for itself.
+PKGS=(-p vasomim-core --example cuda_check)
+[[ $ADDON == 1 ]] && PKGS+=(-p vasomim-bindings)
+cargo build --profile cuda-check "${PKGS[@]}" --features vasomim-core/nccl$([[ $ADDON == 1 ]] && echo ,vasomim-bindings/nccl)
 OUT=dist/cuda
 mkdir -p "$OUT"
 BIN="$CARGO_TARGET_DIR/cuda-check/examples/cuda_check"
@@ -26,9 +31,6 @@ cp scripts/cuda/device-check.sh scripts/peers/torch_vasomim_step.py scripts/peer
   scripts/golden/torch_unext.py "$OUT/"
 if [[ $ADDON == 1 ]]; then
   echo "== the Node addon with --features nccl (CUDA + NCCL)"
-  # cargo directly (napi's build passes an explicit --target, which would compile every dependency,
-  # candle's CUDA kernels included, a second time): the cuda-check profile shares them with the binary.
-  cargo build --profile cuda-check -p vasomim-bindings --features nccl
   mkdir -p "$OUT/addon"
   cp "$CARGO_TARGET_DIR/cuda-check/libvasomim_bindings.so" "$OUT/addon/vasomim.linux-x64-gnu.node"
 fi
