@@ -11,6 +11,7 @@
 // Two differences, both where pycocotools raises: an empty results list evaluates (every AP 0),
 // and a GT annotation without `iscrowd` counts as not crowd.
 import { readFileSync } from 'node:fs';
+import { InputFileError } from '../errors.js';
 
 /** A COCO ground-truth file, the fields bbox evaluation reads. */
 export interface CocoGt {
@@ -55,8 +56,8 @@ export interface CocoEvalResult {
 }
 
 /** A bad GT or results file; the CLI reports it in one line (exit 2). */
-export class CocoFileError extends Error {
-  override name = 'DatasetError';
+export class CocoFileError extends InputFileError {
+  override name = 'CocoFileError';
 }
 
 /** numpy.linspace(start, stop, num): i·step + start, the last one exactly `stop`. */

@@ -4,6 +4,7 @@
 import { native } from '../native.js';
 import type { DetectionModel } from '../native.js';
 import { readImage } from '../vessels/api.js';
+import { InputFileError } from '../errors.js';
 
 export type { DetectionModel };
 
@@ -18,9 +19,9 @@ export interface DetectorMeta {
   step: number;
 }
 
-/** Thrown for a file that is not a usable detector (CLI exit 2). */
-export class DetectorFileError extends Error {
-  override name = 'ModelFileError';
+/** Thrown for a file that is not a usable detector (CLI exit 2, as every bad input file). */
+export class DetectorFileError extends InputFileError {
+  override name = 'DetectorFileError';
 }
 
 /** The ImageNet statistics for 3 channels (grey replicated), their grey mean for 1. */
