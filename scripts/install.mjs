@@ -17,7 +17,7 @@ import { platformAbi } from './pack.mjs';
 /** What each build reads, and what it writes (paths relative to the package root). */
 const BUILDS = [
   {
-    sources: ['Cargo.toml', 'Cargo.lock', 'rustfmt.toml', 'crates', 'bindings/src', 'bindings/Cargo.toml'],
+    sources: ['Cargo.toml', 'Cargo.lock', 'rustfmt.toml', 'crates', 'vendor', 'bindings/src', 'bindings/Cargo.toml'],
     outputs: ['bindings/index.js', 'bindings/index.d.ts', '*.node'],
   },
   {

@@ -1,5 +1,13 @@
 #!/usr/bin/env python3
-"""One MAE pre-training step on the CPU: vasomim (candle) against PyTorch, in the same run.
+"""Training steps on the CPU: vasomim (candle) against PyTorch, in the same run.
+
+Tasks (`--tasks`, all by default), each per preset:
+- `mae`: the MAE pre-training step, ours against the peers (scripts/peers/torch_mae_step.py).
+- `vasomim`: ours only, the MAE step plus what VasoMIM adds each step (P = sigmoid(S(img)) from
+  the frozen UNeXt-S and L_cons through it): its ratio to our `mae` step (the issue's target is
+  at most 1.3).
+- `finetune`: the segmentation step (ViT + U-Net head x0.25, Dice + BCE, AdamW), ours against
+  the peers (scripts/peers/torch_segvit_step.py).
 
 Peers: `pypi` (the headline) is the current PyTorch from PyPI in a venv that
 scripts/peers/torch_venv.py creates on first use; `debian` (second column) is the system's
@@ -14,7 +22,7 @@ Memory: the process's peak resident set (wait4 rusage), and the same net of that
 footprint (ours: `bench_step --idle`; torch: an interpreter that has imported torch), so the
 interpreter and library mappings, most of a Python peer's peak, are not counted as training memory.
 
-usage: scripts/bench/step.py [--presets micro,tiny] [--batch 8] [--img 224] [--mask 0.5]
+usage: scripts/bench/step.py [--tasks mae,vasomim,finetune] [--presets micro,tiny] [--batch 8] [--img 224] [--mask 0.5]
                              [--threads 2] [--steps 10] [--warmup 2] [--repeats 3]
                              [--peers pypi,debian] [--omp-wait-policy PASSIVE|ACTIVE]
 Builds the Rust side with `cargo build --release --example bench_step` when needed. Prints a line
@@ -25,7 +33,8 @@ load average at the start and end (a figure taken under load is not a headline f
 import argparse, json, os, platform, subprocess, sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-PEER = os.path.join(ROOT, "scripts", "peers", "torch_mae_step.py")
+PEERS = {"mae": os.path.join(ROOT, "scripts", "peers", "torch_mae_step.py"),
+         "finetune": os.path.join(ROOT, "scripts", "peers", "torch_segvit_step.py")}
 
 
 def run(cmd, env):
@@ -77,6 +86,7 @@ def cpu_model():
 
 def main():
     a = argparse.ArgumentParser()
+    a.add_argument("--tasks", default="mae,vasomim,finetune")
     a.add_argument("--presets", default="micro,tiny")
     a.add_argument("--batch", type=int, default=8)
     a.add_argument("--img", type=int, default=224)
@@ -102,35 +112,45 @@ def main():
     imports = "import torch, torch.nn, torch.nn.functional; torch.set_num_threads(%d)" % o.threads
     for name, py in peers.items():
         idle[name] = max(run([py, "-c", imports], env)[1] for _ in range(o.repeats))
-    common = ["--batch", str(o.batch), "--img", str(o.img), "--mask", str(o.mask), "--steps", str(o.steps), "--warmup", str(o.warmup)]
+    common = ["--batch", str(o.batch), "--img", str(o.img), "--steps", str(o.steps), "--warmup", str(o.warmup)]
     results = {}
     for preset in o.presets.split(","):
-        runs = {"ours": []} | {name: [] for name in peers}
-        for _ in range(o.repeats):
-            runs["ours"].append(run([exe, "--preset", preset, *common], env))
-            for name, py in peers.items():
-                runs[name].append(run([py, PEER, "--preset", preset, "--threads", str(o.threads), *common], env))
-        sides = {}
-        for name, rs in runs.items():
-            best, _ = min(rs, key=lambda r: r[0]["ms_per_step"])
-            peak = max(m for _, m in rs)
-            sides[name] = {"ms": best["ms_per_step"], "all_ms": [r[0]["ms_per_step"] for r in rs],
-                           "peak_mib": round(peak, 1), "idle_mib": round(idle[name], 1),
-                           "net_mib": round(peak - idle[name], 1)}
-            if name != "ours":
-                sides[name]["torch"] = torch_version(peers[name])
-        ours = sides["ours"]
-        r = {"sides": sides}
-        for name in peers:
-            r[f"ratio_{name}"] = round(ours["ms"] / sides[name]["ms"], 3)
-            r[f"net_mem_ratio_{name}"] = round(ours["net_mib"] / max(sides[name]["net_mib"], 1e-9), 3)
-        results[preset] = r
-        for name, s in sides.items():
-            ratio = "" if name == "ours" else f", ours/this {r['ratio_' + name]}"
-            print(f"{preset:>6} {name:>6}{' ' + s['torch'] if s.get('torch') else '':<12}: {s['ms']:.1f} ms/step "
-                  f"(min of {s['all_ms']}), peak {s['peak_mib']:.0f} MiB, net of idle {s['net_mib']:.0f} MiB{ratio}",
-                  file=sys.stderr)
-    print(json.dumps({"bench": "mae_step", "batch": o.batch, "img": o.img, "mask": o.mask, "threads": o.threads,
+        results[preset] = {}
+        for task in o.tasks.split(","):
+            if task not in ("mae", "vasomim", "finetune"):
+                sys.exit(f"unknown task {task!r} (mae, vasomim, finetune)")
+            args = common + (["--mask", str(o.mask)] if task != "finetune" else [])
+            task_peers = peers if task in PEERS else {}
+            runs = {"ours": []} | {name: [] for name in task_peers}
+            for _ in range(o.repeats):
+                runs["ours"].append(run([exe, "--task", task, "--preset", preset, *args], env))
+                for name, py in task_peers.items():
+                    runs[name].append(run([py, PEERS[task], "--preset", preset, "--threads", str(o.threads), *args], env))
+            sides = {}
+            for name, rs in runs.items():
+                best, _ = min(rs, key=lambda r: r[0]["ms_per_step"])
+                peak = max(m for _, m in rs)
+                sides[name] = {"ms": best["ms_per_step"], "all_ms": [r[0]["ms_per_step"] for r in rs],
+                               "peak_mib": round(peak, 1), "idle_mib": round(idle[name], 1),
+                               "net_mib": round(peak - idle[name], 1)}
+                if name != "ours":
+                    sides[name]["torch"] = torch_version(peers[name])
+            ours = sides["ours"]
+            r = {"sides": sides}
+            for name in task_peers:
+                r[f"ratio_{name}"] = round(ours["ms"] / sides[name]["ms"], 3)
+                r[f"net_mem_ratio_{name}"] = round(ours["net_mib"] / max(sides[name]["net_mib"], 1e-9), 3)
+            if task == "vasomim" and "mae" in results[preset]:
+                r["ratio_to_mae"] = round(ours["ms"] / results[preset]["mae"]["sides"]["ours"]["ms"], 3)
+            results[preset][task] = r
+            for name, s in sides.items():
+                ratio = "" if name == "ours" else f", ours/this {r['ratio_' + name]}"
+                if name == "ours" and "ratio_to_mae" in r:
+                    ratio = f", ours/our mae step {r['ratio_to_mae']}"
+                print(f"{preset:>6} {task:>8} {name:>6}{' ' + s['torch'] if s.get('torch') else '':<12}: {s['ms']:.1f} ms/step "
+                      f"(min of {s['all_ms']}), peak {s['peak_mib']:.0f} MiB, net of idle {s['net_mib']:.0f} MiB{ratio}",
+                      file=sys.stderr)
+    print(json.dumps({"bench": "train_steps", "batch": o.batch, "img": o.img, "mask": o.mask, "threads": o.threads,
                       "repeats": o.repeats, "omp_wait_policy": o.omp_wait_policy, "cpu": cpu_model(),
                       "load_1min_start": load_start, "load_1min_end": loadavg(), "presets": results}))
 

@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 use super::kernels::conv::conv2d;
 use super::kernels::host::{matmul, matmul_dtype};
@@ -171,6 +171,28 @@ impl BatchNorm2d {
         }
         *self.running.lock().expect("BatchNorm state poisoned") = r;
         Ok(())
+    }
+
+    /// `conv` followed by this layer in eval mode, as one conv: weight·s and (bias − μ)·s + β
+    /// per output channel with s = γ/sqrt(running var + eps). The inference rewrite for a frozen
+    /// network (equal up to rounding); tensor ops on the conv's device, no host round trip.
+    pub fn fold_into(&self, conv: &Conv2d) -> Result<Conv2d> {
+        let c = self.channels();
+        if conv.weight.dim(0)? != c {
+            candle_core::bail!("batch_norm: {c} channels after a conv with {} outputs", conv.weight.dim(0)?);
+        }
+        let r = self.running();
+        let dev = conv.weight.device();
+        let mean = Tensor::from_vec(r.mean, c, dev)?;
+        let var = Tensor::from_vec(r.var, c, dev)?;
+        let scale = self.weight.to_dtype(DType::F32)?.div(&(var + self.eps)?.sqrt()?)?;
+        let weight = conv.weight.broadcast_mul(&scale.reshape((c, 1, 1, 1))?.to_dtype(conv.weight.dtype())?)?;
+        let bias = match &conv.bias {
+            Some(b) => (b.to_dtype(DType::F32)? - mean)?,
+            None => mean.neg()?,
+        };
+        let bias = ((bias * scale)? + self.bias.to_dtype(DType::F32)?)?.to_dtype(conv.weight.dtype())?;
+        Ok(Conv2d { weight, bias: Some(bias), stride: conv.stride, padding: conv.padding })
     }
 
     /// Train mode: normalise with the batch mean and biased variance, and update the running

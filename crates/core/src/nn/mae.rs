@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use super::kernels::patch;
 use super::layers::{LayerNorm, Linear};
 use super::loss::{masked_patch_mse, norm_pix};
 use super::pos_embed::sincos_2d_tensor;
@@ -106,6 +107,9 @@ impl MaskedAutoencoder {
     /// MAE `forward_loss`: mean squared error per patch against the (norm-pix) target, averaged
     /// over the masked patches.
     pub fn forward_loss(&self, imgs: &Tensor, pred: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if patch::applies(imgs, &[pred, mask]) {
+            return patch::mae_loss(pred, imgs, mask, self.cfg.patch_size, self.cfg.norm_pix_loss);
+        }
         let target = self.patchify(imgs)?;
         let target = if self.cfg.norm_pix_loss { norm_pix(&target)?.0 } else { target };
         masked_patch_mse(pred, &target, mask)

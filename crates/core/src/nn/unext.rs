@@ -295,14 +295,23 @@ impl UNext {
         if x.dtype() != DType::F32 {
             candle_core::bail!("UNeXt: f32 input expected, got {:?}", x.dtype());
         }
+        // Conv then BatchNorm; in eval mode (VasoMIM's frozen segmentor, prediction) one conv with
+        // the BatchNorm folded in (differentiable in both): a full-resolution op and its gradient
+        // fewer.
+        let conv_bn = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
+            if !train && std::env::var("NOFOLD").is_err() {
+                bn.fold_into(conv)?.forward(x)
+            } else {
+                bn.forward(&conv.forward(x)?, train)
+            }
+        };
         let stage = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
-            max_pool2x2(&bn.forward(&conv.forward(x)?, train)?, true)
+            max_pool2x2(&conv_bn(x, conv, bn)?, true)
         };
         let up = |x: &Tensor, conv: &Conv2d, bn: Option<&BatchNorm2d>| -> Result<Tensor> {
-            let y = conv.forward(x)?;
             let y = match bn {
-                Some(bn) => bn.forward(&y, train)?,
-                None => y,
+                Some(bn) => conv_bn(x, conv, bn)?,
+                None => conv.forward(x)?,
             };
             upsample_bilinear2x(&y, true)
         };

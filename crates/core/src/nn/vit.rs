@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor, D};
 
 use super::kernels::attention::attention_qkv;
 use super::kernels::linear::{bias_add_residual, linear, Epilogue};
+use super::kernels::patch::patch_rows;
 use super::layers::{LayerNorm, Linear};
 use super::pos_embed::sincos_2d_tensor;
 use super::presets::MaeConfig;
@@ -54,45 +55,43 @@ impl VisionTransformer {
     /// (B, C, H, W) -> (B, L, D): the stride-p conv as patches in (C, p, p) order times the
     /// flattened conv weight.
     pub fn patch_embed(&self, imgs: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = imgs.dims4()?;
+        self.patch_embed_rows(imgs, None)
+    }
+
+    /// The patch embedding of the patches `ids_keep` (B, K) u32 lists (all, in raster order, when
+    /// `None`): (B, K, D). Embedding only the kept patches gives the rows MAE's embed-then-gather
+    /// gives, for K/L of the work.
+    pub fn patch_embed_rows(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
+        let (_, c, h, w) = imgs.dims4()?;
         let p = self.patch_size;
         if c != self.in_chans || h % p != 0 || w % p != 0 {
             candle_core::bail!("input (B, {c}, {h}, {w}) does not fit {} channels and patch {p}", self.in_chans);
         }
-        let (gh, gw) = (h / p, w / p);
-        let x = imgs.reshape((b, c, gh, p, gw, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((
-            b,
-            gh * gw,
-            c * p * p,
-        ))?;
+        let x = patch_rows(imgs, p, ids_keep)?; // [B, K, C·p·p]
+        let (b, k, cpp) = x.dims3()?;
         let d = self.patch_embed_weight.dim(0)?;
-        let wmat = self.patch_embed_weight.reshape((d, c * p * p))?;
-        linear(&x.reshape((b * gh * gw, c * p * p))?, &wmat, &self.patch_embed_bias, Epilogue::None)?.reshape((
-            b,
-            gh * gw,
-            d,
-        ))
+        let wmat = self.patch_embed_weight.reshape((d, cpp))?;
+        linear(&x.reshape((b * k, cpp))?, &wmat, &self.patch_embed_bias, Epilogue::None)?.reshape((b, k, d))
     }
 
-    /// Tokens entering the first block (B, 1 + K, D): all patches embedded, the position
-    /// embedding added, the patches listed in `ids_keep` (B, K) u32 kept (all when `None`),
-    /// cls (+ its position) prepended.
+    /// Tokens entering the first block (B, 1 + K, D): the patches listed in `ids_keep` (B, K)
+    /// u32 (all when `None`) embedded, their position embedding added, cls (+ its position)
+    /// prepended.
     pub fn embed_tokens(&self, imgs: &Tensor, ids_keep: Option<&Tensor>) -> Result<Tensor> {
-        let x = self.patch_embed(imgs)?; // [B, L, D]
-        let (b, l, d) = x.dims3()?;
+        let (_, _, h, w) = imgs.dims4()?;
+        let l = (h / self.patch_size) * (w / self.patch_size);
         if self.pos_embed.dim(1)? != l + 1 {
             candle_core::bail!("{} patches but a position embedding for {}", l, self.pos_embed.dim(1)? - 1);
         }
-        // The residual stream in the parameters' dtype (f32 also under bf16 autocast).
-        let x = x.to_dtype(self.pos_embed.dtype())?.broadcast_add(&self.pos_embed.narrow(1, 1, l)?)?;
-        let x = match ids_keep {
-            Some(ids) => {
-                let k = ids.dim(1)?;
-                let idx = ids.unsqueeze(2)?.broadcast_as((b, k, d))?.contiguous()?;
-                x.contiguous()?.gather(&idx, 1)? // [B, K, D]
-            }
-            None => x,
+        let x = self.patch_embed_rows(imgs, ids_keep)?; // [B, K, D]
+        let (b, k, d) = x.dims3()?;
+        let pos = self.pos_embed.narrow(1, 1, l)?.squeeze(0)?; // [L, D], a fixed buffer
+        let pos = match ids_keep {
+            Some(ids) => pos.index_select(&ids.flatten_all()?, 0)?.reshape((b, k, d))?,
+            None => pos.unsqueeze(0)?.broadcast_as((b, l, d))?,
         };
+        // The residual stream in the parameters' dtype (f32 also under bf16 autocast).
+        let x = (x.to_dtype(self.pos_embed.dtype())? + pos)?;
         let cls = self.cls_token.broadcast_add(&self.pos_embed.narrow(1, 0, 1)?)?.broadcast_as((b, 1, d))?;
         Tensor::cat(&[&cls, &x], 1)
     }

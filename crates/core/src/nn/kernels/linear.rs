@@ -103,6 +103,7 @@ impl CustomOp3 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (rows, k) = x.dims2()?;
         let out = w.dim(0)?;
+        let (x_t, w_t, b_t) = (x.track_op(), w.track_op(), b.track_op());
         let guard = self.pre.lock().map_err(|_| candle_core::Error::msg("linear: poisoned cache"))?;
         let (dx, dw, db) = with_f32(&[x, w, grad], "linear backward", |s| {
             let (x, w, g) = (s[0], s[1], s[2]);
@@ -117,17 +118,25 @@ impl CustomOp3 for LinearOp {
                     (&gelu_dz[..], db)
                 }
             };
-            let mut dx = vec![0f32; rows * k];
-            gemm_f32(rows, k, out, &mut dx, k, false, Mat(dz, out, 1), Mat(w, k, 1), threads()); // dx = dz·W
-            let mut dw = vec![0f32; out * k];
-            gemm_f32(out, k, rows, &mut dw, k, false, Mat(dz, 1, out), Mat(x, k, 1), threads()); // dW = dzᵀ·x
-            Ok((dx, dw, db))
+            // Only the gradients of the arguments that track (a frozen layer: dx only; the first
+            // layer on an image: dW and db only).
+            let dx = x_t.then(|| {
+                let mut dx = vec![0f32; rows * k];
+                gemm_f32(rows, k, out, &mut dx, k, false, Mat(dz, out, 1), Mat(w, k, 1), threads()); // dz·W
+                dx
+            });
+            let dw = w_t.then(|| {
+                let mut dw = vec![0f32; out * k];
+                gemm_f32(out, k, rows, &mut dw, k, false, Mat(dz, 1, out), Mat(x, k, 1), threads()); // dzᵀ·x
+                dw
+            });
+            Ok((dx, dw, b_t.then_some(db)))
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
+            dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
+            dw.map(|v| Tensor::from_vec(v, w.shape(), dev)).transpose()?,
+            db.map(|v| Tensor::from_vec(v, b.shape(), dev)).transpose()?,
         ))
     }
 }

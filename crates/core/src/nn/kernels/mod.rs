@@ -8,6 +8,8 @@
 //! - [`attention`]: multi-head attention from the fused qkv rows, with its softmax.
 //! - [`activation`]: exact GELU (erf).
 //! - [`conv`]: im2col conv with channel bias, depthwise 3×3 conv.
+//! - [`patch`]: patches read straight from the image: the patch-embedding rows (kept patches
+//!   only) and MAE's norm-pix reconstruction loss as one op.
 //! - [`resample`]: max-pool 2×2, bilinear / nearest ×2 upsampling, the shifted MLP's shift.
 //! - `cuda` (CUDA builds): our CUDA kernels for the hot ops of the GPU path (LayerNorm, softmax,
 //!   GELU, bias add, AdamW); the other ops run their composites there.
@@ -25,6 +27,7 @@ pub mod cuda;
 pub mod host;
 pub mod linear;
 pub mod norm;
+pub mod patch;
 pub mod resample;
 
 /// Test data and the fused-versus-reference check shared by the kernels' unit tests.
@@ -66,6 +69,85 @@ pub(crate) mod testing {
         for (i, t) in ts.iter().enumerate() {
             let d = max_diff(ga.get(t).unwrap(), gb.get(t).unwrap());
             assert!(d <= tol, "gradient of argument {i} differs by {d}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod gradient_tests {
+    use super::conv::{conv2d, dwconv3x3_nhwc};
+    use super::linear::{linear, Epilogue};
+    use super::norm::{batch_norm_eval, batch_norm_train, layer_norm};
+    use super::testing::{max_diff, rand};
+    use candle_core::{Tensor, Var};
+
+    type Op = fn(&[Tensor]) -> Tensor;
+
+    /// For each op with (input, weight, bias): with frozen weights (plain tensors) the input
+    /// gradient is the trainable case's and no weight or bias gradient is stored (the frozen
+    /// segmentor of L_cons); with an input that does not track (an image) the weight gradients are
+    /// the trainable case's and no input gradient is stored. Batches of 3 split unevenly over the
+    /// threads.
+    #[test]
+    fn only_tracking_arguments_get_gradients() {
+        let cases: Vec<(&str, [Vec<usize>; 3], Op)> = vec![
+            ("linear", [vec![7, 5], vec![4, 5], vec![4]], |t| linear(&t[0], &t[1], &t[2], Epilogue::Gelu).unwrap()),
+            ("conv3x3", [vec![3, 2, 6, 5], vec![4, 2, 3, 3], vec![4]], |t| {
+                conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap()
+            }),
+            ("conv3x3/2", [vec![3, 2, 7, 6], vec![4, 2, 3, 3], vec![4]], |t| {
+                conv2d(&t[0], &t[1], Some(&t[2]), 2, 1).unwrap()
+            }),
+            ("conv1x1", [vec![3, 2, 4, 5], vec![4, 2, 1, 1], vec![4]], |t| {
+                conv2d(&t[0], &t[1], Some(&t[2]), 1, 0).unwrap()
+            }),
+            ("dwconv", [vec![3, 4, 5, 6], vec![6, 1, 3, 3], vec![6]], |t| dwconv3x3_nhwc(&t[0], &t[1], &t[2]).unwrap()),
+            ("layer_norm", [vec![7, 6], vec![6], vec![6]], |t| layer_norm(&t[0], &t[1], &t[2], 1e-6).unwrap()),
+            ("batch_norm eval", [vec![3, 4, 10], vec![4], vec![4]], |t| {
+                batch_norm_eval(&t[0], &t[1], &t[2], &[0.1, -0.2, 0.3, 0.0], &[1.0, 0.5, 2.0, 1.5], 1e-5).unwrap()
+            }),
+            ("batch_norm train", [vec![3, 4, 10], vec![4], vec![4]], |t| {
+                batch_norm_train(&t[0], &t[1], &t[2], 1e-5).unwrap().0
+            }),
+        ];
+        for (name, dims, op) in cases {
+            let plain: Vec<Tensor> = dims.iter().enumerate().map(|(i, d)| rand(10 + i as u64, d)).collect();
+            let vars: Vec<Var> = plain.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+            let run = |args: [&Tensor; 3]| {
+                let y = op(&[args[0].clone(), args[1].clone(), args[2].clone()]);
+                (&y * &rand(99, y.dims())).unwrap().sum_all().unwrap().backward().unwrap()
+            };
+            let (xv, wv, bv) = (vars[0].as_tensor(), vars[1].as_tensor(), vars[2].as_tensor());
+            let all = run([xv, wv, bv]);
+            let frozen = run([xv, &plain[1], &plain[2]]);
+            assert!(
+                frozen.get(&plain[1]).is_none() && frozen.get(&plain[2]).is_none(),
+                "{name}: frozen weights got a gradient"
+            );
+            assert_eq!(max_diff(frozen.get(xv).unwrap(), all.get(xv).unwrap()), 0.0, "{name}: input gradient");
+            let image = run([&plain[0], wv, bv]);
+            assert!(image.get(&plain[0]).is_none(), "{name}: the input got a gradient");
+            for (t, what) in [(wv, "weight"), (bv, "bias")] {
+                assert_eq!(max_diff(image.get(t).unwrap(), all.get(t).unwrap()), 0.0, "{name}: {what} gradient");
+            }
+        }
+    }
+
+    /// A conv without bias equals candle's, forward and input/weight gradients.
+    #[test]
+    fn conv2d_without_bias() {
+        let x = Var::from_tensor(&rand(1, &[2, 3, 6, 7])).unwrap();
+        let w = Var::from_tensor(&rand(2, &[5, 3, 3, 3])).unwrap();
+        let ours = conv2d(x.as_tensor(), w.as_tensor(), None, 1, 1).unwrap();
+        let theirs = x.as_tensor().conv2d(w.as_tensor(), 1, 1, 1, 1).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+        let r = rand(3, ours.dims());
+        let (a, b) = (
+            (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+            (&theirs * &r).unwrap().sum_all().unwrap().backward().unwrap(),
+        );
+        for t in [x.as_tensor(), w.as_tensor()] {
+            assert!(max_diff(a.get(t).unwrap(), b.get(t).unwrap()) < 1e-5);
         }
     }
 }

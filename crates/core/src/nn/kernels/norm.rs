@@ -80,7 +80,7 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -99,10 +99,11 @@ impl CustomOp3 for LayerNormOp {
             Ok((dx, dwb))
         })?;
         let dev = x.device();
+        // No gradient for a frozen weight or bias (candle would store and add it regardless).
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dwb[..n].to_vec(), w.shape(), dev)?),
-            Some(Tensor::from_vec(dwb[n..].to_vec(), w.shape(), dev)?),
+            x.track_op().then(|| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
+            w.track_op().then(|| Tensor::from_vec(dwb[..n].to_vec(), w.shape(), dev)).transpose()?,
+            b.track_op().then(|| Tensor::from_vec(dwb[n..].to_vec(), w.shape(), dev)).transpose()?,
         ))
     }
 }
@@ -356,15 +357,23 @@ impl CustomOp3 for BnOp {
                 .ok_or_else(|| candle_core::Error::msg("batch_norm backward before forward"))?,
         };
         let train = self.fixed.is_none();
+        let params = w.track_op() || bias.track_op();
         let n = (b * l) as f64;
         let (dx, dw, db) = with_f32(&[x, w, grad], "batch_norm backward", |s| {
             let (x, wv, g) = (s[0], s[1], s[2]);
-            let sg = channel_sums(g.len(), b, c, l, |_, o| lane_sum2(&g[o..o + l], &g[o..o + l], |v, _| v));
-            // Σ g·(x − μ) per channel: rows of g and x side by side.
-            let sgx = channel_sums(g.len(), b, c, l, |ci, o| {
-                let m = stats.mean[ci] as f32;
-                lane_sum2(&g[o..o + l], &x[o..o + l], |gv, xv| gv * (xv - m))
-            });
+            // The channel sums feed dW, db and (train mode) dx; a frozen eval-mode BatchNorm
+            // (VasoMIM's segmentor) needs neither.
+            let (sg, sgx) = if train || params {
+                let sg = channel_sums(g.len(), b, c, l, |_, o| lane_sum2(&g[o..o + l], &g[o..o + l], |v, _| v));
+                // Σ g·(x − μ) per channel: rows of g and x side by side.
+                let sgx = channel_sums(g.len(), b, c, l, |ci, o| {
+                    let m = stats.mean[ci] as f32;
+                    lane_sum2(&g[o..o + l], &x[o..o + l], |gv, xv| gv * (xv - m))
+                });
+                (sg, sgx)
+            } else {
+                (vec![0f64; c], vec![0f64; c])
+            };
             let dw: Vec<f32> = (0..c).map(|i| (sgx[i] * stats.invstd[i]) as f32).collect();
             let db: Vec<f32> = sg.iter().map(|&v| v as f32).collect();
             // dx = a·g + k·(x − μ) + d per channel.
@@ -392,9 +401,9 @@ impl CustomOp3 for BnOp {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, (b, c, l), dev)?),
-            Some(Tensor::from_vec(dw, c, dev)?.reshape(w.shape())?),
-            Some(Tensor::from_vec(db, c, dev)?.reshape(bias.shape())?),
+            x.track_op().then(|| Tensor::from_vec(dx, (b, c, l), dev)).transpose()?,
+            w.track_op().then(|| Tensor::from_vec(dw, c, dev)?.reshape(w.shape())).transpose()?,
+            bias.track_op().then(|| Tensor::from_vec(db, c, dev)?.reshape(bias.shape())).transpose()?,
         ))
     }
 }

@@ -10,9 +10,13 @@
 //! path (CUDA, bf16) each op is a composite of differentiable candle primitives
 //! (`*_composite`); the max-pool composite gives a tied window's gradient to every maximum.
 
+use std::sync::Mutex;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::host::{f32_slice, for_rows, use_cpu_kernel, with_f32};
+use rayon::prelude::*;
+
+use super::host::{f32_slice, for_rows, use_cpu_kernel, with_f32, PAR_MIN};
 
 // --------------------------------------------------------------------- max-pool 2×2 (NCHW)
 
@@ -24,7 +28,7 @@ pub fn max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor> {
         candle_core::bail!("max_pool2x2: input {h}x{w} is smaller than the window");
     }
     if use_cpu_kernel(&[x]) {
-        return x.contiguous()?.apply_op1(MaxPool { relu });
+        return x.contiguous()?.apply_op1(MaxPool { relu, argmax: Mutex::new(Vec::new()) });
     }
     let (ho, wo) = (h / 2, w / 2);
     let x = x.narrow(2, 0, 2 * ho)?.narrow(3, 0, 2 * wo)?.contiguous()?;
@@ -38,13 +42,16 @@ pub fn max_pool2x2(x: &Tensor, relu: bool) -> Result<Tensor> {
 
 struct MaxPool {
     relu: bool,
+    /// Per output, the window position (0..4, row-major) its gradient goes to, or [`NO_GRAD`]
+    /// (ReLU cut it): written by the forward, read by the backward.
+    argmax: Mutex<Vec<u8>>,
 }
 
-/// Index (0..4, row-major) and value of the first maximum of the window at (oy, ox).
-#[inline]
-fn window_max(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
-    let base = 2 * oy * w + 2 * ox;
-    let vals = [plane[base], plane[base + 1], plane[base + w], plane[base + w + 1]];
+const NO_GRAD: u8 = 4;
+
+/// Index (0..4, row-major) and value of the first maximum of a 2×2 window (NaN wins).
+#[inline(always)]
+fn window_max(vals: [f32; 4]) -> (usize, f32) {
     let mut best = (0, vals[0]);
     for (i, &v) in vals.iter().enumerate().skip(1) {
         if v > best.1 || v.is_nan() {
@@ -52,6 +59,16 @@ fn window_max(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
         }
     }
     best
+}
+
+/// The 2×2 windows of output row `oy` of a (h, w) plane: `f(ox, window)`, the two input rows
+/// read side by side.
+#[inline(always)]
+fn window_row(plane: &[f32], w: usize, oy: usize, mut f: impl FnMut(usize, [f32; 4])) {
+    let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
+    for (ox, (a, b)) in r0.chunks_exact(2).zip(r1.chunks_exact(2)).enumerate() {
+        f(ox, [a[0], a[1], b[0], b[1]]);
+    }
 }
 
 impl CustomOp1 for MaxPool {
@@ -64,34 +81,51 @@ impl CustomOp1 for MaxPool {
         let (b, c, h, w) = l.shape().dims4()?;
         let (ho, wo) = (h / 2, w / 2);
         let mut dst = vec![0f32; b * c * ho * wo];
-        for_rows(&mut dst, ho * wo, |i, out| {
+        let mut arg = vec![0u8; dst.len()];
+        let n = (ho * wo).max(1);
+        let run = |(i, (out, am)): (usize, (&mut [f32], &mut [u8]))| {
             let plane = &x[i * h * w..(i + 1) * h * w];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let v = window_max(plane, w, oy, ox).1;
-                    out[oy * wo + ox] = if self.relu { v.max(0.0) } else { v };
-                }
+            for (oy, (row, arow)) in out.chunks_exact_mut(wo).zip(am.chunks_exact_mut(wo)).enumerate() {
+                window_row(plane, w, oy, |ox, win| {
+                    let (k, v) = window_max(win);
+                    let cut = self.relu && v <= 0.0;
+                    row[ox] = if self.relu { v.max(0.0) } else { v };
+                    arow[ox] = if cut { NO_GRAD } else { k as u8 };
+                });
             }
-        });
+        };
+        if x.len() >= PAR_MIN {
+            dst.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each(run);
+        } else {
+            dst.chunks_mut(n).zip(arg.chunks_mut(n)).enumerate().for_each(run);
+        }
+        *self.argmax.lock().map_err(|_| candle_core::Error::msg("max_pool2x2: poisoned"))? = arg;
         Ok((CpuStorage::F32(dst), Shape::from((b, c, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let (b, c, h, w) = arg.dims4()?;
         let (ho, wo) = (h / 2, w / 2);
-        let dx = with_f32(&[arg, grad], "max_pool2x2 backward", |s| {
-            let (x, g) = (s[0], s[1]);
-            let mut dx = vec![0f32; x.len()];
+        let am = self.argmax.lock().map_err(|_| candle_core::Error::msg("max_pool2x2: poisoned"))?;
+        if am.len() != b * c * ho * wo {
+            candle_core::bail!("max_pool2x2: backward before forward");
+        }
+        let dx = with_f32(&[grad], "max_pool2x2 backward", |s| {
+            let g = s[0];
+            let mut dx = vec![0f32; b * c * h * w];
             for_rows(&mut dx, h * w, |i, d| {
-                let plane = &x[i * h * w..(i + 1) * h * w];
-                let gp = &g[i * ho * wo..(i + 1) * ho * wo];
+                let (gp, ap) = (&g[i * ho * wo..(i + 1) * ho * wo], &am[i * ho * wo..(i + 1) * ho * wo]);
                 for oy in 0..ho {
-                    for ox in 0..wo {
-                        let (k, v) = window_max(plane, w, oy, ox);
-                        if self.relu && v <= 0.0 {
-                            continue;
+                    let (d0, d1) = d[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+                    let (grow, arow) = (&gp[oy * wo..(oy + 1) * wo], &ap[oy * wo..(oy + 1) * wo]);
+                    for (ox, (&gv, &k)) in grow.iter().zip(arow).enumerate() {
+                        match k {
+                            0 => d0[2 * ox] = gv,
+                            1 => d0[2 * ox + 1] = gv,
+                            2 => d1[2 * ox] = gv,
+                            3 => d1[2 * ox + 1] = gv,
+                            _ => {}
                         }
-                        d[(2 * oy + k / 2) * w + 2 * ox + k % 2] = gp[oy * wo + ox];
                     }
                 }
             });
@@ -199,15 +233,23 @@ impl CustomOp1 for Upsample {
         let (ho, wo) = (2 * h, 2 * w);
         let xt: Vec<_> = (0..wo).map(|o| self.taps(o, w)).collect();
         let mut dst = vec![0f32; b * c * ho * wo];
+        // Separable: each input row resampled along x once (h rows of wo), then every output row
+        // is a0·row(y0) + a1·row(y1), contiguous. Same arithmetic as the 2-D formula
+        // a0·(b0·x00 + b1·x01) + a1·(b0·x10 + b1·x11).
         for_rows(&mut dst, ho * wo, |i, out| {
             let plane = &x[i * h * w..(i + 1) * h * w];
-            for oy in 0..ho {
-                let (y0, y1, a0, a1) = self.taps(oy, h);
-                let (r0, r1) = (&plane[y0 * w..(y0 + 1) * w], &plane[y1 * w..(y1 + 1) * w]);
-                let row = &mut out[oy * wo..(oy + 1) * wo];
+            let mut hr = vec![0f32; h * wo];
+            for (r, row) in plane.chunks_exact(w).zip(hr.chunks_exact_mut(wo)) {
                 for (o, &(x0, x1, b0, b1)) in row.iter_mut().zip(&xt) {
-                    let v = a0 * (b0 * r0[x0] + b1 * r0[x1]) + a1 * (b0 * r1[x0] + b1 * r1[x1]);
-                    *o = if self.relu { v.max(0.0) } else { v };
+                    *o = b0 * r[x0] + b1 * r[x1];
+                }
+            }
+            for (oy, row) in out.chunks_exact_mut(wo).enumerate() {
+                let (y0, y1, a0, a1) = self.taps(oy, h);
+                let (h0, h1) = (&hr[y0 * wo..][..wo], &hr[y1 * wo..][..wo]);
+                for ((o, &u), &v) in row.iter_mut().zip(h0).zip(h1) {
+                    let y = a0 * u + a1 * v;
+                    *o = if self.relu { y.max(0.0) } else { y };
                 }
             }
         });
@@ -221,22 +263,26 @@ impl CustomOp1 for Upsample {
         let dx = with_f32(&[res, grad], "upsample2x backward", |s| {
             let (y, g) = (s[0], s[1]);
             let mut dx = vec![0f32; b * c * h * w];
+            // The adjoint of the separable forward: output rows into h rows of wo (y taps), then
+            // each of those into its input row (x taps).
             for_rows(&mut dx, h * w, |i, d| {
                 let gp = &g[i * ho * wo..(i + 1) * ho * wo];
                 let yp = &y[i * ho * wo..(i + 1) * ho * wo];
+                let mut hg = vec![0f32; h * wo];
                 for oy in 0..ho {
                     let (y0, y1, a0, a1) = self.taps(oy, h);
-                    for (ox, &(x0, x1, b0, b1)) in xt.iter().enumerate() {
-                        let k = oy * wo + ox;
+                    let (grow, yrow) = (&gp[oy * wo..][..wo], &yp[oy * wo..][..wo]);
+                    for (k, (&gv, &yv)) in grow.iter().zip(yrow).enumerate() {
                         // ReLU'(0) = 0, as PyTorch's threshold backward.
-                        if self.relu && yp[k] <= 0.0 {
-                            continue;
-                        }
-                        let gv = gp[k];
-                        d[y0 * w + x0] += a0 * b0 * gv;
-                        d[y0 * w + x1] += a0 * b1 * gv;
-                        d[y1 * w + x0] += a1 * b0 * gv;
-                        d[y1 * w + x1] += a1 * b1 * gv;
+                        let gv = if self.relu && yv <= 0.0 { 0.0 } else { gv };
+                        hg[y0 * wo + k] += a0 * gv;
+                        hg[y1 * wo + k] += a1 * gv;
+                    }
+                }
+                for (drow, hrow) in d.chunks_exact_mut(w).zip(hg.chunks_exact(wo)) {
+                    for (&gv, &(x0, x1, b0, b1)) in hrow.iter().zip(&xt) {
+                        drow[x0] += b0 * gv;
+                        drow[x1] += b1 * gv;
                     }
                 }
             });
