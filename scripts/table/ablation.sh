@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ablation of VasoMIM's two parts (docs/PRETRAIN.md §Ablation): pre-train under the same
 # budget and seeds with
-#   mae          random masking, no L_cons            (--masking random --eta 1 --cons-weight 0)
+#   mae          random masking, no L_cons            (--masking random --eta 1 --cons-weight 0 --segmentor none)
 #   guided       vessel-guided masking, no L_cons     (--cons-weight 0)
 #   guided-cons  vessel-guided masking + L_cons       (the method)
 # then fine-tune each encoder on fercer-xca80 (Angios_40_training, 8 images held out for
@@ -38,7 +38,7 @@ DATA_ARGS=()
 
 flags() {
   case "$1" in
-    mae) echo "--masking random --eta 1 --cons-weight 0" ;;
+    mae) echo "--masking random --eta 1 --cons-weight 0 --segmentor none" ;;
     guided) echo "--masking vessel-guided --cons-weight 0" ;;
     guided-cons) echo "--masking vessel-guided" ;;
     *) echo "ablation: unknown variant $1 (mae, guided, guided-cons)" >&2; exit 2 ;;

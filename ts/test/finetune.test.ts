@@ -10,6 +10,7 @@ import {
   holdOut,
   imageDsc,
   loadSegmentationModel,
+  predictFiles,
   readImage,
   segmentationPredictor,
   type SegmentationSample,
@@ -237,6 +238,18 @@ describe('finetune (micro)', () => {
     expect(Array.from(mask.pixels).every((v, i) => v === (pr.probs[i]! >= 0.5 ? 255 : 0))).toBe(true);
     const ov = await readImage(join(pout, '1_overlay.png'));
     expect(ov.channels).toBe(3);
+  });
+
+  it('predictFiles (Node API) checks its options through PredictSchema and writes nothing on a bad one', async () => {
+    const out = join(tmp.path, 'pred-api');
+    const one = [join(data, 'testing', '1.png')];
+    await expect(predictFiles(best, one, { out, alpha: 2 })).rejects.toThrow(
+      /invalid options:[\s\S]*alpha must be in \[0, 1\]/,
+    );
+    await expect(predictFiles(best, one, { out, precision: 'fp8' as never })).rejects.toThrow(/precision/);
+    expect(existsSync(out)).toBe(false);
+    const r = await predictFiles(best, one, { out, threshold: 0.5 });
+    expect(r.files.map((f) => f.mask)).toEqual([join(out, '1_mask.png')]);
   });
 
   it('multi-class: label masks train a K-class model; evaluate reports per class', async () => {

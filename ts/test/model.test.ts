@@ -181,5 +181,8 @@ describe('CLI export / embed', () => {
     expect(() => cli('embed', 'x.safetensors', 'a.png', '--out', 'f.npy', '--precision', 'tf32')).toThrow(
       /precision: tf32 needs a CUDA device/,
     );
+    // embed's flags come from its schema (EmbedSchema): its checks name the field.
+    expect(() => cli('embed', 'x.safetensors', 'a.png', '--out', 'f.txt')).toThrow(/out must end in \.npy/);
+    expect(() => cli('embed', 'x.safetensors', 'a.png', '--out', 'f.npy', '--precision', 'fp8')).toThrow(/precision/);
   });
 });

@@ -5,22 +5,18 @@ import { mkdirSync } from 'node:fs';
 import { basename, extname, join } from 'node:path';
 
 import { labelsOf } from './evaluate.js';
+import { PredictSchema, type PredictInput } from '../config/segmentation.js';
+import { parseOptions } from '../config/vessels.js';
 import { palette } from './sheet.js';
 import { segmentationPredictorFromFile } from '../model/segmentation.js';
 import { native } from '../native.js';
 import { writePng } from '../util/png.js';
 
-export interface PredictOptions {
-  out: string;
-  /** Foreground threshold (binary models); default: the one saved with the model (0.5). */
-  threshold?: number;
-  /** Opacity of the overlay colour (0..1). */
-  alpha?: number;
-  /** Where the model runs: cpu (default) | cuda | cuda:N. */
-  device?: string;
-  /** Compute precision: auto (default: bf16 on CUDA, f32 on the CPU) | f32 | tf32 | bf16. */
-  precision?: 'auto' | 'f32' | 'tf32' | 'bf16';
-}
+/**
+ * Options of {@link predictFiles}: the fields of `PredictSchema` (out, threshold, alpha, device,
+ * precision), checked by it as the CLI's flags are.
+ */
+export type PredictOptions = PredictInput;
 
 export interface PredictedFile {
   image: string;
@@ -64,9 +60,10 @@ export async function predictFiles(
   onProgress?: (done: number, total: number) => void,
 ): Promise<PredictResult> {
   if (images.length === 0) throw new Error('no images to predict');
-  const { predictor, meta } = await segmentationPredictorFromFile(model, options.device, options.precision);
-  const threshold = options.threshold ?? meta.threshold;
-  mkdirSync(options.out, { recursive: true });
+  const o = parseOptions(PredictSchema, options, 'options');
+  const { predictor, meta } = await segmentationPredictorFromFile(model, o.device, o.precision);
+  const threshold = o.threshold ?? meta.threshold;
+  mkdirSync(o.out, { recursive: true });
   const files: PredictedFile[] = [];
   const used = new Set<string>();
   const t0 = performance.now();
@@ -80,13 +77,13 @@ export async function predictFiles(
     let stem = basename(image, extname(image));
     for (let k = 2; used.has(stem); k++) stem = `${basename(image, extname(image))}-${k}`;
     used.add(stem);
-    const mask = join(options.out, `${stem}_mask.png`);
-    const ov = join(options.out, `${stem}_overlay.png`);
+    const mask = join(o.out, `${stem}_mask.png`);
+    const ov = join(o.out, `${stem}_overlay.png`);
     writePng(mask, { width, height, data: pred.classes === 1 ? labels.map((v) => v * 255) : labels });
     writePng(ov, {
       width,
       height,
-      data: overlay(img.pixels, labels, width, height, pred.classes, options.alpha),
+      data: overlay(img.pixels, labels, width, height, pred.classes, o.alpha),
       channels: 3,
     });
     let fg = 0;

@@ -1,8 +1,25 @@
 // `vasomim embed <checkpoint> <image…> --out <features.npy>`: encoder features of angiograms.
+import { z } from 'zod';
+
 import { checkPrecision, DeviceSchema, PrecisionSchema } from '../../config/model.js';
+import { parseOptions } from '../../config/vessels.js';
 import { checkImageFiles } from '../../data/read.js';
 import { loadModel } from '../../model/index.js';
 import { command, UsageError, type CommandSpec } from '../args.js';
+import { flagInput, schemaFlags } from '../schema-flags.js';
+
+/** The options of `embed`: its flags and their checks. */
+export const EmbedSchema = z
+  .object({
+    out: z
+      .string()
+      .regex(/\.npy$/i, 'out must end in .npy')
+      .describe('output .npy (float32, shape (N, 2, D))'),
+    preset: z.string().min(1).optional().describe('preset of a checkpoint without a config'),
+    device: DeviceSchema,
+    precision: PrecisionSchema,
+  })
+  .strict();
 
 export const spec: CommandSpec = {
   name: 'embed',
@@ -13,35 +30,22 @@ export const spec: CommandSpec = {
     "after the final norm; no masking. Images of the model's input size are used as they are,\n" +
     'others are resized bicubically (antialiased); grey values are scaled to [0, 1], replicated to\n' +
     "the model's channels and normalised with the ImageNet mean/std, as in pre-training.",
-  options: [
-    { name: 'out', short: 'o', type: 'string', arg: '<file>', help: 'output .npy (float32, shape (N, 2, D))' },
-    { name: 'preset', type: 'string', arg: '<name>', help: 'preset of a checkpoint without a config' },
-    { name: 'device', type: 'string', arg: '<cpu|cuda|cuda:N>', help: 'where the model runs (default: cpu)' },
-    {
-      name: 'precision',
-      type: 'string',
-      arg: '<auto|f32|tf32|bf16>',
-      help: 'compute precision (default: auto = bf16 on cuda, f32 on cpu)',
-    },
-  ],
+  options: [],
+  flags: schemaFlags(EmbedSchema, { short: { out: 'o' } }),
+  flagsTitle: 'embed options:',
   examples: ['vasomim embed vit_base_vasomim.safetensors data/samples/cadica-samples/*.png --out features.npy'],
 };
 
 export const run = command(spec, async ({ values, positionals }) => {
   if (positionals.length < 2) throw new UsageError('expected a checkpoint and at least one image');
-  const out = values.out as string | undefined;
-  if (!out) throw new UsageError('--out <features.npy> is required');
-  if (!/\.npy$/i.test(out)) throw new UsageError(`--out ${out}: must end in .npy`);
-  const preset = values.preset as string | undefined;
+  const options = flagInput(spec.flags!, values);
+  if (!options.out) throw new UsageError('--out <features.npy> is required');
+  const { out, preset, device, precision } = parseOptions(EmbedSchema, options, 'options');
+  checkPrecision(device, precision);
   const [ckpt, ...images] = positionals;
-  const device = DeviceSchema.safeParse(values.device);
-  if (!device.success) throw new UsageError(`--device: ${device.error.issues[0]!.message}`);
-  const precision = PrecisionSchema.safeParse(values.precision);
-  if (!precision.success) throw new UsageError(`--precision: ${precision.error.issues[0]!.message}`);
-  checkPrecision(device.data, precision.data);
   await checkImageFiles(images);
-  const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device: device.data });
-  model.setPrecision(precision.data);
+  const model = await loadModel(ckpt!, { ...(preset ? { preset } : {}), device });
+  model.setPrecision(precision);
   const f = await model.embedFiles(images, out);
   process.stdout.write(`wrote ${out} (float32 ${f.shape.join('x')}: cls, mean patch token)\n`);
   return 0;
