@@ -57,7 +57,19 @@ const BASE = [
   '--sample-every',
   '5',
 ];
-const TOL = 1e-6;
+/**
+ * The runs differ by summation order only (the ranks' sums are added in another order), but not
+ * every quantity is continuous in the weights. The segmentor of L_cons has ReLUs and 2×2
+ * max-pools: when rounding-level weight differences move an activation across a ReLU's zero or
+ * swap a max-pool tie, that pixel's gradient goes elsewhere, and the runs drift apart from there.
+ * Measured (3 ranks, 10 steps, 2026-11-29): every value within 2e-7 until such a flip at step 9;
+ * then gradNorm 2.9e-4, lossCons 1.4e-6 (step 10), moments 1.3e-3. The tolerances are about 10×
+ * those; a wrong reduction (a mean instead of a sum, a rank's share weighted twice, a sample
+ * missing) moves every one of them by 17 % or more.
+ */
+const TOL = 1e-5;
+const TOL_GRAD = 3e-3;
+const TOL_KINK = 1e-2;
 
 beforeAll(async () => {
   const src = join(data, 'src');
@@ -109,7 +121,7 @@ function tensors(path: string): Map<string, Float32Array> {
 const exact = (r: Rec) =>
   JSON.stringify([r.step, r.epoch, r.iter, r.lr, r.loss, r.lossRec, r.lossCons, r.gradNorm, r.guided, r.event]);
 
-/** Every step record equal in position, lr and counters, and within TOL in the losses. */
+/** Every step record equal in position, lr and counters, within TOL in the losses and TOL_GRAD in the gradient norm. */
 function expectSameRun(got: Rec[], want: Rec[]): void {
   expect(got.length).toBe(want.length);
   got.forEach((g, i) => {
@@ -124,8 +136,10 @@ function expectSameRun(got: Rec[], want: Rec[]): void {
       w.guided,
       w.vesselShare,
     ]);
-    for (const k of ['loss', 'lossRec', 'lossCons', 'gradNorm'] as const)
+    for (const k of ['loss', 'lossRec', 'lossCons'] as const)
       if (w[k] !== undefined) expect(relErr([g[k]!], [w[k]]), `${where} ${k}`).toBeLessThan(TOL);
+    if (w.gradNorm !== undefined)
+      expect(relErr([g.gradNorm!], [w.gradNorm]), `${where} gradNorm`).toBeLessThan(TOL_GRAD);
   });
 }
 
@@ -141,7 +155,7 @@ function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /**
- * Weights and AdamW moments of two checkpoints within TOL, ‖a − b‖ / ‖b‖ per tensor. Left out:
+ * Weights and AdamW moments of two checkpoints within TOL_KINK, ‖a − b‖ / ‖b‖ per tensor. Left out:
  * the key third of each `attn.qkv.bias`, whose exact gradient is zero (softmax ignores a shift
  * shared by all keys), so its AdamW updates are rounding noise in any run (measured: |k bias|
  * stays < 5e-5 while the q and v biases reach 4e-3, and two runs differ there by up to 1 %).
@@ -160,7 +174,7 @@ function expectSameWeights(a: string, b: string): void {
         Float32Array,
       ];
     }
-    expect(relL2(u, v), name).toBeLessThan(TOL);
+    expect(relL2(u, v), name).toBeLessThan(TOL_KINK);
   }
 }
 
