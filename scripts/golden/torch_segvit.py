@@ -27,7 +27,6 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from torch_mae import Block, sincos_2d, synthetic  # noqa: E402
 
-torch.set_num_threads(2)
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "core", "tests", "golden")
 # img, patch, channels, embed, depth, heads; head widths (512, 256, 128, 64, 32) / 32, at least 4.
 IMG, PATCH, CH, D, DEPTH, HEADS, B = 32, 16, 1, 16, 2, 2, 2
@@ -70,24 +69,27 @@ class Head(nn.Module):
 
 
 class SegViT(nn.Module):
-    def __init__(self):
+    """The model at any size; the defaults are the fixture's (scripts/peers/torch_segvit_step.py
+    builds it at a preset's size for the fine-tuning benchmark)."""
+
+    def __init__(self, img=IMG, patch=PATCH, ch=CH, d=D, depth=DEPTH, heads=HEADS, widths=WIDTHS, classes=1):
         super().__init__()
+        self.g, self.d = img // patch, d
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(CH, D, PATCH, stride=PATCH)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(D, IMG // PATCH)))
-        self.blocks = nn.ModuleList([Block(D, HEADS) for _ in range(DEPTH)])
-        self.norm = nn.LayerNorm(D, eps=1e-6)  # kept for timm, unused by the head
-        self.head = Head(D, CH, WIDTHS, 1)
+        self.patch_embed.proj = nn.Conv2d(ch, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.register_buffer("pos_embed", torch.from_numpy(sincos_2d(d, self.g)))
+        self.blocks = nn.ModuleList([Block(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d, eps=1e-6)  # kept for timm, unused by the head
+        self.head = Head(d, ch, widths, classes)
 
     def forward(self, imgs):
-        b = imgs.shape[0]
-        g = IMG // PATCH
+        b, g = imgs.shape[0], self.g
         x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
         x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1), x], 1)
         for blk in self.blocks:
             x = blk(x)
-        t = x[:, 1:].transpose(1, 2).reshape(b, D, g, g)
+        t = x[:, 1:].transpose(1, 2).reshape(b, self.d, g, g)
         up = lambda y: F.interpolate(y, scale_factor=2, mode="nearest")
         h = self.head
         skips = []
@@ -112,6 +114,7 @@ def seg_loss(logits, y):
 
 
 def main():
+    torch.set_num_threads(2)
     model = SegViT().double()
     with torch.no_grad():
         for name, p in model.named_parameters():

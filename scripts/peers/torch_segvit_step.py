@@ -2,11 +2,11 @@
 """PyTorch peer of `bench_step --task finetune` (scripts/bench/step.py): one segmentation
 fine-tuning step of the ViT encoder + U-Net adapter head, timed as torch_mae_step.py times MAE.
 
-The model is the one of scripts/golden/torch_segvit.py (written for this project from METHOD.md §9
-and crates/core/src/nn/segmentation.rs, not copied from CheXWorld or VasoMIM) at a preset's
-encoder size: patch embedding, position embedding, cls, the encoder blocks of torch_mae_step.py
-(timm layout), tokens reshaped to a (D, g, g) grid, branches of (×2 nearest, 3×3 conv, BN, GELU),
-a 3×3 stem on the image, four decoder blocks [conv3×3, BN, GELU]×2 + 1×1 residual conv, a 1×1
+The model is `SegViT` of scripts/golden/torch_segvit.py (the golden fixture's model, written for
+this project from METHOD.md §9 and crates/core/src/nn/segmentation.rs, not copied from CheXWorld or
+VasoMIM) built at a preset's encoder size: patch embedding, position embedding, cls, timm-layout
+blocks, tokens reshaped to a (D, g, g) grid, branches of (×2 nearest, 3×3 conv, BN, GELU), a 3×3
+stem on the image, four decoder blocks [conv3×3, BN, GELU]×2 + 1×1 residual conv, a 1×1
 classifier; head widths (512, 256, 128, 64, 32) × --head-scale. Train mode (BatchNorm batch
 statistics), no drop-path, loss soft Dice (per image, smoothing 1) + BCE-with-logits, AdamW
 (betas 0.9/0.999, weight decay 0.05), as `vasomim finetune`'s step.
@@ -19,73 +19,11 @@ prints one JSON line: {"task", "preset", "batch", "img", "head_scale", "threads"
 import argparse, json, os, sys, time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_mae_step import PRESETS, Block  # noqa: E402
-
-
-class ConvBnAct(nn.Module):
-    def __init__(self, cin, cout, k):
-        super().__init__()
-        self.conv, self.bn = nn.Conv2d(cin, cout, k, 1, k // 2), nn.BatchNorm2d(cout)
-
-    def forward(self, x):
-        return F.gelu(self.bn(self.conv(x)))
-
-
-class DecoderBlock(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv1, self.conv2, self.res = ConvBnAct(cin, cout, 3), ConvBnAct(cout, cout, 3), nn.Conv2d(cin, cout, 1)
-
-    def forward(self, x):
-        return self.conv2(self.conv1(x)) + self.res(x)
-
-
-class SegViT(nn.Module):
-    def __init__(self, img, patch, chans, d, depth, heads, widths):
-        super().__init__()
-        self.g, self.d = img // patch, d
-        self.proj = nn.Conv2d(chans, d, patch, stride=patch)
-        self.cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.register_buffer("pos", torch.randn(1, self.g * self.g + 1, d) * 0.02)
-        self.blocks = nn.ModuleList([Block(d, heads) for _ in range(depth)])
-        w = widths
-        self.branch4 = ConvBnAct(d, w[0], 1)
-        self.branches = nn.ModuleList(
-            [nn.ModuleList([ConvBnAct(d if s == 0 else w[n], w[n], 3) for s in range(n)]) for n in (1, 2, 3)])
-        self.stem = ConvBnAct(chans, w[4], 3)
-        self.decoder = nn.ModuleList([DecoderBlock(w[i] + w[i + 1], w[i + 1]) for i in range(4)])
-        self.classifier = nn.Conv2d(w[4], 1, 1)
-
-    def forward(self, imgs):
-        b = imgs.shape[0]
-        x = self.proj(imgs).flatten(2).transpose(1, 2) + self.pos[:, 1:]
-        x = torch.cat([(self.cls + self.pos[:, :1]).expand(b, -1, -1), x], 1)
-        for blk in self.blocks:
-            x = blk(x)
-        t = x[:, 1:].transpose(1, 2).reshape(b, self.d, self.g, self.g)
-        up = lambda y: F.interpolate(y, scale_factor=2, mode="nearest")
-        skips = []
-        for br in self.branches:
-            y = t
-            for c in br:
-                y = c(up(y))
-            skips.append(y)
-        skips.append(self.stem(imgs))
-        d = self.branch4(t)
-        for blk, skip in zip(self.decoder, skips):
-            d = blk(torch.cat([up(d), skip], 1))
-        return self.classifier(d)
-
-
-def loss_fn(logits, y):
-    p = torch.sigmoid(logits).reshape(logits.shape[0], -1)
-    t = y.reshape(y.shape[0], -1)
-    dice = (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
-    return dice + F.binary_cross_entropy_with_logits(logits, y)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "golden")]
+from torch_mae_step import PRESETS  # noqa: E402
+from torch_segvit import SegViT, seg_loss  # noqa: E402  (the golden fixture's model and loss)
 
 
 def main():
@@ -111,7 +49,7 @@ def main():
     y = (torch.rand(o.batch, 1, o.img, o.img, device=o.device) < 0.1).float()
 
     def step():
-        loss = loss_fn(m(x), y)
+        loss = seg_loss(m(x), y)[0]
         opt.zero_grad()
         loss.backward()
         opt.step()
