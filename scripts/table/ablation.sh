@@ -4,6 +4,7 @@
 #   mae          random masking, no L_cons            (--masking random --eta 1 --cons-weight 0 --segmentor none)
 #   guided       vessel-guided masking, no L_cons     (--cons-weight 0)
 #   guided-cons  vessel-guided masking + L_cons       (the method)
+#   scratch      no pre-training: the fine-tuning baseline
 # then fine-tune each encoder on fercer-xca80 (Angios_40_training, 8 images held out for
 # validation) and evaluate best.safetensors on Angios_40_testing, through
 # scripts/table/finetune_xca.sh with the same recipe as the fine-tuning table. Pre-training seed s
@@ -13,7 +14,7 @@
 #   --validation-only  report the validation DSC only; the test split is not touched.
 # env: PRESET (demo: ViT-Ti on the bundled angiograms; vasomim-vit-b with DATA set on a GPU
 #      machine is the paper-scale command), PRETRAIN_ARGS (extra pretrain flags, e.g. "--epochs 20"),
-#      VARIANTS (mae guided guided-cons), FT_EPOCHS (40), OUT (runs/ablation),
+#      VARIANTS (scratch mae guided guided-cons), FT_EPOCHS (40), OUT (runs/ablation),
 #      RECORD (docs/tables/ablation[-val]; empty = no record), DATA (pre-training data; default bundled).
 #
 # Repeatable: a pre-training run that has its encoder.safetensors, or a fine-tuning run that has
@@ -27,7 +28,7 @@ if [ "${1:-}" = "--validation-only" ]; then MODE=validation; shift; fi
 SEEDS=${*:-0 1 2}
 PRESET=${PRESET:-demo}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}
-VARIANTS=${VARIANTS:-mae guided guided-cons}
+VARIANTS=${VARIANTS:-scratch mae guided guided-cons}
 FT_EPOCHS=${FT_EPOCHS:-40}
 OUT=${OUT:-runs/ablation}
 DEFAULT_RECORD=docs/tables/ablation$([ "$MODE" = validation ] && echo -val || true)
@@ -41,7 +42,7 @@ flags() {
     mae) echo "--masking random --eta 1 --cons-weight 0 --segmentor none" ;;
     guided) echo "--masking vessel-guided --cons-weight 0" ;;
     guided-cons) echo "--masking vessel-guided" ;;
-    *) echo "ablation: unknown variant $1 (mae, guided, guided-cons)" >&2; exit 2 ;;
+    *) echo "ablation: unknown variant $1 (scratch, mae, guided, guided-cons)" >&2; exit 2 ;;
   esac
 }
 
@@ -49,14 +50,17 @@ mkdir -p "$OUT/pretrain" "$OUT/ft"
 for v in $VARIANTS; do
   for s in $SEEDS; do
     name="$v-s$s"
-    enc="$OUT/pretrain/$name/encoder.safetensors"
-    if [ ! -f "$enc" ]; then
-      rm -rf "$OUT/pretrain/$name"
-      # shellcheck disable=SC2046,SC2086
-      "${CLI[@]}" pretrain --preset "$PRESET" "${DATA_ARGS[@]}" $(flags "$v") --seed "$s" $PRETRAIN_ARGS \
-        --runs "$OUT/pretrain" --name "$name" 2>&1 | tee "$OUT/pretrain/$name.log"
+    enc=scratch
+    if [ "$v" != scratch ]; then
+      enc="$OUT/pretrain/$name/encoder.safetensors"
+      if [ ! -f "$enc" ]; then
+        rm -rf "$OUT/pretrain/$name"
+        # shellcheck disable=SC2046,SC2086
+        "${CLI[@]}" pretrain --preset "$PRESET" "${DATA_ARGS[@]}" $(flags "$v") --seed "$s" $PRETRAIN_ARGS \
+          --runs "$OUT/pretrain" --name "$name" 2>&1 | tee "$OUT/pretrain/$name.log"
+      fi
+      [ -f "$enc" ] || { echo "ablation: $enc was not written" >&2; exit 1; }
     fi
-    [ -f "$enc" ] || { echo "ablation: $enc was not written" >&2; exit 1; }
     # One fine-tuning run per (variant, seed), named <variant>-s<seed> in $OUT/ft.
     FT_ARGS=()
     [ "$MODE" = validation ] && FT_ARGS=(--validation-only)
@@ -75,8 +79,11 @@ mkdir -p "$RECORD"
 for v in $VARIANTS; do
   for s in $SEEDS; do
     name="$v-s$s"
-    mkdir -p "$RECORD/$name/pretrain" "$RECORD/$name/finetune"
-    cp "$OUT/pretrain/$name/config.json" "$OUT/pretrain/$name/metrics.jsonl" "$RECORD/$name/pretrain/"
+    mkdir -p "$RECORD/$name/finetune"
+    if [ "$v" != scratch ]; then
+      mkdir -p "$RECORD/$name/pretrain"
+      cp "$OUT/pretrain/$name/config.json" "$OUT/pretrain/$name/metrics.jsonl" "$RECORD/$name/pretrain/"
+    fi
     cp "$OUT/ft/$name/config.json" "$OUT/ft/$name/metrics.jsonl" "$RECORD/$name/finetune/"
     if [ "$MODE" = full ]; then cp "$OUT/ft/$name/eval/summary.json" "$RECORD/$name/finetune/"; fi
   done
