@@ -14,7 +14,7 @@ import { native } from '../src/native.js';
 import { detectionLr, drawStep, lsjPlacement } from '../src/detection/train.js';
 import { readFrame } from '../src/detection/model.js';
 import { Rng } from '../src/train/rng.js';
-import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
+import { cli, readJsonLines, ROOT, SAMPLES, tempDir } from './helpers.js';
 
 const tmp = tempDir('vasomim-det-');
 afterAll(() => tmp.cleanup());
@@ -111,11 +111,7 @@ describe('vasomim finetune / evaluate / predict --task stenosis-det', () => {
     '--runs',
     runs,
   ];
-  const metrics = (run: string) =>
-    readFileSync(join(run, 'metrics.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, number>);
+  const metrics = (run: string) => readJsonLines(join(run, 'metrics.jsonl'));
   const losses = (run: string) =>
     metrics(run)
       .filter((r) => r.event === undefined)

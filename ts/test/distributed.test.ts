@@ -12,7 +12,7 @@ import { openLoader } from '../src/data/loader.js';
 import { native } from '../src/native.js';
 import { demoImages } from '../src/train/demo.js';
 import { prepareVesselMaps } from '../src/vessels/api.js';
-import { cli, relErr, ROOT, tempDir } from './helpers.js';
+import { cli, readJsonLines, relErr, ROOT, tempDir } from './helpers.js';
 
 const tmp = tempDir('vasomim-dist-');
 const data = join(tmp.path, 'xa');
@@ -94,11 +94,7 @@ interface Rec {
   event?: string;
 }
 
-const metrics = (run: string): Rec[] =>
-  readFileSync(join(run, 'metrics.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Rec);
+const metrics = (run: string): Rec[] => readJsonLines<Rec>(join(run, 'metrics.jsonl'));
 
 /** The f32 tensors of a safetensors file by name. */
 function tensors(path: string): Map<string, Float32Array> {

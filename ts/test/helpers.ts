@@ -94,3 +94,13 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return scale > 0 ? err / scale : err;
 }
+
+/**
+ * The complete lines of a JSON Lines file, parsed. A line the writer has not finished (no
+ * newline yet: a test polling a live run reads while the run appends) is left out.
+ */
+export function readJsonLines<T = Record<string, number>>(path: string): T[] {
+  const lines = readFileSync(path, 'utf8').split('\n');
+  lines.pop(); // '' after the last newline, or a line still being written
+  return lines.filter(Boolean).map((l) => JSON.parse(l) as T);
+}

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PretrainSchema, resolvePretrainConfig } from '../src/config/pretrain.js';
 import { demoImages } from '../src/train/demo.js';
 import { prepareVesselMaps } from '../src/vessels/api.js';
-import { cli, ROOT, SAMPLES, tempDir } from './helpers.js';
+import { cli, readJsonLines, ROOT, SAMPLES, tempDir } from './helpers.js';
 
 const tmp = tempDir('vasomim-pretrain-');
 const data = join(tmp.path, 'xa');
@@ -85,10 +85,7 @@ interface Rec {
 }
 
 function metrics(run: string): Rec[] {
-  return readFileSync(join(run, 'metrics.jsonl'), 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Rec);
+  return readJsonLines<Rec>(join(run, 'metrics.jsonl'));
 }
 
 /** What must repeat exactly in a resumed run (img/s of course does not). */
