@@ -299,7 +299,7 @@ impl UNext {
         // the BatchNorm folded in (differentiable in both): a full-resolution op and its gradient
         // fewer.
         let conv_bn = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
-            if !train && std::env::var("NOFOLD").is_err() {
+            if !train {
                 bn.fold_into(conv)?.forward(x)
             } else {
                 bn.forward(&conv.forward(x)?, train)

@@ -1,7 +1,8 @@
 //! Convolutions, forward and backward side by side (NCHW unless the name says NHWC):
 //!
-//! - [`conv2d`]: any kernel / stride / padding, image by image as im2col + gemm with the bias
-//!   in the gemm's output, as one op.
+//! - [`conv2d`]: any kernel / stride / padding, image by image, as one op: narrow stride-1 3×3
+//!   convs as a direct AVX-512 loop (forward and input gradient), the others as gemms (one per
+//!   tap on the padded image for stride 1, im2col otherwise) with the bias in the gemm's output.
 //! - [`dwconv3x3_nhwc`]: the depthwise 3×3 conv on channels-last tokens.
 //!
 //! Why not candle's own: grouped / depthwise `conv2d` runs one conv per group, and `conv2d`'s
@@ -171,6 +172,139 @@ fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
+/// Columns of the direct 3×3 conv's register tile (one AVX-512 vector).
+const LANES: usize = 16;
+
+/// Whether [`Geometry::direct`] may choose the direct kernel (benchmarks turn it off to time the
+/// gemm path).
+static DIRECT_ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the direct 3×3 kernel on (the default) or off, process-wide: for benchmarks.
+pub fn set_direct_conv(enabled: bool) {
+    DIRECT_ENABLED.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Largest C·O run by the direct 3×3 kernel; wider convs go to the gemm, whose packed tiles reuse
+/// the input better. On the 2-core AVX-512 machine of docs/MODEL.md the direct forward took
+/// 0.3–0.6× the gemm's time on UNeXt-S's convs up to 32→64 (C·O = 2048) and about the same at
+/// C·O = 8192 (`cargo run --release --example bench_conv`).
+const DIRECT_MAX_CO: usize = 4096;
+
+/// Output channels per register tile of [`direct3x3`]: tiles of 8, then what is left in tiles
+/// of 4, 3 or 1 (UNeXt's widths are multiples of 8; an input gradient has 3 channels).
+fn direct_tile(left: usize) -> usize {
+    match left {
+        r if r >= 8 => 8,
+        r if r >= 4 => 4,
+        3 => 3,
+        _ => 1,
+    }
+}
+
+/// The weight (O, C, 3, 3) in [`direct3x3`]'s order: per tile of `ob` output channels from `o0`,
+/// at `o0·C·9`, the `ob` weights of each (c, tap) side by side.
+fn pack_direct(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![0f32; o * c * 9];
+    let mut o0 = 0;
+    while o0 < o {
+        let ob = direct_tile(o - o0);
+        let tile = &mut out[o0 * c * 9..][..ob * c * 9];
+        for j in 0..ob {
+            for ci in 0..c {
+                for t in 0..9 {
+                    tile[(ci * 9 + t) * ob + j] = wt[((o0 + j) * c + ci) * 9 + t];
+                }
+            }
+        }
+        o0 += ob;
+    }
+    out
+}
+
+/// A stride-1 3×3 conv of one image as a direct loop: y (O, Ho, Wo) from the padded planes xp
+/// (C planes of `pl` values with row stride `wp`, then at least `wp + LANES` spare values), the
+/// weight packed by [`pack_direct`] and the bias (O); `d` = [O, C, Ho, Wo, Wp, pl]. For the
+/// narrow convs of UNeXt's full-resolution stages, where a gemm per tap (K = C) streams the whole
+/// output through memory nine times. AVX-512 only ([`Geometry::direct`] checks the CPU).
+fn direct3x3(y: &mut [f32], xp: &[f32], wk: &[f32], bias: &[f32], d: [usize; 6]) {
+    let [o, c, ho, wo, wp, pl] = d;
+    if o == 0 || c == 0 || ho == 0 || wo == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let last_x0 = (wo - 1) / LANES * LANES;
+    assert!(
+        y.len() >= o * ho * wo
+            && wk.len() >= o * c * 9
+            && bias.len() >= o
+            && xp.len() >= (c - 1) * pl + (ho + 1) * wp + last_x0 + 2 + LANES
+            && wo + 2 <= wp,
+        "direct3x3: buffers too small"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if frangi::simd::level() == 2 {
+        let mut o0 = 0;
+        while o0 < o {
+            let ob = direct_tile(o - o0);
+            let (w, bv) = (&wk[o0 * c * 9..], &bias[o0..]);
+            let yt = &mut y[o0 * ho * wo..];
+            // SAFETY: AVX-512 is present (level 2) and the assert above bounds every access.
+            unsafe {
+                match ob {
+                    8 => avx512::tile::<8>(yt, xp, w, bv, d),
+                    4 => avx512::tile::<4>(yt, xp, w, bv, d),
+                    3 => avx512::tile::<3>(yt, xp, w, bv, d),
+                    _ => avx512::tile::<1>(yt, xp, w, bv, d),
+                }
+            }
+            o0 += ob;
+        }
+        return;
+    }
+    unreachable!("direct3x3 needs AVX-512");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// OB output channels: per output row and LANES columns, OB accumulators in registers, the
+    /// taps added in (c, ky, kx) order as fused multiply-adds onto the bias.
+    ///
+    /// # Safety
+    /// AVX-512F must be present; the buffers must hold what [`super::direct3x3`] asserts.
+    #[target_feature(enable = "avx512f,fma")]
+    pub unsafe fn tile<const OB: usize>(y: &mut [f32], xp: &[f32], wk: &[f32], bias: &[f32], d: [usize; 6]) {
+        let [_, c, ho, wo, wp, pl] = d;
+        let (y, xp, wk) = (y.as_mut_ptr(), xp.as_ptr(), wk.as_ptr());
+        let mut b0 = [_mm512_setzero_ps(); OB];
+        for (j, b) in b0.iter_mut().enumerate() {
+            *b = _mm512_set1_ps(bias[j]);
+        }
+        for oy in 0..ho {
+            for x0 in (0..wo).step_by(LANES) {
+                let mut acc = b0;
+                for ci in 0..c {
+                    let src = xp.add(ci * pl + oy * wp + x0);
+                    let wc = wk.add(ci * 9 * OB);
+                    for t in 0..9 {
+                        let s = _mm512_loadu_ps(src.add(t / 3 * wp + t % 3));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = _mm512_fmadd_ps(_mm512_set1_ps(*wc.add(t * OB + j)), s, *a);
+                        }
+                    }
+                }
+                let n = (wo - x0).min(LANES);
+                let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+                for (j, a) in acc.iter().enumerate() {
+                    _mm512_mask_storeu_ps(y.add((j * ho + oy) * wo + x0), mask, *a);
+                }
+            }
+        }
+    }
+}
+
 /// The conv of (x, weight, bias) as one op, image by image in one of two ways:
 ///
 /// - *shifted* (stride 1, k > 1): the image zero-padded once, then one gemm per tap (ky, kx) on a
@@ -184,6 +318,42 @@ struct ConvOp(Geometry);
 impl Geometry {
     fn shifted(&self) -> bool {
         self.s == 1 && self.k > 1
+    }
+
+    /// A narrow stride-1 3×3 conv on one thread runs as [`direct3x3`] (forward and input
+    /// gradient); the rest as gemms.
+    fn direct(&self, o: usize, threads: usize) -> bool {
+        self.k == 3 && self.s == 1 && self.p <= 2 && threads == 1 && self.c * o <= DIRECT_MAX_CO
+            && frangi::simd::level() == 2
+            && DIRECT_ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The weight of a [`Self::direct`] conv's input gradient, packed: transposed to (C, O) and
+    /// flipped in both axes.
+    fn direct_grad_weight(&self, wt: &[f32], o: usize) -> Vec<f32> {
+        let c = self.c;
+        let mut wf = vec![0f32; c * o * 9];
+        for oi in 0..o {
+            for ci in 0..c {
+                for tap in 0..9 {
+                    wf[(ci * o + oi) * 9 + 8 - tap] = wt[(oi * c + ci) * 9 + tap];
+                }
+            }
+        }
+        pack_direct(&wf, c, o)
+    }
+
+    /// The input gradient of a [`Self::direct`] conv: the direct conv of the gradient padded by
+    /// 2 − p with [`Self::direct_grad_weight`], into `dx` (C, H, W), which it overwrites.
+    fn direct_input_grad(&self, gb: &[f32], wf: &[f32], o: usize, dx: &mut [f32], sc: &mut Scratch) {
+        let (ho, wo) = self.out_hw().expect("checked");
+        let t = Geometry { c: o, h: ho, w: wo, k: 3, s: 1, p: 2 - self.p };
+        let (_, wp, pl) = t.padded();
+        let gp = sized(&mut sc.out, o * pl + wp + LANES);
+        t.pad(gb, gp);
+        let zero = sized(&mut sc.dcols, self.c);
+        zero.fill(0.0);
+        direct3x3(dx, gp, wf, zero, [self.c, o, self.h, self.w, wp, pl]);
     }
 
     /// (Hp, Wp, plane): the padded size and the padded plane's length (Hp·Wp plus k − 1 zeros so
@@ -215,6 +385,7 @@ impl Geometry {
         &self,
         xb: &[f32],
         wt: &[f32],
+        packed: Option<&[f32]>,
         bias: &[f32],
         o: usize,
         yb: &mut [f32],
@@ -223,6 +394,13 @@ impl Geometry {
     ) {
         let (ho, wo) = self.out_hw().expect("checked");
         let (ckk, kk) = (self.ckk(), self.k * self.k);
+        if let Some(wk) = packed {
+            let (_, wp, pl) = self.padded();
+            let xp = sized(&mut sc.cols, self.c * pl + wp + LANES);
+            self.pad(xb, xp);
+            direct3x3(yb, xp, wk, bias, [o, self.c, ho, wo, wp, pl]);
+            return;
+        }
         if self.shifted() {
             let (_, wp, pl) = self.padded();
             let lp = ho * wp;
@@ -256,12 +434,14 @@ impl Geometry {
     }
 
     /// One image's backward: `acc` [dW | db] += this image's, `dx` (when given) = its input
-    /// gradient.
+    /// gradient (through [`Self::direct_input_grad`] with `flipped`, the packed gradient weight,
+    /// when given).
     #[allow(clippy::too_many_arguments)]
     fn backward_image(
         &self,
         xb: &[f32],
         wt: &[f32],
+        flipped: Option<&[f32]>,
         gb: &[f32],
         o: usize,
         need: (bool, bool),
@@ -278,7 +458,17 @@ impl Geometry {
                 *a += frangi::simd::sum(row);
             }
         }
+        let dx = match (dx, flipped) {
+            (Some(dx), Some(wf)) => {
+                self.direct_input_grad(gb, wf, o, dx, sc);
+                None
+            }
+            (dx, _) => dx,
+        };
         if self.shifted() {
+            if !need_w && dx.is_none() {
+                return;
+            }
             let (_, wp, pl) = self.padded();
             let lp = ho * wp;
             // The gradient on the padded width, zero in the dropped columns.
@@ -365,9 +555,10 @@ impl CustomOp3 for ConvOp {
         let (ho, wo) = g.out_hw()?;
         let img = g.c * g.h * g.w;
         let threads = gemm_threads(b);
+        let packed = g.direct(o, threads).then(|| pack_direct(wt, o, g.c));
         let mut y = vec![0f32; b * o * ho * wo];
         y.par_chunks_mut((o * ho * wo).max(1)).enumerate().for_each_init(Scratch::default, |sc, (bi, yb)| {
-            g.forward_image(&x[bi * img..(bi + 1) * img], wt, bias, o, yb, sc, threads)
+            g.forward_image(&x[bi * img..(bi + 1) * img], wt, packed.as_deref(), bias, o, yb, sc, threads)
         });
         Ok((CpuStorage::F32(y), Shape::from((b, o, ho, wo))))
     }
@@ -390,6 +581,7 @@ impl CustomOp3 for ConvOp {
         let acc_len = if need_w || need_b { o * ckk + o } else { 0 };
         let (dx, dwb) = with_f32(&[x, w, grad], "conv2d backward", |s| {
             let (xv, wv, gv) = (s[0], s[1], s[2]);
+            let flipped = (need_x && g.direct(o, threads)).then(|| g.direct_grad_weight(wv, o));
             let mut dx = vec![0f32; if need_x { b * img } else { 0 }];
             // Images in blocks, one [dW | db] accumulator per block, summed in block order
             // (deterministic for a thread count).
@@ -407,7 +599,7 @@ impl CustomOp3 for ConvOp {
                     for bi in blk * per..((blk + 1) * per).min(b) {
                         let dxi = need_x.then(|| &mut dxb[(bi - blk * per) * img..][..img]);
                         let (xb, gb) = (&xv[bi * img..(bi + 1) * img], &gv[bi * o * ol..(bi + 1) * o * ol]);
-                        g.backward_image(xb, wv, gb, o, (need_w, need_b), &mut acc, dxi, &mut sc, threads);
+                        g.backward_image(xb, wv, flipped.as_deref(), gb, o, (need_w, need_b), &mut acc, dxi, &mut sc, threads);
                     }
                     acc
                 })
@@ -634,6 +826,56 @@ mod tests {
                 1e-5,
             );
         }
+    }
+
+    /// The direct 3×3 path against candle: output tiles of 8 + 3 and of 4 + 1, widths with a
+    /// partial 16-lane tail, odd heights, paddings 0 to 2, and 3- or 1-channel input gradients.
+    /// The batch is large enough that each image runs on one thread (the direct path's
+    /// condition); on a CPU without AVX-512 this checks the gemm path instead.
+    #[test]
+    fn direct_conv_matches_candle() {
+        let b = 2 * candle_core::utils::get_num_threads().max(1);
+        for (c, o, h, w, p) in [(3, 11, 9, 21, 1), (5, 8, 7, 16, 0), (2, 5, 6, 35, 2), (8, 3, 5, 17, 1), (4, 1, 3, 40, 1)]
+        {
+            eprintln!("case c{c} o{o} {h}x{w} p{p}");
+            let x = rand(11, &[b, c, h, w]);
+            let wt = rand(12, &[o, c, 3, 3]);
+            let bias = rand(13, &[o]);
+            check(
+                &[x, wt, bias],
+                |t| conv2d(&t[0], &t[1], Some(&t[2]), 1, p).unwrap(),
+                |t| t[0].conv2d(&t[1], p, 1, 1, 1).unwrap().broadcast_add(&t[2].reshape((1, o, 1, 1)).unwrap()).unwrap(),
+                // dW sums b·H·W ≈ 10³ products of O(1) values.
+                5e-5,
+            );
+        }
+    }
+
+    /// One image through the direct kernel and through the per-tap gemms: the same values (to
+    /// rounding), forward and input gradient.
+    #[test]
+    fn direct_and_gemm_paths_agree() {
+        if frangi::simd::level() < 2 {
+            eprintln!("skipped: the direct 3×3 kernel needs AVX-512");
+            return;
+        }
+        let (c, o, h, w) = (6, 13, 11, 37);
+        let g = Geometry { c, h, w, k: 3, s: 1, p: 1 };
+        assert!(g.direct(o, 1));
+        let data = |seed, n| rand(seed, &[n]).to_vec1::<f32>().unwrap();
+        let (x, wt, bias, gy) = (data(21, c * h * w), data(22, o * c * 9), data(23, o), data(24, o * h * w));
+        let packed = pack_direct(&wt, o, c);
+        let (mut y_direct, mut y_gemm) = (vec![0f32; o * h * w], vec![0f32; o * h * w]);
+        g.forward_image(&x, &wt, Some(&packed), &bias, o, &mut y_direct, &mut Scratch::default(), 1);
+        g.forward_image(&x, &wt, None, &bias, o, &mut y_gemm, &mut Scratch::default(), 1);
+        let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(u, v)| (u - v).abs()).fold(0f32, f32::max);
+        assert!(diff(&y_direct, &y_gemm) < 1e-5, "forward differs by {}", diff(&y_direct, &y_gemm));
+        let flipped = g.direct_grad_weight(&wt, o);
+        let (mut dx_direct, mut dx_gemm) = (vec![7f32; c * h * w], vec![7f32; c * h * w]);
+        let mut acc = [];
+        g.backward_image(&x, &wt, Some(&flipped), &gy, o, (false, false), &mut acc, Some(&mut dx_direct), &mut Scratch::default(), 1);
+        g.backward_image(&x, &wt, None, &gy, o, (false, false), &mut acc, Some(&mut dx_gemm), &mut Scratch::default(), 1);
+        assert!(diff(&dx_direct, &dx_gemm) < 1e-5, "input gradient differs by {}", diff(&dx_direct, &dx_gemm));
     }
 
     #[test]
