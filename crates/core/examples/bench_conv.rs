@@ -37,8 +37,12 @@ fn main() -> candle_core::Result<()> {
         let len = dims.iter().product();
         Tensor::from_vec((0..len).map(|_| rng.normal() as f32).collect::<Vec<_>>(), dims, &dev)
     };
-    println!("{:>16}  {:>9} {:>9} {:>6}  {:>9} {:>9} {:>6}", "conv", "fwd ms", "gemm", "ratio", "dx ms", "gemm", "ratio");
-    let shapes = [(3, 8, 224), (8, 16, 112), (16, 32, 56), (32, 64, 28), (64, 32, 14), (32, 16, 28), (16, 8, 56), (8, 8, 112)];
+    println!(
+        "{:>16}  {:>9} {:>9} {:>6}  {:>9} {:>9} {:>6}",
+        "conv", "fwd ms", "gemm", "ratio", "dx ms", "gemm", "ratio"
+    );
+    let shapes =
+        [(3, 8, 224), (8, 16, 112), (16, 32, 56), (32, 64, 28), (64, 32, 14), (32, 16, 28), (16, 8, 56), (8, 8, 112)];
     for (c, o, h) in shapes {
         let x = Var::from_tensor(&rand(&[b, c, h, h])?)?;
         let w = rand(&[o, c, 3, 3])?;

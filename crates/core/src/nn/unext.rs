@@ -14,10 +14,10 @@ use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::kernels::activation::gelu_erf;
-use super::kernels::conv::dwconv3x3_nhwc;
+use super::kernels::conv::{conv3x3_max_pool_relu, dwconv3x3_nhwc};
 use super::kernels::linear::bias_add_residual;
 use super::kernels::norm::layer_norm;
-use super::kernels::resample::{max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x};
+use super::kernels::resample::{max_pool2x2, shift_chunks_nhwc, upsample_bilinear2x, upsample_relu_pointwise};
 use super::layers::{bn_buffers, nchw_to_tokens, tokens_to_nchw, BatchNorm2d, BnRunning, Conv2d, Linear};
 use super::{Init, ParamBuilder, ParamStore};
 
@@ -305,15 +305,18 @@ impl UNext {
                 bn.forward(&conv.forward(x)?, train)
             }
         };
+        // Conv → BatchNorm → max-pool → ReLU; in eval mode the folded conv and the pooling as one
+        // op (the full-resolution conv output is never stored).
         let stage = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
-            max_pool2x2(&conv_bn(x, conv, bn)?, true)
+            if train {
+                return max_pool2x2(&conv_bn(x, conv, bn)?, true);
+            }
+            let folded = bn.fold_into(conv)?;
+            let Some(bias) = &folded.bias else { candle_core::bail!("UNeXt: a folded conv has a bias") };
+            conv3x3_max_pool_relu(x, &folded.weight, bias)
         };
-        let up = |x: &Tensor, conv: &Conv2d, bn: Option<&BatchNorm2d>| -> Result<Tensor> {
-            let y = match bn {
-                Some(bn) => conv_bn(x, conv, bn)?,
-                None => conv.forward(x)?,
-            };
-            upsample_bilinear2x(&y, true)
+        let up = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
+            upsample_bilinear2x(&conv_bn(x, conv, bn)?, true)
         };
         // Encoder.
         let t1 = stage(x, &self.encoder1, &self.ebn1)?;
@@ -326,19 +329,22 @@ impl UNext {
         let tok = self.norm4.forward(&self.block2.forward(&tok, bh, bw)?)?;
         let out = tokens_to_nchw(&tok, bh, bw)?;
         // Decoder.
-        let out = (up(&out, &self.decoder1, Some(&self.dbn1))? + &t4)?;
+        let out = (up(&out, &self.decoder1, &self.dbn1)? + &t4)?;
         let (_, _, h4, w4) = out.dims4()?;
         let tok = self.dnorm3.forward(&self.dblock1.forward(&nchw_to_tokens(&out)?, h4, w4)?)?;
         let out = tokens_to_nchw(&tok, h4, w4)?;
-        let out = (up(&out, &self.decoder2, Some(&self.dbn2))? + &t3)?;
+        let out = (up(&out, &self.decoder2, &self.dbn2)? + &t3)?;
         let (_, _, h3, w3) = out.dims4()?;
         let tok = self.dnorm4.forward(&self.dblock2.forward(&nchw_to_tokens(&out)?, h3, w3)?)?;
         let out = tokens_to_nchw(&tok, h3, w3)?;
-        let out = (up(&out, &self.decoder3, Some(&self.dbn3))? + &t2)?;
-        let out = (up(&out, &self.decoder4, Some(&self.dbn4))? + &t1)?;
-        let out = up(&out, &self.decoder5, None)?;
-        // Logits in f32 whatever the autocast dtype (the losses and P are f32).
-        self.final_conv.forward(&out)?.to_dtype(DType::F32)
+        let out = (up(&out, &self.decoder3, &self.dbn3)? + &t2)?;
+        let out = (up(&out, &self.decoder4, &self.dbn4)? + &t1)?;
+        // decoder5 → bilinear ×2 → ReLU → the 1×1 `final` conv, the last three as one op (the
+        // 8-channel map at full resolution is never stored). Logits in f32 whatever the autocast
+        // dtype (the losses and P are f32).
+        let out = self.decoder5.forward(&out)?;
+        let Some(bias) = &self.final_conv.bias else { candle_core::bail!("UNeXt: the final conv has no bias") };
+        upsample_relu_pointwise(&out, &self.final_conv.weight, bias)?.to_dtype(DType::F32)
     }
 
     /// Vessel probabilities sigmoid(logits) in eval mode.

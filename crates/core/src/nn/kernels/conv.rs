@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use super::host::{
     add_assign, bias_add, f32_slice, for_rows, gemm_f32, matmul_dtype, use_cpu_kernel, with_f32, Mat, PAR_MIN,
 };
+use super::resample::{max_pool2x2, max_pool_grad, window_max, window_row, NO_GRAD};
 
 /// `F.conv2d(x, weight, bias, stride, padding)` (groups 1, dilation 1) for x (B, C, H, W) and
 /// weight (O, C, k, k).
@@ -323,7 +324,11 @@ impl Geometry {
     /// A narrow stride-1 3×3 conv on one thread runs as [`direct3x3`] (forward and input
     /// gradient); the rest as gemms.
     fn direct(&self, o: usize, threads: usize) -> bool {
-        self.k == 3 && self.s == 1 && self.p <= 2 && threads == 1 && self.c * o <= DIRECT_MAX_CO
+        self.k == 3
+            && self.s == 1
+            && self.p <= 2
+            && threads == 1
+            && self.c * o <= DIRECT_MAX_CO
             && frangi::simd::level() == 2
             && DIRECT_ENABLED.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -599,7 +604,18 @@ impl CustomOp3 for ConvOp {
                     for bi in blk * per..((blk + 1) * per).min(b) {
                         let dxi = need_x.then(|| &mut dxb[(bi - blk * per) * img..][..img]);
                         let (xb, gb) = (&xv[bi * img..(bi + 1) * img], &gv[bi * o * ol..(bi + 1) * o * ol]);
-                        g.backward_image(xb, wv, flipped.as_deref(), gb, o, (need_w, need_b), &mut acc, dxi, &mut sc, threads);
+                        g.backward_image(
+                            xb,
+                            wv,
+                            flipped.as_deref(),
+                            gb,
+                            o,
+                            (need_w, need_b),
+                            &mut acc,
+                            dxi,
+                            &mut sc,
+                            threads,
+                        );
                     }
                     acc
                 })
@@ -616,6 +632,108 @@ impl CustomOp3 for ConvOp {
             need_w.then(|| Tensor::from_vec(dwb[..o * ckk].to_vec(), w.shape(), dev)).transpose()?,
             need_b.then(|| Tensor::from_vec(dwb[o * ckk..].to_vec(), bias.shape(), dev)).transpose()?,
         ))
+    }
+}
+
+// --------------------------------------------------- 3×3 conv → max-pool 2×2 → ReLU, fused
+
+/// `max_pool2x2(conv2d(x, weight, bias, 1, 1), relu = true)` for a 3×3 weight (O, C, 3, 3):
+/// UNeXt-S's encoder stages with the BatchNorm folded in (eval mode). Where the conv runs as the
+/// direct kernel, the forward is one op that convolves two rows at a time and pools them, so the
+/// full-resolution conv output is never stored; the backward rebuilds its gradient from the
+/// pooling's argmax and goes through the conv's backward. Elsewhere, the two ops.
+pub fn conv3x3_max_pool_relu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let o = weight.dim(0)?;
+    let geo = Geometry { c, h, w, k: 3, s: 1, p: 1 };
+    let fused = weight.dims() == [o, c, 3, 3]
+        && bias.dims() == [o]
+        && h >= 2
+        && w >= 2
+        && use_cpu_kernel(&[x, weight, bias])
+        && geo.direct(o, gemm_threads(b));
+    if fused {
+        let op = ConvPoolOp { geo, argmax: std::sync::Mutex::new(Vec::new()) };
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, op);
+    }
+    max_pool2x2(&conv2d(x, weight, Some(bias), 1, 1)?, true)
+}
+
+struct ConvPoolOp {
+    geo: Geometry,
+    /// Per output, the window position its gradient goes to ([`NO_GRAD`]: the ReLU cut it).
+    argmax: std::sync::Mutex<Vec<u8>>,
+}
+
+impl CustomOp3 for ConvPoolOp {
+    fn name(&self) -> &'static str {
+        "vasomim-conv3x3-max-pool-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geo;
+        let what = "conv3x3_max_pool_relu";
+        let (x, wt, bias) = (f32_slice(s1, l1, what)?, f32_slice(s2, l2, what)?, f32_slice(s3, l3, what)?);
+        let b = l1.shape().dims4()?.0;
+        let o = bias.len();
+        let (w, img) = (g.w, g.c * g.h * g.w);
+        let (ho, wo) = (g.h / 2, g.w / 2);
+        let wk = pack_direct(wt, o, g.c);
+        let (_, wp, pl) = g.padded();
+        let mut y = vec![0f32; b * o * ho * wo];
+        let mut arg = vec![0u8; y.len()];
+        let n = (o * ho * wo).max(1);
+        y.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(
+            Scratch::default,
+            |sc, (bi, (yb, ab))| {
+                let xp = sized(&mut sc.cols, g.c * pl + wp + LANES);
+                g.pad(&x[bi * img..(bi + 1) * img], xp);
+                let rows = sized(&mut sc.out, o * 2 * w);
+                for py in 0..ho {
+                    // Conv output rows 2·py and 2·py + 1, then their 2×2 windows.
+                    direct3x3(rows, &xp[2 * py * wp..], &wk, bias, [o, g.c, 2, w, wp, pl]);
+                    for oi in 0..o {
+                        let (out, am) = (&mut yb[(oi * ho + py) * wo..][..wo], &mut ab[(oi * ho + py) * wo..][..wo]);
+                        window_row(&rows[oi * 2 * w..][..2 * w], w, 0, |ox, win| {
+                            let (k, v) = window_max(win);
+                            out[ox] = v.max(0.0);
+                            am[ox] = if v <= 0.0 { NO_GRAD } else { k as u8 };
+                        });
+                    }
+                }
+            },
+        );
+        *self.argmax.lock().map_err(|_| candle_core::Error::msg("conv3x3_max_pool_relu: poisoned"))? = arg;
+        Ok((CpuStorage::F32(y), Shape::from((b, o, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.geo;
+        let (b, o) = (x.dim(0)?, w.dim(0)?);
+        let gconv = {
+            let am = self.argmax.lock().map_err(|_| candle_core::Error::msg("conv3x3_max_pool_relu: poisoned"))?;
+            if am.len() != b * o * (g.h / 2) * (g.w / 2) {
+                candle_core::bail!("conv3x3_max_pool_relu: backward before forward");
+            }
+            with_f32(&[grad], "conv3x3_max_pool_relu backward", |s| Ok(max_pool_grad(s[0], &am, (b * o, g.h, g.w))))?
+        };
+        let gconv = Tensor::from_vec(gconv, (b, o, g.h, g.w), x.device())?;
+        ConvOp(g).bwd(x, w, bias, res, &gconv)
     }
 }
 
@@ -835,7 +953,8 @@ mod tests {
     #[test]
     fn direct_conv_matches_candle() {
         let b = 2 * candle_core::utils::get_num_threads().max(1);
-        for (c, o, h, w, p) in [(3, 11, 9, 21, 1), (5, 8, 7, 16, 0), (2, 5, 6, 35, 2), (8, 3, 5, 17, 1), (4, 1, 3, 40, 1)]
+        for (c, o, h, w, p) in
+            [(3, 11, 9, 21, 1), (5, 8, 7, 16, 0), (2, 5, 6, 35, 2), (8, 3, 5, 17, 1), (4, 1, 3, 40, 1)]
         {
             eprintln!("case c{c} o{o} {h}x{w} p{p}");
             let x = rand(11, &[b, c, h, w]);
@@ -844,8 +963,29 @@ mod tests {
             check(
                 &[x, wt, bias],
                 |t| conv2d(&t[0], &t[1], Some(&t[2]), 1, p).unwrap(),
-                |t| t[0].conv2d(&t[1], p, 1, 1, 1).unwrap().broadcast_add(&t[2].reshape((1, o, 1, 1)).unwrap()).unwrap(),
+                |t| {
+                    t[0].conv2d(&t[1], p, 1, 1, 1).unwrap().broadcast_add(&t[2].reshape((1, o, 1, 1)).unwrap()).unwrap()
+                },
                 // dW sums b·H·W ≈ 10³ products of O(1) values.
+                5e-5,
+            );
+        }
+    }
+
+    /// The fused conv → max-pool → ReLU against the two ops, forward and every gradient, on even
+    /// and odd sizes (the batch makes each image run on one thread, the fused path's condition).
+    #[test]
+    fn conv_max_pool_relu_matches_the_two_ops() {
+        let b = 2 * candle_core::utils::get_num_threads().max(1);
+        for (c, o, h, w) in [(3, 8, 8, 34), (5, 3, 7, 9)] {
+            eprintln!("case c{c} o{o} {h}x{w}");
+            let x = rand(31, &[b, c, h, w]);
+            let wt = rand(32, &[o, c, 3, 3]);
+            let bias = rand(33, &[o]);
+            check(
+                &[x, wt, bias],
+                |t| conv3x3_max_pool_relu(&t[0], &t[1], &t[2]).unwrap(),
+                |t| max_pool2x2(&conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap(), true).unwrap(),
                 5e-5,
             );
         }
@@ -873,8 +1013,30 @@ mod tests {
         let flipped = g.direct_grad_weight(&wt, o);
         let (mut dx_direct, mut dx_gemm) = (vec![7f32; c * h * w], vec![7f32; c * h * w]);
         let mut acc = [];
-        g.backward_image(&x, &wt, Some(&flipped), &gy, o, (false, false), &mut acc, Some(&mut dx_direct), &mut Scratch::default(), 1);
-        g.backward_image(&x, &wt, None, &gy, o, (false, false), &mut acc, Some(&mut dx_gemm), &mut Scratch::default(), 1);
+        g.backward_image(
+            &x,
+            &wt,
+            Some(&flipped),
+            &gy,
+            o,
+            (false, false),
+            &mut acc,
+            Some(&mut dx_direct),
+            &mut Scratch::default(),
+            1,
+        );
+        g.backward_image(
+            &x,
+            &wt,
+            None,
+            &gy,
+            o,
+            (false, false),
+            &mut acc,
+            Some(&mut dx_gemm),
+            &mut Scratch::default(),
+            1,
+        );
         assert!(diff(&dx_direct, &dx_gemm) < 1e-5, "input gradient differs by {}", diff(&dx_direct, &dx_gemm));
     }
 

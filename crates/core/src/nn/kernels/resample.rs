@@ -3,6 +3,8 @@
 //! - [`max_pool2x2`]: `F.max_pool2d(x, 2, 2)`, optionally fused with a ReLU.
 //! - [`upsample_bilinear2x`] / [`upsample_nearest2x`]: ×2 `F.interpolate` (bilinear with
 //!   `align_corners = false`, nearest), optionally fused with a ReLU.
+//! - [`upsample_relu_pointwise`]: bilinear ×2 → ReLU → 1×1 conv as one op (UNeXt's last
+//!   layers), so the full-resolution map before the 1×1 conv is never stored.
 //! - [`shift_chunks_nhwc`]: the shifted MLP's channel-chunk shift (UNeXt) on channels-last x.
 //!
 //! Why not candle's own: `upsample_bilinear2d` has no backward, and `max_pool2d`'s backward
@@ -12,7 +14,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use rayon::prelude::*;
 
@@ -47,11 +49,11 @@ struct MaxPool {
     argmax: Mutex<Vec<u8>>,
 }
 
-const NO_GRAD: u8 = 4;
+pub(super) const NO_GRAD: u8 = 4;
 
 /// Index (0..4, row-major) and value of the first maximum of a 2×2 window (NaN wins).
 #[inline(always)]
-fn window_max(vals: [f32; 4]) -> (usize, f32) {
+pub(super) fn window_max(vals: [f32; 4]) -> (usize, f32) {
     let mut best = (0, vals[0]);
     for (i, &v) in vals.iter().enumerate().skip(1) {
         if v > best.1 || v.is_nan() {
@@ -64,7 +66,7 @@ fn window_max(vals: [f32; 4]) -> (usize, f32) {
 /// The 2×2 windows of output row `oy` of a (h, w) plane: `f(ox, window)`, the two input rows
 /// read side by side.
 #[inline(always)]
-fn window_row(plane: &[f32], w: usize, oy: usize, mut f: impl FnMut(usize, [f32; 4])) {
+pub(super) fn window_row(plane: &[f32], w: usize, oy: usize, mut f: impl FnMut(usize, [f32; 4])) {
     let (r0, r1) = (&plane[2 * oy * w..][..w], &plane[(2 * oy + 1) * w..][..w]);
     for (ox, (a, b)) in r0.chunks_exact(2).zip(r1.chunks_exact(2)).enumerate() {
         f(ox, [a[0], a[1], b[0], b[1]]);
@@ -110,29 +112,33 @@ impl CustomOp1 for MaxPool {
         if am.len() != b * c * ho * wo {
             candle_core::bail!("max_pool2x2: backward before forward");
         }
-        let dx = with_f32(&[grad], "max_pool2x2 backward", |s| {
-            let g = s[0];
-            let mut dx = vec![0f32; b * c * h * w];
-            for_rows(&mut dx, h * w, |i, d| {
-                let (gp, ap) = (&g[i * ho * wo..(i + 1) * ho * wo], &am[i * ho * wo..(i + 1) * ho * wo]);
-                for oy in 0..ho {
-                    let (d0, d1) = d[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
-                    let (grow, arow) = (&gp[oy * wo..(oy + 1) * wo], &ap[oy * wo..(oy + 1) * wo]);
-                    for (ox, (&gv, &k)) in grow.iter().zip(arow).enumerate() {
-                        match k {
-                            0 => d0[2 * ox] = gv,
-                            1 => d0[2 * ox + 1] = gv,
-                            2 => d1[2 * ox] = gv,
-                            3 => d1[2 * ox + 1] = gv,
-                            _ => {}
-                        }
-                    }
-                }
-            });
-            Ok(dx)
-        })?;
+        let dx = with_f32(&[grad], "max_pool2x2 backward", |s| Ok(max_pool_grad(s[0], &am, (b * c, h, w))))?;
         Ok(Some(Tensor::from_vec(dx, &[b, c, h, w], arg.device())?))
     }
+}
+
+/// The input gradient of a 2×2 max-pool over `planes` (h, w) planes: each output's gradient `g`
+/// at the window position `am` recorded (none for [`NO_GRAD`]), zeros elsewhere.
+pub(super) fn max_pool_grad(g: &[f32], am: &[u8], (planes, h, w): (usize, usize, usize)) -> Vec<f32> {
+    let (ho, wo) = (h / 2, w / 2);
+    let mut dx = vec![0f32; planes * h * w];
+    for_rows(&mut dx, h * w, |i, d| {
+        let (gp, ap) = (&g[i * ho * wo..(i + 1) * ho * wo], &am[i * ho * wo..(i + 1) * ho * wo]);
+        for oy in 0..ho {
+            let (d0, d1) = d[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+            let (grow, arow) = (&gp[oy * wo..(oy + 1) * wo], &ap[oy * wo..(oy + 1) * wo]);
+            for (ox, (&gv, &k)) in grow.iter().zip(arow).enumerate() {
+                match k {
+                    0 => d0[2 * ox] = gv,
+                    1 => d0[2 * ox + 1] = gv,
+                    2 => d1[2 * ox] = gv,
+                    3 => d1[2 * ox + 1] = gv,
+                    _ => {}
+                }
+            }
+        }
+    });
+    dx
 }
 
 // ----------------------------------------------------------------- ×2 upsampling (NCHW)
@@ -292,6 +298,194 @@ impl CustomOp1 for Upsample {
     }
 }
 
+// ------------------------------------------- bilinear ×2 → ReLU → 1×1 conv (NCHW), fused
+
+/// `conv2d(relu(upsample_bilinear2x(x)), weight, bias)` for x (B, C, H, W), a 1×1 weight
+/// (O, C, 1, 1) and bias (O): y (B, O, 2H, 2W). The upsampled map (C channels at the output
+/// size) exists a row at a time, in the forward and again in the backward, which recomputes it.
+pub fn upsample_relu_pointwise(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let (o, wc, k1, k2) = weight.dims4()?;
+    if wc != c || k1 != 1 || k2 != 1 || bias.dims() != [o] {
+        candle_core::bail!(
+            "upsample_relu_pointwise: weight {:?} / bias {:?} do not fit {c} input channels",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    if use_cpu_kernel(&[x, weight, bias]) {
+        return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, UpReluPointwise);
+    }
+    super::conv::conv2d(&upsample_bilinear2x(x, true)?, weight, Some(bias), 1, 0)
+}
+
+struct UpReluPointwise;
+
+/// One image's upsampling, row by row: the input rows resampled along x once (`hr`, C × H rows
+/// of Wo), then output row `oy` of every channel into `row` (C × Wo) before the ReLU, with the
+/// same arithmetic as [`Upsample`].
+struct UpRows {
+    c: usize,
+    h: usize,
+    wo: usize,
+    hr: Vec<f32>,
+}
+
+impl UpRows {
+    fn new(x: &[f32], (c, h, w): (usize, usize, usize)) -> Self {
+        let wo = 2 * w;
+        let xt: Vec<_> = (0..wo).map(|o| bilinear_taps(o, w)).collect();
+        let mut hr = vec![0f32; c * h * wo];
+        for (r, row) in x.chunks_exact(w).zip(hr.chunks_exact_mut(wo)) {
+            for (o, &(x0, x1, b0, b1)) in row.iter_mut().zip(&xt) {
+                *o = b0 * r[x0] + b1 * r[x1];
+            }
+        }
+        UpRows { c, h, wo, hr }
+    }
+
+    fn row(&self, oy: usize, row: &mut [f32]) {
+        let (y0, y1, a0, a1) = bilinear_taps(oy, self.h);
+        for (ci, out) in row.chunks_exact_mut(self.wo).enumerate().take(self.c) {
+            let plane = &self.hr[ci * self.h * self.wo..];
+            let (u, v) = (&plane[y0 * self.wo..][..self.wo], &plane[y1 * self.wo..][..self.wo]);
+            for ((d, &a), &b) in out.iter_mut().zip(u).zip(v) {
+                *d = a0 * a + a1 * b;
+            }
+        }
+    }
+}
+
+impl CustomOp3 for UpReluPointwise {
+    fn name(&self) -> &'static str {
+        "vasomim-upsample-relu-pointwise"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let what = "upsample_relu_pointwise";
+        let (x, wt, bias) = (f32_slice(s1, l1, what)?, f32_slice(s2, l2, what)?, f32_slice(s3, l3, what)?);
+        let (b, c, h, w) = l1.shape().dims4()?;
+        let o = bias.len();
+        let (ho, wo) = (2 * h, 2 * w);
+        let mut y = vec![0f32; b * o * ho * wo];
+        y.par_chunks_mut((o * ho * wo).max(1)).enumerate().for_each(|(bi, yb)| {
+            let up = UpRows::new(&x[bi * c * h * w..(bi + 1) * c * h * w], (c, h, w));
+            let mut row = vec![0f32; c * wo];
+            for oy in 0..ho {
+                up.row(oy, &mut row);
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
+                for (oi, &bv) in bias.iter().enumerate() {
+                    let out = &mut yb[(oi * ho + oy) * wo..][..wo];
+                    out.fill(bv);
+                    for (ci, r) in row.chunks_exact(wo).enumerate() {
+                        let wv = wt[oi * c + ci];
+                        out.iter_mut().zip(r).for_each(|(d, &v)| *d += wv * v);
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), Shape::from((b, o, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, c, h, wd) = x.dims4()?;
+        let o = bias.dim(0)?;
+        let (ho, wo) = (2 * h, 2 * wd);
+        let (need_x, need_p) = (x.track_op(), w.track_op() || bias.track_op());
+        let xt: Vec<_> = (0..wo).map(|q| bilinear_taps(q, wd)).collect();
+        let (dx, partials) = with_f32(&[x, w, grad], "upsample_relu_pointwise backward", |s| {
+            let (xv, wv, gv) = (s[0], s[1], s[2]);
+            let img = c * h * wd;
+            let mut dx = vec![0f32; if need_x { b * img } else { 0 }];
+            let mut slots: Vec<&mut [f32]> =
+                if need_x { dx.chunks_mut(img).collect() } else { (0..b).map(|_| &mut [][..]).collect() };
+            // Per image: [dW | db] in f64 (sums over 4·H·W pixels), and dx.
+            let partials: Vec<Vec<f64>> = slots
+                .par_iter_mut()
+                .enumerate()
+                .map(|(bi, dxb)| {
+                    let up = UpRows::new(&xv[bi * img..(bi + 1) * img], (c, h, wd));
+                    let g = &gv[bi * o * ho * wo..(bi + 1) * o * ho * wo];
+                    let mut acc = vec![0f64; if need_p { o * c + o } else { 0 }];
+                    let mut row = vec![0f32; c * wo];
+                    let mut gr = vec![0f32; wo];
+                    // The gradient on the x-resampled rows (adjoint of the y taps), per channel.
+                    let mut hg = vec![0f32; if need_x { c * h * wo } else { 0 }];
+                    for oy in 0..ho {
+                        up.row(oy, &mut row);
+                        let (y0, y1, a0, a1) = bilinear_taps(oy, h);
+                        for (ci, u) in row.chunks_exact(wo).enumerate() {
+                            if need_p {
+                                for oi in 0..o {
+                                    let grow = &g[(oi * ho + oy) * wo..][..wo];
+                                    let dot: f32 = u.iter().zip(grow).map(|(&v, &gg)| v.max(0.0) * gg).sum();
+                                    acc[oi * c + ci] += dot as f64;
+                                }
+                            }
+                            if need_x {
+                                gr.fill(0.0);
+                                for oi in 0..o {
+                                    let (wv, grow) = (wv[oi * c + ci], &g[(oi * ho + oy) * wo..][..wo]);
+                                    gr.iter_mut().zip(grow).for_each(|(d, &gg)| *d += wv * gg);
+                                }
+                                let plane = &mut hg[ci * h * wo..][..h * wo];
+                                for (k, (&gg, &v)) in gr.iter().zip(u).enumerate() {
+                                    // ReLU'(0) = 0, as PyTorch's threshold backward.
+                                    let gg = if v > 0.0 { gg } else { 0.0 };
+                                    plane[y0 * wo + k] += a0 * gg;
+                                    plane[y1 * wo + k] += a1 * gg;
+                                }
+                            }
+                        }
+                        if need_p {
+                            for oi in 0..o {
+                                acc[o * c + oi] += frangi::simd::sum(&g[(oi * ho + oy) * wo..][..wo]) as f64;
+                            }
+                        }
+                    }
+                    for (drow, hrow) in dxb.chunks_exact_mut(wd).zip(hg.chunks_exact(wo)) {
+                        for (&gg, &(x0, x1, b0, b1)) in hrow.iter().zip(&xt) {
+                            drow[x0] += b0 * gg;
+                            drow[x1] += b1 * gg;
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            Ok((dx, partials))
+        })?;
+        let dev = x.device();
+        let dx = need_x.then(|| Tensor::from_vec(dx, x.shape(), dev)).transpose()?;
+        if !need_p {
+            return Ok((dx, None, None));
+        }
+        // Images summed in order (deterministic).
+        let mut total = vec![0f64; o * c + o];
+        for p in partials {
+            total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        }
+        let f: Vec<f32> = total.iter().map(|&v| v as f32).collect();
+        let dw = w.track_op().then(|| Tensor::from_vec(f[..o * c].to_vec(), w.shape(), dev)).transpose()?;
+        let db = bias.track_op().then(|| Tensor::from_vec(f[o * c..].to_vec(), bias.shape(), dev)).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
 // ------------------------------------------------------------ shifted-MLP shift (NHWC)
 
 /// The shifted MLP's shift on channels-last x (B, H, W, C): the channels are split as
@@ -381,6 +575,7 @@ impl CustomOp1 for Shift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::kernels::host::force_composite;
     use crate::nn::kernels::testing::{check, max_diff, rand};
 
     #[test]
@@ -397,6 +592,28 @@ mod tests {
             |t| t[0].upsample_nearest2d(10, 8).unwrap().relu().unwrap(),
             1e-6,
         );
+    }
+
+    #[test]
+    fn upsample_relu_pointwise_matches_the_three_ops() {
+        // Odd sizes, several output channels, and UNeXt's 8 → 1.
+        for (c, o, h, w) in [(3, 2, 5, 4), (8, 1, 6, 7)] {
+            let x = rand(10, &[2, c, h, w]);
+            let wt = rand(11, &[o, c, 1, 1]);
+            let bias = rand(12, &[o]);
+            check(
+                &[x, wt, bias],
+                |t| upsample_relu_pointwise(&t[0], &t[1], &t[2]).unwrap(),
+                // The composite of candle ops (bilinear from shifted views, candle's conv2d).
+                |t| {
+                    force_composite(true);
+                    let y = upsample_relu_pointwise(&t[0], &t[1], &t[2]).unwrap();
+                    force_composite(false);
+                    y
+                },
+                1e-5,
+            );
+        }
     }
 
     #[test]
