@@ -25,8 +25,12 @@ pub fn norm_pix(t: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
 }
 
 /// Mean binary cross-entropy with logits over all elements, in the overflow-free form
-/// max(x, 0) − x·t + log(1 + exp(−|x|)) (as `F.binary_cross_entropy_with_logits`).
+/// max(x, 0) − x·t + log(1 + exp(−|x|)) (as `F.binary_cross_entropy_with_logits`); one fused
+/// op on the CPU (`kernels::loss`), this composite elsewhere.
 pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if let Some(fused) = super::kernels::loss::bce_with_logits(logits, targets) {
+        return fused;
+    }
     let l = ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
     l.mean_all()
 }

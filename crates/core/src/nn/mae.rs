@@ -126,6 +126,9 @@ impl MaskedAutoencoder {
     /// de-normalised with each original patch's μ and σ for every patch (visible patches are not
     /// pasted back), then unpatchified.
     pub fn reconstruct(&self, imgs: &Tensor, pred: &Tensor) -> Result<Tensor> {
+        if patch::applies(imgs, &[pred]) {
+            return patch::reconstruct(pred, imgs, self.cfg.patch_size, self.cfg.norm_pix_loss);
+        }
         let pred = if self.cfg.norm_pix_loss {
             let (_, mean, std) = norm_pix(&self.patchify(imgs)?)?;
             pred.broadcast_mul(&std)?.broadcast_add(&mean)?

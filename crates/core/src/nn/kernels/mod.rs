@@ -7,10 +7,13 @@
 //! - [`linear`]: the fused Linear (bias and GELU epilogues) and the bias + residual add.
 //! - [`attention`]: multi-head attention from the fused qkv rows, with its softmax.
 //! - [`activation`]: exact GELU (erf).
-//! - [`conv`]: im2col conv with channel bias, depthwise 3×3 conv.
+//! - [`conv`]: conv2d (a direct AVX-512 loop for narrow 3×3 convs, gemms otherwise) with channel
+//!   bias, 3×3 conv → max-pool → ReLU fused, depthwise 3×3 conv.
 //! - [`patch`]: patches read straight from the image: the patch-embedding rows (kept patches
-//!   only) and MAE's norm-pix reconstruction loss as one op.
-//! - [`resample`]: max-pool 2×2, bilinear / nearest ×2 upsampling, the shifted MLP's shift.
+//!   only), MAE's norm-pix reconstruction loss and VasoMIM's reconstructed image, each one op.
+//! - [`loss`]: BCE with logits as one op.
+//! - [`resample`]: max-pool 2×2, bilinear / nearest ×2 upsampling (and bilinear ×2 → ReLU → 1×1
+//!   conv fused), the shifted MLP's shift.
 //! - `cuda` (CUDA builds): our CUDA kernels for the hot ops of the GPU path (LayerNorm, softmax,
 //!   GELU, bias add, AdamW); the other ops run their composites there.
 //!
@@ -26,6 +29,7 @@ pub mod conv;
 pub mod cuda;
 pub mod host;
 pub mod linear;
+pub mod loss;
 pub mod norm;
 pub mod patch;
 pub mod resample;

@@ -12,8 +12,14 @@
 //!   mean, mask, sum) costs a strided copy of the image and a chain of single-threaded
 //!   element-wise ops with their zero-filled gradients, a quarter of the micro step.
 //!
-//! Both are CPU kernels with the composites in `nn::mae` as the path of other devices and dtypes
+//! - [`reconstruct`]: VasoMIM's reconstructed image (predictions de-normalised with each original
+//!   patch's μ and σ, unpatchified) as one op on the predictions, in place of patchify → mean →
+//!   std → broadcast multiply-add → unpatchify and the gradients of each.
+//!
+//! All are CPU kernels with the composites in `nn::mae` as the path of other devices and dtypes
 //! ([`applies`] says which).
+
+use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use frangi::simd;
@@ -236,6 +242,104 @@ impl CustomOp1 for MaeLoss {
     }
 }
 
+/// The image (B, C, H, W) of predictions `pred` (B, L, p·p·C) for `imgs` cut into p×p patches:
+/// each row times its original patch's unbiased std (+ ε, as `loss::norm_pix`) plus its mean when
+/// `norm_pix`, then unpatchified ((row, col, channel) order inside a row). A CPU op on `pred`
+/// (callers check [`applies`]; `nn::mae` holds the composite).
+pub fn reconstruct(pred: &Tensor, imgs: &Tensor, p: usize, norm_pix: bool) -> Result<Tensor> {
+    let (b, g) = Grid::of(imgs, p)?;
+    let want = (b, g.patches(), g.dim());
+    if pred.dims3()? != want {
+        candle_core::bail!(
+            "predictions {:?} for images {:?} with {p}×{p} patches: expected {want:?}",
+            pred.dims(),
+            imgs.dims()
+        );
+    }
+    let op = Reconstruct { imgs: imgs.contiguous()?, grid: g, norm_pix, scale: Mutex::new(Vec::new()) };
+    pred.contiguous()?.apply_op1(op)
+}
+
+struct Reconstruct {
+    imgs: Tensor,
+    grid: Grid,
+    norm_pix: bool,
+    /// Per row, the std its prediction was multiplied by (the backward's scale).
+    scale: Mutex<Vec<f32>>,
+}
+
+impl Grid {
+    /// Element j of a (row, col, channel) patch row l → its offset in a (C, H, W) image.
+    fn pixel(&self, l: usize, j: usize) -> usize {
+        let Grid { c, h, w, p } = *self;
+        let (gy, gx) = (l / (w / p), l % (w / p));
+        let (i, jx, ch) = (j / (p * c), (j / c) % p, j % c);
+        ch * h * w + (gy * p + i) * w + gx * p + jx
+    }
+}
+
+impl CustomOp1 for Reconstruct {
+    fn name(&self) -> &'static str {
+        "vasomim-reconstruct"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let pred = f32_slice(s, layout, "reconstruct")?;
+        let (g, l, d) = (self.grid, self.grid.patches(), self.grid.dim());
+        let img_len = g.c * g.h * g.w;
+        let b = pred.len() / (l * d).max(1);
+        let mut out = vec![0f32; b * img_len];
+        let mut scale = vec![1f32; b * l];
+        with_f32(&[&self.imgs], "reconstruct", |imgs| {
+            out.par_chunks_mut(img_len.max(1)).zip(scale.par_chunks_mut(l.max(1))).enumerate().for_each(
+                |(bi, (o, sc))| {
+                    let img = &imgs[0][bi * img_len..][..img_len];
+                    let mut t = vec![0f32; d];
+                    for (li, s) in sc.iter_mut().enumerate() {
+                        let (mean, std) = if self.norm_pix {
+                            g.copy(img, li, false, &mut t);
+                            let n = d as f32;
+                            let mean = simd::sum(&t) / n;
+                            let var = simd::sum2(&t, &t, |v, _| (v - mean) * (v - mean)) / (n - 1.0);
+                            (mean, (var + NORM_PIX_EPS as f32).sqrt())
+                        } else {
+                            (0.0, 1.0)
+                        };
+                        *s = std;
+                        for (j, &v) in pred[(bi * l + li) * d..][..d].iter().enumerate() {
+                            o[g.pixel(li, j)] = v * std + mean;
+                        }
+                    }
+                },
+            );
+            Ok(())
+        })?;
+        *self.scale.lock().map_err(|_| candle_core::Error::msg("reconstruct: poisoned"))? = scale;
+        Ok((CpuStorage::F32(out), Shape::from((b, g.c, g.h, g.w))))
+    }
+
+    fn bwd(&self, pred: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (g, l, d) = (self.grid, self.grid.patches(), self.grid.dim());
+        let img_len = g.c * g.h * g.w;
+        let scale = self.scale.lock().map_err(|_| candle_core::Error::msg("reconstruct: poisoned"))?;
+        if scale.len() * d != pred.elem_count() {
+            candle_core::bail!("reconstruct: backward before forward");
+        }
+        let dp = with_f32(&[grad], "reconstruct backward", |s| {
+            let gi = s[0];
+            let mut dp = vec![0f32; scale.len() * d];
+            dp.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, row)| {
+                let img = &gi[(r / l) * img_len..][..img_len];
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = img[g.pixel(r % l, j)] * scale[r];
+                }
+            });
+            Ok(dp)
+        })?;
+        Ok(Some(Tensor::from_vec(dp, pred.shape(), pred.device())?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::host::force_composite;
@@ -299,6 +403,36 @@ mod tests {
             let row1 = ga.get(0).unwrap().get(1).unwrap().abs().unwrap().sum_all().unwrap();
             assert_eq!(row1.to_scalar::<f32>().unwrap(), 0.0, "a masked-out patch has a gradient");
         }
+    }
+
+    /// The fused reconstruction against the composite (patchify → norm_pix stats → multiply-add
+    /// → unpatchify), forward and gradient, for 1 to 3 channels with and without norm-pix.
+    #[test]
+    fn reconstruct_matches_the_composite() {
+        let (b, hw, p) = (2, 8, 4);
+        let l = (hw / p) * (hw / p);
+        for c in [1, 2, 3] {
+            let imgs = rand(4, &[b, c, hw, hw]);
+            for norm in [true, false] {
+                let pred = Var::from_tensor(&rand(5, &[b, l, p * p * c])).unwrap();
+                let ours = reconstruct(pred.as_tensor(), &imgs, p, norm).unwrap();
+                let composite = if norm {
+                    let (_, mean, std) = norm_pix(&patchify(&imgs, p).unwrap()).unwrap();
+                    pred.as_tensor().broadcast_mul(&std).unwrap().broadcast_add(&mean).unwrap()
+                } else {
+                    pred.as_tensor().clone()
+                };
+                let reference = crate::nn::mae::unpatchify(&composite, p, c).unwrap();
+                assert!(max_diff(&ours, &reference) <= 1e-6, "c {c} norm {norm}: {}", max_diff(&ours, &reference));
+                let r = rand(6, ours.dims());
+                let ga = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gr = (&reference * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let (ga, gr) = (ga.get(pred.as_tensor()).unwrap(), gr.get(pred.as_tensor()).unwrap());
+                assert!(max_diff(ga, gr) <= 1e-6, "c {c} norm {norm}: gradient differs by {}", max_diff(ga, gr));
+            }
+        }
+        let err = reconstruct(&rand(5, &[b, l, 15]), &rand(4, &[b, 1, hw, hw]), p, true).unwrap_err();
+        assert!(err.to_string().contains("expected (2, 4, 16)"), "{err}");
     }
 
     #[test]
