@@ -186,9 +186,10 @@ pub fn set_direct_conv(enabled: bool) {
 }
 
 /// Largest C·O run by the direct 3×3 kernel; wider convs go to the gemm, whose packed tiles reuse
-/// the input better. On the 2-core AVX-512 machine of docs/MODEL.md the direct forward took
-/// 0.3–0.6× the gemm's time on UNeXt-S's convs up to 32→64 (C·O = 2048) and about the same at
-/// C·O = 8192 (`cargo run --release --example bench_conv`).
+/// the input better. On the 2-core AVX-512 machine of docs/MODEL.md the direct kernel took
+/// 0.55–0.95× the gemms' time, forward and input gradient, on every UNeXt-S conv up to 32→64
+/// (C·O = 2048; `cargo run --release -p vasomim-core --example bench_conv`); at 128→64
+/// (C·O = 8192) an earlier A/B found no gain, so that conv stays on the gemms.
 const DIRECT_MAX_CO: usize = 4096;
 
 /// Output channels per register tile of [`direct3x3`]: tiles of 8, then what is left in tiles

@@ -269,12 +269,20 @@ struct Reconstruct {
 }
 
 impl Grid {
-    /// Element j of a (row, col, channel) patch row l → its offset in a (C, H, W) image.
-    fn pixel(&self, l: usize, j: usize) -> usize {
+    /// The scatter that inverts [`Grid::copy`]'s gather for the (row, col, channel) order:
+    /// `f(v)` of each value of patch row `row` written to patch `l`'s pixels of image `img`.
+    fn scatter(&self, row: &[f32], l: usize, img: &mut [f32], f: impl Fn(f32) -> f32) {
         let Grid { c, h, w, p } = *self;
         let (gy, gx) = (l / (w / p), l % (w / p));
-        let (i, jx, ch) = (j / (p * c), (j / c) % p, j % c);
-        ch * h * w + (gy * p + i) * w + gx * p + jx
+        for i in 0..p {
+            let src = &row[i * p * c..][..p * c];
+            for ch in 0..c {
+                let dst = &mut img[ch * h * w + (gy * p + i) * w + gx * p..][..p];
+                for (jx, d) in dst.iter_mut().enumerate() {
+                    *d = f(src[jx * c + ch]);
+                }
+            }
+        }
     }
 }
 
@@ -306,9 +314,7 @@ impl CustomOp1 for Reconstruct {
                             (0.0, 1.0)
                         };
                         *s = std;
-                        for (j, &v) in pred[(bi * l + li) * d..][..d].iter().enumerate() {
-                            o[g.pixel(li, j)] = v * std + mean;
-                        }
+                        g.scatter(&pred[(bi * l + li) * d..][..d], li, o, |v| v * std + mean);
                     }
                 },
             );
@@ -328,11 +334,10 @@ impl CustomOp1 for Reconstruct {
         let dp = with_f32(&[grad], "reconstruct backward", |s| {
             let gi = s[0];
             let mut dp = vec![0f32; scale.len() * d];
+            // Each row's image gradient is its patch in (row, col, channel) order, times its scale.
             dp.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, row)| {
-                let img = &gi[(r / l) * img_len..][..img_len];
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = img[g.pixel(r % l, j)] * scale[r];
-                }
+                g.copy(&gi[(r / l) * img_len..][..img_len], r % l, false, row);
+                row.iter_mut().for_each(|v| *v *= scale[r]);
             });
             Ok(dp)
         })?;

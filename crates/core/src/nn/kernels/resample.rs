@@ -614,6 +614,10 @@ mod tests {
                 1e-5,
             );
         }
+        let err = upsample_relu_pointwise(&rand(1, &[1, 8, 2, 2]), &rand(2, &[1, 4, 1, 1]), &rand(3, &[1]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("weight [1, 4, 1, 1] / bias [1] do not fit 8 input channels"), "{err}");
     }
 
     #[test]
