@@ -352,11 +352,25 @@ impl Geometry {
     /// The input gradient of a [`Self::direct`] conv: the direct conv of the gradient padded by
     /// 2 − p with [`Self::direct_grad_weight`], into `dx` (C, H, W), which it overwrites.
     fn direct_input_grad(&self, gb: &[f32], wf: &[f32], o: usize, dx: &mut [f32], sc: &mut Scratch) {
+        self.direct_input_grad_with(wf, o, dx, sc, |t, gp| t.pad(gb, gp));
+    }
+
+    /// [`Self::direct_input_grad`] with the padded gradient written by `fill(t, gp)`: `t` the
+    /// gradient's padded geometry, `gp` its buffer (any contents on entry; `fill` writes all of
+    /// it, zeros included).
+    fn direct_input_grad_with(
+        &self,
+        wf: &[f32],
+        o: usize,
+        dx: &mut [f32],
+        sc: &mut Scratch,
+        fill: impl FnOnce(&Geometry, &mut [f32]),
+    ) {
         let (ho, wo) = self.out_hw().expect("checked");
         let t = Geometry { c: o, h: ho, w: wo, k: 3, s: 1, p: 2 - self.p };
         let (_, wp, pl) = t.padded();
         let gp = sized(&mut sc.out, o * pl + wp + LANES);
-        t.pad(gb, gp);
+        fill(&t, gp);
         let zero = sized(&mut sc.dcols, self.c);
         zero.fill(0.0);
         direct3x3(dx, gp, wf, zero, [self.c, o, self.h, self.w, wp, pl]);
@@ -726,15 +740,49 @@ impl CustomOp3 for ConvPoolOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.geo;
         let (b, o) = (x.dim(0)?, w.dim(0)?);
-        let gconv = {
-            let am = self.argmax.lock().map_err(|_| candle_core::Error::msg("conv3x3_max_pool_relu: poisoned"))?;
-            if am.len() != b * o * (g.h / 2) * (g.w / 2) {
-                candle_core::bail!("conv3x3_max_pool_relu: backward before forward");
-            }
-            with_f32(&[grad], "conv3x3_max_pool_relu backward", |s| Ok(max_pool_grad(s[0], &am, (b * o, g.h, g.w))))?
-        };
-        let gconv = Tensor::from_vec(gconv, (b, o, g.h, g.w), x.device())?;
-        ConvOp(g).bwd(x, w, bias, res, &gconv)
+        let (ho, wo) = (g.h / 2, g.w / 2);
+        let am = self.argmax.lock().map_err(|_| candle_core::Error::msg("conv3x3_max_pool_relu: poisoned"))?;
+        if am.len() != b * o * ho * wo {
+            candle_core::bail!("conv3x3_max_pool_relu: backward before forward");
+        }
+        if w.track_op() || bias.track_op() {
+            // Weight gradients too: the conv's gradient at full resolution, then the conv's backward.
+            let gconv = with_f32(&[grad], "conv3x3_max_pool_relu backward", |s| {
+                Ok(max_pool_grad(s[0], &am, (b * o, g.h, g.w)))
+            })?;
+            let gconv = Tensor::from_vec(gconv, (b, o, g.h, g.w), x.device())?;
+            return ConvOp(g).bwd(x, w, bias, res, &gconv);
+        }
+        if !x.track_op() {
+            return Ok((None, None, None));
+        }
+        // The input gradient only (a frozen conv): each pooled gradient goes straight to its
+        // argmax in the padded buffer the direct input-gradient conv reads.
+        let img = g.c * g.h * g.w;
+        let dx = with_f32(&[w, grad], "conv3x3_max_pool_relu backward", |s| {
+            let (wv, gv) = (s[0], s[1]);
+            let flipped = g.direct_grad_weight(wv, o);
+            let mut dx = vec![0f32; b * img];
+            dx.par_chunks_mut(img.max(1)).enumerate().for_each_init(Scratch::default, |sc, (bi, dxb)| {
+                g.direct_input_grad_with(&flipped, o, dxb, sc, |t, gp| {
+                    let (_, wp, pl) = t.padded();
+                    gp.fill(0.0);
+                    for oi in 0..o {
+                        let at = (bi * o + oi) * ho * wo;
+                        let (gs, ams) = (&gv[at..at + ho * wo], &am[at..at + ho * wo]);
+                        let plane = &mut gp[oi * pl..];
+                        for (i, (&gg, &k)) in gs.iter().zip(ams).enumerate() {
+                            if k != NO_GRAD {
+                                let (y, x) = (2 * (i / wo) + k as usize / 2, 2 * (i % wo) + k as usize % 2);
+                                plane[(y + t.p) * wp + x + t.p] = gg;
+                            }
+                        }
+                    }
+                });
+            });
+            Ok(dx)
+        })?;
+        Ok((Some(Tensor::from_vec(dx, x.shape(), x.device())?), None, None))
     }
 }
 
@@ -989,6 +1037,27 @@ mod tests {
                 |t| max_pool2x2(&conv2d(&t[0], &t[1], Some(&t[2]), 1, 1).unwrap(), true).unwrap(),
                 5e-5,
             );
+        }
+    }
+
+    /// A frozen weight (VasoMIM's segmentor): the input-gradient-only backward, which scatters the
+    /// pooled gradient straight into the padded buffer, against the two ops; no weight gradient.
+    #[test]
+    fn frozen_conv_max_pool_relu_input_gradient_matches_the_two_ops() {
+        let b = 2 * candle_core::utils::get_num_threads().max(1);
+        for (c, o, h, w) in [(3, 8, 8, 34), (5, 3, 7, 9)] {
+            let x = candle_core::Var::from_tensor(&rand(34, &[b, c, h, w])).unwrap();
+            let (wt, bias) = (rand(35, &[o, c, 3, 3]), rand(36, &[o]));
+            let r = rand(37, &[b, o, h / 2, w / 2]);
+            let grad = |y: Tensor| {
+                let gs = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                assert!(gs.get(&wt).is_none() && gs.get(&bias).is_none(), "a frozen weight got a gradient");
+                gs.get(x.as_tensor()).unwrap().clone()
+            };
+            let ours = grad(conv3x3_max_pool_relu(x.as_tensor(), &wt, &bias).unwrap());
+            let theirs = grad(max_pool2x2(&conv2d(x.as_tensor(), &wt, Some(&bias), 1, 1).unwrap(), true).unwrap());
+            let d = crate::nn::kernels::testing::max_diff(&ours, &theirs);
+            assert!(d <= 1e-5, "c{c} o{o} {h}x{w}: input gradient differs by {d}");
         }
     }
 
