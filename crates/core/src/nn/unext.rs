@@ -312,8 +312,7 @@ impl UNext {
                 return max_pool2x2(&conv_bn(x, conv, bn)?, true);
             }
             let folded = bn.fold_into(conv)?;
-            let Some(bias) = &folded.bias else { candle_core::bail!("UNeXt: a folded conv has a bias") };
-            conv3x3_max_pool_relu(x, &folded.weight, bias)
+            conv3x3_max_pool_relu(x, &folded.weight, folded.bias.as_ref().expect("fold_into sets a bias"))
         };
         let up = |x: &Tensor, conv: &Conv2d, bn: &BatchNorm2d| -> Result<Tensor> {
             upsample_bilinear2x(&conv_bn(x, conv, bn)?, true)
