@@ -123,7 +123,7 @@ impl<T: Send + 'static> Shared<T> {
         f: impl FnOnce(&mut T) -> candle_core::Result<J> + Send + 'static,
     ) -> Pending<J> {
         let (inner, what) = (self.inner.clone(), self.what);
-        job(name, move || f(&mut *Shared { inner, what }.lock()?).map_err(err))
+        job(name, move || vasomim_core::device::exclusive(move || f(&mut *Shared { inner, what }.lock()?).map_err(err)))
     }
 }
 

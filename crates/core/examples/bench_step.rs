@@ -37,7 +37,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// One timed step (the masks are drawn from the rng).
-type StepFn = dyn FnMut(&mut InitRng) -> candle_core::Result<()>;
+type StepFn = dyn FnMut(&mut InitRng) -> candle_core::Result<()> + Send;
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -93,12 +93,14 @@ fn main() -> candle_core::Result<()> {
         }
         other => panic!("unknown task {other:?} (mae, vasomim, finetune)"),
     };
+    // Each step as the Node addon runs it: one job on the CPU pool.
+    let mut run = |rng: &mut InitRng| vasomim_core::device::exclusive(|| step(rng));
     for _ in 0..warmup {
-        step(&mut rng)?;
+        run(&mut rng)?;
     }
     let t0 = std::time::Instant::now();
     for _ in 0..steps {
-        step(&mut rng)?;
+        run(&mut rng)?;
     }
     let dt = t0.elapsed().as_secs_f64() / steps as f64;
     println!(

@@ -14,6 +14,7 @@ use candle_core::{backprop::GradStore, CpuStorage, DType, InplaceOp1, Layout, Re
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::nn::kernels::host::zeroed;
 use crate::nn::ParamStore;
 
 /// MAE's rule (timm `param_groups_weight_decay`): no decay for 1-D tensors (LayerNorm, biases)
@@ -293,7 +294,7 @@ impl InplaceOp1 for AdamWOp<'_> {
         if self.g.len() != n || self.m.len() != n || self.v.len() != n {
             candle_core::bail!("adamw: parameter, gradient and moments differ in size");
         }
-        let (mut m2, mut v2) = (vec![0f32; n], vec![0f32; n]);
+        let (mut m2, mut v2) = (zeroed(n), zeroed(n));
         const CHUNK: usize = 1 << 14;
         let c = self.c;
         if n >= 2 * CHUNK {
@@ -345,7 +346,17 @@ crate::multiversion! {
 pub fn global_norm(grads: &[Tensor]) -> Result<f64> {
     let mut s = 0f64;
     for g in grads {
-        s += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        s += if g.device().is_cpu() && g.dtype() == DType::F32 {
+            // One parallel pass in f64 over fixed chunks, summed in chunk order (the same value
+            // for any thread count), instead of candle's serial square and sum.
+            crate::nn::kernels::host::with_f32(&[g], "gradient norm", |v| {
+                let parts: Vec<f64> =
+                    v[0].par_chunks(1 << 14).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum()).collect();
+                Ok(parts.iter().sum::<f64>())
+            })?
+        } else {
+            g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64
+        };
     }
     Ok(s.sqrt())
 }

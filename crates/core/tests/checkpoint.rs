@@ -192,6 +192,9 @@ fn clipping_bounds_the_update_and_reports_the_norm() {
     let mut a = PretrainTrainer::create(&cfg, &Device::Cpu, 8).unwrap();
     let (_, g) = a.loss_and_grads(&x, &m, 1).unwrap();
     let norm = vasomim_core::optim::global_norm(&g).unwrap();
+    // The norm is the f64 one of all entries (the CPU path sums chunks in parallel).
+    let exact: f64 = g.iter().flat_map(vec).map(|v| v as f64 * v as f64).sum::<f64>().sqrt();
+    assert!((norm - exact).abs() <= 1e-12 * exact, "{norm} vs {exact}");
     let mut clipped = g.clone();
     let before = vasomim_core::optim::clip_grad_norm(&mut clipped, norm / 4.0).unwrap();
     assert!((before - norm).abs() < 1e-9);

@@ -4,7 +4,7 @@
 use candle_core::{Device, Tensor, Var, D};
 use vasomim_core::nn::kernels::activation::gelu_erf;
 use vasomim_core::nn::kernels::attention::attention_qkv;
-use vasomim_core::nn::kernels::linear::{bias_add_residual, linear, Epilogue};
+use vasomim_core::nn::kernels::linear::{bias_add_residual, linear, matmul_t, Epilogue};
 use vasomim_core::nn::kernels::norm::{layer_norm, layer_norm_composite};
 use vasomim_core::nn::mae::{random_masking, MaskedAutoencoder};
 use vasomim_core::nn::presets::MaeConfig;
@@ -83,6 +83,43 @@ fn bias_add_residual_matches_broadcast_add() {
             |t| bias_add_residual(&t[0], &t[1], &t[2]).unwrap(),
             |t| (t[0].broadcast_add(&t[1]).unwrap() + &t[2]).unwrap(),
         );
+    }
+}
+
+/// x·Wᵀ of the residual Linears (dx and dW straight from the upstream gradient) against candle's
+/// matmul of the transposed weight, on a few rows and on enough to split across threads.
+#[test]
+fn matmul_t_matches_transposed_matmul() {
+    let mut rng = InitRng::new(8);
+    for rows in [3, 2000] {
+        let x = randn(&mut rng, &[rows, 40], 1.0);
+        let w = randn(&mut rng, &[24, 40], 0.5);
+        check_op(
+            "matmul_t",
+            vec![x, w],
+            |t| matmul_t(&t[0], &t[1]).unwrap(),
+            |t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+        );
+    }
+    let (x, w) = (randn(&mut rng, &[3, 40], 1.0), randn(&mut rng, &[24, 39], 1.0));
+    let e = matmul_t(&x, &w).unwrap_err().to_string();
+    assert!(e.contains("matmul_t: x [3, 40], weight [24, 39]"), "{e}");
+}
+
+/// A tensor used twice gets the sum of its two gradients: exactly 2u + u for 2x + x, on a
+/// tensor small enough for candle's add and on one large enough for the parallel sum the
+/// vendored autograd uses (vendor/candle-core/VASOMIM.md).
+#[test]
+fn gradients_of_a_reused_tensor_are_summed() {
+    let mut rng = InitRng::new(9);
+    for n in [100, 70_001] {
+        let x = Var::from_tensor(&randn(&mut rng, &[n], 1.0)).unwrap();
+        let up = randn(&mut rng, &[n], 1.0);
+        let y = ((x.as_tensor() * 2.0).unwrap() + x.as_tensor()).unwrap();
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let got = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = up.to_vec1::<f32>().unwrap().iter().map(|u| 2.0 * u + u).collect();
+        assert_eq!(got, want, "n = {n}");
     }
 }
 

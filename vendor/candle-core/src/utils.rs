@@ -311,6 +311,12 @@ pub fn with_threadpool<F: FnOnce() -> R + Send, R: Send>(f: F) -> R {
 }
 
 fn default_num_threads() -> usize {
+    // vasomim: counted once (num_cpus reads /proc/cpuinfo, and every matmul asks).
+    static PHYSICAL: OnceLock<usize> = OnceLock::new();
+    *PHYSICAL.get_or_init(count_physical)
+}
+
+fn count_physical() -> usize {
     let physical = {
         #[cfg(target_os = "macos")]
         {

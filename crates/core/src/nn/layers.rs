@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Result, Tensor};
 
 use super::kernels::conv::conv2d;
-use super::kernels::host::{matmul, matmul_dtype};
-use super::kernels::linear::{linear, Epilogue};
+use super::kernels::linear::{linear, matmul_t, Epilogue};
 use super::kernels::norm::{batch_norm_eval, batch_norm_train, layer_norm};
 use super::{Init, ParamBuilder};
 
@@ -49,18 +48,16 @@ impl Linear {
 
     /// The product x Wᵀ followed by `epilogue(product, bias)` (bias add, or bias + GELU fused).
     pub fn forward_with(&self, x: &Tensor, epilogue: impl Fn(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Tensor> {
-        let dt = matmul_dtype(x.dtype());
-        let (x, w) = (x.to_dtype(dt)?, self.weight.to_dtype(dt)?);
         if x.rank() == 2 {
-            return epilogue(&matmul(&x, &w.t()?)?, &self.bias);
+            return epilogue(&matmul_t(x, &self.weight)?, &self.bias);
         }
-        // Fold the leading dims into one so candle runs a single 2-D gemm with a transposed
-        // (stride-only) weight instead of a batched matmul over a broadcast copy.
+        // Fold the leading dims into one: a single 2-D product instead of a batched matmul over
+        // a broadcast copy of the weight.
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().unwrap_or(&1);
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = epilogue(&matmul(&x2, &w.t()?)?, &self.bias)?;
+        let y = epilogue(&matmul_t(&x2, &self.weight)?, &self.bias)?;
         let mut out = dims;
         *out.last_mut().unwrap() = self.weight.dim(0)?;
         y.reshape(out)

@@ -1405,7 +1405,10 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // vasomim: no zero-fill of the output before gemm writes all of it (read_dst = false);
+        // zeros only when k = 0 (no product to write).
+        let len = b * m * n;
+        let mut dst: Vec<T> = if k == 0 { vec![T::zero(); len] } else { Vec::with_capacity(len) };
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1422,15 +1425,19 @@ impl Map2 for MatMul {
             (b, m, n, k)
         };
         for step in 0..b {
+            if k == 0 {
+                break;
+            }
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // SAFETY (vasomim): inside the capacity; the steps write all `len` elements.
+            let dst_p = unsafe { dst.as_mut_ptr().add(step * c_skip) };
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1449,6 +1456,8 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY (vasomim): gemm wrote every element (or `dst` is already `len` zeros).
+        unsafe { dst.set_len(len) };
         Ok(dst)
     }
 

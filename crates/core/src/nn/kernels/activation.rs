@@ -10,9 +10,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use frangi::simd::exp_f32;
-use rayon::prelude::*;
 
-use super::host::{f32_slice, rows_reduce, use_cpu_kernel, with_f32, PAR_MIN};
+use super::host::{f32_slice, rows_new, rows_reduce, use_cpu_kernel, with_f32};
 
 /// Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)), as `torch.nn.functional.gelu` (approximate="none").
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
@@ -40,27 +39,14 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(s, l, "gelu")?;
-        let mut dst = vec![0f32; x.len()];
-        if x.len() >= PAR_MIN {
-            dst.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(d, s)| gelu_slice(d, s));
-        } else {
-            gelu_slice(&mut dst, x);
-        }
+        let dst = rows_new(x.len(), 4096, |i, d| gelu_slice(d, &x[i * 4096..]));
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = with_f32(&[x, grad], "gelu backward", |s| {
             let (x, g) = (s[0], s[1]);
-            let mut dx = vec![0f32; x.len()];
-            if x.len() >= PAR_MIN {
-                dx.par_chunks_mut(4096)
-                    .zip(x.par_chunks(4096).zip(g.par_chunks(4096)))
-                    .for_each(|(d, (xs, gs))| gelu_bwd_slice(d, xs, gs));
-            } else {
-                gelu_bwd_slice(&mut dx, x, g);
-            }
-            Ok(dx)
+            Ok(rows_new(x.len(), 4096, |i, d| gelu_bwd_slice(d, &x[i * 4096..], &g[i * 4096..])))
         })?;
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
@@ -88,11 +74,9 @@ frangi::multiversion! {
 /// Backward of GELU(z) for z (rows, n) and upstream g: dz = g ⊙ gelu'(z), and its column sums
 /// (the gradient of the bias added before the GELU) in per-thread partials.
 pub fn gelu_bwd_rows(z: &[f32], g: &[f32], n: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut dz = vec![0f32; z.len()];
-    let db = rows_reduce(&mut dz, n, n, |i, out, acc| {
+    rows_reduce(z.len(), n, n, |i, out, acc| {
         gelu_bwd_row(out, acc, &z[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
-    });
-    (dz, db)
+    })
 }
 
 frangi::multiversion! {

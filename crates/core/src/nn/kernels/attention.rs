@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use frangi::simd::{self, exp_f32};
 use rayon::prelude::*;
 
-use super::host::{f32_slice, gemm_f32, matmul, use_cpu_kernel, with_f32, Mat};
+use super::host::{f32_slice, gemm_f32, matmul, use_cpu_kernel, with_f32, zeroed, Mat};
 
 /// Multi-head attention core straight from the fused qkv projection: `qkv` (B·N, 3D) rows →
 /// (B·N, D) rows, heads read and written in place through strides: no reshape / transpose /
@@ -72,8 +72,8 @@ impl CustomOp1 for AttentionQkvOp {
         let (n, d) = (rows / b, three_d / 3);
         let hd = d / h;
         let scale = self.scale;
-        let mut y = vec![0f32; rows * d];
-        let mut probs = vec![0f32; b * h * n * n];
+        let mut y = zeroed(rows * d);
+        let mut probs = zeroed(b * h * n * n);
         y.par_chunks_mut(n * d).zip(probs.par_chunks_mut(h * n * n)).enumerate().for_each(|(bi, (yb, pb))| {
             let x = &qkv[bi * n * three_d..(bi + 1) * n * three_d];
             for (hh, ph) in pb.chunks_mut(n * n).enumerate() {
@@ -98,7 +98,7 @@ impl CustomOp1 for AttentionQkvOp {
         let probs = guard.as_ref().ok_or_else(|| candle_core::Error::msg("attention: backward before forward"))?;
         let dqkv = with_f32(&[qkv, grad], "attention_qkv backward", |s| {
             let (x, g) = (s[0], s[1]);
-            let mut dqkv = vec![0f32; x.len()];
+            let mut dqkv = zeroed(x.len());
             dqkv.par_chunks_mut(n * three_d).enumerate().for_each(|(bi, db)| {
                 let xb = &x[bi * n * three_d..(bi + 1) * n * three_d];
                 let gb = &g[bi * n * d..(bi + 1) * n * d];

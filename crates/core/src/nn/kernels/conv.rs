@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::host::{
-    add_assign, bias_add, f32_slice, for_rows, gemm_f32, matmul_dtype, use_cpu_kernel, with_f32, Mat, PAR_MIN,
+    add_assign, bias_add, f32_slice, for_rows, gemm_f32, matmul_dtype, use_cpu_kernel, with_f32, zeroed, Mat, PAR_MIN,
 };
 use super::resample::{max_pool2x2, max_pool_grad, window_max, window_row, NO_GRAD};
 
@@ -576,7 +576,7 @@ impl CustomOp3 for ConvOp {
         let img = g.c * g.h * g.w;
         let threads = gemm_threads(b);
         let packed = g.direct(o, threads).then(|| pack_direct(wt, o, g.c));
-        let mut y = vec![0f32; b * o * ho * wo];
+        let mut y = zeroed(b * o * ho * wo);
         y.par_chunks_mut((o * ho * wo).max(1)).enumerate().for_each_init(Scratch::default, |sc, (bi, yb)| {
             g.forward_image(&x[bi * img..(bi + 1) * img], wt, packed.as_deref(), bias, o, yb, sc, threads)
         });
@@ -602,7 +602,7 @@ impl CustomOp3 for ConvOp {
         let (dx, dwb) = with_f32(&[x, w, grad], "conv2d backward", |s| {
             let (xv, wv, gv) = (s[0], s[1], s[2]);
             let flipped = (need_x && g.direct(o, threads)).then(|| g.direct_grad_weight(wv, o));
-            let mut dx = vec![0f32; if need_x { b * img } else { 0 }];
+            let mut dx = zeroed(if need_x { b * img } else { 0 });
             // Images in blocks, one [dW | db] accumulator per block, summed in block order
             // (deterministic for a thread count).
             let per = b.div_ceil(rayon::current_num_threads().max(1)).max(1);
@@ -703,7 +703,7 @@ impl CustomOp3 for ConvPoolOp {
         let (ho, wo) = (g.h / 2, g.w / 2);
         let wk = pack_direct(wt, o, g.c);
         let (_, wp, pl) = g.padded();
-        let mut y = vec![0f32; b * o * ho * wo];
+        let mut y = zeroed(b * o * ho * wo);
         let mut arg = vec![0u8; y.len()];
         let n = (o * ho * wo).max(1);
         y.par_chunks_mut(n).zip(arg.par_chunks_mut(n)).enumerate().for_each_init(
@@ -762,7 +762,7 @@ impl CustomOp3 for ConvPoolOp {
         let dx = with_f32(&[w, grad], "conv3x3_max_pool_relu backward", |s| {
             let (wv, gv) = (s[0], s[1]);
             let flipped = g.direct_grad_weight(wv, o);
-            let mut dx = vec![0f32; b * img];
+            let mut dx = zeroed(b * img);
             dx.par_chunks_mut(img.max(1)).enumerate().for_each_init(Scratch::default, |sc, (bi, dxb)| {
                 g.direct_input_grad_with(&flipped, o, dxb, sc, |t, gp| {
                     let (_, wp, pl) = t.padded();
@@ -883,7 +883,7 @@ impl CustomOp3 for DwConv {
         let w = f32_slice(s2, l2, "dwconv3x3")?;
         let bias = f32_slice(s3, l3, "dwconv3x3")?;
         let (_, h, wd, c) = l1.shape().dims4()?;
-        let mut dst = vec![0f32; x.len()];
+        let mut dst = zeroed(x.len());
         dw3x3_rows(&mut dst, x, &tap_major(w, c), Some(bias), (h, wd, c), 1);
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
@@ -902,7 +902,7 @@ impl CustomOp3 for DwConv {
         let (dx, dwb) = with_f32(&[x, w, grad], "dwconv3x3 backward", |s| {
             let (xv, wv, g) = (s[0], s[1], s[2]);
             // dx[y, x] = Σ_t w[t]·g[y − dy + 1, x − dx + 1]: the forward with mirrored taps.
-            let mut dx = vec![0f32; xv.len()];
+            let mut dx = zeroed(xv.len());
             dw3x3_rows(&mut dx, g, &tap_major(wv, c), None, (h, wd, c), -1);
             // dw[t] = Σ g[y, x]·x[y + dy − 1, x + dx − 1]; db = Σ g. Per output row, then summed.
             let row_acc = |r: usize| -> Vec<f32> {

@@ -13,12 +13,12 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::activation::{gelu_bwd_rows, gelu_erf, gelu_slice};
 use super::host::{
-    add_assign, bias_add, f32_slice, for_rows, gemm_f32, matmul, matmul_dtype, use_cpu_kernel, with_f32, Mat,
+    add_assign, bias_add, f32_slice, for_rows, gemm_new, matmul, matmul_dtype, rows_new, use_cpu_kernel, with_f32, Mat,
 };
 
 /// The matrix products of a Linear use all of candle's threads, as candle's own matmul does.
@@ -77,15 +77,13 @@ impl CustomOp3 for LinearOp {
         if k2 != k || b.len() != out {
             candle_core::bail!("linear: x {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
         }
-        let mut z = vec![0f32; rows * out];
-        gemm_f32(rows, out, k, &mut z, out, false, Mat(x, k, 1), Mat(w, 1, k), threads()); // z = x·Wᵀ
-                                                                                           // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
+        let mut z = gemm_new(rows, out, k, Mat(x, k, 1), Mat(w, 1, k), threads()); // z = x·Wᵀ
+                                                                                   // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
         for_rows(&mut z, out, |_, r| add_assign(r, b));
         let y = match self.epilogue {
             Epilogue::None => z,
             Epilogue::Gelu => {
-                let mut y = vec![0f32; z.len()];
-                for_rows(&mut y, out, |i, r| gelu_slice(r, &z[i * out..(i + 1) * out]));
+                let y = rows_new(z.len(), out, |i, r| gelu_slice(r, &z[i * out..(i + 1) * out]));
                 *self.pre.lock().map_err(|_| candle_core::Error::msg("linear: poisoned cache"))? = Some(z);
                 y
             }
@@ -118,18 +116,7 @@ impl CustomOp3 for LinearOp {
                     (&gelu_dz[..], db)
                 }
             };
-            // Only the gradients of the arguments that track (a frozen layer: dx only; the first
-            // layer on an image: dW and db only).
-            let dx = x_t.then(|| {
-                let mut dx = vec![0f32; rows * k];
-                gemm_f32(rows, k, out, &mut dx, k, false, Mat(dz, out, 1), Mat(w, k, 1), threads()); // dz·W
-                dx
-            });
-            let dw = w_t.then(|| {
-                let mut dw = vec![0f32; out * k];
-                gemm_f32(out, k, rows, &mut dw, k, false, Mat(dz, 1, out), Mat(x, k, 1), threads()); // dzᵀ·x
-                dw
-            });
+            let (dx, dw) = product_grads(x, w, dz, (rows, k, out), x_t, w_t);
             Ok((dx, dw, b_t.then_some(db)))
         })?;
         let dev = x.device();
@@ -137,6 +124,68 @@ impl CustomOp3 for LinearOp {
             dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
             dw.map(|v| Tensor::from_vec(v, w.shape(), dev)).transpose()?,
             db.map(|v| Tensor::from_vec(v, b.shape(), dev)).transpose()?,
+        ))
+    }
+}
+
+/// The gradients of z = x·Wᵀ for x (rows, k), W (out, k) and dz (rows, out): dx = dz·W and
+/// dW = dzᵀ·x, each only when its argument tracks (a frozen layer: dx only; the first layer on
+/// an image: dW only).
+fn product_grads(
+    x: &[f32],
+    w: &[f32],
+    dz: &[f32],
+    (rows, k, out): (usize, usize, usize),
+    x_t: bool,
+    w_t: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let dx = x_t.then(|| gemm_new(rows, k, out, Mat(dz, out, 1), Mat(w, k, 1), threads())); // dz·W
+    let dw = w_t.then(|| gemm_new(out, k, rows, Mat(dz, 1, out), Mat(x, k, 1), threads())); // dzᵀ·x
+    (dx, dw)
+}
+
+// ---------------------------------------------------------------- x·Wᵀ
+
+/// `x·Wᵀ` for x (rows, in) and W (out, in): the product of a Linear whose bias is added later
+/// with something else (the residual Linears: [`bias_add_residual`]). On the CPU its backward
+/// computes dx = dz·W and dW = dzᵀ·x as a Linear's does; candle's matmul of the transposed
+/// weight got dW through a transposed product and a copy of every weight gradient.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if use_cpu_kernel(&[x, w]) && x.rank() == 2 && w.rank() == 2 {
+        x.contiguous()?.apply_op2(&w.contiguous()?, MatmulTOp)
+    } else {
+        let dt = matmul_dtype(x.dtype());
+        matmul(&x.to_dtype(dt)?, &w.to_dtype(dt)?.t()?)
+    }
+}
+
+struct MatmulTOp;
+
+impl CustomOp2 for MatmulTOp {
+    fn name(&self) -> &'static str {
+        "vasomim-matmul-t"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(s1, l1, "matmul_t x")?;
+        let w = f32_slice(s2, l2, "matmul_t weight")?;
+        let ((rows, k), (out, k2)) = (l1.shape().dims2()?, l2.shape().dims2()?);
+        if k2 != k {
+            candle_core::bail!("matmul_t: x {:?}, weight {:?}", l1.dims(), l2.dims());
+        }
+        let z = gemm_new(rows, out, k, Mat(x, k, 1), Mat(w, 1, k), threads());
+        Ok((CpuStorage::F32(z), Shape::from_dims(&[rows, out])))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ((rows, k), out) = (x.dims2()?, w.dim(0)?);
+        let (dx, dw) = with_f32(&[x, w, grad], "matmul_t backward", |s| {
+            Ok(product_grads(s[0], s[1], s[2], (rows, k, out), x.track_op(), w.track_op()))
+        })?;
+        let dev = x.device();
+        Ok((
+            dx.map(|v| Tensor::from_vec(v, x.shape(), dev)).transpose()?,
+            dw.map(|v| Tensor::from_vec(v, w.shape(), dev)).transpose()?,
         ))
     }
 }
@@ -199,8 +248,7 @@ impl CustomOp3 for BiasAddResidualOp {
         if b.len() != n || r.len() != y.len() {
             candle_core::bail!("bias_add_residual: y {:?}, bias {}, residual {:?}", l1.dims(), b.len(), l3.dims());
         }
-        let mut dst = vec![0f32; y.len()];
-        for_rows(&mut dst, n, |i, out| add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n]));
+        let dst = rows_new(y.len(), n, |i, out| add3_row(out, &y[i * n..(i + 1) * n], b, &r[i * n..(i + 1) * n]));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 

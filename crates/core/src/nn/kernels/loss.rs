@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::host::{f32_slice, use_cpu_kernel, with_f32};
+use super::host::{f32_slice, use_cpu_kernel, with_f32, zeroed};
 
 /// Mean over all elements of max(x, 0) − x·t + log(1 + exp(−|x|)) (`F.binary_cross_entropy_with_logits`),
 /// for logits and targets of one shape; `None` where the fused op does not apply (not f32 on
@@ -55,7 +55,7 @@ impl CustomOp2 for Bce {
         let (dx, dt) = with_f32(&[x, t], "bce_with_logits backward", |s| {
             let (xv, tv) = (s[0], s[1]);
             let dx = need_x.then(|| {
-                let mut d = vec![0f32; xv.len()];
+                let mut d = zeroed(xv.len());
                 d.par_chunks_mut(CHUNK).zip(xv.par_chunks(CHUNK)).zip(tv.par_chunks(CHUNK)).for_each(|((d, x), t)| {
                     for ((d, &x), &t) in d.iter_mut().zip(x).zip(t) {
                         *d = g * (1.0 / (1.0 + (-x).exp()) - t);

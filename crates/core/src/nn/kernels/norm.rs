@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D
 use frangi::simd;
 use rayon::prelude::*;
 
-use super::host::{f32_slice, for_rows, rows_reduce, use_cpu_kernel, with_f32, PAR_MIN};
+use super::host::{f32_slice, rows_new, rows_reduce, use_cpu_kernel, with_f32, PAR_MIN};
 
 // ---------------------------------------------------------------- LayerNorm
 
@@ -71,8 +71,7 @@ impl CustomOp3 for LayerNormOp {
             candle_core::bail!("layer_norm: last dim {n} but weight {} / bias {}", w.len(), b.len());
         }
         let eps = self.eps;
-        let mut dst = vec![0f32; x.len()];
-        for_rows(&mut dst, n, |i, out| layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps));
+        let dst = rows_new(x.len(), n, |i, out| layer_norm_row(out, &x[i * n..(i + 1) * n], w, b, eps));
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 
@@ -88,15 +87,13 @@ impl CustomOp3 for LayerNormOp {
         let eps = self.eps;
         let (dx, dwb) = with_f32(&[x, w, grad], "layer_norm backward", |s| {
             let (x, w, g) = (s[0], s[1], s[2]);
-            let mut dx = vec![0f32; x.len()];
             // dx rows are independent; dw and db (one accumulator [dw | db]) are reduced over
             // rows in per-thread partials.
-            let dwb = rows_reduce(&mut dx, n, 2 * n, |i, dxr, acc| {
+            Ok(rows_reduce(x.len(), n, 2 * n, |i, dxr, acc| {
                 let (dw, db) = acc.split_at_mut(n);
                 let (xr, gr) = (&x[i * n..(i + 1) * n], &g[i * n..(i + 1) * n]);
                 layer_norm_bwd_row(dxr, xr, gr, w, dw, db, eps);
-            });
-            Ok((dx, dwb))
+            }))
         })?;
         let dev = x.device();
         // No gradient for a frozen weight or bias (candle would store and add it regardless).
@@ -329,8 +326,7 @@ impl CustomOp3 for BnOp {
         let scale: Vec<f32> = (0..c).map(|i| (w[i] as f64 * stats.invstd[i]) as f32).collect();
         let shift: Vec<f32> =
             (0..c).map(|i| (bb[i] as f64 - stats.mean[i] * w[i] as f64 * stats.invstd[i]) as f32).collect();
-        let mut dst = vec![0f32; x.len()];
-        for_rows(&mut dst, l, |i, row| {
+        let dst = rows_new(x.len(), l, |i, row| {
             let (a, s) = (scale[i % c], shift[i % c]);
             let src = &x[i * l..(i + 1) * l];
             row.iter_mut().zip(src).for_each(|(d, &v)| *d = v * a + s);
@@ -388,8 +384,7 @@ impl CustomOp3 for BnOp {
                     kd[i] = (-a * sg[i] / n) as f32;
                 }
             }
-            let mut dx = vec![0f32; x.len()];
-            for_rows(&mut dx, l, |r, row| {
+            let dx = rows_new(x.len(), l, |r, row| {
                 let ci = r % c;
                 let (a, k, d, m) = (ka[ci], kk[ci], kd[ci], stats.mean[ci] as f32);
                 let (gr, xr) = (&g[r * l..(r + 1) * l], &x[r * l..(r + 1) * l]);

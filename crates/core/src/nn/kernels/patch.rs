@@ -25,7 +25,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use frangi::simd;
 use rayon::prelude::*;
 
-use super::host::{f32_slice, use_cpu_kernel, with_f32};
+use super::host::{f32_slice, use_cpu_kernel, with_f32, zeroed};
 use crate::nn::loss::NORM_PIX_EPS;
 
 /// Whether the fused kernels apply: f32 CPU tensors, no autocast or forced composite, and an
@@ -126,7 +126,7 @@ pub fn patch_rows(imgs: &Tensor, p: usize, ids_keep: Option<&Tensor>) -> Result<
     if let Some(bad) = ids.iter().find(|&&i| i as usize >= l) {
         candle_core::bail!("ids_keep holds patch {bad}, the image has {l}");
     }
-    let mut out = vec![0f32; b * k * d];
+    let mut out = zeroed(b * k * d);
     with_f32(&[imgs], "patch rows", |s| {
         let img_len = g.c * g.h * g.w;
         out.par_chunks_mut(d).enumerate().for_each(|(r, row)| {
@@ -225,7 +225,7 @@ impl CustomOp1 for MaeLoss {
         let scale = 2.0 * g / (d as f32 * self.mask_sum());
         let dx = with_f32(&[pred, &self.imgs], "mae loss backward", |s| {
             let (pred, imgs) = (s[0], s[1]);
-            let mut dx = vec![0f32; pred.len()];
+            let mut dx = zeroed(pred.len());
             dx.par_chunks_mut(d).enumerate().for_each_init(
                 || vec![0f32; d],
                 |t, (r, o)| {
@@ -296,7 +296,7 @@ impl CustomOp1 for Reconstruct {
         let (g, l, d) = (self.grid, self.grid.patches(), self.grid.dim());
         let img_len = g.c * g.h * g.w;
         let b = pred.len() / (l * d).max(1);
-        let mut out = vec![0f32; b * img_len];
+        let mut out = zeroed(b * img_len);
         let mut scale = vec![1f32; b * l];
         with_f32(&[&self.imgs], "reconstruct", |imgs| {
             out.par_chunks_mut(img_len.max(1)).zip(scale.par_chunks_mut(l.max(1))).enumerate().for_each(

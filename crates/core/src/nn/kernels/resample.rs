@@ -18,7 +18,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
-use super::host::{f32_slice, for_rows, use_cpu_kernel, with_f32, PAR_MIN};
+use super::host::{f32_slice, for_rows, rows_new, use_cpu_kernel, with_f32, zeroed, PAR_MIN};
 
 // --------------------------------------------------------------------- max-pool 2×2 (NCHW)
 
@@ -82,7 +82,7 @@ impl CustomOp1 for MaxPool {
         let x = f32_slice(s, l, "max_pool2x2")?;
         let (b, c, h, w) = l.shape().dims4()?;
         let (ho, wo) = (h / 2, w / 2);
-        let mut dst = vec![0f32; b * c * ho * wo];
+        let mut dst = zeroed(b * c * ho * wo);
         let mut arg = vec![0u8; dst.len()];
         let n = (ho * wo).max(1);
         let run = |(i, (out, am)): (usize, (&mut [f32], &mut [u8]))| {
@@ -121,8 +121,7 @@ impl CustomOp1 for MaxPool {
 /// at the window position `am` recorded (none for [`NO_GRAD`]), zeros elsewhere.
 pub(super) fn max_pool_grad(g: &[f32], am: &[u8], (planes, h, w): (usize, usize, usize)) -> Vec<f32> {
     let (ho, wo) = (h / 2, w / 2);
-    let mut dx = vec![0f32; planes * h * w];
-    for_rows(&mut dx, h * w, |i, d| {
+    let dx = rows_new(planes * h * w, h * w, |i, d| {
         let (gp, ap) = (&g[i * ho * wo..(i + 1) * ho * wo], &am[i * ho * wo..(i + 1) * ho * wo]);
         for oy in 0..ho {
             let (d0, d1) = d[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
@@ -238,7 +237,7 @@ impl CustomOp1 for Upsample {
         let (b, c, h, w) = l.shape().dims4()?;
         let (ho, wo) = (2 * h, 2 * w);
         let xt: Vec<_> = (0..wo).map(|o| self.taps(o, w)).collect();
-        let mut dst = vec![0f32; b * c * ho * wo];
+        let mut dst = zeroed(b * c * ho * wo);
         // Separable: each input row resampled along x once (h rows of wo), then every output row
         // is a0·row(y0) + a1·row(y1), contiguous. Same arithmetic as the 2-D formula
         // a0·(b0·x00 + b1·x01) + a1·(b0·x10 + b1·x11).
@@ -268,7 +267,7 @@ impl CustomOp1 for Upsample {
         let xt: Vec<_> = (0..wo).map(|o| self.taps(o, w)).collect();
         let dx = with_f32(&[res, grad], "upsample2x backward", |s| {
             let (y, g) = (s[0], s[1]);
-            let mut dx = vec![0f32; b * c * h * w];
+            let mut dx = zeroed(b * c * h * w);
             // The adjoint of the separable forward: output rows into h rows of wo (y taps), then
             // each of those into its input row (x taps).
             for_rows(&mut dx, h * w, |i, d| {
@@ -411,7 +410,7 @@ impl CustomOp3 for UpReluPointwise {
         let (dx, partials) = with_f32(&[x, w, grad], "upsample_relu_pointwise backward", |s| {
             let (xv, wv, gv) = (s[0], s[1], s[2]);
             let img = c * h * wd;
-            let mut dx = vec![0f32; if need_x { b * img } else { 0 }];
+            let mut dx = zeroed(if need_x { b * img } else { 0 });
             let mut slots: Vec<&mut [f32]> =
                 if need_x { dx.chunks_mut(img).collect() } else { (0..b).map(|_| &mut [][..]).collect() };
             // Per image: [dW | db] in f64 (sums over 4·H·W pixels), and dx.
@@ -531,8 +530,7 @@ struct Shift {
 impl Shift {
     fn run(&self, x: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f32> {
         let (_, h, w, c) = dims;
-        let mut dst = vec![0f32; x.len()];
-        for_rows(&mut dst, w * c, |r, row| {
+        rows_new(x.len(), w * c, |r, row| {
             let (bi, y) = (r / h, r % h);
             for xo in 0..w {
                 let o = &mut row[xo * c..(xo + 1) * c];
@@ -548,8 +546,7 @@ impl Shift {
                     o[start..end].copy_from_slice(&x[src + start..src + end]);
                 }
             }
-        });
-        dst
+        })
     }
 }
 
