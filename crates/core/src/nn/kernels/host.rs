@@ -211,34 +211,11 @@ pub fn gemm_new(m: usize, n: usize, k: usize, a: Mat, b: Mat, threads: usize) ->
     if m == 0 || n == 0 || k == 0 {
         return vec![0.0; m * n];
     }
-    let (Mat(a, a_rs, a_cs), Mat(b, b_rs, b_cs)) = (a, b);
-    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let mut dst: Vec<f32> = Vec::with_capacity(m * n);
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the assert bounds every element of a and b the strides reach; dst has room for m×n
-    // elements, which gemm writes (read_dst = false) through the raw pointer before `set_len`.
+    // SAFETY: dst has room for the m×n elements (row stride n), which gemm writes (no
+    // accumulation) through the pointer before `set_len`.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm_raw((m, n, k), dst.as_mut_ptr(), n, false, a, b, threads);
         dst.set_len(m * n);
     }
     dst
@@ -258,7 +235,6 @@ pub fn gemm_f32(
     b: Mat,
     threads: usize,
 ) {
-    let (Mat(a, a_rs, a_cs), Mat(b, b_rs, b_cs)) = (a, b);
     if m == 0 || n == 0 {
         return;
     }
@@ -268,19 +244,36 @@ pub fn gemm_f32(
         }
         return;
     }
-    assert!(
-        dst.len() > (m - 1) * dst_rs + n - 1
-            && a.len() > (m - 1) * a_rs + (k - 1) * a_cs
-            && b.len() > (k - 1) * b_rs + (n - 1) * b_cs
-    );
+    assert!(dst.len() > (m - 1) * dst_rs + n - 1);
+    // SAFETY: the assert bounds every element of dst the product writes; dst does not alias a or b.
+    unsafe { gemm_raw((m, n, k), dst.as_mut_ptr(), dst_rs, accumulate, a, b, threads) }
+}
+
+/// The gemm call behind [`gemm_f32`] and [`gemm_new`] (m, n, k > 0); checks that the strides stay
+/// inside `a` and `b`.
+///
+/// # Safety
+/// `dst` must be valid for writes (and reads when accumulating) of the m×n elements at row stride
+/// `dst_rs`, and must not alias `a` or `b`.
+unsafe fn gemm_raw(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: usize,
+) {
+    let (Mat(a, a_rs, a_cs), Mat(b, b_rs, b_cs)) = (a, b);
+    assert!(a.len() > (m - 1) * a_rs + (k - 1) * a_cs && b.len() > (k - 1) * b_rs + (n - 1) * b_cs);
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the asserts above bound every element the strides reach; dst does not alias a or b.
+    // SAFETY: the assert bounds every element of a and b the strides reach; dst is the caller's.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,
