@@ -2,10 +2,9 @@
 // timm export loads back, bad input is rejected with messages that name the problem, and the
 // `export` / `embed` commands write what they say.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 
 import {
   createModel,
@@ -15,6 +14,7 @@ import {
   StepOptionsSchema,
   trainStep,
 } from '../src/index.js';
+import { tempDir } from './helpers.js';
 
 const MICRO = { preset: 'micro', imgSize: 32, patchSize: 8, inChans: 1, embedDim: 32, decoderEmbedDim: 32 } as const;
 
@@ -28,7 +28,12 @@ function batch(n: number, size: number, chans: number, seed = 1): Float32Array {
   return Float32Array.from({ length: n * chans * size * size }, () => r() * 2 - 1);
 }
 
-const tmp = () => mkdtempSync(join(tmpdir(), 'vasomim-model-'));
+/** A temporary folder, removed when the test that made it ends. */
+const tmp = () => {
+  const d = tempDir('vasomim-model-');
+  onTestFinished(d.cleanup);
+  return d.path;
+};
 
 function readNpyShape(path: string): number[] {
   const b = readFileSync(path);

@@ -3,12 +3,12 @@
 // angiograms match `vasomim embed` within TOL_ABS. Python: $VASOMIM_TORCH_PYTHON, else
 // /usr/bin/python3 (Debian's python3-torch), else python3.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished } from 'vitest';
 
 import { createModel } from '../src/index.js';
+import { tempDir } from './helpers.js';
 
 const root = join(import.meta.dirname, '..', '..');
 const python = [process.env.VASOMIM_TORCH_PYTHON, '/usr/bin/python3', 'python3'].find(
@@ -36,7 +36,9 @@ describe.skipIf(!python)('timm parity (live)', () => {
 
   for (const preset of ['tiny', 'small', 'base'] as const) {
     it(`vit_${preset}_patch16_224: strict load, features within ${TOL_ABS} absolute`, async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'vasomim-timm-'));
+      // The checkpoint and its export (up to 0.7 GB for base) go when the test ends.
+      const { path: dir, cleanup } = tempDir('vasomim-timm-');
+      onTestFinished(cleanup);
       const ckpt = join(dir, `${preset}.safetensors`);
       await createModel({ preset }, 7).save(ckpt);
       const exported = join(dir, `${preset}.timm.safetensors`);
