@@ -18,8 +18,10 @@ echo "== cuda_check$([[ $ADDON == 1 ]] && echo ' and the addon') (cuda + nccl; f
 # One cargo invocation for both, so that candle's CUDA kernels are compiled once: separate builds of
 # the example (which brings dev-dependencies) and the addon resolve features differently, and each
 # would compile candle-kernels for itself.
+# Target flags apply to every -p: `--lib` is what builds the addon (the bindings crate has no
+# example, so `--example cuda_check` alone would build nothing of it).
 PKGS=(-p vasomim-core --example cuda_check)
-[[ $ADDON == 1 ]] && PKGS+=(-p vasomim-bindings)
+[[ $ADDON == 1 ]] && PKGS+=(-p vasomim-bindings --lib)
 cargo build --profile cuda-check "${PKGS[@]}" --features vasomim-core/nccl$([[ $ADDON == 1 ]] && echo ,vasomim-bindings/nccl)
 OUT=dist/cuda
 mkdir -p "$OUT"

@@ -13,17 +13,18 @@ for cu in crates/core/cuda/*.cu; do
 done
 entries="$(grep -ho '\.entry [A-Za-z0-9_]*' "$OUT"/*.ptx | awk '{print $2}' | sort -u)"
 missing=0
+SRC=(crates/core/src/nn/kernels/cuda.rs crates/core/src/nn/kernels/cuda/*.rs)
 # Names the launchers load: literal ("adamw_f32") or per dtype (format!("softmax_fwd_{}", ...)).
-for name in $(grep -ho 'get_or_load_custom_func("[A-Za-z0-9_]*"' crates/core/src/nn/kernels/cuda.rs | cut -d'"' -f2); do
+for name in $(grep -ho 'get_or_load_custom_func("[A-Za-z0-9_]*"' "${SRC[@]}" | cut -d'"' -f2); do
   grep -qx "$name" <<<"$entries" || { echo "missing kernel $name"; missing=1; }
 done
-for stem in $(grep -ho 'format!("[A-Za-z0-9_]*_{}"' crates/core/src/nn/kernels/cuda.rs | cut -d'"' -f2 | sed 's/_{}$//'); do
+for stem in $(grep -ho 'format!("[A-Za-z0-9_]*_{}"' "${SRC[@]}" | cut -d'"' -f2 | sed 's/_{}$//'); do
   for dt in f32 bf16; do
     grep -qx "${stem}_$dt" <<<"$entries" || { echo "missing kernel ${stem}_$dt"; missing=1; }
   done
 done
-# elementwise("<stem>", ...) formats "<stem>_<dtype>" too.
-for stem in $(grep -ho 'elementwise("[A-Za-z0-9_]*"' crates/core/src/nn/kernels/cuda.rs | cut -d'"' -f2); do
+# elementwise("<stem>", ...) and bias_rows("<stem>", ...) format "<stem>_<dtype>" too.
+for stem in $(grep -hoE '(elementwise|bias_rows)\("[A-Za-z0-9_]*"' "${SRC[@]}" | cut -d'"' -f2); do
   for dt in f32 bf16; do
     grep -qx "${stem}_$dt" <<<"$entries" || { echo "missing kernel ${stem}_$dt"; missing=1; }
   done

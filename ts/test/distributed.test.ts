@@ -293,6 +293,58 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     expect(r.code, r.stderr).toBe(0);
   }, 120_000);
 
+  it('a SIGKILLed launcher: its ranks stop at the same step with a checkpoint, and the run resumes', async () => {
+    const run = join(runs, 'orphaned');
+    const child = spawn(
+      process.execPath,
+      [
+        '--import',
+        import.meta.resolve('tsx'),
+        join(ROOT, 'ts/src/cli/main.ts'),
+        ...BASE,
+        '--epochs',
+        '400',
+        '--name',
+        'orphaned',
+        '--nproc',
+        '2',
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    child.stderr.on('data', (d) => (stderr += d));
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const pids = await new Promise<number[]>((resolve) => {
+      const poll = setInterval(() => {
+        const found = [0, 1].map((r) => Number(new RegExp(`rank ${r}: pid (\\d+)`).exec(stderr)?.[1] ?? 0));
+        const steps = existsSync(join(run, 'metrics.jsonl')) ? metrics(run).length : 0;
+        if (found.every((p) => p > 0) && steps >= 3) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+          resolve(found);
+        }
+      }, 5);
+    });
+    const killedAt = performance.now();
+    while (pids.some(alive) && performance.now() - killedAt < 30_000) await new Promise((r) => setTimeout(r, 50));
+    expect(pids.filter(alive), stderr).toEqual([]);
+    expect(stderr).toContain(`the launcher (pid ${child.pid}) is gone: stopping this rank at the next step`);
+    // Both ranks voted to stop: the checkpoint is at the last logged step, and the run continues.
+    const m = await native.Model.load(last('orphaned'));
+    const at = JSON.parse(m.loadInfo!.loopState!).step as number;
+    expect(at).toBe(metrics(run).filter((r) => r.event === undefined).length);
+    const r = cli(['pretrain', '--resume', run, '--nproc', '2', '--workers', '1', '--max-steps', '1']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(metrics(run).filter((r) => r.event === undefined).length).toBe(at + 1);
+  }, 120_000);
+
   it('Ctrl-C reaches every rank: they stop at the same step with a checkpoint (exit 130) and resume', async () => {
     const run = join(runs, 'interrupted');
     const child = spawn(

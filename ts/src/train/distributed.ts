@@ -9,6 +9,8 @@
 //   reduceStep      one step's logging numbers and the Ctrl-C vote summed over the ranks
 //   launchLocal     `vasomim pretrain --gpus 0,1 | --nproc N`: one child process per rank; the
 //                   first rank to fail stops the others, with one error naming it
+//   watchLauncher   in those children: a launcher gone without stopping them (SIGKILL) stops
+//                   them as Ctrl-C does
 //   batchPlan, rankPlan   what --dry-run prints: the batch arithmetic, a rank's place
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -199,6 +201,7 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
         LOCAL_WORLD_SIZE: String(o.world),
         MASTER_ADDR: '127.0.0.1',
         MASTER_PORT: String(port),
+        VASOMIM_LAUNCHER_PID: String(process.pid),
       };
       if (o.gpus) env.CUDA_VISIBLE_DEVICES = o.gpus.join(',');
       const argv = [...process.execArgv, script, ...o.args];
@@ -252,4 +255,23 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }
+}
+
+/**
+ * In a rank `launchLocal` started (`VASOMIM_LAUNCHER_PID` set): once the launcher is gone (it was
+ * killed with SIGKILL and could not stop its ranks, which run in their own process group), ask
+ * this rank to stop as Ctrl-C does: every rank votes to stop, so they stop at the same step with
+ * a checkpoint. Returns the function that stops watching.
+ */
+export function watchLauncher(env: NodeJS.ProcessEnv = process.env, everyMs = 500): () => void {
+  const launcher = Number(env.VASOMIM_LAUNCHER_PID);
+  if (!Number.isInteger(launcher) || launcher <= 0) return () => {};
+  const timer = setInterval(() => {
+    if (process.ppid === launcher) return;
+    clearInterval(timer);
+    process.stderr.write(`the launcher (pid ${launcher}) is gone: stopping this rank at the next step\n`);
+    process.kill(process.pid, 'SIGINT');
+  }, everyMs);
+  timer.unref();
+  return () => clearInterval(timer);
 }

@@ -298,35 +298,62 @@ impl Tensor {
                         stride,
                         dilation,
                     } => {
-                        // The output height for conv_transpose2d is:
-                        // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
-                        let grad_h = grad.dim(2)?;
-                        let k_h = kernel.dim(2)?;
-                        let out_size =
-                            (grad_h - 1) * stride + dilation * (k_h - 1) + 1 - 2 * padding;
-                        let out_padding = arg.dim(2)? - out_size;
-                        let grad_arg = grad.conv_transpose2d(
-                            kernel,
-                            *padding,
-                            out_padding,
-                            *stride,
-                            *dilation,
-                        )?;
-                        grads.accumulate(arg, &grad_arg)?;
-
-                        let grad_kernel = arg
-                            .transpose(0, 1)?
-                            .conv2d(&grad.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
-                            .transpose(0, 1)?;
-                        let sum_grad = grads.or_insert(kernel)?;
+                        // vasomim: only the gradients of the arguments that track (a frozen
+                        // network needs the input's only, the first layer on an image the
+                        // kernel's only); and for stride 1 / dilation 1 the input gradient is a
+                        // conv2d of the gradient with the flipped, transposed kernel (im2col +
+                        // gemm on CUDA) instead of conv_transpose2d's direct loop. See VASOMIM.md.
                         let (_, _, k0, k1) = kernel.dims4()?;
-                        let (_, _, g_k0, g_k1) = grad_kernel.dims4()?;
-                        let grad_kernel = if g_k0 != k0 || g_k1 != k1 {
-                            grad_kernel.narrow(2, 0, k0)?.narrow(3, 0, k1)?
-                        } else {
-                            grad_kernel
-                        };
-                        *sum_grad = sum_grad.add(&grad_kernel)?;
+                        if arg.track_op() {
+                            let grad_arg = if *stride == 1 && *dilation == 1 && k0 == k1 && *padding < k0 {
+                                let rev: Vec<u32> = (0..k0 as u32).rev().collect();
+                                let rev = Tensor::from_vec(rev, k0, kernel.device())?;
+                                let flipped = kernel
+                                    .index_select(&rev, 2)?
+                                    .index_select(&rev, 3)?
+                                    .transpose(0, 1)?
+                                    .contiguous()?;
+                                grad.conv2d(&flipped, k0 - 1 - *padding, 1, 1, 1)?
+                            } else {
+                                // The output height for conv_transpose2d is:
+                                // (i_h - 1) * stride - 2 * padding + dilation * (k_h - 1) + out_padding + 1
+                                // vasomim: it has one output padding; upstream took the height's,
+                                // and a non-square input whose sides leave different remainders
+                                // got a gradient of the wrong width. The larger padding, then
+                                // both sides cut to the input's (output padding only appends rows
+                                // and columns).
+                                let out_padding = |d: usize, k: usize| -> Result<usize> {
+                                    let out_size =
+                                        (grad.dim(d)? - 1) * stride + dilation * (k - 1) + 1 - 2 * padding;
+                                    Ok(arg.dim(d)? - out_size)
+                                };
+                                let out_padding = out_padding(2, k0)?.max(out_padding(3, k1)?);
+                                grad.conv_transpose2d(
+                                    kernel,
+                                    *padding,
+                                    out_padding,
+                                    *stride,
+                                    *dilation,
+                                )?
+                                .narrow(2, 0, arg.dim(2)?)?
+                                .narrow(3, 0, arg.dim(3)?)?
+                            };
+                            grads.accumulate(arg, &grad_arg)?;
+                        }
+
+                        if kernel.track_op() {
+                            let grad_kernel = arg
+                                .transpose(0, 1)?
+                                .conv2d(&grad.transpose(0, 1)?, *padding, *dilation, *stride, 1)?
+                                .transpose(0, 1)?;
+                            let (_, _, g_k0, g_k1) = grad_kernel.dims4()?;
+                            let grad_kernel = if g_k0 != k0 || g_k1 != k1 {
+                                grad_kernel.narrow(2, 0, k0)?.narrow(3, 0, k1)?
+                            } else {
+                                grad_kernel
+                            };
+                            grads.accumulate(kernel, &grad_kernel)?;
+                        }
                     }
                     Op::ConvTranspose1D { .. } => Err(Error::BackwardNotSupported {
                         op: "conv-transpose1d",

@@ -259,7 +259,7 @@ pub fn tokens_to_nchw(x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::kernels::testing::{check, rand};
+    use crate::nn::kernels::testing::{check, max_diff, rand};
     use candle_core::Device;
 
     fn bn_reference(x: &Tensor, w: &Tensor, b: &Tensor, train: bool, r: &BnRunning) -> Tensor {
@@ -317,5 +317,28 @@ mod tests {
             assert!((r.mean[i] - 0.1 * mean[i]).abs() < 1e-6);
             assert!((r.var[i] - (0.9 + 0.1 * var_u[i])).abs() < 1e-5);
         }
+    }
+    /// The folded conv is conv → BatchNorm (eval) in one conv, with and without the conv's bias;
+    /// a BatchNorm of another width is refused with both widths named.
+    #[test]
+    fn fold_into_equals_conv_then_eval_batch_norm_and_checks_channels() {
+        let pb = ParamBuilder::new(&Device::Cpu, 3);
+        let bn = BatchNorm2d::new(&pb.pp("bn"), 4).unwrap();
+        bn.set_running(BnRunning {
+            mean: vec![0.1, -0.2, 0.3, 0.0],
+            var: vec![1.0, 0.5, 2.0, 1.5],
+            num_batches_tracked: 3,
+        })
+        .unwrap();
+        let x = rand(20, &[2, 3, 6, 5]);
+        for bias in [true, false] {
+            let conv = Conv2d::new(&pb.pp(if bias { "c1" } else { "c0" }), 3, 4, 3, 1, 1, bias).unwrap();
+            let two = bn.forward(&conv.forward(&x).unwrap(), false).unwrap();
+            let one = bn.fold_into(&conv).unwrap().forward(&x).unwrap();
+            assert!(max_diff(&one, &two) < 1e-5, "bias {bias}: folded differs by {}", max_diff(&one, &two));
+        }
+        let wide = Conv2d::new(&pb.pp("c5"), 3, 5, 3, 1, 1, true).unwrap();
+        let err = bn.fold_into(&wide).unwrap_err().to_string();
+        assert!(err.contains("batch_norm: 4 channels after a conv with 5 outputs"), "{err}");
     }
 }

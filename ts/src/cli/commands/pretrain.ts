@@ -5,7 +5,7 @@ import { resolve } from 'node:path';
 import { ARCHITECTURE_FIELDS, ModelConfigSchema } from '../../config/model.js';
 import { LaunchSchema, PRESETS, PretrainSchema, RUN_PRESETS } from '../../config/pretrain.js';
 import { parseOptions } from '../../config/vessels.js';
-import { batchPlan, groupFromEnv, launchLocal, rankPlan } from '../../train/distributed.js';
+import { batchPlan, groupFromEnv, launchLocal, rankPlan, watchLauncher } from '../../train/distributed.js';
 import { checkWorld, planPretrain, pretrain, type StepRecord } from '../../train/pretrain.js';
 import { command, noPositionals, type CommandSpec } from '../args.js';
 import { presetSummary, reportStop, runLongJob } from '../long-job.js';
@@ -86,6 +86,7 @@ export const run = command(spec, async ({ values, positionals }) => {
     process.stdout.write(rankPlan(cfg, group) + '\n');
     return 0;
   }
+  const unwatch = group ? watchLauncher() : () => {};
   const r = await runLongJob('pretrain', 'finishing the current step and writing a checkpoint', (hooks, bar) =>
     pretrain(configLayers(spec, values), {
       ...hooks,
@@ -100,7 +101,7 @@ export const run = command(spec, async ({ values, positionals }) => {
         );
       },
     }),
-  );
+  ).finally(unwatch);
   const where = resolve(r.run);
   if (r.status === 'interrupted') {
     reportStop('pretrain', `at step ${r.step}`, r.checkpoint, r.run);

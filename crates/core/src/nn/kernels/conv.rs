@@ -12,8 +12,9 @@
 //! small and the backward recomputes them. Each backward computes only the gradients of the
 //! arguments that track: a frozen conv (VasoMIM's segmentor) skips dW and db, the first conv on
 //! an image skips dx. Off the fused CPU path (CUDA, bf16) [`conv2d`] is candle's `conv2d`
-//! (cuDNN / im2col on CUDA, differentiable) and the depthwise conv a sum of nine shifted,
-//! per-channel scaled views.
+//! (im2col + cuBLAS on CUDA; its backward patched in `vendor/candle-core`, see `VASOMIM.md`
+//! there), and the depthwise conv our CUDA kernel (`cuda::segmentor`) or else a sum of nine
+//! shifted, per-channel scaled views.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -798,6 +799,10 @@ pub fn dwconv3x3_nhwc(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tens
     }
     if use_cpu_kernel(&[x, weight, bias]) {
         return x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, DwConv);
+    }
+    #[cfg(feature = "cuda")]
+    if super::cuda::applies(&[x]) {
+        return super::cuda::segmentor::dwconv3x3_nhwc(x, weight, bias);
     }
     // Σ over the taps (dy, dx) of the zero-padded input shifted by (dy, dx), times the tap's
     // per-channel weight; summed in f32 (and so are the gradients), returned in x's dtype.

@@ -6,7 +6,11 @@
 //! - [`softmax`]: softmax(scale·x) over the last dim and its backward `scale·y·(g − Σg·y)`.
 //! - [`gelu`]: exact GELU and its derivative.
 //! - [`bias_add`]: `x + b` over the last dim; the bias gradient is a column sum in f32.
+//! - [`bias_gelu`]: GELU(z + b), the MLP's fc1 epilogue as one op; its backward recomputes
+//!   z + b from z, so the pre-activation is never stored (one (rows, 4·D) buffer per block less
+//!   than bias add → GELU).
 //! - [`adamw`]: one AdamW update of an f32 parameter in one pass.
+//! - [`segmentor`]: the depthwise 3×3 conv and BatchNorm of UNeXt-S.
 //!
 //! Tensors are f32 or bf16 (one PTX entry point per dtype); parameters (LayerNorm's w and b, the
 //! bias) stay f32; arithmetic is f32. [`applies`] says whether an op runs here: CUDA tensors,
@@ -24,6 +28,8 @@ use candle_core::{
     Storage, Tensor,
 };
 use half::bf16;
+
+pub mod segmentor;
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/vasomim.ptx"));
 const MODULE: &str = "vasomim";
@@ -539,6 +545,97 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+// ------------------------------------------------------------------------------ bias + GELU
+
+/// GELU(z + b) with b (f32, the last dimension's size) broadcast over the rows, in z's dtype,
+/// computed in f32; the bias gradient is an f32 column sum.
+pub fn bias_gelu(z: &Tensor, b: &Tensor) -> Result<Tensor> {
+    z.contiguous()?.apply_op2(&b.to_dtype(DType::F32)?.contiguous()?, BiasGelu)
+}
+
+struct BiasGelu;
+
+/// Launches `<name>_<dtype>(z, b, [g,] out, n, cols)` over tensors of z's shape and dtype with an
+/// f32 bias of the last dimension's size.
+fn bias_rows(
+    name: &str,
+    zs: &CudaStorage,
+    zl: &Layout,
+    bs: &CudaStorage,
+    bl: &Layout,
+    g: Option<(&CudaStorage, &Layout)>,
+) -> Result<CudaStorage> {
+    let dev = zs.device().clone();
+    let cols = *zl.dims().last().unwrap_or(&1);
+    if bl.shape().elem_count() != cols {
+        candle_core::bail!("{name}: bias of {} values for rows of {cols}", bl.shape().elem_count());
+    }
+    let n = zl.shape().elem_count();
+    let b = view::<f32>(bs, bl)?;
+    let f = dev.get_or_load_custom_func(&format!("{name}_{}", suffix(zs.dtype())?), MODULE, PTX)?;
+    macro_rules! run {
+        ($t:ty) => {{
+            let z = view::<$t>(zs, zl)?;
+            let g = g.map(|(gs, gl)| view::<$t>(gs, gl)).transpose()?;
+            // SAFETY: every element is written by the kernel.
+            let y = unsafe { dev.alloc::<$t>(n)? };
+            let mut bld = f.builder();
+            bld.arg(&z);
+            bld.arg(&b);
+            if let Some(g) = &g {
+                bld.arg(g);
+            }
+            bld.arg(&y);
+            candle_core::builder_arg!(bld, n, cols as i32);
+            // SAFETY: grid-stride loop over n elements.
+            unsafe { bld.launch(flat_cfg(n)) }.w()?;
+            CudaStorage::wrap_cuda_slice(y, dev.clone())
+        }};
+    }
+    Ok(if zs.dtype() == DType::F32 { run!(f32) } else { run!(bf16) })
+}
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "vasomim-cuda-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu("bias_gelu")
+    }
+
+    fn cuda_fwd(&self, zs: &CudaStorage, zl: &Layout, bs: &CudaStorage, bl: &Layout) -> Result<(CudaStorage, Shape)> {
+        Ok((bias_rows("bias_gelu_fwd", zs, zl, bs, bl, None)?, zl.shape().clone()))
+    }
+
+    fn bwd(&self, z: &Tensor, b: &Tensor, _: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = g.to_dtype(z.dtype())?.contiguous()?;
+        let dz = z.apply_op2_no_bwd(&g, &BiasGeluBwd { b: b.clone() })?;
+        let db = b.track_op().then(|| dz.apply_op1_no_bwd(&ColSum)).transpose()?;
+        Ok((Some(dz), db))
+    }
+}
+
+/// dz = g·GELU'(z + b), applied to (z, g).
+struct BiasGeluBwd {
+    b: Tensor,
+}
+
+impl CustomOp2 for BiasGeluBwd {
+    fn name(&self) -> &'static str {
+        "vasomim-cuda-bias-gelu-bwd"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        no_cpu("bias_gelu backward")
+    }
+
+    fn cuda_fwd(&self, zs: &CudaStorage, zl: &Layout, gs: &CudaStorage, gl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (bg, bl) = cuda_of(&self.b)?;
+        Ok((bias_rows("bias_gelu_bwd", zs, zl, storage(&bg), &bl, Some((gs, gl)))?, zl.shape().clone()))
+    }
+}
+
 /// Column sums of a (rows, cols) tensor in f32 → (cols).
 struct ColSum;
 
@@ -607,12 +704,15 @@ pub fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, c: AdamWConsts) -> 
     Ok((tensor(m2, &dev, w.shape().clone()), tensor(v2, &dev, w.shape().clone())))
 }
 
+/// The new moments an [`AdamWOp`] computed, and their device.
+type Moments = (CudaSlice<f32>, CudaSlice<f32>, CudaDevice);
+
 struct AdamWOp {
     g: Tensor,
     m: Tensor,
     v: Tensor,
     c: AdamWConsts,
-    out: Mutex<Option<(CudaSlice<f32>, CudaSlice<f32>, CudaDevice)>>,
+    out: Mutex<Option<Moments>>,
 }
 
 impl InplaceOp1 for AdamWOp {

@@ -41,10 +41,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, epilogue: Epilogue) -> Result<
         x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LinearOp { epilogue, pre: Mutex::new(None) })
     } else {
         let dt = matmul_dtype(x.dtype());
-        let y = bias_add(&matmul(&x.to_dtype(dt)?, &w.to_dtype(dt)?.t()?)?, b)?;
+        let z = matmul(&x.to_dtype(dt)?, &w.to_dtype(dt)?.t()?)?;
         match epilogue {
-            Epilogue::None => Ok(y),
-            Epilogue::Gelu => gelu_erf(&y),
+            Epilogue::None => bias_add(&z, b),
+            #[cfg(feature = "cuda")]
+            Epilogue::Gelu if super::cuda::applies(&[&z]) && b.rank() == 1 => super::cuda::bias_gelu(&z, b),
+            Epilogue::Gelu => gelu_erf(&bias_add(&z, b)?),
         }
     }
 }
@@ -77,8 +79,8 @@ impl CustomOp3 for LinearOp {
         if k2 != k || b.len() != out {
             candle_core::bail!("linear: x {:?}, weight {:?}, bias {:?}", l1.dims(), l2.dims(), l3.dims());
         }
-        let mut z = gemm_new(rows, out, k, Mat(x, k, 1), Mat(w, 1, k), threads()); // z = x·Wᵀ
-                                                                                   // + b afterwards, not as the gemm's starting value: same rounding as matmul + bias add.
+        // z = x·Wᵀ, then + b (not as the gemm's starting value: the same rounding as matmul + bias add).
+        let mut z = gemm_new(rows, out, k, Mat(x, k, 1), Mat(w, 1, k), threads());
         for_rows(&mut z, out, |_, r| add_assign(r, b));
         let y = match self.epilogue {
             Epilogue::None => z,

@@ -15,7 +15,8 @@
 //! - [`resample`]: max-pool 2×2, bilinear / nearest ×2 upsampling (and bilinear ×2 → ReLU → 1×1
 //!   conv fused), the shifted MLP's shift.
 //! - `cuda` (CUDA builds): our CUDA kernels for the hot ops of the GPU path (LayerNorm, softmax,
-//!   GELU, bias add, AdamW); the other ops run their composites there.
+//!   GELU, bias add, bias + GELU, AdamW; `cuda::segmentor`: the depthwise conv and BatchNorm);
+//!   the other ops run their composites there.
 //!
 //! Each op is a candle `CustomOp` with a fused f32 CPU forward *and* backward (candle's own
 //! either lack a backward or are slow on the CPU; each file says which). Where the maths has a
@@ -134,6 +135,35 @@ mod gradient_tests {
             for (t, what) in [(wv, "weight"), (bv, "bias")] {
                 assert_eq!(max_diff(image.get(t).unwrap(), all.get(t).unwrap()), 0.0, "{name}: {what} gradient");
             }
+        }
+    }
+
+    /// The composite conv (what CUDA runs: candle's conv2d, whose backward is patched in
+    /// `vendor/candle-core`) gives the fused kernel's gradients, and only to the arguments that
+    /// track: a frozen conv's input gradient (stride 1 through the flipped-kernel conv, stride 2
+    /// through conv_transpose2d) and no weight gradient; on an image the weight gradient only.
+    #[test]
+    fn composite_conv_gradients_only_for_tracking_arguments() {
+        use super::host::force_composite;
+        for (stride, pad, k) in [(1, 1, 3), (1, 0, 1), (1, 2, 5), (2, 1, 3)] {
+            let x0 = rand(1, &[2, 3, 9, 8]);
+            let w0 = rand(2, &[4, 3, k, k]);
+            let run = |composite: bool, x: &Tensor, w: &Tensor| {
+                force_composite(composite);
+                let y = conv2d(x, w, None, stride, pad).unwrap();
+                force_composite(false);
+                (&y * &rand(3, y.dims())).unwrap().sum_all().unwrap().backward().unwrap()
+            };
+            let (xv, wv) = (Var::from_tensor(&x0).unwrap(), Var::from_tensor(&w0).unwrap());
+            let fused = run(false, xv.as_tensor(), wv.as_tensor());
+            let frozen = run(true, xv.as_tensor(), &w0);
+            assert!(frozen.get(&w0).is_none(), "stride {stride} k {k}: a frozen weight got a gradient");
+            let d = max_diff(frozen.get(xv.as_tensor()).unwrap(), fused.get(xv.as_tensor()).unwrap());
+            assert!(d < 1e-5, "stride {stride} k {k}: input gradient differs by {d}");
+            let image = run(true, &x0, wv.as_tensor());
+            assert!(image.get(&x0).is_none(), "stride {stride} k {k}: the image got a gradient");
+            let d = max_diff(image.get(wv.as_tensor()).unwrap(), fused.get(wv.as_tensor()).unwrap());
+            assert!(d < 1e-5, "stride {stride} k {k}: weight gradient differs by {d}");
         }
     }
 

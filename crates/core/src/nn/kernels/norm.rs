@@ -196,6 +196,10 @@ pub struct BnStats {
 /// x, weight and bias.
 pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, BnStats)> {
     if !use_cpu_kernel(&[x, w, b]) {
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&[x]) {
+            return super::cuda::segmentor::batch_norm(x, w, b, eps, None);
+        }
         return batch_norm_composite(x, w, b, eps, None);
     }
     let stash = Arc::new(Mutex::new(None));
@@ -213,6 +217,10 @@ pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f32], var: &[
         invstd: var.iter().map(|&v| 1.0 / (v as f64 + eps).sqrt()).collect(),
     };
     if !use_cpu_kernel(&[x, w, b]) {
+        #[cfg(feature = "cuda")]
+        if super::cuda::applies(&[x]) {
+            return Ok(super::cuda::segmentor::batch_norm(x, w, b, eps, Some((mean, var)))?.0);
+        }
         return Ok(batch_norm_composite(x, w, b, eps, Some((mean, var)))?.0);
     }
     x.contiguous()?.apply_op3(w, b, BnOp { eps, fixed: Some(stats), stash: Arc::new(Mutex::new(None)) })
