@@ -12,7 +12,8 @@
 # Logs and summary.json go to <out-dir>. Total ≤ 7 minutes on an H200.
 #
 # usage: scripts/cuda/device-check.sh <out-dir> [--device cuda|cpu] [--quick]
-#   --device cpu   the dry run on a machine without a GPU (small shapes, composites, no peer AMP)
+#   --device cpu   the dry run on a machine without a GPU (small shapes, composites, no peer AMP);
+#                  it runs the CPU build: cargo build --release -p vasomim-core --example cuda_check
 #   --quick        small shapes on the GPU too (a smoke test of the script)
 # env: CUDA_CHECK (the binary; default: next to this script, else target/cuda/...), PYTHON (with
 #      torch), DATA (the repository's data/ folder; default: ./data or ../../data), BATCH (256).
@@ -39,7 +40,10 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/device-check.log" >&
 BIN="${CUDA_CHECK:-}"
 if [[ -z "$BIN" ]]; then
   if [[ -f "$HERE/cuda_check.xz" && ! -x "$HERE/cuda_check" ]]; then xz -dk "$HERE/cuda_check.xz"; fi
-  for c in "$HERE/cuda_check" "$HERE/../../dist/cuda/cuda_check" "$HERE/../../target/release/examples/cuda_check"; do
+  CANDIDATES=("$HERE/cuda_check" "$HERE/../../dist/cuda/cuda_check" "$HERE/../../target/release/examples/cuda_check")
+  # The dry run: a CPU build first (a CUDA build needs the driver's libcuda.so.1 even to start).
+  [[ "$DEVICE" == cpu ]] && CANDIDATES=("$HERE/../../target/release/examples/cuda_check" "${CANDIDATES[@]}")
+  for c in "${CANDIDATES[@]}"; do
     [[ -x "$c" ]] && BIN="$c" && break
   done
 fi
