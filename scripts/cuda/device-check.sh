@@ -39,8 +39,14 @@ log() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/device-check.log" >&
 # The binary: next to this script (xz-compressed as build.sh ships it) or from a local build.
 BIN="${CUDA_CHECK:-}"
 if [[ -z "$BIN" ]]; then
-  if [[ -f "$HERE/cuda_check.xz" && ! -x "$HERE/cuda_check" ]]; then xz -dk "$HERE/cuda_check.xz"; fi
-  CANDIDATES=("$HERE/cuda_check" "$HERE/../../dist/cuda/cuda_check" "$HERE/../../target/release/examples/cuda_check")
+  # Unpacked outside <out-dir> (55 MB) and outside this folder (which may be read-only).
+  if [[ -f "$HERE/cuda_check.xz" && "$DEVICE" != cpu ]]; then
+    UNPACKED="$(mktemp -d)"
+    trap 'rm -rf "$UNPACKED"' EXIT
+    xz -dc "$HERE/cuda_check.xz" > "$UNPACKED/cuda_check" && chmod +x "$UNPACKED/cuda_check"
+  fi
+  CANDIDATES=("${UNPACKED:-/nonexistent}/cuda_check" "$HERE/../../target/cuda/cuda-check/examples/cuda_check"
+    "$HERE/../../target/release/examples/cuda_check")
   # The dry run: a CPU build first (a CUDA build needs the driver's libcuda.so.1 even to start).
   [[ "$DEVICE" == cpu ]] && CANDIDATES=("$HERE/../../target/release/examples/cuda_check" "${CANDIDATES[@]}")
   for c in "${CANDIDATES[@]}"; do
