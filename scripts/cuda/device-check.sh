@@ -4,7 +4,8 @@
 # PyTorch peers), the repository's data/ folder, and a Python with PyTorch for the peer.
 #
 #   1. correctness: every op (f32, bf16) and AdamW vs the CPU, micro and tiny VasoMIM steps (loss and
-#      every gradient) — with our CUDA kernels, then with them off (candle's composites)
+#      every gradient) and a train-segmentor step — with our CUDA kernels, then with them off
+#      (candle's composites)
 #   2. speed: ViT-B/16 MAE step (mask 0.75) and VasoMIM step (mask 0.5, UNeXt-S + L_cons), per-GPU
 #      batch 256, bf16 — ours and PyTorch AMP bf16 in the same call; memory peaks of both
 #   3. nccl-smoke: world-size-1 all-reduce of ViT-B's gradient bytes through the product collective

@@ -33,7 +33,7 @@ use vasomim_core::nn::mae::{random_masking, Masking};
 use vasomim_core::nn::presets::MaeConfig;
 use vasomim_core::nn::unext::{UNext, UNextConfig};
 use vasomim_core::nn::InitRng;
-use vasomim_core::parity::{compare_adamw, compare_op, compare_step, op_cases, Target};
+use vasomim_core::parity::{compare_adamw, compare_op, compare_segmentor_step, compare_step, op_cases, Target};
 use vasomim_core::trainer::pretrain::{guidance, Consistency, PretrainTrainer, StepParams};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -120,6 +120,21 @@ fn correctness(dev: &Device) -> Result<bool> {
             report("step", &format!("{name}_loss_cons"), p, d.loss_cons, tol);
             report("step", &format!("{name}_grads({})", d.worst_name), p, d.worst_grad, gtol);
         }
+    }
+    // `train-segmentor`: UNeXt-S in train mode (BatchNorm batch statistics, every conv's weight
+    // gradient), 64², batch 4; the running statistics it updates too.
+    // f32: the loss within 1e-4, every gradient within 1e-2 and the whole gradient within 1e-3;
+    // bf16: the loss and the whole gradient (conv weights before a train-mode BatchNorm are sums
+    // that cancel: see `SegmentorStepDiff` for what the CPU composites measure).
+    for (p, tol) in [(Precision::F32, 1e-4), (Precision::Bf16, 2e-2)] {
+        let d = compare_segmentor_step(4, 64, &target(dev, p), 9)?;
+        eprintln!("     step  segmentor: {d:?}");
+        report("step", "segmentor_loss", p, d.loss, tol);
+        if p == Precision::F32 {
+            report("step", &format!("segmentor_grads({})", d.worst_name), p, d.worst_grad, 1e-2);
+        }
+        report("step", "segmentor_whole_grad", p, d.whole_grad, if p == Precision::F32 { 1e-3 } else { 5e-2 });
+        report("step", "segmentor_running_stats", p, d.running, tol);
     }
     // Checkpoints cross devices: one step on the target, saved, loaded on the CPU (and back onto the
     // target): every parameter and moment bit for bit, and the step counter.
