@@ -266,6 +266,9 @@ export async function launchLocal(o: LaunchOptions): Promise<number> {
 export function watchLauncher(env: NodeJS.ProcessEnv = process.env, everyMs = 500): () => void {
   const launcher = Number(env.VASOMIM_LAUNCHER_PID);
   if (!Number.isInteger(launcher) || launcher <= 0) return () => {};
+  // The stderr of ranks > 0 is a pipe to the launcher: once it is gone a write fails with EPIPE,
+  // which would end the rank before it votes to stop. Such a write is lost instead.
+  process.stderr.on('error', () => {});
   const timer = setInterval(() => {
     if (process.ppid === launcher) return;
     clearInterval(timer);
