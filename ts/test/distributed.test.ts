@@ -2,7 +2,7 @@
 // 2 and 3 local ranks train like 1 process with the same effective batch (every logged number
 // and the final weights within 1e-6 relative), DistributedSampler sharding, a SIGKILLed rank
 // stopping the run with an intact checkpoint, and resuming on another world size.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 
@@ -156,6 +156,20 @@ function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
  * shared by all keys), so its AdamW updates are rounding noise in any run (measured: |k bias|
  * stays < 5e-5 while the q and v biases reach 4e-3, and two runs differ there by up to 1 %).
  */
+/** `vasomim pretrain` of the tiny config on `nproc` ranks for 400 epochs, in the background: the
+ * launcher and its stderr so far. */
+function launchLong(name: string, nproc: number): { child: ChildProcess; stderr: () => string } {
+  const main = join(ROOT, 'ts/src/cli/main.ts');
+  const args = [...BASE, '--epochs', '400', '--name', name, '--nproc', String(nproc)];
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), main, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  return { child, stderr: () => stderr };
+}
+
 function expectSameWeights(a: string, b: string): void {
   const ta = tensors(a);
   const tb = tensors(b);
@@ -245,28 +259,11 @@ describe('data-parallel pre-training (CPU test collective)', () => {
 
   it('a SIGKILLed rank stops the run within seconds, with one error and an intact checkpoint', async () => {
     const run = join(runs, 'killed');
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        import.meta.resolve('tsx'),
-        join(ROOT, 'ts/src/cli/main.ts'),
-        ...BASE,
-        '--epochs',
-        '400',
-        '--name',
-        'killed',
-        '--nproc',
-        '3',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
+    const { child, stderr } = launchLong('killed', 3);
     let killedAt = 0;
     const code = await new Promise<number | null>((resolve) => {
       const poll = setInterval(() => {
-        const pid = /rank 1: pid (\d+)/.exec(stderr)?.[1];
+        const pid = /rank 1: pid (\d+)/.exec(stderr())?.[1];
         const epochs = existsSync(join(run, 'metrics.jsonl'))
           ? metrics(run).filter((r) => r.event === 'epoch').length
           : 0;
@@ -280,12 +277,12 @@ describe('data-parallel pre-training (CPU test collective)', () => {
         resolve(c);
       });
     });
-    expect(killedAt, stderr).toBeGreaterThan(0);
+    expect(killedAt, stderr()).toBeGreaterThan(0);
     expect(performance.now() - killedAt).toBeLessThan(10_000);
     expect(code).not.toBe(0);
     expect(code).not.toBeNull();
-    expect(stderr).toMatch(/distributed run failed: rank 1 \(pid \d+\) was killed by SIGKILL/);
-    expect(stderr.match(/distributed run failed/g)?.length).toBe(1);
+    expect(stderr()).toMatch(/distributed run failed: rank 1 \(pid \d+\) was killed by SIGKILL/);
+    expect(stderr().match(/distributed run failed/g)?.length).toBe(1);
     // The last checkpoint loads, with its loop position, and the run continues from it.
     const m = await native.Model.load(last('killed'));
     expect(JSON.parse(m.loadInfo!.loopState!).step).toBeGreaterThanOrEqual(2);
@@ -295,24 +292,7 @@ describe('data-parallel pre-training (CPU test collective)', () => {
 
   it('a SIGKILLed launcher: its ranks stop at the same step with a checkpoint, and the run resumes', async () => {
     const run = join(runs, 'orphaned');
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        import.meta.resolve('tsx'),
-        join(ROOT, 'ts/src/cli/main.ts'),
-        ...BASE,
-        '--epochs',
-        '400',
-        '--name',
-        'orphaned',
-        '--nproc',
-        '2',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
+    const { child, stderr } = launchLong('orphaned', 2);
     const alive = (pid: number) => {
       try {
         process.kill(pid, 0);
@@ -323,7 +303,7 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     };
     const pids = await new Promise<number[]>((resolve) => {
       const poll = setInterval(() => {
-        const found = [0, 1].map((r) => Number(new RegExp(`rank ${r}: pid (\\d+)`).exec(stderr)?.[1] ?? 0));
+        const found = [0, 1].map((r) => Number(new RegExp(`rank ${r}: pid (\\d+)`).exec(stderr())?.[1] ?? 0));
         const steps = existsSync(join(run, 'metrics.jsonl')) ? metrics(run).length : 0;
         if (found.every((p) => p > 0) && steps >= 3) {
           clearInterval(poll);
@@ -334,11 +314,11 @@ describe('data-parallel pre-training (CPU test collective)', () => {
     });
     const killedAt = performance.now();
     while (pids.some(alive) && performance.now() - killedAt < 30_000) await new Promise((r) => setTimeout(r, 50));
-    expect(pids.filter(alive), stderr).toEqual([]);
+    expect(pids.filter(alive), stderr()).toEqual([]);
     // Rank 0 (whose output this is) ended as on Ctrl-C: every rank voted to stop, whichever of them
     // noticed first; a rank that died instead would have ended it with "rank 1 is gone".
-    expect(stderr).toContain(`resume with: vasomim pretrain --resume ${run}`);
-    expect(stderr).not.toContain('is gone during');
+    expect(stderr()).toContain(`resume with: vasomim pretrain --resume ${run}`);
+    expect(stderr()).not.toContain('is gone during');
     // The checkpoint is at the last logged step, and the run continues.
     const m = await native.Model.load(last('orphaned'));
     const at = JSON.parse(m.loadInfo!.loopState!).step as number;
@@ -350,24 +330,7 @@ describe('data-parallel pre-training (CPU test collective)', () => {
 
   it('Ctrl-C reaches every rank: they stop at the same step with a checkpoint (exit 130) and resume', async () => {
     const run = join(runs, 'interrupted');
-    const child = spawn(
-      process.execPath,
-      [
-        '--import',
-        import.meta.resolve('tsx'),
-        join(ROOT, 'ts/src/cli/main.ts'),
-        ...BASE,
-        '--epochs',
-        '400',
-        '--name',
-        'interrupted',
-        '--nproc',
-        '2',
-      ],
-      { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    child.stderr.on('data', (d) => (stderr += d));
+    const { child, stderr } = launchLong('interrupted', 2);
     const code = await new Promise<number | null>((resolve) => {
       let sent = false;
       const poll = setInterval(() => {
@@ -382,8 +345,8 @@ describe('data-parallel pre-training (CPU test collective)', () => {
         resolve(c);
       });
     });
-    expect(code, stderr).toBe(130);
-    expect(stderr).toContain(`resume with: vasomim pretrain --resume ${run}`);
+    expect(code, stderr()).toBe(130);
+    expect(stderr()).toContain(`resume with: vasomim pretrain --resume ${run}`);
     const m = await native.Model.load(last('interrupted'));
     const at = JSON.parse(m.loadInfo!.loopState!).step as number;
     expect(at).toBe(metrics(run).filter((r) => r.event === undefined).length);

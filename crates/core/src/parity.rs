@@ -244,6 +244,11 @@ pub struct StepDiff {
 /// Gradients under their parameters' names.
 type NamedGrads = Vec<(String, Tensor)>;
 
+/// `grads` (in `opt`'s slot order) on the host, under their parameters' names.
+fn named_on_host(opt: &AdamW, grads: Vec<Tensor>) -> Result<NamedGrads> {
+    opt.vars().iter().zip(grads).map(|((n, _), g)| Ok((n.to_string(), g.to_device(&Device::Cpu)?))).collect()
+}
+
 /// One VasoMIM step (mask 0.5, L_cons through a UNeXt-S of random weights, weight 0.1) of
 /// `cfg` at batch `batch`, loss and gradients without the update, on `target` vs the CPU.
 pub fn compare_step(cfg: &MaeConfig, batch: usize, target: &Target, seed: u64) -> Result<StepDiff> {
@@ -266,13 +271,7 @@ pub fn compare_step(cfg: &MaeConfig, batch: usize, target: &Target, seed: u64) -
             let prob = guidance(Some(&seg), &x, None, 0.0, cfg.patch_size)?.prob.expect("P");
             let cons = Consistency { seg: &seg, prob: &prob, weight: 0.1 };
             let (st, grads) = trainer.pretrain_loss_and_grads(&x, &m, Some(&cons), 1)?;
-            let names = trainer.opt.vars().iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-            let grads = names
-                .into_iter()
-                .zip(grads)
-                .map(|(n, g)| Ok((n, g.to_device(&Device::Cpu)?)))
-                .collect::<Result<_>>()?;
-            Ok((st.loss_rec, st.loss_cons.unwrap_or(0.0), grads))
+            Ok((st.loss_rec, st.loss_cons.unwrap_or(0.0), named_on_host(&trainer.opt, grads)?))
         })
     };
     let (r0, c0, g0) = run(&Target::reference())?;
@@ -360,12 +359,7 @@ pub fn compare_segmentor_step(batch: usize, size: usize, target: &Target, seed: 
         let (x, m) = (imgs.to_device(dev)?, masks.to_device(dev)?);
         t.run(|| {
             let (loss, grads) = trainer.loss_and_grads(&x, &m)?;
-            let names = trainer.opt.vars().iter().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-            let grads = names
-                .into_iter()
-                .zip(grads)
-                .map(|(n, g)| Ok((n, g.to_device(&Device::Cpu)?)))
-                .collect::<Result<_>>()?;
+            let grads = named_on_host(&trainer.opt, grads)?;
             let running = trainer
                 .model
                 .batch_norms()

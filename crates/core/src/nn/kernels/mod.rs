@@ -138,6 +138,20 @@ mod gradient_tests {
         }
     }
 
+    /// Running statistics of another width are refused with both sizes named, on the fused and
+    /// the composite path alike (the CUDA kernel would otherwise read past them).
+    #[test]
+    fn batch_norm_eval_checks_the_running_stats_width() {
+        use super::host::force_composite;
+        let (x, w, b) = (rand(1, &[2, 3, 4]), rand(2, &[3]), rand(3, &[3]));
+        for composite in [false, true] {
+            force_composite(composite);
+            let err = batch_norm_eval(&x, &w, &b, &[0.0; 2], &[1.0; 3], 1e-5).map(|_| ()).unwrap_err().to_string();
+            force_composite(false);
+            assert!(err.contains("running stats of 2 / 3 values for 3 channels"), "composite {composite}: {err}");
+        }
+    }
+
     /// The composite conv (what CUDA runs: candle's conv2d, whose backward is patched in
     /// `vendor/candle-core`) gives the fused kernel's gradients, and only to the arguments that
     /// track: a frozen conv's input gradient (stride 1 through the flipped-kernel conv, stride 2

@@ -198,7 +198,7 @@ pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<
     if !use_cpu_kernel(&[x, w, b]) {
         #[cfg(feature = "cuda")]
         if super::cuda::applies(&[x]) {
-            return super::cuda::segmentor::batch_norm(x, w, b, eps, None);
+            return super::cuda::segmentor::batch_norm_train(x, w, b, eps);
         }
         return batch_norm_composite(x, w, b, eps, None);
     }
@@ -211,6 +211,10 @@ pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<
 /// Eval-mode batch norm of x (B, C, L): normalised with the running `mean` and `var` (C).
 /// Gradients flow to x, weight and bias.
 pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f32], var: &[f32], eps: f64) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    if mean.len() != c || var.len() != c {
+        candle_core::bail!("batch_norm: running stats of {} / {} values for {c} channels", mean.len(), var.len());
+    }
     let stats = BnStats {
         mean: mean.iter().map(|&v| v as f64).collect(),
         var: var.iter().map(|&v| v as f64).collect(),
@@ -219,7 +223,7 @@ pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, mean: &[f32], var: &[
     if !use_cpu_kernel(&[x, w, b]) {
         #[cfg(feature = "cuda")]
         if super::cuda::applies(&[x]) {
-            return Ok(super::cuda::segmentor::batch_norm(x, w, b, eps, Some((mean, var)))?.0);
+            return super::cuda::segmentor::batch_norm_eval(x, w, b, eps, &stats);
         }
         return Ok(batch_norm_composite(x, w, b, eps, Some((mean, var)))?.0);
     }

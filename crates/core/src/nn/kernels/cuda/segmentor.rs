@@ -4,8 +4,8 @@
 //! - [`dwconv3x3_nhwc`]: the depthwise 3×3 conv on channels-last tokens. The input gradient is
 //!   the same kernel with mirrored taps; the weight and bias gradients are column reductions over
 //!   the positions (ten per channel), in two passes without atomics.
-//! - [`batch_norm`]: BatchNorm over (B, C, L) with the batch statistics (train) or given running
-//!   statistics (eval). Mean and variance are two passes (no E[x²] − μ² cancellation), partial
+//! - [`batch_norm_train`] / [`batch_norm_eval`]: BatchNorm over (B, C, L) with the batch
+//!   statistics or given running statistics. Mean and variance are two passes (no E[x²] − μ² cancellation), partial
 //!   sums per (channel, batch chunk) summed in chunk order in double.
 //!
 //! The composite versions (`conv.rs`, `norm.rs`) stay what `VASOMIM_CUDA_KERNELS=0` runs and what
@@ -206,36 +206,12 @@ impl CustomOp1 for DwBwdWb {
 
 // ------------------------------------------------------------------------------ BatchNorm
 
-/// BatchNorm of x (B, C, L) (f32 or bf16) with f32 weight and bias (C): with `running`
-/// (mean, biased var) given, normalised with them (eval mode); else with the batch mean and
-/// biased variance, which are returned for the running update (one device → host copy of 2·C
-/// values). Gradients flow to x, weight and bias.
-pub fn batch_norm(
-    x: &Tensor,
-    w: &Tensor,
-    b: &Tensor,
-    eps: f64,
-    running: Option<(&[f32], &[f32])>,
-) -> Result<(Tensor, BnStats)> {
+/// Train-mode BatchNorm of x (B, C, L) (f32 or bf16) with f32 weight and bias (C): normalised
+/// with the batch mean and biased variance, which are returned for the running update (one
+/// device → host copy of 2·C values). Gradients flow to x, weight and bias.
+pub fn batch_norm_train(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<(Tensor, BnStats)> {
     let (w, b) = (w.to_dtype(DType::F32)?.contiguous()?, b.to_dtype(DType::F32)?.contiguous()?);
     let c = x.dim(1)?;
-    if let Some((mean, var)) = running {
-        if mean.len() != c || var.len() != c {
-            candle_core::bail!("batch_norm: running stats of {} / {} values for {c} channels", mean.len(), var.len());
-        }
-        let stats = BnStats {
-            mean: mean.iter().map(|&v| v as f64).collect(),
-            var: var.iter().map(|&v| v as f64).collect(),
-            invstd: var.iter().map(|&v| 1.0 / (v as f64 + eps).sqrt()).collect(),
-        };
-        let dev = BnStatsDev {
-            mean: Tensor::from_slice(mean, c, x.device())?,
-            var: Tensor::from_slice(var, c, x.device())?,
-            invstd: Tensor::from_vec(stats.invstd.iter().map(|&v| v as f32).collect(), c, x.device())?,
-        };
-        let op = BnFwd { eps: eps as f32, train: false, stats: Arc::new(Mutex::new(Some(dev))) };
-        return Ok((x.contiguous()?.apply_op3(&w, &b, op)?, stats));
-    }
     let stash = Arc::new(Mutex::new(None));
     let y = x.contiguous()?.apply_op3(&w, &b, BnFwd { eps: eps as f32, train: true, stats: stash.clone() })?;
     let stats = stash
@@ -249,6 +225,16 @@ pub fn batch_norm(
     let var: Vec<f64> = host[c..].iter().map(|&v| v as f64).collect();
     let invstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
     Ok((y, BnStats { mean, var, invstd }))
+}
+
+/// Eval-mode BatchNorm of x (B, C, L) with the running `stats` (checked against C by the caller,
+/// `norm::batch_norm_eval`). Gradients flow to x, weight and bias.
+pub fn batch_norm_eval(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64, stats: &BnStats) -> Result<Tensor> {
+    let (w, b) = (w.to_dtype(DType::F32)?.contiguous()?, b.to_dtype(DType::F32)?.contiguous()?);
+    let dev = |v: &[f64]| Tensor::from_vec(v.iter().map(|&v| v as f32).collect::<Vec<_>>(), v.len(), x.device());
+    let fixed = BnStatsDev { mean: dev(&stats.mean)?, var: dev(&stats.var)?, invstd: dev(&stats.invstd)? };
+    let op = BnFwd { eps: eps as f32, train: false, stats: Arc::new(Mutex::new(Some(fixed))) };
+    x.contiguous()?.apply_op3(&w, &b, op)
 }
 
 /// Per-channel statistics on the device, (C) f32 each.
